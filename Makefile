@@ -1,0 +1,36 @@
+# The two commands of README.md: `make serve` and `make test`. Both run `setup` first (idempotent, fast when done).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PACKAGES := engine kernels frontend triton_adapters ensemble_configs
+LINT_PATHS := $(PACKAGES) model_repository scripts tests benchmarks perf_analyzer_configs
+
+.PHONY: setup serve test lint unit bench render clean
+
+setup:
+	@bash scripts/setup.sh
+
+serve: setup
+	@$(PY) scripts/serve.py
+
+lint: setup
+	@echo "[lint] ruff"
+	@$(VENV)/bin/ruff check $(wildcard $(LINT_PATHS))
+	@echo "[lint] mypy"
+	@$(VENV)/bin/mypy $(PACKAGES)
+	@echo "[lint] hadolint"
+	@$(VENV)/bin/hadolint docker/Dockerfile.*
+
+# Unit and integration tests; real tritonserver and frontend processes are started by fixtures.
+test: setup lint
+	@$(VENV)/bin/pytest -q -ra --durations=15 tests
+
+bench: setup
+	@$(PY) -m benchmarks.engine_bench
+
+# Re-render the checked-in repository from its profile (tests/test_render.py checks they agree).
+render: setup
+	@$(PY) -m ensemble_configs.render ensemble_configs/profiles/cpu-default.yaml --output model_repository
+
+clean:
+	rm -rf $(VENV) build runs

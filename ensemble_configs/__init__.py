@@ -1,0 +1,1 @@
+"""Deployment profiles rendered into a complete Triton model repository."""

@@ -1,0 +1,257 @@
+"""llm: the continuous-batching engine behind Triton's decoupled Python backend.
+
+Threads (STYLE.md, "Serving"):
+  * Triton's thread calls execute(): it parses each request, registers it and submits it to the
+    engine, then returns None at once;
+  * the engine loop thread (inside AsyncEngine) steps the batch and pushes every RequestOutput onto
+    one queue;
+  * the sender thread drains that queue into Triton responses (one per engine step for streamed
+    requests, one in all otherwise; the last carries FINAL), polls `is_cancelled()` to abort
+    requests in the engine, and publishes engine metrics.
+finalize() aborts what is left, lets the sender end every request, and stops the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from engine import AsyncEngine, EngineConfig, RequestOutput
+from triton_adapters.generation_request import parse_generation_request
+from triton_adapters.llm_metrics import LLMMetrics
+from triton_adapters.model_parameters import (
+    optional_int,
+    parse_bool,
+    parse_model_parameters,
+    resolve_model_path,
+)
+
+CANCEL_POLL_SECONDS = 0.1
+STATS_PERIOD_SECONDS = 0.5
+
+
+@dataclass
+class ActiveRequest:
+    """A request between execute() and its FINAL response; owned by the sender thread once registered."""
+
+    # Engine-side id (unique even if clients reuse Triton request ids).
+    request_id: str
+    # Triton's response sender for this request.
+    sender: Any
+    # One response per engine step (True) or one response with everything (False).
+    stream: bool
+    # Prompt text to prepend to the first response ("" unless exclude_input_in_output is false).
+    prompt_text: str
+    # Monotonic arrival time, for time-to-first-token.
+    arrival: float
+    # Monotonic time of the previous output, for inter-token latency.
+    last_output: float | None = None
+    # Non-streamed requests accumulate here until they finish.
+    text_parts: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    # Set once the client cancelled, so the abort is sent to the engine only once.
+    cancelled: bool = False
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        model_config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(model_config):
+            raise pb_utils.TritonModelException("the llm model must use the decoupled transaction policy")
+        self.input_names = [entry["name"] for entry in model_config["input"]]
+        parameters = parse_model_parameters(args["model_config"])
+        self.engine = AsyncEngine(engine_config(parameters, args))
+        self.metrics = LLMMetrics(pb_utils, model_name=args["model_name"], version=args["model_version"])
+        self.outputs: queue.Queue[RequestOutput | None] = queue.Queue()
+        self.active: dict[str, ActiveRequest] = {}
+        self.active_lock = threading.Lock()
+        self.sender_thread = threading.Thread(target=self._send_loop, name="llm-sender", daemon=True)
+        self.sender_thread.start()
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            self._submit(request)
+        return None
+
+    def finalize(self) -> None:
+        with self.active_lock:
+            pending = list(self.active)
+        for request_id in pending:
+            self.engine.abort(request_id)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            with self.active_lock:
+                if not self.active:
+                    break
+            time.sleep(0.01)
+        self.outputs.put(None)
+        self.sender_thread.join(timeout=5.0)
+        self.engine.shutdown()
+
+    # -- execute() side ---------------------------------------------------------------------------
+
+    def _submit(self, request) -> None:
+        sender = request.get_response_sender()
+        inputs = {}
+        for name in self.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                inputs[name] = tensor.as_numpy()
+        try:
+            generation = parse_generation_request(inputs)
+        except ValueError as error:
+            _send_error(sender, str(error))
+            return
+        prompt_text = ""
+        if not generation.exclude_input_in_output and not generation.stream:
+            prompt_text = self.engine.tokenizer.decode(generation.prompt_token_ids)
+        state = ActiveRequest(
+            request_id=uuid.uuid4().hex,
+            sender=sender,
+            stream=generation.stream,
+            prompt_text=prompt_text,
+            arrival=time.monotonic(),
+        )
+        with self.active_lock:
+            self.active[state.request_id] = state
+        try:
+            self.engine.submit(
+                state.request_id,
+                generation.prompt_token_ids,
+                generation.sampling_params,
+                priority=generation.priority,
+                cache_salt=generation.cache_salt,
+                on_output=self.outputs.put,
+            )
+        except ValueError as error:
+            with self.active_lock:
+                del self.active[state.request_id]
+            _send_error(sender, str(error))
+            return
+        self.metrics.prompt_tokens.increment(len(generation.prompt_token_ids))
+
+    # -- sender thread ----------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        next_cancel_check = next_stats = 0.0
+        while True:
+            try:
+                output = self.outputs.get(timeout=CANCEL_POLL_SECONDS)
+            except queue.Empty:
+                output = None
+            else:
+                if output is None:
+                    return
+                self._deliver(output)
+            now = time.monotonic()
+            if now >= next_cancel_check:
+                self._abort_cancelled()
+                next_cancel_check = now + CANCEL_POLL_SECONDS
+            if now >= next_stats:
+                self.metrics.publish_stats(self.engine.stats())
+                next_stats = now + STATS_PERIOD_SECONDS
+
+    def _abort_cancelled(self) -> None:
+        with self.active_lock:
+            states = list(self.active.values())
+        for state in states:
+            if not state.cancelled and state.sender.is_cancelled():
+                state.cancelled = True
+                self.engine.abort(state.request_id)
+
+    def _deliver(self, output: RequestOutput) -> None:
+        with self.active_lock:
+            state = self.active.get(output.request_id)
+        if state is None:
+            return
+        now = time.monotonic()
+        if output.new_token_ids:
+            self.metrics.generation_tokens.increment(len(output.new_token_ids))
+            if state.last_output is None:
+                self.metrics.time_to_first_token.observe(now - state.arrival)
+            else:
+                self.metrics.inter_token_latency.observe(
+                    (now - state.last_output) / len(output.new_token_ids)
+                )
+            state.last_output = now
+        if output.finished:
+            with self.active_lock:
+                del self.active[output.request_id]
+            self.metrics.count_finished(output.finish_reason or "abort")
+        if state.cancelled and output.finished:
+            error = pb_utils.TritonError("request cancelled by the client", pb_utils.TritonError.CANCELLED)
+            _send_final(state.sender, pb_utils.InferenceResponse(output_tensors=[], error=error))
+            return
+        error_message = getattr(output, "error", None)
+        if error_message:
+            _send_error(state.sender, f"engine error: {error_message}")
+            return
+        if state.stream:
+            response = self._response(output, output.text_delta, output.new_token_ids, state.prompt_text)
+            flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
+            state.sender.send(response, flags=flags)
+            return
+        state.text_parts.append(output.text_delta)
+        state.token_ids.extend(output.new_token_ids)
+        if output.finished:
+            response = self._response(output, "".join(state.text_parts), state.token_ids, state.prompt_text)
+            _send_final(state.sender, response)
+
+    @staticmethod
+    def _response(output: RequestOutput, text: str, token_ids: list[int], prompt_text: str):
+        def scalar(value: int) -> np.ndarray:
+            return np.array([value], dtype=np.int32)
+
+        tensors = [
+            pb_utils.Tensor("text_delta", np.array([text.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("prompt_text", np.array([prompt_text.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("output_token_ids", np.asarray(token_ids, dtype=np.int32)),
+            pb_utils.Tensor("num_input_tokens", scalar(output.num_prompt_tokens)),
+            pb_utils.Tensor("num_output_tokens", scalar(output.num_output_tokens)),
+            pb_utils.Tensor("num_cached_tokens", scalar(output.num_cached_tokens)),
+            pb_utils.Tensor(
+                "finish_reason", np.array([(output.finish_reason or "").encode("utf-8")], dtype=np.object_)
+            ),
+        ]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def engine_config(parameters: dict[str, str], args: dict) -> EngineConfig:
+    """The engine's settings from the model config's `parameters` (see ensemble_configs/templates)."""
+    device = parameters.get("device", "auto")
+    if device.startswith("cuda") and args.get("model_instance_kind") == "GPU":
+        # Triton pins a KIND_GPU instance to one device: data parallel instances never collide.
+        device = f"cuda:{args['model_instance_device_id']}"
+    kv_cache_memory = optional_int(parameters, "kv_cache_memory")
+    config = EngineConfig(
+        model=resolve_model_path(parameters["model"], args["model_repository"]),
+        dtype=parameters.get("dtype", "auto"),
+        device=device,
+        block_size=int(parameters.get("block_size", "16")),
+        max_model_len=optional_int(parameters, "max_model_len"),
+        max_num_seqs=int(parameters.get("max_num_seqs", "256")),
+        max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", "2048")),
+        enable_prefix_caching=parse_bool(parameters.get("enable_prefix_caching", "true")),
+        gpu_memory_utilization=float(parameters.get("gpu_memory_utilization", "0.9")),
+    )
+    if kv_cache_memory:
+        config.kv_cache_memory = kv_cache_memory
+    if int(parameters.get("tensor_parallel_size", "1")) != 1:
+        raise pb_utils.TritonModelException("tensor_parallel_size > 1 is not available in this build yet")
+    return config
+
+
+def _send_error(sender, message: str) -> None:
+    _send_final(sender, pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
+
+
+def _send_final(sender, response) -> None:
+    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

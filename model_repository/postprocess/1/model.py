@@ -1,0 +1,36 @@
+"""postprocess: the llm step's per-response outputs -> the ensemble's TensorRT-LLM-style outputs.
+
+The engine detokenizes incrementally (it must, to stop on stop strings within the step they appear
+and to hold back text that could still become one), so every llm response already carries an exact
+text delta. This step therefore needs no per-request state: it prepends the prompt when the client
+asked for it (`exclude_input_in_output=false`, sent by llm only on the first response) and forwards
+the token accounting.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+PASS_THROUGH = (
+    "output_token_ids",
+    "num_input_tokens",
+    "num_output_tokens",
+    "num_cached_tokens",
+    "finish_reason",
+)
+
+
+class TritonPythonModel:
+    def execute(self, requests: list) -> list:
+        return [self._format(request) for request in requests]
+
+    def _format(self, request) -> pb_utils.InferenceResponse:
+        prompt = pb_utils.get_input_tensor_by_name(request, "prompt_text").as_numpy().reshape(-1)[0]
+        delta = pb_utils.get_input_tensor_by_name(request, "text_delta").as_numpy().reshape(-1)[0]
+        text = np.array([prompt + delta], dtype=np.object_)
+        outputs = [pb_utils.Tensor("text_output", text)]
+        for name in PASS_THROUGH:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            outputs.append(pb_utils.Tensor(name, tensor.as_numpy()))
+        return pb_utils.InferenceResponse(output_tensors=outputs)

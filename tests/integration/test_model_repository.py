@@ -1,0 +1,263 @@
+"""The model repository in a real tritonserver: models READY, tokenization, generation, streaming,
+cancellation, concurrency, errors, client payload conventions and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aio_grpcclient
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.integration.triton_requests import generate, make_inputs, scrape_metric
+from tests.servers import TritonServer
+
+pytestmark = pytest.mark.slow
+
+CHAT = [{"role": "user", "content": "Write one short sentence about the sea."}]
+# Prompts whose continuations contain spaces, punctuation, emoji and CJK text.
+DELTA_PROMPTS = [
+    "List three fruits, separated by commas:",
+    "Translate to Chinese: good morning. 中文:",
+    "Reply with a party emoji and the word 'yay': 🎉",
+    "The Eiffel Tower is located in",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_path: Path):
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def chat_prompt(tokenizer) -> str:
+    return tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+
+
+def metrics_text(server: TritonServer) -> str:
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+        return response.read().decode()
+
+
+def test_every_model_is_ready(triton_server: TritonServer) -> None:
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    for model in ("preprocess", "llm", "postprocess", "ensemble"):
+        assert client.is_model_ready(model), f"{model} is not READY"
+
+
+def test_preprocess_matches_hf_tokenizer(triton_server: TritonServer, tokenizer) -> None:
+    prompt = chat_prompt(tokenizer)
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    result = client.infer("preprocess", make_inputs({"text_input": prompt, "add_special_tokens": False}))
+    expected = tokenizer(prompt, add_special_tokens=False).input_ids
+    assert result.as_numpy("input_ids").tolist() == expected
+
+
+def test_greedy_ensemble_output_matches_transformers(
+    triton_server: TritonServer, model_path: Path, tokenizer
+) -> None:
+    prompt = chat_prompt(tokenizer)
+    result = generate(
+        triton_server.grpc_url,
+        {"text_input": prompt, "add_special_tokens": False, "max_tokens": 24, "temperature": 0.0},
+    )
+    assert result.error is None, result.error
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    input_ids = torch.tensor([tokenizer(prompt, add_special_tokens=False).input_ids])
+    with torch.inference_mode():
+        expected = model.generate(input_ids, max_new_tokens=24, do_sample=False)[
+            0, input_ids.shape[1] :
+        ].tolist()
+    if expected and expected[-1] == tokenizer.eos_token_id:
+        expected = expected[:-1]
+    assert result.token_ids == expected
+    assert result.num_input_tokens == input_ids.shape[1]
+    assert result.finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("prompt", DELTA_PROMPTS)
+def test_streamed_deltas_concatenate_to_the_full_text(triton_server: TritonServer, prompt: str) -> None:
+    request = {"text_input": prompt, "max_tokens": 32, "temperature": 0.0}
+    streamed = generate(triton_server.grpc_url, {**request, "stream": True})
+    whole = generate(triton_server.grpc_url, {**request, "stream": False})
+    assert streamed.error is None and whole.error is None
+    assert len(whole.texts) == 1
+    assert streamed.text.encode() == whole.text.encode()
+    assert streamed.token_ids == whole.token_ids
+    assert streamed.num_output_tokens == whole.num_output_tokens == len(whole.token_ids)
+
+
+def test_stop_words_end_generation_without_leaking(triton_server: TritonServer) -> None:
+    base = {"text_input": "Count: 1, 2, 3, 4, 5, 6,", "max_tokens": 32, "temperature": 0.0, "stream": True}
+    free = generate(triton_server.grpc_url, base)
+    assert free.error is None and " 9" in free.text, free.text
+    stopped = generate(triton_server.grpc_url, {**base, "stop_words": [" 9"]})
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[: free.text.index(" 9")]
+
+
+def test_prompt_over_max_model_len_fails_while_others_flow(triton_server: TritonServer) -> None:
+    results = {}
+
+    def normal() -> None:
+        results["normal"] = generate(triton_server.grpc_url, {"text_input": "Hello", "max_tokens": 8})
+
+    thread = threading.Thread(target=normal)
+    thread.start()
+    too_long = generate(triton_server.grpc_url, {"text_input": "word " * 9000, "max_tokens": 4})
+    thread.join(timeout=120)
+    assert too_long.error is not None
+    assert "max_model_len" in str(too_long.error)
+    assert results["normal"].error is None and results["normal"].num_output_tokens > 0
+
+
+def test_unsupported_parameter_is_named_in_the_error(triton_server: TritonServer) -> None:
+    result = generate(triton_server.grpc_url, {"text_input": "Hi", "frequency_penalty": 0.5})
+    assert result.error is not None and "frequency_penalty" in str(result.error)
+
+
+def test_genai_perf_tensorrtllm_payload_streams(triton_server: TritonServer) -> None:
+    result = generate(
+        triton_server.grpc_url,
+        {"text_input": "Tell me a story.", "max_tokens": 16, "stream": True, "ignore_eos": True},
+    )
+    assert result.error is None
+    assert result.num_output_tokens == 16 and len(result.texts) >= 2
+
+
+def test_genai_perf_vllm_payload_streams(triton_server: TritonServer) -> None:
+    sampling = {"max_tokens": "16", "ignore_eos": "true", "temperature": 0.0}
+    result = generate(
+        triton_server.grpc_url,
+        {
+            "text_input": "Tell me a story.",
+            "stream": True,
+            "sampling_parameters": sampling,
+            "exclude_input_in_output": True,
+        },
+    )
+    assert result.error is None
+    assert result.num_output_tokens == 16 and result.finish_reason == "length"
+
+
+def test_non_streamed_echo_prepends_the_prompt(triton_server: TritonServer) -> None:
+    prompt = "The capital of France is"
+    result = generate(
+        triton_server.grpc_url, {"text_input": prompt, "max_tokens": 4, "exclude_input_in_output": False}
+    )
+    assert result.text.startswith(prompt) and len(result.text) > len(prompt)
+
+
+def test_cancelled_stream_frees_the_engine(triton_server: TritonServer) -> None:
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    first = threading.Event()
+    errors: list = []
+
+    def callback(result, error) -> None:
+        if error is not None:
+            errors.append(error)
+        else:
+            first.set()
+
+    client.start_stream(callback=callback)
+    client.async_stream_infer(
+        "ensemble",
+        make_inputs(
+            {"text_input": "Tell me a long story.", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+        ),
+    )
+    assert first.wait(60), "no first response"
+    client.stop_stream(cancel_requests=True)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        text = metrics_text(triton_server)
+        if (
+            scrape_metric(text, "llm_num_requests_running") == 0
+            and scrape_metric(text, "llm_kv_cache_usage_ratio") == 0
+        ):
+            break
+        time.sleep(0.1)
+    text = metrics_text(triton_server)
+    assert scrape_metric(text, "llm_num_requests_running") == 0
+    assert scrape_metric(text, "llm_kv_cache_usage_ratio") == 0
+    assert generate(triton_server.grpc_url, {"text_input": "Hi", "max_tokens": 4}).error is None
+
+
+def test_aio_cancel_returns_cancelled(triton_server: TritonServer) -> None:
+    async def run() -> None:
+        client = aio_grpcclient.InferenceServerClient(triton_server.grpc_url)
+
+        async def requests():
+            yield {
+                "model_name": "ensemble",
+                "inputs": make_inputs(
+                    {"text_input": "Story:", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+                ),
+            }
+
+        stream = client.stream_infer(requests())
+        async for _result, error in stream:
+            assert error is None
+            break
+        stream.cancel()
+        await client.close()
+
+    asyncio.run(run())
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        if scrape_metric(metrics_text(triton_server), "llm_num_requests_running") == 0:
+            break
+        time.sleep(0.1)
+    assert scrape_metric(metrics_text(triton_server), "llm_num_requests_running") == 0
+
+
+def test_32_concurrent_streams_complete(triton_server: TritonServer) -> None:
+    async def one(client, index: int) -> int:
+        async def requests():
+            yield {
+                "model_name": "ensemble",
+                "inputs": make_inputs(
+                    {"text_input": f"Number {index}:", "max_tokens": 8, "ignore_eos": True, "stream": True}
+                ),
+            }
+
+        tokens = 0
+        async for result, error in client.stream_infer(requests()):
+            assert error is None, error
+            tokens += len(result.as_numpy("output_token_ids"))
+            # aio clients cannot ask for empty final responses: the last real one names its finish reason.
+            if result.as_numpy("finish_reason")[0]:
+                break
+        return tokens
+
+    async def run() -> list[int]:
+        client = aio_grpcclient.InferenceServerClient(triton_server.grpc_url)
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(one(client, i) for i in range(32))), timeout=300)
+        finally:
+            await client.close()
+
+    assert asyncio.run(run()) == [8] * 32
+
+
+def test_custom_metrics_move(triton_server: TritonServer) -> None:
+    before = scrape_metric(metrics_text(triton_server), "llm_generation_tokens_total")
+    result = generate(triton_server.grpc_url, {"text_input": "Hello", "max_tokens": 5, "ignore_eos": True})
+    assert result.error is None
+    time.sleep(0.6)
+    text = metrics_text(triton_server)
+    assert scrape_metric(text, "llm_generation_tokens_total") >= before + 5
+    assert scrape_metric(text, "llm_time_to_first_token_seconds_count") >= 1
+    assert "llm_kv_cache_usage_ratio" in text
+
+
+def test_token_ids_are_int32_arrays(triton_server: TritonServer) -> None:
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    result = client.infer("preprocess", make_inputs({"text_input": "abc"}))
+    assert result.as_numpy("input_ids").dtype == np.int32

@@ -1,0 +1,176 @@
+"""Real server processes for the tests: tritonserver and the OpenAI frontend on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+@dataclass
+class ServerProcess:
+    """A child process in its own process group, with its output in a log file."""
+
+    name: str
+    command: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        log.close()
+
+    def wait_healthy(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            if http_status(url) == 200:
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"{self.name} not healthy at {url} after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+@dataclass
+class TritonServer:
+    process: ServerProcess
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+def start_triton(repository: Path, log_dir: Path, timeout: float = 240.0) -> TritonServer:
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    process = ServerProcess(
+        name="tritonserver",
+        command=[
+            str(VENV_BIN / "tritonserver"),
+            f"--model-repository={repository}",
+            f"--http-port={http_port}",
+            f"--grpc-port={grpc_port}",
+            f"--metrics-port={metrics_port}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+            "--log-verbose=0",
+        ],
+        log_path=log_dir / "tritonserver.log",
+    )
+    process.start()
+    try:
+        process.wait_healthy(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout)
+    except Exception:
+        process.stop()
+        raise
+    return TritonServer(process, http_port, grpc_port, metrics_port)
+
+
+@dataclass
+class FrontendServer:
+    process: ServerProcess
+    port: int
+    api_key: str | None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start_frontend(
+    model_path: Path, triton: TritonServer, log_dir: Path, api_key: str | None, timeout: float = 120.0
+) -> FrontendServer:
+    port = free_port()
+    command = [
+        str(VENV_BIN / "python"),
+        "-m",
+        "frontend",
+        "--model",
+        str(model_path),
+        "--served-model-name",
+        "SmolLM2-135M-Instruct",
+        "--triton-url",
+        triton.grpc_url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if api_key:
+        command += ["--api-key", api_key]
+    process = ServerProcess(name="frontend", command=command, log_path=log_dir / "frontend.log")
+    process.start()
+    try:
+        process.wait_healthy(f"http://127.0.0.1:{port}/health", timeout)
+    except Exception:
+        process.stop()
+        raise
+    return FrontendServer(process, port, api_key)

@@ -1,0 +1,36 @@
+"""The checked-in model repository is exactly the rendering of the cpu-default profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ensemble_configs.render import load_profile, render_configs, render_repository
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ROOT / "ensemble_configs" / "profiles"
+
+
+def test_checked_in_repository_matches_cpu_default_profile() -> None:
+    rendered = render_configs(load_profile(PROFILES / "cpu-default.yaml"))
+    assert set(rendered) == {"preprocess", "llm", "postprocess", "ensemble"}
+    for model, text in rendered.items():
+        checked_in = (ROOT / "model_repository" / model / "config.pbtxt").read_text()
+        assert checked_in == text, f"model_repository/{model}/config.pbtxt differs: run `make render`"
+
+
+@pytest.mark.parametrize("profile", sorted(p.name for p in PROFILES.glob("*.yaml")))
+def test_every_profile_renders_a_complete_repository(profile: str, tmp_path: Path) -> None:
+    render_repository(PROFILES / profile, tmp_path)
+    for model in ("preprocess", "llm", "postprocess"):
+        assert (tmp_path / model / "1" / "model.py").exists()
+        assert "${" not in (tmp_path / model / "config.pbtxt").read_text()
+    assert (tmp_path / "ensemble" / "config.pbtxt").exists()
+
+
+def test_missing_variable_is_an_error(tmp_path: Path) -> None:
+    profile = tmp_path / "broken.yaml"
+    profile.write_text("model: somewhere\n")
+    with pytest.raises(KeyError):
+        render_configs(load_profile(profile))

@@ -1,0 +1,100 @@
+"""Triton tensors (TensorRT-LLM and vllm_backend conventions) -> engine requests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from triton_adapters.generation_request import UnsupportedParameterError, parse_generation_request
+
+
+def tensors(**values: object) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {"input_ids": np.array([5, 6, 7], dtype=np.int32)}
+    for name, value in values.items():
+        if isinstance(value, str):
+            arrays[name] = np.array([value.encode()], dtype=np.object_)
+        elif isinstance(value, list):
+            arrays[name] = np.array([item.encode() for item in value], dtype=np.object_)
+        else:
+            arrays[name] = np.array([value])
+    return arrays
+
+
+def test_defaults_follow_vllm() -> None:
+    request = parse_generation_request(tensors())
+    assert request.prompt_token_ids == [5, 6, 7]
+    assert request.sampling_params.max_tokens == 16
+    assert request.sampling_params.temperature == 1.0
+    assert not request.stream and request.exclude_input_in_output
+    assert request.priority == 0 and request.cache_salt is None
+
+
+def test_tensorrt_llm_tensors() -> None:
+    request = parse_generation_request(
+        tensors(
+            max_tokens=np.int32(32),
+            stream=True,
+            temperature=np.float32(0.5),
+            top_k=np.int32(4),
+            random_seed=np.uint64(7),
+            min_length=np.int32(2),
+            stop_words=["\n\n", "END"],
+            cache_salt="tenant-a",
+            priority=np.int32(-1),
+            beam_width=np.int32(1),
+            pad_id=np.int32(0),
+        )
+    )
+    params = request.sampling_params
+    assert (params.max_tokens, params.top_k, params.seed, params.min_tokens) == (32, 4, 7, 2)
+    assert params.temperature == pytest.approx(0.5)
+    assert params.stop == ["\n\n", "END"]
+    assert request.stream and request.cache_salt == "tenant-a" and request.priority == -1
+
+
+def test_vllm_backend_json_with_string_numbers() -> None:
+    sampling = {"max_tokens": "20", "temperature": "0", "top_p": 0.9, "ignore_eos": "true", "stop": "x", "n": 1}
+    request = parse_generation_request(tensors(sampling_parameters=json.dumps(sampling)))
+    params = request.sampling_params
+    assert params.max_tokens == 20 and params.temperature == 0.0 and params.top_p == pytest.approx(0.9)
+    assert params.ignore_eos and params.stop == ["x"]
+
+
+def test_tensor_wins_over_json() -> None:
+    request = parse_generation_request(
+        tensors(sampling_parameters=json.dumps({"max_tokens": 5}), max_tokens=np.int32(9))
+    )
+    assert request.sampling_params.max_tokens == 9
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"frequency_penalty": np.float32(0.5)},
+        {"sampling_parameters": json.dumps({"n": 2})},
+        {"sampling_parameters": json.dumps({"logprobs": 3})},
+        {"bad_words": ["foo"]},
+        {"guided_decoding_guide_type": "json"},
+        {"return_log_probs": True},
+    ],
+)
+def test_unsupported_parameters_are_named(values: dict) -> None:
+    name = next(iter(json.loads(values["sampling_parameters"]))) if "sampling_parameters" in values else next(iter(values))
+    with pytest.raises(UnsupportedParameterError, match=name):
+        parse_generation_request(tensors(**values))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"sampling_parameters": "{not json"}, "not valid JSON"),
+        ({"sampling_parameters": json.dumps({"bogus": 1})}, "unknown sampling parameter 'bogus'"),
+        ({"sampling_parameters": json.dumps({"max_tokens": "many"})}, "max_tokens"),
+        ({"temperature": np.float32(-1.0)}, "temperature"),
+    ],
+)
+def test_invalid_values_are_rejected(values: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_generation_request(tensors(**values))

@@ -1,0 +1,195 @@
+"""Translate the `llm` model's Triton inputs into an engine request.
+
+Two client conventions arrive here and may be mixed in one request:
+  * TensorRT-LLM style: one tensor per parameter (`temperature`, `top_k`, `stop_words`, ...);
+  * vllm_backend style: one `sampling_parameters` BYTES tensor holding a JSON object with vLLM names.
+Individual tensors win over the JSON object when both name the same parameter. A parameter the
+engine cannot honour yet is rejected by name, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine import SamplingParams
+
+# Tensor name -> SamplingParams field, for scalar tensors. Aliases cover TensorRT-LLM's spellings.
+SCALAR_TENSORS: dict[str, str] = {
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "seed": "seed",
+    "random_seed": "seed",
+    "min_tokens": "min_tokens",
+    "min_length": "min_tokens",
+    "ignore_eos": "ignore_eos",
+    "include_stop_str_in_output": "include_stop_str_in_output",
+    "skip_special_tokens": "skip_special_tokens",
+}
+
+# sampling_parameters JSON keys the engine honours, with the type each is coerced to
+# (vllm_backend clients often send numbers as strings).
+JSON_FIELDS: dict[str, type] = {
+    "max_tokens": int,
+    "min_tokens": int,
+    "temperature": float,
+    "top_p": float,
+    "top_k": int,
+    "min_p": float,
+    "seed": int,
+    "ignore_eos": bool,
+    "include_stop_str_in_output": bool,
+    "skip_special_tokens": bool,
+    "spaces_between_special_tokens": bool,
+}
+JSON_LIST_FIELDS = ("stop", "stop_token_ids")
+
+# Parameters whose neutral value is accepted; anything else is refused until the engine supports it.
+NEUTRAL_VALUES: dict[str, Any] = {
+    "n": 1,
+    "best_of": 1,
+    "beam_width": 1,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "logprobs": None,
+    "prompt_logprobs": None,
+    "return_log_probs": False,
+    "return_context_logits": False,
+    "return_generation_logits": False,
+    "use_beam_search": False,
+}
+UNSUPPORTED_WHEN_PRESENT = (
+    "bad_words",
+    "logit_bias",
+    "allowed_token_ids",
+    "guided_decoding_guide_type",
+    "guided_decoding_guide",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+)
+# Accepted and meaningless for this engine: padding ids exist only for static batches.
+IGNORED = (
+    "pad_id",
+    "stream",
+    "exclude_input_in_output",
+    "return_num_input_tokens",
+    "return_num_output_tokens",
+)
+
+
+class UnsupportedParameterError(ValueError):
+    """A request parameter the engine does not implement; the message names it."""
+
+
+@dataclass
+class GenerationRequest:
+    """Everything the llm model needs to submit one request to the engine."""
+
+    # Prompt token ids from preprocess.
+    prompt_token_ids: list[int]
+    # Validated engine sampling parameters.
+    sampling_params: SamplingParams
+    # True: one response per engine step carrying a text delta; False: one response with everything.
+    stream: bool
+    # vLLM priority: lower values are scheduled first.
+    priority: int
+    # Isolates prefix-cache entries between tenants; None shares the cache.
+    cache_salt: str | None
+    # False (TensorRT-LLM default is True for our ensemble): non-streamed text starts with the prompt.
+    exclude_input_in_output: bool
+
+
+def _scalar(array: np.ndarray) -> Any:
+    value = array.reshape(-1)[0]
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode("utf-8")
+    return value.item() if hasattr(value, "item") else value
+
+
+def _strings(array: np.ndarray) -> list[str]:
+    return [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
+
+
+def _check_neutral(name: str, value: Any) -> None:
+    neutral = NEUTRAL_VALUES[name]
+    if value is None or value == neutral or str(value).strip().lower() == str(neutral).lower():
+        return
+    raise UnsupportedParameterError(f"parameter '{name}' is not supported by this engine yet (got {value!r})")
+
+
+def _json_parameters(raw: str) -> dict[str, Any]:
+    try:
+        loaded = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"sampling_parameters is not valid JSON: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError("sampling_parameters must be a JSON object")
+    fields: dict[str, Any] = {}
+    for key, value in loaded.items():
+        if value is None:
+            continue
+        if key in JSON_FIELDS:
+            fields[key] = _coerce(key, value, JSON_FIELDS[key])
+        elif key in JSON_LIST_FIELDS:
+            fields[key] = [value] if isinstance(value, str | int) else list(value)
+        elif key in NEUTRAL_VALUES:
+            _check_neutral(key, value)
+        elif key in UNSUPPORTED_WHEN_PRESENT:
+            raise UnsupportedParameterError(f"parameter '{key}' is not supported by this engine yet")
+        elif key not in IGNORED:
+            raise ValueError(f"unknown sampling parameter '{key}'")
+    return fields
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes")
+        return bool(value)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"parameter '{key}' must be {kind.__name__}, got {value!r}") from None
+
+
+def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequest:
+    """Build a request from the llm model's input tensors (name -> numpy array, absent = not sent)."""
+    if "input_ids" not in inputs:
+        raise ValueError("input 'input_ids' is required")
+    fields: dict[str, Any] = {}
+    if "sampling_parameters" in inputs:
+        fields.update(_json_parameters(_scalar(inputs["sampling_parameters"])))
+    for name, array in inputs.items():
+        if name in SCALAR_TENSORS:
+            fields[SCALAR_TENSORS[name]] = _scalar(array)
+        elif name == "stop_words":
+            fields["stop"] = [word for word in _strings(array) if word]
+        elif name == "end_id":
+            fields["stop_token_ids"] = [int(token) for token in array.reshape(-1)]
+        elif name in NEUTRAL_VALUES:
+            _check_neutral(name, _scalar(array))
+        elif name in UNSUPPORTED_WHEN_PRESENT and any(_strings(array)):
+            raise UnsupportedParameterError(f"parameter '{name}' is not supported by this engine yet")
+    if "seed" in fields and int(fields["seed"]) < 0:
+        raise ValueError("parameter 'seed' must be non-negative")
+    return GenerationRequest(
+        prompt_token_ids=[int(token) for token in inputs["input_ids"].reshape(-1)],
+        sampling_params=SamplingParams(**fields),
+        stream=bool(_scalar(inputs["stream"])) if "stream" in inputs else False,
+        priority=int(_scalar(inputs["priority"])) if "priority" in inputs else 0,
+        cache_salt=(_scalar(inputs["cache_salt"]) or None) if "cache_salt" in inputs else None,
+        exclude_input_in_output=(
+            bool(_scalar(inputs["exclude_input_in_output"])) if "exclude_input_in_output" in inputs else True
+        ),
+    )

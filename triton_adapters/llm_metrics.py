@@ -1,0 +1,77 @@
+"""The llm model's custom metrics on Triton's metrics port (pb_utils.MetricFamily).
+
+The backend utils module is passed in rather than imported, so this file stays importable (and
+type-checkable) outside the Python backend stub.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import EngineStats
+
+LATENCY_BUCKETS = [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0]
+FINISH_REASONS = ("stop", "length", "abort")
+
+
+class LLMMetrics:
+    """Counters, gauges and histograms labelled with the model name and version."""
+
+    def __init__(self, pb_utils: Any, model_name: str, version: str) -> None:
+        self._labels = {"model": model_name, "version": version}
+        family = pb_utils.MetricFamily
+        self._families: list[Any] = []
+
+        def metric(name: str, description: str, kind: Any, **extra: Any) -> Any:
+            created = family(name=name, description=description, kind=kind)
+            self._families.append(created)
+            return created.Metric(labels=dict(self._labels, **extra.pop("labels", {})), **extra)
+
+        self.prompt_tokens = metric("llm_prompt_tokens_total", "Prompt tokens received", family.COUNTER)
+        self.generation_tokens = metric("llm_generation_tokens_total", "Tokens generated", family.COUNTER)
+        self.time_to_first_token = metric(
+            "llm_time_to_first_token_seconds",
+            "Time to first token",
+            family.HISTOGRAM,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.inter_token_latency = metric(
+            "llm_inter_token_latency_seconds",
+            "Time between tokens",
+            family.HISTOGRAM,
+            buckets=LATENCY_BUCKETS,
+        )
+        finished = family(
+            name="llm_requests_finished_total", description="Finished requests", kind=family.COUNTER
+        )
+        self._families.append(finished)
+        self._finished = {
+            reason: finished.Metric(labels=dict(self._labels, finish_reason=reason))
+            for reason in FINISH_REASONS
+        }
+        self.running = metric("llm_num_requests_running", "Requests in the running batch", family.GAUGE)
+        self.waiting = metric("llm_num_requests_waiting", "Requests waiting to be scheduled", family.GAUGE)
+        self.kv_usage = metric("llm_kv_cache_usage_ratio", "Fraction of KV cache blocks in use", family.GAUGE)
+        self.prefix_hit_rate = metric(
+            "llm_prefix_cache_hit_ratio",
+            "Prompt tokens served from the prefix cache / tokens queried",
+            family.GAUGE,
+        )
+        self.preemptions = metric(
+            "llm_num_preemptions_total", "Requests preempted for KV space", family.COUNTER
+        )
+        self._preemptions_seen = 0
+
+    def count_finished(self, finish_reason: str) -> None:
+        self._finished.get(finish_reason, self._finished["abort"]).increment(1)
+
+    def publish_stats(self, stats: EngineStats) -> None:
+        self.running.set(stats.num_running)
+        self.waiting.set(stats.num_waiting)
+        used = stats.kv_blocks_total - stats.kv_blocks_free
+        self.kv_usage.set(used / stats.kv_blocks_total if stats.kv_blocks_total else 0.0)
+        queried = stats.prefix_cache_queried_tokens
+        self.prefix_hit_rate.set(stats.prefix_cache_hit_tokens / queried if queried else 0.0)
+        if stats.num_preemptions > self._preemptions_seen:
+            self.preemptions.increment(stats.num_preemptions - self._preemptions_seen)
+            self._preemptions_seen = stats.num_preemptions
