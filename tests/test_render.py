@@ -14,7 +14,7 @@ PROFILES = ROOT / "ensemble_configs" / "profiles"
 
 def test_checked_in_repository_matches_cpu_default_profile() -> None:
     rendered = render_configs(load_profile(PROFILES / "cpu-default.yaml"))
-    assert set(rendered) == {"preprocess", "llm", "postprocess", "ensemble"}
+    assert set(rendered) == {"preprocess", "llm", "postprocess", "ensemble", "whisper"}
     for model, text in rendered.items():
         checked_in = (ROOT / "model_repository" / model / "config.pbtxt").read_text()
         assert checked_in == text, f"model_repository/{model}/config.pbtxt differs: run `make render`"
@@ -23,7 +23,7 @@ def test_checked_in_repository_matches_cpu_default_profile() -> None:
 @pytest.mark.parametrize("profile", sorted(p.name for p in PROFILES.glob("*.yaml")))
 def test_every_profile_renders_a_complete_repository(profile: str, tmp_path: Path) -> None:
     render_repository(PROFILES / profile, tmp_path)
-    for model in ("preprocess", "llm", "postprocess"):
+    for model in ("preprocess", "llm", "postprocess", "whisper"):
         assert (tmp_path / model / "1" / "model.py").exists()
         assert "${" not in (tmp_path / model / "config.pbtxt").read_text()
     assert (tmp_path / "ensemble" / "config.pbtxt").exists()

@@ -1,0 +1,52 @@
+"""The engine's one typed configuration object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineConfig:
+    """Everything the engine needs to start; built once by its caller (Triton model, benchmark, test)."""
+
+    # Hugging Face checkpoint directory (config.json + safetensors).
+    model: str
+    # Tokenizer directory; None uses `model`.
+    tokenizer: str | None = None
+    # auto|float32|bfloat16|float16; auto = float32 on CPU, the checkpoint's dtype on CUDA.
+    dtype: str = "auto"
+    # auto|cpu|cuda|cuda:N; auto picks cuda when available.
+    device: str = "auto"
+    # Tokens per KV cache block.
+    block_size: int = 16
+    # Longest prompt + output a request may reach; None = the model's max_position_embeddings.
+    max_model_len: int | None = None
+    # Most requests in the running batch at once.
+    max_num_seqs: int = 256
+    # Token budget of one engine step (prefill chunks + decodes).
+    max_num_batched_tokens: int = 2048
+    # Share full prompt blocks between requests with identical prefixes.
+    enable_prefix_caching: bool = True
+    # CUDA: fraction of device memory for weights, activations and the KV pool.
+    gpu_memory_utilization: float = 0.9
+    # CPU: bytes for the KV pool.
+    kv_cache_memory: int = 1 << 30
+    # Explicit KV pool size in blocks; overrides both memory settings (tests use it to force preemption).
+    num_kv_blocks: int | None = None
+    # Seed of the engine's generator for requests without their own seed.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be auto|cpu|cuda|cuda:N, got {self.device!r}")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")

@@ -1,0 +1,78 @@
+"""The engine's state of one request, shared by the scheduler, block manager and output processing."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"  # queued: new, or preempted and waiting to be recomputed
+    RUNNING = "running"  # in the running batch, owns KV blocks
+    FINISHED = "finished"  # done; owns nothing
+
+
+@dataclass
+class Request:
+    """A request's tokens and progress. Only the engine thread touches it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    # Lower runs first (vLLM semantics); ties go to the earlier arrival.
+    priority: int
+    # Monotonic admission counter: FCFS order and the tie-breaker of priority order.
+    arrival_seq: int
+    # time.monotonic() at add_request.
+    arrival_time: float
+    # Mixed into the prefix-cache hash so different salts never share blocks.
+    cache_salt: str | None = None
+    # The request's own generator when params.seed is set.
+    generator: torch.Generator | None = None
+    # Token ids masked while fewer than params.min_tokens were generated (EOS unless ignored, stop ids).
+    min_tokens_suppressed: tuple[int, ...] = ()
+    # Prompt followed by every generated token; append-only.
+    all_token_ids: list[int] = field(default_factory=list)
+    # Tokens whose K/V are in the cache. After a preemption it restarts at 0 (recompute).
+    num_computed_tokens: int = 0
+    # Physical KV blocks in order; append-only while running, emptied on preemption/finish.
+    block_ids: list[int] = field(default_factory=list)
+    # Chained hashes of the request's full blocks so far (valid forever: tokens are append-only).
+    block_hashes: list[int] = field(default_factory=list)
+    # Leading blocks of block_ids already offered to the prefix cache (reset when blocks are freed).
+    num_published_blocks: int = 0
+    status: RequestStatus = RequestStatus.WAITING
+    # Prompt tokens served from the prefix cache at first scheduling (-1 before it).
+    num_cached_tokens: int = -1
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    first_token_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.all_token_ids:
+            self.all_token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.all_token_ids) - len(self.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.all_token_ids[len(self.prompt_token_ids) :]
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        """Scheduling order: lower priority value first, then earlier arrival."""
+        return (self.priority, self.arrival_seq)

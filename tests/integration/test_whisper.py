@@ -1,0 +1,110 @@
+"""The whisper model in a real tritonserver: speech synthesized by espeak-ng, streamed segments."""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import subprocess
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.servers import TritonServer
+
+pytestmark = pytest.mark.slow
+
+ENGLISH = "The quick brown fox jumps over the lazy dog. Paris is the capital of France."
+GERMAN = "Guten Morgen, wie geht es Ihnen heute?"
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: run `make setup`")
+    folder = tmp_path_factory.mktemp("speech")
+    files = {}
+    for name, voice, text in (("en", "en", ENGLISH), ("de", "de", GERMAN)):
+        path = folder / f"{name}.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+        files[name] = path.read_bytes()
+    flac = folder / "en.flac"
+    subprocess.run(["sox", str(folder / "en.wav"), str(flac)], check=True)
+    files["en_flac"] = flac.read_bytes()
+    return files
+
+
+def recognize(url: str, audio: bytes, **options: Any) -> tuple[list[dict], str, Exception | None]:
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    inputs = [_tensor("audio", np.array([audio], dtype=np.object_))]
+    for name, value in options.items():
+        array = np.array([value]) if isinstance(value, bool) else np.array([value.encode()], dtype=np.object_)
+        inputs.append(_tensor(name, array))
+    segments: list[dict] = []
+    language = ""
+    try:
+        client.async_stream_infer("whisper", inputs, enable_empty_final_response=True)
+        while True:
+            result, error = responses.get(timeout=120)
+            if error is not None:
+                return segments, language, error
+            if result.as_numpy("segment") is not None:
+                segment = json.loads(result.as_numpy("segment")[0])
+                if segment:
+                    segments.append(segment)
+                language = result.as_numpy("language")[0].decode()
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return segments, language, None
+    finally:
+        client.stop_stream()
+
+
+def _tensor(name: str, array: np.ndarray) -> grpcclient.InferInput:
+    dtype = "BOOL" if array.dtype == np.bool_ else "BYTES"
+    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def words_of(segments: list[dict]) -> str:
+    return " ".join(segment["text"] for segment in segments).lower()
+
+
+def test_english_transcription_with_word_timestamps(
+    triton_server: TritonServer, speech: dict[str, bytes]
+) -> None:
+    segments, language, error = recognize(triton_server.grpc_url, speech["en"], word_timestamps=True)
+    assert error is None, error
+    assert language == "en"
+    text = words_of(segments)
+    for keyword in ("fox", "dog", "paris", "france"):
+        assert keyword in text, text
+    starts = [word["start"] for segment in segments for word in segment["words"]]
+    assert starts and starts == sorted(starts)
+    assert all(segment["end"] >= segment["start"] for segment in segments)
+
+
+def test_flac_decodes_too(triton_server: TritonServer, speech: dict[str, bytes]) -> None:
+    segments, _, error = recognize(triton_server.grpc_url, speech["en_flac"])
+    assert error is None and "fox" in words_of(segments)
+
+
+def test_german_is_detected_and_translated(triton_server: TritonServer, speech: dict[str, bytes]) -> None:
+    segments, language, error = recognize(triton_server.grpc_url, speech["de"])
+    assert error is None and language == "de"
+    assert "morgen" in words_of(segments)
+    translated, _, error = recognize(triton_server.grpc_url, speech["de"], task="translate")
+    assert error is None and "morning" in words_of(translated)
+
+
+def test_garbage_bytes_fail_cleanly_and_the_model_keeps_serving(
+    triton_server: TritonServer, speech: dict[str, bytes]
+) -> None:
+    _, _, error = recognize(triton_server.grpc_url, b"\x00\x01 definitely not audio")
+    assert error is not None and "could not decode" in str(error)
+    segments, _, error = recognize(triton_server.grpc_url, speech["en"])
+    assert error is None and segments
