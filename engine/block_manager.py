@@ -88,7 +88,9 @@ class BlockManager:
         hits: list[int] = []
         parent_uid = 0
         for index in range((request.num_tokens - 1) // self.block_size):
-            block = self._lookup(self._block_hash(request, index), self._tokens(request, index), request.cache_salt, parent_uid)
+            block = self._lookup(
+                self._block_hash(request, index), self._tokens(request, index), request.cache_salt, parent_uid
+            )
             if block is None:
                 break
             hits.append(block.block_id)
@@ -97,7 +99,9 @@ class BlockManager:
 
     # -- mutations ----------------------------------------------------------------------------------
 
-    def allocate_slots(self, request: Request, num_new_tokens: int, computed_blocks: Sequence[int] = ()) -> bool:
+    def allocate_slots(
+        self, request: Request, num_new_tokens: int, computed_blocks: Sequence[int] = ()
+    ) -> bool:
         """Grow the request's block table to hold its computed tokens, `computed_blocks` (prefix hits
         not yet in its table) and `num_new_tokens` more. All or nothing: False changes nothing."""
         num_computed = request.num_computed_tokens + len(computed_blocks) * self.block_size
@@ -139,7 +143,11 @@ class BlockManager:
                 block_hash = self._block_hash(request, index)
                 tokens = self._tokens(request, index)
                 if self._lookup(block_hash, tokens, request.cache_salt, parent_uid) is None:
-                    block.block_hash, block.token_ids, block.cache_salt = block_hash, tokens, request.cache_salt
+                    block.block_hash, block.token_ids, block.cache_salt = (
+                        block_hash,
+                        tokens,
+                        request.cache_salt,
+                    )
                     block.parent_uid, block.uid = parent_uid, self._next_uid
                     self._next_uid += 1
                     self._cached.setdefault(block_hash, []).append(block.block_id)
@@ -176,7 +184,11 @@ class BlockManager:
     ) -> _Block | None:
         for block_id in self._cached.get(block_hash, ()):
             block = self._blocks[block_id]
-            if block.token_ids == tokens and block.cache_salt == cache_salt and block.parent_uid == parent_uid:
+            if (
+                block.token_ids == tokens
+                and block.cache_salt == cache_salt
+                and block.parent_uid == parent_uid
+            ):
                 return block
         return None
 
@@ -188,4 +200,10 @@ class BlockManager:
         bucket.remove(block.block_id)
         if not bucket:
             del self._cached[block.block_hash]
-        block.block_hash, block.uid, block.parent_uid, block.token_ids, block.cache_salt = None, 0, 0, (), None
+        block.block_hash, block.uid, block.parent_uid, block.token_ids, block.cache_salt = (
+            None,
+            0,
+            0,
+            (),
+            None,
+        )

@@ -22,7 +22,9 @@ _REPLACEMENT_CHAR = "\ufffd"
 class IncrementalDetokenizer:
     """Turns a stream of token ids into a stream of complete characters."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, prompt_token_ids: list[int], params: SamplingParams
+    ) -> None:
         self._tokenizer = tokenizer
         self._skip_special = params.skip_special_tokens
         self._spaces_between_special = params.spaces_between_special_tokens
@@ -45,7 +47,7 @@ class IncrementalDetokenizer:
     def _to_tokens(self, token_ids: list[int]) -> list[str]:
         if self._skip_special:
             token_ids = [token for token in token_ids if token not in self._special_ids]
-        return self._tokenizer.convert_ids_to_tokens(token_ids)
+        return list(self._tokenizer.convert_ids_to_tokens(token_ids))
 
     def _to_text(self, tokens: list[str]) -> str:
         """Tokens to text; special tokens kept (skip_special_tokens=False) are their own segments,
@@ -70,7 +72,9 @@ class IncrementalDetokenizer:
 class TextStream:
     """A request's output text: detokenization, stop strings and the released/held-back split."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, prompt_token_ids: list[int], params: SamplingParams
+    ) -> None:
         self._detokenizer = IncrementalDetokenizer(tokenizer, prompt_token_ids, params)
         self._stops = params.stop
         self._include_stop = params.include_stop_str_in_output

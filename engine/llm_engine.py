@@ -38,7 +38,9 @@ class LLMEngine:
         eos = set(spec.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
-        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_manager = BlockManager(
+            self.runner.num_blocks, config.block_size, config.enable_prefix_caching
+        )
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.outputs = OutputProcessor(self.tokenizer, frozenset(eos), self.max_model_len)
         self._requests: dict[str, Request] = {}
@@ -66,7 +68,7 @@ class LLMEngine:
                 f"{num_prompt + params.max_tokens} exceed max_model_len {self.max_model_len}"
             )
         vocab_size = self.runner.spec.vocab_size
-        bad = [token for token in prompt_token_ids if not 0 <= token < vocab_size]
+        bad = [token for token in prompt_token_ids if not (isinstance(token, int) and 0 <= token < vocab_size)]
         if bad:
             raise InvalidRequestError(f"prompt token ids out of range [0, {vocab_size}): {bad[:8]}")
         longest = min(num_prompt + (params.max_tokens or self.max_model_len), self.max_model_len)
@@ -109,13 +111,17 @@ class LLMEngine:
         self.scheduler.add(request)
         self._prompt_tokens_total += len(prompt_token_ids)
 
-    def abort_request(self, request_id: str) -> None:
-        """Free the request's blocks now; its final output (finish_reason "abort") comes with the next step."""
+    def abort_request(self, request_id: str, error: str | None = None) -> None:
+        """Free the request's blocks now; its final output (finish_reason "abort", with `error` if
+        given) comes with the next step. Unknown or finished ids are ignored."""
         request = self._requests.pop(request_id, None)
         if request is None:
             return
         self.scheduler.remove(request)
-        self._pending.append(self.outputs.finish(request, "abort"))
+        self._pending.append(self.outputs.finish(request, "abort", error))
+
+    def unfinished_request_ids(self) -> list[str]:
+        return list(self._requests)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests) or bool(self._pending)
@@ -180,7 +186,8 @@ class LLMEngine:
     def generate(
         self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
     ) -> list[CompletedRequest]:
-        """Run `prompts` to completion (alongside anything already queued); results in input order."""
+        """Run `prompts` to completion; results in input order. For offline use: outputs of requests
+        added by other means while it runs are consumed and dropped."""
         per_prompt = params if isinstance(params, list) else [params] * len(prompts)
         if len(per_prompt) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} SamplingParams")

@@ -115,9 +115,13 @@ class ModelRunner:
         for row, table in enumerate(tables):
             used = min(len(table), width)
             block_tables[row, :used] = torch.tensor(table[:used], dtype=torch.int64)
-        slot_mapping = block_tables[seq_index, positions // self.block_size] * self.block_size + positions % self.block_size
+        slot_mapping = (
+            block_tables[seq_index, positions // self.block_size] * self.block_size
+            + positions % self.block_size
+        )
         sample_rows = torch.tensor(
-            [int(query_start_loc[i + 1]) - 1 for i, chunk in enumerate(chunks) if chunk.sample], dtype=torch.int64
+            [int(query_start_loc[i + 1]) - 1 for i, chunk in enumerate(chunks) if chunk.sample],
+            dtype=torch.int64,
         )
         attn = AttentionMetadata(
             query_start_loc=self._to_device(query_start_loc.to(torch.int32)),

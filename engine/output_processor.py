@@ -17,7 +17,9 @@ from engine.request import Request
 class OutputProcessor:
     """Per-request text state plus the stop checks; only the engine thread calls it."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, eos_token_ids: frozenset[int], max_model_len: int) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, eos_token_ids: frozenset[int], max_model_len: int
+    ) -> None:
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len

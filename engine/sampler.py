@@ -57,7 +57,9 @@ class Sampler:
         if batch.need_min_p:
             logits = apply_min_p(logits, batch.min_p)
         if batch.need_top_k or batch.need_top_p:
-            logits = apply_top_k_top_p(logits, batch.top_k if batch.need_top_k else None, batch.top_p if batch.need_top_p else None)
+            logits = apply_top_k_top_p(
+                logits, batch.top_k if batch.need_top_k else None, batch.top_p if batch.need_top_p else None
+            )
         probs = logits.softmax(dim=-1)
         sampled = (probs / self._exponential(probs, batch.generators)).argmax(dim=-1)
         return torch.where(is_greedy, greedy, sampled)
@@ -77,7 +79,9 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
-def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
+def apply_top_k_top_p(
+    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None
+) -> torch.Tensor:
     """Keep each row's top_k most likely tokens (0 = all), then its smallest nucleus reaching top_p."""
     sorted_logits, order = logits.sort(dim=-1, descending=False)
     vocab = logits.shape[-1]

@@ -1,101 +1,31 @@
-"""Tiny random-weight Hugging Face checkpoints, saved once per session, and their HF reference models."""
+"""Session fixtures: tiny random-weight HF checkpoints saved once, with their HF reference models.
+
+Without CUDA the Triton-backend tests run the kernels under TRITON_INTERPRET. Triton reads the variable
+when `kernels.ops` first imports a kernel module, which happens only once a test routes ops to Triton, so
+setting it at collection is early enough; the auto backend never touches Triton on the CPU.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+import os
+from collections.abc import Iterator
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    LlamaConfig,
-    MistralConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-    Qwen2Config,
-    Qwen3Config,
-)
 
-SMALL = dict(
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=256,
-    max_position_embeddings=128,
-    eos_token_id=2,
-)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from transformers import AutoModelForCausalLM  # noqa: E402
 
-@dataclass(frozen=True)
-class TinyCase:
-    """One tiny checkpoint flavour: an HF config plus how it is saved."""
-
-    name: str
-    make_config: Callable[[], PretrainedConfig]
-    # save_pretrained's max_shard_size: a small value forces the sharded layout with an index file.
-    max_shard_size: str | None = None
-
-
-TINY_CASES = [
-    TinyCase("llama-tied", lambda: LlamaConfig(**SMALL, tie_word_embeddings=True)),
-    TinyCase(
-        "llama-bias-llama3rope-sharded",
-        lambda: LlamaConfig(
-            **SMALL,
-            attention_bias=True,
-            mlp_bias=True,
-            rope_parameters={
-                "rope_type": "llama3",
-                "rope_theta": 500.0,
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 16,
-            },
-        ),
-        max_shard_size="60KB",
-    ),
-    TinyCase("qwen2-sharded", lambda: Qwen2Config(**SMALL), max_shard_size="60KB"),
-    TinyCase("qwen2-tied", lambda: Qwen2Config(**SMALL, tie_word_embeddings=True)),
-    TinyCase(
-        "qwen3-yarn",
-        lambda: Qwen3Config(
-            **SMALL,
-            head_dim=32,
-            rope_parameters={
-                "rope_type": "yarn",
-                "rope_theta": 1000.0,
-                "factor": 4.0,
-                "original_max_position_embeddings": 32,
-            },
-        ),
-    ),
-    TinyCase("qwen3-bias-tied", lambda: Qwen3Config(**SMALL, head_dim=16, attention_bias=True, tie_word_embeddings=True)),
-    TinyCase("mistral-sliding", lambda: MistralConfig(**SMALL, sliding_window=5)),
-]
-
-
-def randomize(model: PreTrainedModel, seed: int) -> None:
-    """Replace HF's init (zero biases, unit norms) so every parameter, biases included, matters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(1.0 + 0.1 * noise if "norm" in name else 0.1 * noise)
-
-
-@dataclass
-class TinyCheckpoint:
-    path: Path
-    hf_model: PreTrainedModel
+from kernels import ops  # noqa: E402
+from tests.engine_models.tiny_checkpoints import TINY_CASES, TinyCase, TinyCheckpoint, randomize  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=TINY_CASES, ids=lambda case: case.name)
-def tiny_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
+def tiny_checkpoint(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> TinyCheckpoint:
     case: TinyCase = request.param
     torch.manual_seed(0)
     hf_model = AutoModelForCausalLM.from_config(case.make_config(), attn_implementation="eager")
@@ -105,4 +35,13 @@ def tiny_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
         hf_model.save_pretrained(path)
     else:
         hf_model.save_pretrained(path, max_shard_size=case.max_shard_size)
-    return TinyCheckpoint(path, hf_model.eval())
+    return TinyCheckpoint(path, hf_model.eval(), sharded=case.max_shard_size is not None)
+
+
+@pytest.fixture
+def triton_backend() -> Iterator[torch.device]:
+    """Route `kernels.ops` to the Triton kernels for one test (interpreted on the CPU); yields the device
+    the model must live on."""
+    ops.set_backend("triton")
+    yield torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ops.set_backend("auto")

@@ -10,6 +10,8 @@ import torch
 from engine.attention_metadata import AttentionMetadata
 from engine.models import ModelSpec
 
+CPU = torch.device("cpu")
+
 
 @dataclass
 class Step:
@@ -25,8 +27,16 @@ class Step:
 class PagedSequences:
     """Token sequences sharing one KV cache; each owns a fixed, shuffled (non-contiguous) set of blocks."""
 
-    def __init__(self, spec: ModelSpec, sequences: list[list[int]], block_size: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        sequences: list[list[int]],
+        block_size: int,
+        seed: int = 0,
+        device: torch.device = CPU,
+    ) -> None:
         self.sequences = sequences
+        self.device = device
         self.block_size = block_size
         blocks_per_seq = max(-(-len(s) // block_size) for s in sequences)
         # Spare blocks so ids run well past what the sequences need and scatter across the pool.
@@ -34,7 +44,14 @@ class PagedSequences:
         order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))
         self.block_tables = order[: blocks_per_seq * len(sequences)].view(len(sequences), blocks_per_seq)
         self.kv_cache = torch.zeros(
-            spec.num_layers, 2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim, dtype=spec.dtype
+            spec.num_layers,
+            2,
+            num_blocks,
+            block_size,
+            spec.num_kv_heads,
+            spec.head_dim,
+            dtype=spec.dtype,
+            device=device,
         )
         self.num_computed = [0] * len(sequences)
 
@@ -52,12 +69,15 @@ class PagedSequences:
             query_start.append(query_start[-1] + count)
             seq_lens.append(start + count)
             self.num_computed[seq] = start + count
+        dev = self.device
         attn = AttentionMetadata(
-            query_start_loc=torch.tensor(query_start, dtype=torch.int32),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-            block_tables=self.block_tables[list(chunks)].to(torch.int32),
-            slot_mapping=torch.cat(slots).to(torch.int64),
+            query_start_loc=torch.tensor(query_start, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            block_tables=self.block_tables[list(chunks)].to(dev, torch.int32),
+            slot_mapping=torch.cat(slots).to(dev, torch.int64),
             max_query_len=max(chunks.values()),
             max_seq_len=max(seq_lens),
         )
-        return Step(torch.cat(ids).to(torch.int64), torch.cat(positions).to(torch.int64), attn, rows)
+        return Step(
+            torch.cat(ids).to(dev, torch.int64), torch.cat(positions).to(dev, torch.int64), attn, rows
+        )

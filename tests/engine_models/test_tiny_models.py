@@ -5,20 +5,10 @@ from __future__ import annotations
 import torch
 
 from engine.models import load_model
-from tests.engine_models.conftest import TinyCheckpoint
 from tests.engine_models.paged_batch import PagedSequences
+from tests.engine_models.tiny_checkpoints import TinyCheckpoint, hf_logits, random_sequences
 
 ATOL = 1e-4
-
-
-def hf_logits(checkpoint: TinyCheckpoint, tokens: list[int]) -> torch.Tensor:
-    with torch.inference_mode():
-        return checkpoint.hf_model(torch.tensor([tokens])).logits[0].float()
-
-
-def random_sequences(lengths: list[int], vocab_size: int, seed: int) -> list[list[int]]:
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab_size, (n,), generator=generator).tolist() for n in lengths]
 
 
 def test_varlen_prefill_matches_hf(tiny_checkpoint: TinyCheckpoint) -> None:
@@ -30,7 +20,9 @@ def test_varlen_prefill_matches_hf(tiny_checkpoint: TinyCheckpoint) -> None:
         logits = model.compute_logits(model(step.input_ids, step.positions, paged.kv_cache, step.attn))
     assert logits.dtype == torch.float32 and logits.shape == (sum(map(len, sequences)), model.spec.vocab_size)
     for seq, rows in enumerate(step.rows):
-        torch.testing.assert_close(logits[rows], hf_logits(tiny_checkpoint, sequences[seq]), atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            logits[rows], hf_logits(tiny_checkpoint, sequences[seq]), atol=ATOL, rtol=0
+        )
 
 
 def test_paged_decode_matches_hf(tiny_checkpoint: TinyCheckpoint) -> None:

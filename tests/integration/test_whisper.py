@@ -17,7 +17,7 @@ from tests.servers import TritonServer
 pytestmark = pytest.mark.slow
 
 ENGLISH = "The quick brown fox jumps over the lazy dog. Paris is the capital of France."
-GERMAN = "Guten Morgen, wie geht es Ihnen heute?"
+GERMAN = "Guten Morgen, wie geht es Ihnen heute? Das Wetter ist schön."
 
 
 @pytest.fixture(scope="module")

@@ -105,6 +105,11 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 inputs[name] = tensor.as_numpy()
+        if "abort_request_id" in inputs and "input_ids" not in inputs:
+            # A cancellation relayed by postprocess (see config.pbtxt).
+            self.engine.abort(inputs["abort_request_id"].reshape(-1)[0].decode("utf-8"))
+            _send_final(sender, pb_utils.InferenceResponse(output_tensors=[]))
+            return
         try:
             generation = parse_generation_request(inputs)
         except ValueError as error:
@@ -211,6 +216,7 @@ class TritonPythonModel:
             return np.array([value], dtype=np.int32)
 
         tensors = [
+            pb_utils.Tensor("request_id", np.array([output.request_id.encode("utf-8")], dtype=np.object_)),
             pb_utils.Tensor("text_delta", np.array([text.encode("utf-8")], dtype=np.object_)),
             pb_utils.Tensor("prompt_text", np.array([prompt_text.encode("utf-8")], dtype=np.object_)),
             pb_utils.Tensor("output_token_ids", np.asarray(token_ids, dtype=np.int32)),

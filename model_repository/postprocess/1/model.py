@@ -5,6 +5,11 @@ and to hold back text that could still become one), so every llm response alread
 text delta. This step therefore needs no per-request state: it prepends the prompt when the client
 asked for it (`exclude_input_in_output=false`, sent by llm only on the first response) and forwards
 the token accounting.
+
+Cancellation relay: Triton 2.51 marks the ensemble steps scheduled after a client cancelled as
+cancelled, but never the llm step already running. Here each such response is seen, so postprocess
+asks llm (a BLS request carrying only `abort_request_id`) to abort the engine request, which frees
+its sequence and KV blocks at once instead of after max_tokens.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ class TritonPythonModel:
         return [self._format(request) for request in requests]
 
     def _format(self, request) -> pb_utils.InferenceResponse:
+        if request.is_cancelled():
+            self._relay_abort(pb_utils.get_input_tensor_by_name(request, "request_id").as_numpy())
+            error = pb_utils.TritonError("request cancelled by the client", pb_utils.TritonError.CANCELLED)
+            return pb_utils.InferenceResponse(output_tensors=[], error=error)
         prompt = pb_utils.get_input_tensor_by_name(request, "prompt_text").as_numpy().reshape(-1)[0]
         delta = pb_utils.get_input_tensor_by_name(request, "text_delta").as_numpy().reshape(-1)[0]
         text = np.array([prompt + delta], dtype=np.object_)
@@ -34,3 +43,14 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             outputs.append(pb_utils.Tensor(name, tensor.as_numpy()))
         return pb_utils.InferenceResponse(output_tensors=outputs)
+
+    @staticmethod
+    def _relay_abort(request_id: np.ndarray) -> None:
+        abort = pb_utils.InferenceRequest(
+            model_name="llm",
+            inputs=[pb_utils.Tensor("abort_request_id", request_id)],
+            requested_output_names=[],
+        )
+        for response in abort.exec(decoupled=True):
+            if response.has_error():
+                pb_utils.Logger.log_warn(f"abort relay failed: {response.error().message()}")

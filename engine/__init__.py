@@ -1,0 +1,25 @@
+"""The inference engine: continuous batching over a paged KV cache, usable as a library.
+
+Flow of a request: LLMEngine.add_request -> Scheduler (token budget, preemption) with the
+BlockManager (paged KV, prefix cache) -> ModelRunner (one varlen batch, model, Sampler) ->
+OutputProcessor (stop checks, incremental detokenization) -> RequestOutput deltas.
+AsyncEngine runs that loop in a thread for servers.
+"""
+
+from engine.async_engine import AsyncEngine, RequestStream
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import CompletedRequest, EngineStats, InvalidRequestError, RequestOutput
+from engine.sampling_params import SamplingParams
+
+__all__ = [
+    "AsyncEngine",
+    "CompletedRequest",
+    "EngineConfig",
+    "EngineStats",
+    "InvalidRequestError",
+    "LLMEngine",
+    "RequestOutput",
+    "RequestStream",
+    "SamplingParams",
+]

@@ -1,0 +1,190 @@
+"""AsyncEngine: the engine loop in its own thread, safe to call from any thread.
+
+Callers submit and abort through a lock-guarded inbox; the loop thread sleeps on a condition while
+there is nothing to do, drains the inbox between steps, steps the engine and hands every
+RequestOutput to the request's callback or stream. Only the loop thread touches the LLMEngine.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import EngineStats, InvalidRequestError, RequestOutput
+from engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+OutputCallback = Callable[[RequestOutput], None]
+
+
+class RequestStream:
+    """A request's outputs as a blocking iterator; it ends after the finished output."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self._queue: queue.Queue[RequestOutput] = queue.Queue()
+        self._done = False
+
+    def put(self, output: RequestOutput) -> None:
+        self._queue.put(output)
+
+    def get(self, timeout: float | None = None) -> RequestOutput:
+        """The next output; raises queue.Empty after `timeout` seconds, StopIteration once finished."""
+        if self._done:
+            raise StopIteration
+        output = self._queue.get(timeout=timeout)
+        self._done = output.finished
+        return output
+
+    def __iter__(self) -> Iterator[RequestOutput]:
+        while not self._done:
+            yield self.get()
+
+
+@dataclass
+class _Submission:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    priority: int
+    cache_salt: str | None
+
+
+@dataclass
+class _Inbox:
+    """Work handed from caller threads to the loop thread (guarded by AsyncEngine._cond)."""
+
+    submissions: list[_Submission] = field(default_factory=list)
+    aborts: list[str] = field(default_factory=list)
+    stopping: bool = False
+
+
+class AsyncEngine:
+    """Thread-safe front of LLMEngine for servers (the Triton llm model)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._engine = LLMEngine(config)
+        self.tokenizer = self._engine.tokenizer
+        self.max_model_len = self._engine.max_model_len
+        self._cond = threading.Condition()
+        self._inbox = _Inbox()
+        # request id -> where its outputs go; guarded by _cond. An id stays here until its final output.
+        self._sinks: dict[str, OutputCallback] = {}
+        self._stats = self._engine.stats()
+        self._thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> RequestStream:
+        """Queue a request. Validation happens here (InvalidRequestError); `on_output` is called from
+        the engine thread and must not block; without it, outputs queue in the returned stream."""
+        self._engine.validate_request(prompt_token_ids, params)
+        stream = RequestStream(request_id)
+        with self._cond:
+            if self._inbox.stopping:
+                raise RuntimeError("the engine is shut down")
+            if request_id in self._sinks:
+                raise InvalidRequestError(f"request id {request_id!r} is already in use")
+            self._sinks[request_id] = on_output or stream.put
+            self._inbox.submissions.append(
+                _Submission(request_id, list(prompt_token_ids), params, priority, cache_salt)
+            )
+            self._cond.notify()
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        with self._cond:
+            if request_id in self._sinks:
+                self._inbox.aborts.append(request_id)
+                self._cond.notify()
+
+    def stats(self) -> EngineStats:
+        with self._cond:
+            return self._stats
+
+    def shutdown(self) -> None:
+        """Abort every request (each gets its final output) and join the loop thread."""
+        with self._cond:
+            self._inbox.stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    # -- the loop thread ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        engine = self._engine
+        while True:
+            with self._cond:
+                while not (self._inbox.submissions or self._inbox.aborts or self._inbox.stopping) and not (
+                    engine.has_unfinished_requests()
+                ):
+                    self._cond.wait()
+                inbox, self._inbox = self._inbox, _Inbox(stopping=self._inbox.stopping)
+            for submission in inbox.submissions:
+                try:
+                    engine.add_request(
+                        submission.request_id,
+                        submission.prompt_token_ids,
+                        submission.params,
+                        priority=submission.priority,
+                        cache_salt=submission.cache_salt,
+                    )
+                except InvalidRequestError as error:  # e.g. an id reused after its abort was queued
+                    self._deliver([self._rejected(submission, str(error))])
+            aborts = inbox.aborts + (engine.unfinished_request_ids() if inbox.stopping else [])
+            for request_id in aborts:
+                engine.abort_request(request_id)
+            try:
+                outputs = engine.step()
+            except Exception as error:  # a bug outside the model run: fail what is in flight, keep serving
+                logger.exception("engine step raised")
+                for request_id in engine.unfinished_request_ids():
+                    engine.abort_request(request_id, f"{type(error).__name__}: {error}")
+                outputs = []
+            self._deliver(outputs)
+            with self._cond:
+                self._stats = engine.stats()
+                if inbox.stopping and not engine.has_unfinished_requests():
+                    return
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            with self._cond:
+                sink = self._sinks.get(output.request_id)
+                if output.finished:
+                    self._sinks.pop(output.request_id, None)
+            if sink is None:
+                continue
+            try:
+                sink(output)
+            except Exception:
+                logger.exception("output callback of %s raised", output.request_id)
+
+    @staticmethod
+    def _rejected(submission: _Submission, error: str) -> RequestOutput:
+        return RequestOutput(
+            request_id=submission.request_id,
+            new_token_ids=[],
+            text_delta="",
+            num_prompt_tokens=len(submission.prompt_token_ids),
+            num_output_tokens=0,
+            num_cached_tokens=0,
+            finished=True,
+            finish_reason="abort",
+            stop_reason=None,
+            error=error,
+        )

@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP frontend that reaches the engine only through Triton over gRPC streaming."""

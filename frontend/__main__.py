@@ -1,0 +1,31 @@
+"""`python -m frontend --model PATH ...`: load the tokenizer, connect to Triton, serve HTTP."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from frontend.app import build_app
+from frontend.config import config_from_args
+from frontend.metrics import FrontendMetrics
+from frontend.serving.context import ServingContext, unix_now
+from frontend.templating import ChatTemplater
+from frontend.triton_client import TritonClient
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = config_from_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = ServingContext(
+        config=config,
+        triton=TritonClient(config.triton_url, config.triton_model),
+        templater=ChatTemplater(config.model, config.chat_template),
+        metrics=FrontendMetrics(),
+        started=unix_now(),
+    )
+    uvicorn.run(build_app(ctx), host=config.host, port=config.port, log_level="info", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

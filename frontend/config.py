@@ -1,0 +1,96 @@
+"""The frontend's one typed configuration, built from CLI flags (named as `vllm serve` names them)
+and environment variables in one place."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral", "pythonic")
+REASONING_PARSERS = ("deepseek_r1", "qwen3")
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Everything the OpenAI frontend needs; nothing else reads flags or the environment."""
+
+    # Hugging Face checkpoint directory: tokenizer and chat template are loaded from it.
+    model: Path
+    # Model ids clients send and /v1/models lists; the first is the canonical one.
+    served_model_names: tuple[str, ...]
+    # Triton gRPC endpoint, host:port.
+    triton_url: str = "127.0.0.1:8001"
+    # Triton model (the decoupled ensemble) every generation request goes to.
+    triton_model: str = "ensemble"
+    # HTTP listen address.
+    host: str = "127.0.0.1"
+    port: int = 9000
+    # Context length for validating requests up front; None leaves the check to the engine alone.
+    max_model_len: int | None = None
+    # Accepted bearer tokens; empty means no authentication.
+    api_keys: tuple[str, ...] = ()
+    # Jinja chat template file overriding the tokenizer's own template.
+    chat_template: Path | None = None
+    # Parse tool calls out of generated text when the request offers tools.
+    enable_auto_tool_choice: bool = False
+    # Tool-call syntax of the model (one of TOOL_CALL_PARSERS), or None.
+    tool_call_parser: str | None = None
+    # `<think>` reasoning extraction (one of REASONING_PARSERS), or None.
+    reasoning_parser: str | None = None
+    # Role of generated chat messages.
+    response_role: str = "assistant"
+    # Largest accepted request body in bytes (413 above it).
+    max_request_body_bytes: int = 16 * 1024 * 1024
+    # Seconds to wait for Triton to answer a readiness probe.
+    triton_timeout_s: float = 5.0
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_names[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m frontend", description="OpenAI-compatible API over Triton")
+    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory (tokenizer, template)")
+    parser.add_argument("--served-model-name", nargs="+", default=None, help="model ids clients use")
+    parser.add_argument("--triton-url", default=os.environ.get("TRITON_GRPC_URL", "127.0.0.1:8001"))
+    parser.add_argument("--triton-model", default="ensemble")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--api-key", nargs="+", default=None, help="accepted bearer tokens (or VLLM_API_KEY)")
+    parser.add_argument("--chat-template", default=None, help="Jinja chat template file")
+    parser.add_argument("--enable-auto-tool-choice", action="store_true")
+    parser.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default=None)
+    parser.add_argument("--reasoning-parser", choices=REASONING_PARSERS, default=None)
+    parser.add_argument("--response-role", default="assistant")
+    parser.add_argument("--max-request-body-bytes", type=int, default=16 * 1024 * 1024)
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
+    """Parse CLI flags (and `VLLM_API_KEY`, as vLLM reads it) into the config."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        parser.error("--enable-auto-tool-choice requires --tool-call-parser")
+    model = Path(args.model)
+    api_keys = tuple(args.api_key or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else []))
+    return FrontendConfig(
+        model=model,
+        served_model_names=tuple(args.served_model_name or [str(args.model)]),
+        triton_url=args.triton_url,
+        triton_model=args.triton_model,
+        host=args.host,
+        port=args.port,
+        max_model_len=args.max_model_len,
+        api_keys=api_keys,
+        chat_template=Path(args.chat_template) if args.chat_template else None,
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
+        reasoning_parser=args.reasoning_parser,
+        response_role=args.response_role,
+        max_request_body_bytes=args.max_request_body_bytes,
+    )

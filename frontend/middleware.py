@@ -1,0 +1,133 @@
+"""One ASGI layer in front of every route: request ids, API keys, body size limit and request metrics.
+
+A plain ASGI middleware (not BaseHTTPMiddleware) so streams pass through untouched and the body is read
+once: it is buffered here against the size limit, then replayed to the app.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from frontend.errors import APIError
+from frontend.metrics import FrontendMetrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Reachable without an API key: probes and scrapers carry none.
+OPEN_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
+KNOWN_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize"} | OPEN_PATHS
+)
+
+
+def endpoint_label(path: str) -> str:
+    """Metric label of a path; unknown paths share one label so scanners cannot blow up cardinality."""
+    if path in KNOWN_PATHS:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    return "other"
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...], max_body_bytes: int, metrics: FrontendMetrics):
+        self.app = app
+        self.api_keys = [key.encode() for key in api_keys]
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        label = endpoint_label(scope["path"])
+        status = [500]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [
+                    *[(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"],
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            if not self._authorized(scope["path"], headers):
+                await self._error(send_with_id, APIError(
+                    401, "Invalid or missing API key.", "authentication_error", None, "invalid_api_key",
+                    {"WWW-Authenticate": "Bearer"},
+                ))
+                return
+            body = await self._read_body(headers, receive)
+            if body is None:
+                await self._error(send_with_id, APIError(
+                    413, f"Request body exceeds {self.max_body_bytes} bytes.", "invalid_request_error", None,
+                    "request_too_large",
+                ))
+                return
+            await self.app(scope, _replay(body, receive), send_with_id)
+        finally:
+            self.metrics.requests.labels(label, str(status[0])).inc()
+
+    def _authorized(self, path: str, headers: dict[str, str]) -> bool:
+        if not self.api_keys or path in OPEN_PATHS:
+            return True
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        # compare_digest against every key, so timing says nothing about which key nearly matched.
+        matches = [hmac.compare_digest(token.strip().encode(), key) for key in self.api_keys]
+        return any(matches)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
+        """The whole body, or None once it exceeds the limit (checked on Content-Length and on the bytes)."""
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return None
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(parts)
+
+    @staticmethod
+    async def _error(send: Send, error: APIError) -> None:
+        body = error.body().model_dump_json().encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that hands the buffered body over once, then passes through (disconnect notices)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed

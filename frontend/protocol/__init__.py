@@ -1,0 +1,1 @@
+"""Pydantic models of the OpenAI API (and vLLM's extensions), one module per API family."""

@@ -1,0 +1,45 @@
+"""/v1/completions (legacy): request, response and stream chunk models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from frontend.protocol.sampling import SamplingRequest
+from frontend.protocol.usage import UsageInfo
+
+
+class CompletionRequest(SamplingRequest):
+    # One text, a batch of texts, one token-id prompt or a batch of token-id prompts.
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    best_of: int | None = Field(default=None, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, prompt: str | list) -> str | list:
+        if isinstance(prompt, list) and (not prompt or any(isinstance(p, list) and not p for p in prompt)):
+            raise ValueError("prompt must not be empty")
+        return prompt
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+    system_fingerprint: str
+    service_tier: str | None = None

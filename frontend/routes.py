@@ -1,0 +1,128 @@
+"""Thin FastAPI routes: parse, call a handler, pick the response type. No logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from frontend.protocol.chat import ChatCompletionRequest
+from frontend.protocol.completions import CompletionRequest
+from frontend.protocol.tokenize import DetokenizeRequest, TokenizeRequest
+from frontend.serving.chat import ChatHandler
+from frontend.serving.completions import CompletionHandler
+from frontend.serving.context import ServingContext, new_id
+from frontend.serving.models import ModelsHandler
+from frontend.serving.tokenize import TokenizeHandler
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The HTTP client left before the answer was ready."""
+
+
+class EventStreamResponse(StreamingResponse):
+    """SSE that stops (and closes its generator, cancelling the Triton request) as soon as the client leaves,
+    whatever ASGI spec version the server speaks."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def stream() -> None:
+            try:
+                await self.stream_response(send)
+            finally:
+                if isinstance(self.body_iterator, AsyncGenerator):
+                    await self.body_iterator.aclose()
+
+        streaming = asyncio.create_task(stream())
+        watching = asyncio.create_task(self.listen_for_disconnect(receive))
+        done, pending = await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if streaming in done:
+            streaming.result()
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run a non-streamed handler, cancelling it (and its Triton request) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnected()
+    return task.result()
+
+
+def _respond(result: BaseModel | AsyncIterator[str]) -> Response:
+    if isinstance(result, BaseModel):
+        return JSONResponse(result.model_dump(mode="json"))
+    return EventStreamResponse(result, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def build_router(ctx: ServingContext) -> APIRouter:
+    router = APIRouter()
+    chat = ChatHandler(ctx)
+    completions = CompletionHandler(ctx)
+    models = ModelsHandler(ctx)
+    tokenizer = TokenizeHandler(ctx)
+
+    @router.post("/v1/chat/completions")
+    async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+        return _respond(await until_disconnect(request, chat.create(body, new_id("chatcmpl"))))
+
+    @router.post("/v1/completions")
+    async def create_completion(body: CompletionRequest, request: Request) -> Response:
+        return _respond(await until_disconnect(request, completions.create(body, new_id("cmpl"))))
+
+    @router.get("/v1/models")
+    async def list_models() -> Response:
+        return _respond(models.list())
+
+    @router.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str) -> Response:
+        return _respond(models.retrieve(model))
+
+    @router.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> Response:
+        return _respond(await tokenizer.tokenize(body))
+
+    @router.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> Response:
+        return _respond(await tokenizer.detokenize(body))
+
+    @router.get("/health")
+    async def health() -> Response:
+        ready = await ctx.triton.is_ready(ctx.config.triton_timeout_s)
+        return Response(status_code=200 if ready else 503)
+
+    @router.get("/version")
+    async def server_version() -> Response:
+        try:
+            package_version = version("tritonllm")
+        except PackageNotFoundError:
+            package_version = "unknown"
+        return JSONResponse({"version": package_version})
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return router

@@ -1,0 +1,201 @@
+"/v1/completions (legacy): one Triton request per prompt, run concurrently, answered in prompt order."
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from frontend.errors import APIError, bad_request
+from frontend.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
+from frontend.protocol.usage import UsageInfo
+from frontend.serving.context import ServingContext, unix_now
+from frontend.serving.engine_params import EngineParameters, api_error, engine_parameters
+from frontend.serving.generation import Generation, chunks, collect, start_generation
+from frontend.serving.sse import DONE, error_frame, frame
+from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
+
+ENDPOINT = "/v1/completions"
+
+
+@dataclass
+class Prompt:
+    """One prompt of a (possibly batched) request, as text."""
+
+    text: str
+    # Text prompts get the tokenizer's special tokens; token-id prompts were decoded and already have theirs.
+    add_special_tokens: bool
+
+
+class CompletionHandler:
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+
+    async def create(self, request: CompletionRequest, request_id: str) -> CompletionResponse | AsyncIterator[str]:
+        model = self.ctx.check_model(request.model)
+        if request.stream_options is not None and not request.stream:
+            raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
+        if request.suffix:
+            raise bad_request("suffix is not supported", param="suffix")
+        params = engine_parameters(request)
+        if request.logprobs is not None:
+            params.set("logprobs", request.logprobs)
+        if request.best_of is not None:
+            params.set("best_of", request.best_of)
+        prompts = self._prompts(request)
+        await self._check_lengths(prompts, request.max_tokens)
+        inputs = [
+            GenerationInput(
+                prompt=prompt.text,
+                stream=request.stream,
+                add_special_tokens=prompt.add_special_tokens,
+                max_tokens=request.max_tokens,
+                sampling=params.sampling,
+                priority=request.priority,
+                cache_salt=request.cache_salt,
+                request_id=f"{request_id}-{index}",
+            )
+            for index, prompt in enumerate(prompts)
+        ]
+        generations = await self._start_all(inputs, params)
+        if request.stream:
+            return self._stream(request, model, prompts, generations, params, request_id)
+        tasks = [asyncio.create_task(collect(self.ctx, generation)) for generation in generations]
+        try:
+            results = await asyncio.gather(*tasks)
+        except TritonError as error:
+            raise api_error(error, params, "prompt") from None
+        finally:
+            # One failure (or the client leaving) ends the whole batch, cancelling its Triton requests.
+            for task in tasks:
+                task.cancel()
+        choices = [
+            CompletionChoice(
+                index=index,
+                text=(prompts[index].text if request.echo else "") + text,
+                finish_reason=last.finish_reason,
+            )
+            for index, (text, last) in enumerate(results)
+        ]
+        return CompletionResponse(
+            id=request_id,
+            created=unix_now(),
+            model=model,
+            choices=choices,
+            usage=_total_usage([last for _, last in results]),
+            system_fingerprint=self.ctx.system_fingerprint,
+            service_tier=request.service_tier,
+        )
+
+    def _prompts(self, request: CompletionRequest) -> list[Prompt]:
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            return [Prompt(prompt, True)]
+        if all(isinstance(item, str) for item in prompt):
+            return [Prompt(str(item), True) for item in prompt]
+        if all(isinstance(item, int) for item in prompt):
+            return [self._decoded(list(prompt))]  # type: ignore[arg-type]
+        return [self._decoded(list(item)) for item in prompt]  # type: ignore[arg-type]
+
+    def _decoded(self, token_ids: list[int]) -> Prompt:
+        vocab = self.ctx.templater.vocab_size
+        if any(token < 0 or token >= vocab for token in token_ids):
+            raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        return Prompt(self.ctx.templater.decode(token_ids), False)
+
+    async def _check_lengths(self, prompts: list[Prompt], max_tokens: int | None) -> None:
+        limit = self.ctx.config.max_model_len
+        if limit is None:
+            return
+        for prompt in prompts:
+            count = len(await asyncio.to_thread(self.ctx.templater.encode, prompt.text, prompt.add_special_tokens))
+            if count >= limit or (max_tokens is not None and count + max_tokens > limit):
+                raise bad_request(
+                    f"This model's maximum context length is {limit} tokens; the prompt has {count} tokens"
+                    f" and max_tokens is {max_tokens} (max_model_len).",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
+
+    async def _start_all(self, inputs: list[GenerationInput], params: EngineParameters) -> list[Generation]:
+        started = await asyncio.gather(
+            *(start_generation(self.ctx, item, params, "prompt", ENDPOINT) for item in inputs),
+            return_exceptions=True,
+        )
+        failure = next((result for result in started if isinstance(result, BaseException)), None)
+        if failure is None:
+            return [result for result in started if isinstance(result, Generation)]
+        for result in started:
+            if isinstance(result, Generation):
+                await result.rest.aclose()
+        raise failure
+
+    async def _stream(
+        self,
+        request: CompletionRequest,
+        model: str,
+        prompts: list[Prompt],
+        generations: list[Generation],
+        params: EngineParameters,
+        request_id: str,
+    ) -> AsyncIterator[str]:
+        created = unix_now()
+        options = request.stream_options
+        queue: asyncio.Queue[tuple[int, GenerationChunk | TritonError | APIError | None]] = asyncio.Queue()
+
+        async def pump(index: int, generation: Generation) -> None:
+            try:
+                async for chunk in chunks(self.ctx, generation):
+                    await queue.put((index, chunk))
+                await queue.put((index, None))
+            except (TritonError, APIError) as error:
+                await queue.put((index, error))
+
+        def body(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> str:
+            response = CompletionResponse(
+                id=request_id,
+                created=created,
+                model=model,
+                choices=choices,
+                usage=usage,
+                system_fingerprint=self.ctx.system_fingerprint,
+                service_tier=request.service_tier,
+            )
+            return frame(response)
+
+        tasks = [asyncio.create_task(pump(index, generation)) for index, generation in enumerate(generations)]
+        lasts: dict[int, GenerationChunk] = {}
+        echoed: set[int] = set()
+        try:
+            remaining = len(tasks)
+            while remaining:
+                index, item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                    continue
+                if isinstance(item, APIError | TritonError):
+                    yield error_frame(item if isinstance(item, APIError) else api_error(item, params, "prompt"))
+                    break
+                lasts[index] = item
+                text = item.text
+                if request.echo and index not in echoed:
+                    echoed.add(index)
+                    text = prompts[index].text + text
+                if text or item.finish_reason:
+                    yield body([CompletionChoice(index=index, text=text, finish_reason=item.finish_reason)])
+            else:
+                if options is not None and options.include_usage:
+                    yield body([], _total_usage([lasts[index] for index in sorted(lasts)]))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        yield DONE
+
+
+def _total_usage(lasts: list[GenerationChunk]) -> UsageInfo:
+    return UsageInfo.of(
+        sum(chunk.num_input_tokens for chunk in lasts),
+        sum(chunk.num_output_tokens for chunk in lasts),
+        sum(chunk.num_cached_tokens for chunk in lasts),
+    )

@@ -1,0 +1,89 @@
+"""OpenAI request fields -> the ensemble's vLLM-named sampling parameters, and Triton failures -> API errors.
+
+Everything the client asked for is forwarded, supported or not: the engine is the one authority on what it
+implements and rejects the rest by name. `origins` remembers which request field produced each engine
+parameter, so the 400 names the field the client actually sent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from frontend.errors import APIError, bad_request, unavailable
+from frontend.protocol.sampling import SamplingRequest
+from frontend.triton_client import TritonError, TritonRequestError, TritonUnavailableError
+
+# SamplingRequest fields forwarded under the same name whenever the client set them.
+FORWARDED = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop_token_ids",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "allowed_token_ids",
+    "bad_words",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
+# Booleans and counts the engine always receives (their defaults are the engine's defaults too).
+ALWAYS = ("ignore_eos", "min_tokens", "include_stop_str_in_output", "skip_special_tokens")
+
+_PARAMETER_NAME = re.compile(r"parameter '([A-Za-z_]+)'")
+
+
+@dataclass
+class EngineParameters:
+    """The `sampling_parameters` JSON object and where each entry came from."""
+
+    # vLLM SamplingParams name -> value.
+    sampling: dict[str, Any] = field(default_factory=dict)
+    # SamplingParams name -> request field that set it, when they differ (e.g. structured_outputs <- tool_choice).
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def set(self, name: str, value: Any, origin: str | None = None) -> None:
+        self.sampling[name] = value
+        if origin is not None and origin != name:
+            self.origins[name] = origin
+
+
+def engine_parameters(request: SamplingRequest) -> EngineParameters:
+    """The sampling fields common to chat and completions."""
+    params = EngineParameters()
+    for name in FORWARDED:
+        value = getattr(request, name)
+        # Empty containers mean "nothing asked", as in vLLM; everything else goes to the engine.
+        if value is not None and value != {} and value != []:
+            params.set(name, value)
+    for name in ALWAYS:
+        params.set(name, getattr(request, name))
+    if request.stop is not None:
+        params.set("stop", request.stop_strings())
+    if request.n != 1:
+        params.set("n", request.n)
+    return params
+
+
+def api_error(error: TritonError, params: EngineParameters, prompt_field: str) -> APIError:
+    """What a Triton failure means to the client: its fault (400), Triton's absence (503), or a bug (502)."""
+    message = str(error)
+    if isinstance(error, TritonUnavailableError):
+        return unavailable(f"the inference server is unavailable: {message}")
+    if isinstance(error, TritonRequestError):
+        if "max_model_len" in message or "context length" in message.lower():
+            return bad_request(message, param=prompt_field, code="context_length_exceeded")
+        match = _PARAMETER_NAME.search(message)
+        if match:
+            name = match.group(1)
+            return bad_request(message, param=params.origins.get(name, name))
+        return bad_request(message)
+    return APIError(502, f"the inference server failed: {message}", "server_error", None, "bad_gateway")

@@ -1,0 +1,59 @@
+"""vLLM's /tokenize and /detokenize, with the same tokenizer and chat template as generation."""
+
+from __future__ import annotations
+
+import asyncio
+
+from frontend.errors import bad_request
+from frontend.protocol.tokenize import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from frontend.serving.context import ServingContext
+from frontend.templating import TemplateError
+
+
+class TokenizeHandler:
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        self.ctx.check_model(request.model)
+        templater = self.ctx.templater
+        if request.messages is not None:
+            if request.continue_final_message and request.add_generation_prompt:
+                raise bad_request(
+                    "continue_final_message and add_generation_prompt cannot both be true", "add_generation_prompt"
+                )
+            try:
+                text = await asyncio.to_thread(
+                    templater.render,
+                    request.messages,
+                    None,
+                    request.add_generation_prompt,
+                    request.continue_final_message,
+                    None,
+                    request.chat_template_kwargs,
+                )
+            except TemplateError as error:
+                raise bad_request(str(error), param="messages") from None
+            add_special = bool(request.add_special_tokens)
+        else:
+            text = request.prompt or ""
+            add_special = request.add_special_tokens is not False
+        tokens = await asyncio.to_thread(templater.encode, text, add_special)
+        return TokenizeResponse(
+            count=len(tokens),
+            max_model_len=self.ctx.config.max_model_len,
+            tokens=tokens,
+            token_strs=templater.token_strings(tokens) if request.return_token_strs else None,
+        )
+
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        self.ctx.check_model(request.model)
+        vocab = self.ctx.templater.vocab_size
+        if any(token < 0 or token >= vocab for token in request.tokens):
+            raise bad_request(f"token ids must be in [0, {vocab})", param="tokens")
+        return DetokenizeResponse(prompt=await asyncio.to_thread(self.ctx.templater.decode, request.tokens))

@@ -1,0 +1,100 @@
+"""The Hugging Face tokenizer as the frontend uses it: chat templating, /tokenize and /detokenize.
+
+Generation never tokenizes here (Triton's preprocess model does), so the frontend and the engine cannot
+disagree about prompt tokens: the frontend sends text, with `add_special_tokens=false` for templated chats.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from frontend.protocol.chat import ChatMessage, ChatTool
+
+
+class TemplateError(ValueError):
+    """The chat template could not render these messages (a client error: bad roles, order, kwargs)."""
+
+
+def message_dict(message: ChatMessage) -> dict[str, Any]:
+    """The plain dict chat templates expect: text content as one string, tool-call arguments as objects."""
+    # Templates written before the `developer` role exist only know `system`.
+    role = "system" if message.role == "developer" else message.role
+    rendered: dict[str, Any] = {"role": role, "content": message.text()}
+    if message.name is not None:
+        rendered["name"] = message.name
+    if message.tool_call_id is not None:
+        rendered["tool_call_id"] = message.tool_call_id
+    if message.reasoning_content is not None:
+        rendered["reasoning_content"] = message.reasoning_content
+    if message.tool_calls:
+        rendered["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    return rendered
+
+
+def _arguments(text: str) -> Any:
+    # Hermes/Llama/Qwen templates serialize `arguments | tojson`: hand them an object, not a JSON string.
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+class ChatTemplater:
+    """Renders chat prompts and converts between text and token ids with the model's own tokenizer."""
+
+    def __init__(self, model_path: Path, chat_template_file: Path | None = None) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.default_template: str | None = (
+            chat_template_file.read_text() if chat_template_file is not None else None
+        )
+
+    def render(
+        self,
+        messages: list[ChatMessage],
+        tools: list[ChatTool] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        template = chat_template or self.default_template
+        if template is None and self.tokenizer.chat_template is None:
+            raise TemplateError("this model has no chat template; start the server with --chat-template")
+        kwargs = dict(chat_template_kwargs or {})
+        try:
+            prompt = self.tokenizer.apply_chat_template(
+                [message_dict(message) for message in messages],
+                tools=[tool.model_dump(exclude_none=True) for tool in tools] if tools else None,
+                chat_template=template,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tokenize=False,
+                **kwargs,
+            )
+        except Exception as error:  # jinja2 raises many types; every one means these messages do not render
+            raise TemplateError(f"chat template failed: {error}") from None
+        return str(prompt)
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids))
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        return [str(token) for token in self.tokenizer.convert_ids_to_tokens(token_ids)]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)

@@ -1,0 +1,23 @@
+"""Tool-call parsers by `--tool-call-parser` name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from frontend.tool_parsers.base import ToolCallDelta, ToolParseDelta, ToolParser, extract
+from frontend.tool_parsers.hermes import HermesToolParser
+from frontend.tool_parsers.llama3_json import Llama3JsonToolParser
+from frontend.tool_parsers.mistral import MistralToolParser
+from frontend.tool_parsers.pythonic import PythonicToolParser
+
+TOOL_PARSERS: dict[str, Callable[[], ToolParser]] = {
+    "hermes": HermesToolParser,
+    "llama3_json": Llama3JsonToolParser,
+    "mistral": MistralToolParser,
+    "pythonic": PythonicToolParser,
+}
+
+# Parsers whose markers are special tokens: their requests must keep special tokens in the output text.
+NEEDS_SPECIAL_TOKENS = frozenset({"mistral"})
+
+__all__ = ["TOOL_PARSERS", "NEEDS_SPECIAL_TOKENS", "ToolCallDelta", "ToolParseDelta", "ToolParser", "extract"]

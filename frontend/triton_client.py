@@ -1,0 +1,194 @@
+"""The frontend's only door to Triton: one decoupled ensemble called over gRPC bi-directional streaming.
+
+Speaks the TensorRT-LLM tensor names (`text_input`, `max_tokens`, `stream`, ...) with sampling settings
+as one vllm_backend-style `sampling_parameters` JSON object. Knows nothing of HTTP or OpenAI: failures
+surface as the TritonError family and the serving layer decides what they mean to a client.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferResult
+from tritonclient.utils import InferenceServerException
+
+
+class TritonError(Exception):
+    """Triton failed in a way that is neither the client's fault nor a connectivity problem."""
+
+
+class TritonRequestError(TritonError):
+    """Triton (or the engine behind it) refused the request; the message says why."""
+
+
+class TritonUnavailableError(TritonError):
+    """Triton cannot be reached, or the model is not loaded."""
+
+
+@dataclass
+class GenerationInput:
+    """One generation request as the ensemble takes it."""
+
+    # Prompt text (already chat-templated for chat requests).
+    prompt: str
+    # True: one response per engine step with a text delta; False: one response with everything.
+    stream: bool
+    # False for chat-templated prompts: the template already placed BOS and friends.
+    add_special_tokens: bool = True
+    # Output token limit; None lets the engine fill the context.
+    max_tokens: int | None = None
+    # vLLM SamplingParams names -> values; the engine rejects by name what it does not support.
+    sampling: dict[str, Any] = field(default_factory=dict)
+    # vLLM priority (lower is sooner).
+    priority: int = 0
+    # Prefix-cache isolation key, or None.
+    cache_salt: str | None = None
+    # Triton request id, for correlating logs.
+    request_id: str = ""
+
+
+@dataclass
+class GenerationChunk:
+    """One ensemble response."""
+
+    # Text delta (the whole text when not streaming); deltas concatenate exactly to the full text.
+    text: str
+    # Token ids of this delta.
+    token_ids: list[int]
+    num_input_tokens: int
+    # Cumulative output tokens so far.
+    num_output_tokens: int
+    # Prompt tokens served from the prefix cache.
+    num_cached_tokens: int
+    # "stop" | "length" | "abort" on the final response, else None.
+    finish_reason: str | None
+    # Triton's final flag: nothing follows this response.
+    final: bool
+
+
+def _tensor(name: str, array: np.ndarray, triton_dtype: str) -> InferInput:
+    tensor = InferInput(name, list(array.shape), triton_dtype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _bytes(value: str) -> np.ndarray:
+    return np.array([value.encode("utf-8")], dtype=np.object_)
+
+
+def build_inputs(request: GenerationInput) -> list[InferInput]:
+    inputs = [
+        _tensor("text_input", _bytes(request.prompt), "BYTES"),
+        _tensor("stream", np.array([request.stream], dtype=np.bool_), "BOOL"),
+        _tensor("add_special_tokens", np.array([request.add_special_tokens], dtype=np.bool_), "BOOL"),
+        _tensor("priority", np.array([request.priority], dtype=np.int32), "INT32"),
+    ]
+    if request.max_tokens is not None:
+        inputs.append(_tensor("max_tokens", np.array([request.max_tokens], dtype=np.int32), "INT32"))
+    if request.sampling:
+        inputs.append(_tensor("sampling_parameters", _bytes(json.dumps(request.sampling)), "BYTES"))
+    if request.cache_salt:
+        inputs.append(_tensor("cache_salt", _bytes(request.cache_salt), "BYTES"))
+    return inputs
+
+
+def _scalar(result: InferResult, name: str) -> Any:
+    array = result.as_numpy(name)
+    if array is None:
+        raise TritonError(f"ensemble response lacks output '{name}'")
+    return array.reshape(-1)[0]
+
+
+def parse_response(result: InferResult) -> GenerationChunk:
+    finish = _scalar(result, "finish_reason")
+    finish_reason = finish.decode("utf-8") if isinstance(finish, bytes) else str(finish)
+    parameters = result.get_response().parameters
+    final_flag = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+    token_ids = result.as_numpy("output_token_ids")
+    return GenerationChunk(
+        text=_scalar(result, "text_output").decode("utf-8"),
+        token_ids=[] if token_ids is None else [int(token) for token in token_ids.reshape(-1)],
+        num_input_tokens=int(_scalar(result, "num_input_tokens")),
+        num_output_tokens=int(_scalar(result, "num_output_tokens")),
+        num_cached_tokens=int(_scalar(result, "num_cached_tokens")),
+        finish_reason=finish_reason or None,
+        # aio clients cannot ask for empty final responses: the last real one also names its finish reason.
+        final=bool(final_flag or finish_reason),
+    )
+
+
+# Triton prefixes errors from inside an ensemble with where they happened; clients need only the reason.
+_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+
+
+def _classify(message: str) -> TritonError:
+    message = _ENSEMBLE_PREFIX.sub("", message)
+    lowered = message.lower()
+    if "unknown model" in lowered or "is not ready" in lowered or "unavailable" in lowered:
+        return TritonUnavailableError(message)
+    return TritonRequestError(message)
+
+
+class TritonClient:
+    """A shared aio gRPC channel to one Triton server and the name of the ensemble to call."""
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url = url
+        self.model = model
+        # Created on first use, inside the running event loop the aio channel binds to.
+        self._aio: triton_aio.InferenceServerClient | None = None
+
+    @property
+    def _client(self) -> triton_aio.InferenceServerClient:
+        if self._aio is None:
+            self._aio = triton_aio.InferenceServerClient(self.url)
+        return self._aio
+
+    async def is_ready(self, timeout: float) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(self.model, client_timeout=timeout))
+        except (InferenceServerException, grpc.RpcError):
+            return False
+
+    async def generate(self, request: GenerationInput) -> AsyncGenerator[GenerationChunk, None]:
+        """Stream the ensemble's responses until the final one.
+
+        Closing the generator early (client gone, task cancelled) cancels the gRPC call, which Triton
+        reports to the model as a cancelled request, so the engine frees the sequence.
+        """
+
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": self.model, "inputs": build_inputs(request), "request_id": request.request_id}
+
+        try:
+            stream = self._client.stream_infer(one_request())
+        except InferenceServerException as error:
+            raise TritonUnavailableError(str(error.message())) from None
+        try:
+            async for result, failure in stream:
+                if failure is not None:
+                    raise _classify(str(failure.message()))
+                chunk = parse_response(result)
+                yield chunk
+                if chunk.final:
+                    return
+            raise TritonError("the Triton stream ended before the final response")
+        except grpc.RpcError as error:
+            code = error.code() if hasattr(error, "code") else None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise TritonUnavailableError(f"Triton at {self.url} is unavailable") from None
+            raise _classify(str(error.details() if hasattr(error, "details") else error)) from None
+        finally:
+            stream.cancel()
+
+    async def close(self) -> None:
+        if self._aio is not None:
+            await self._aio.close()
+            self._aio = None

@@ -1,0 +1,120 @@
+"""The engine's entry point to every numeric kernel: Triton on CUDA tensors, the torch reference otherwise.
+
+The Triton modules are imported on first use, not here: `@triton.jit` decides at decoration time whether
+a kernel runs compiled or under TRITON_INTERPRET, so importing them with the engine would fix that choice
+before a test process has had a chance to set the variable.
+"""
+
+from __future__ import annotations
+
+from typing import overload
+
+import torch
+
+from kernels.activation_ref import silu_and_mul_ref
+from kernels.cache_write_ref import write_kv_cache_ref
+from kernels.paged_attention_ref import paged_attention_ref
+from kernels.rms_norm_ref import rms_norm_ref
+from kernels.rotary_ref import rotary_embedding_ref
+
+BACKENDS = ("auto", "torch", "triton")
+_backend = "auto"
+
+
+def set_backend(name: str) -> None:
+    """auto: Triton for CUDA tensors, torch otherwise; torch/triton force one (triton on CPU needs
+    TRITON_INTERPRET=1 set before the first kernel call)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r}; expected one of {BACKENDS}")
+    _backend = name
+
+
+def _triton(x: torch.Tensor) -> bool:
+    return _backend == "triton" or (_backend == "auto" and x.is_cuda)
+
+
+def paged_attention(
+    query: torch.Tensor,  # [T, Hq, D]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    query_start_loc: torch.Tensor,  # [S + 1] int32
+    seq_lens: torch.Tensor,  # [S] int32: cached + this step's tokens, already in the cache
+    block_tables: torch.Tensor,  # [S, max_blocks] int32
+    scale: float,
+    *,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
+) -> torch.Tensor:
+    """Causal varlen attention of this step's query tokens over their sequences' paged KV; [T, Hq, D]."""
+    if _triton(query):
+        from kernels.paged_attention_triton import paged_attention_triton
+
+        return paged_attention_triton(
+            query, key_cache, value_cache, query_start_loc, seq_lens, block_tables, scale,
+            sliding_window=sliding_window, soft_cap=soft_cap,
+        )
+    return paged_attention_ref(
+        query, key_cache, value_cache, query_start_loc, seq_lens, block_tables, scale,
+        sliding_window=sliding_window, soft_cap=soft_cap,
+    )
+
+
+def write_kv_cache(
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    slot_mapping: torch.Tensor,  # [T] int64, -1 = skip
+) -> None:
+    """Store each token's K/V at its flat cache slot (block_id * block_size + offset), in place."""
+    if _triton(key):
+        from kernels.cache_write_triton import write_kv_cache_triton
+
+        write_kv_cache_triton(key, value, key_cache, value_cache, slot_mapping)
+    else:
+        write_kv_cache_ref(key, value, key_cache, value_cache, slot_mapping)
+
+
+@overload
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: None = None) -> torch.Tensor: ...
+@overload
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+def rms_norm(
+    x: torch.Tensor,  # [T, H]
+    weight: torch.Tensor,  # [H]
+    eps: float,
+    residual: torch.Tensor | None = None,  # [T, H]
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """norm(x) * weight, or (norm(x + residual) * weight, x + residual) when a residual is given."""
+    if _triton(x):
+        from kernels.rms_norm_triton import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps, residual)
+    return rms_norm_ref(x, weight, eps, residual)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # [T] int64
+    query: torch.Tensor,  # [T, Hq, D]
+    key: torch.Tensor,  # [T, Hkv, D]
+    cos_sin_cache: torch.Tensor,  # [max_pos, rot_dim]: cos | sin
+    is_neox: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding of the first rot_dim features of each head; returns new (query, key)."""
+    if _triton(query):
+        from kernels.rotary_triton import rotary_embedding_triton
+
+        return rotary_embedding_triton(positions, query, key, cos_sin_cache, is_neox)
+    return rotary_embedding_ref(positions, query, key, cos_sin_cache, is_neox)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [T, 2 * I] -> [T, I]
+    """silu(x[:, :I]) * x[:, I:]."""
+    if _triton(x):
+        from kernels.activation_triton import silu_and_mul_triton
+
+        return silu_and_mul_triton(x)
+    return silu_and_mul_ref(x)

@@ -1,0 +1,104 @@
+"""AsyncEngine: concurrent submits from threads, streams, callbacks, aborts mid-stream, shutdown."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine import AsyncEngine, EngineConfig, InvalidRequestError, RequestOutput, SamplingParams
+from tests.engine.conftest import Reference
+
+
+@pytest.fixture(scope="module")
+def async_engine(model_dir: Path) -> Iterator[AsyncEngine]:
+    engine = AsyncEngine(
+        EngineConfig(model=str(model_dir), device="cpu", max_model_len=512, num_kv_blocks=64)
+    )
+    yield engine
+    engine.shutdown()
+
+
+def wait_for_free_blocks(engine: AsyncEngine, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = engine.stats()
+        if stats.kv_blocks_free == stats.kv_blocks_total and stats.num_running == stats.num_waiting == 0:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"blocks not returned: {engine.stats()}")
+
+
+def test_concurrent_submits_from_threads(async_engine: AsyncEngine, reference: Reference) -> None:
+    results: dict[int, list[int]] = {}
+    texts: dict[int, str] = {}
+
+    def client(index: int) -> None:
+        params = SamplingParams(temperature=0.0, max_tokens=reference.max_tokens[index])
+        stream = async_engine.submit(f"thread-{index}", reference.prompts[index], params)
+        tokens, text = [], ""
+        for output in stream:
+            tokens.extend(output.new_token_ids)
+            text += output.text_delta
+        results[index], texts[index] = tokens, text
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert [results[i] for i in range(4)] == reference.outputs[:4]
+    assert [texts[i] for i in range(4)] == [
+        async_engine.tokenizer.decode(t, skip_special_tokens=True) for t in reference.outputs[:4]
+    ]
+    wait_for_free_blocks(async_engine)
+
+
+def test_abort_mid_stream_frees_blocks_and_ends_stream(
+    async_engine: AsyncEngine, reference: Reference
+) -> None:
+    outputs: queue.Queue[RequestOutput] = queue.Queue()
+    async_engine.submit(
+        "abort-me",
+        reference.prompts[7],
+        SamplingParams(temperature=0.0, max_tokens=200),
+        on_output=outputs.put,
+    )
+    first = outputs.get(timeout=60)
+    assert not first.finished and first.new_token_ids
+    async_engine.abort("abort-me")
+    async_engine.abort("abort-me")  # idempotent
+    while True:
+        output = outputs.get(timeout=60)
+        if output.finished:
+            break
+    assert output.finish_reason == "abort"
+    wait_for_free_blocks(async_engine)
+    async_engine.abort("abort-me")  # after the end too
+
+
+def test_submit_validates_synchronously(async_engine: AsyncEngine) -> None:
+    with pytest.raises(InvalidRequestError, match="empty"):
+        async_engine.submit("empty", [], SamplingParams())
+    stream = async_engine.submit("dup", [1, 2, 3], SamplingParams(max_tokens=2, temperature=0.0))
+    with pytest.raises(InvalidRequestError, match="already in use"):
+        async_engine.submit("dup", [1, 2, 3], SamplingParams())
+    assert [o.finished for o in stream][-1]
+    with pytest.raises(StopIteration):
+        stream.get(timeout=1)
+
+
+def test_shutdown_aborts_everything(model_dir: Path, reference: Reference) -> None:
+    engine = AsyncEngine(
+        EngineConfig(model=str(model_dir), device="cpu", max_model_len=512, num_kv_blocks=32)
+    )
+    stream = engine.submit("long", reference.prompts[0], SamplingParams(temperature=0.0, max_tokens=400))
+    engine.shutdown()
+    finals = [o for o in stream if o.finished]
+    assert finals and finals[0].finish_reason in ("abort", "length", "stop")
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.submit("late", [1, 2], SamplingParams())

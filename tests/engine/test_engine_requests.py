@@ -1,0 +1,138 @@
+"""Engine behaviour beyond greedy parity: validation, stops, sampling, aborts, failed steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import InvalidRequestError, LLMEngine, SamplingParams
+from tests.engine.conftest import Reference
+
+
+@pytest.mark.parametrize(
+    ("fields", "name"),
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
+        ({"seed": -1}, "seed"),
+        ({"stop": [""]}, "stop"),
+    ],
+)
+def test_sampling_params_name_the_bad_field(fields: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        SamplingParams(**fields)
+
+
+def test_invalid_requests_are_refused_synchronously(engine: LLMEngine) -> None:
+    limit = engine.max_model_len
+    with pytest.raises(InvalidRequestError, match="empty"):
+        engine.add_request("bad-empty", [], SamplingParams())
+    with pytest.raises(InvalidRequestError, match=f"{limit} tokens.*max_model_len is {limit}"):
+        engine.add_request("bad-long", [1] * limit, SamplingParams())
+    with pytest.raises(InvalidRequestError, match="max_tokens"):
+        engine.add_request("bad-sum", [1] * (limit - 4), SamplingParams(max_tokens=5))
+    with pytest.raises(InvalidRequestError, match="out of range"):
+        engine.add_request("bad-id", [1, 10**9], SamplingParams())
+    engine.add_request("dup", [1, 2, 3], SamplingParams(max_tokens=1))
+    with pytest.raises(InvalidRequestError, match="already in use"):
+        engine.add_request("dup", [1, 2, 3], SamplingParams(max_tokens=1))
+    engine.abort_request("dup")
+    [final] = engine.step()
+    assert final.finished and final.finish_reason == "abort"
+    assert not engine.has_unfinished_requests()
+
+
+def test_stop_string_ends_generation_in_the_engine(engine: LLMEngine, reference: Reference) -> None:
+    prompt, expected = reference.prompts[3], reference.outputs[3]
+    full_text = engine.tokenizer.decode(expected)
+    # A stop string from the middle of the known greedy continuation, spanning a token boundary.
+    stop = full_text[len(full_text) // 3 : len(full_text) // 3 + 6]
+    [result] = engine.generate(
+        [prompt], SamplingParams(temperature=0.0, max_tokens=len(expected), stop=[stop])
+    )
+    assert result.finish_reason == "stop" and result.stop_reason == stop
+    assert result.text == full_text[: full_text.index(stop)]
+    assert len(result.token_ids) < len(expected)
+    assert result.token_ids == expected[: len(result.token_ids)]
+    [kept] = engine.generate(
+        [prompt],
+        SamplingParams(
+            temperature=0.0, max_tokens=len(expected), stop=[stop], include_stop_str_in_output=True
+        ),
+    )
+    assert kept.text == full_text[: full_text.index(stop) + len(stop)]
+
+
+def test_stop_token_ids_min_tokens_and_eos(engine: LLMEngine, reference: Reference) -> None:
+    prompt, expected = reference.prompts[0], reference.outputs[0]
+    stop_token = expected[2]
+    [result] = engine.generate(
+        [prompt], SamplingParams(temperature=0.0, max_tokens=8, stop_token_ids=[stop_token])
+    )
+    first = expected.index(stop_token)
+    assert result.token_ids == expected[: first + 1]
+    assert result.finish_reason == "stop" and result.stop_reason == stop_token
+    # min_tokens masks the stop token until reached: greedy then picks something else at that step.
+    [delayed] = engine.generate(
+        [prompt],
+        SamplingParams(temperature=0.0, max_tokens=8, min_tokens=first + 2, stop_token_ids=[stop_token]),
+    )
+    assert stop_token not in delayed.token_ids[: first + 2]
+    # EOS ends a request unless ignore_eos; ignore_eos runs to max_tokens.
+    chat = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Say OK."}], add_generation_prompt=True, tokenize=False
+    )
+    eos_prompt = engine.tokenizer.encode(chat)
+    [stopped] = engine.generate([eos_prompt], SamplingParams(temperature=0.0, max_tokens=24))
+    assert stopped.finish_reason == "stop" and stopped.token_ids[-1] == 2 and stopped.stop_reason is None
+    [ignored] = engine.generate(
+        [eos_prompt], SamplingParams(temperature=0.0, max_tokens=len(stopped.token_ids) + 2, ignore_eos=True)
+    )
+    assert ignored.finish_reason == "length" and len(ignored.token_ids) == len(stopped.token_ids) + 2
+
+
+def test_seeded_sampling_is_reproducible_across_batches(engine: LLMEngine, reference: Reference) -> None:
+    seeded = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=8, seed=1234)
+    [alone] = engine.generate([reference.prompts[1]], seeded)
+    other = SamplingParams(temperature=1.0, max_tokens=8)
+    batch = engine.generate(
+        [reference.prompts[0], reference.prompts[1], reference.prompts[2]], [other, seeded, other]
+    )
+    assert batch[1].token_ids == alone.token_ids
+    assert len(alone.token_ids) == 8 or alone.finish_reason == "stop"
+
+
+def test_abort_frees_blocks_and_emits_final_output(engine: LLMEngine, reference: Reference) -> None:
+    engine.add_request("to-abort", reference.prompts[7], SamplingParams(temperature=0.0, max_tokens=16))
+    engine.step()
+    engine.step()
+    assert engine.stats().kv_blocks_free < engine.stats().kv_blocks_total
+    engine.abort_request("to-abort")
+    assert engine.stats().kv_blocks_free == engine.stats().kv_blocks_total
+    outputs = engine.step()
+    assert [(o.request_id, o.finished, o.finish_reason) for o in outputs] == [("to-abort", True, "abort")]
+    assert not engine.has_unfinished_requests()
+    engine.abort_request("to-abort")  # idempotent
+
+
+def test_failed_step_aborts_its_requests_and_engine_keeps_serving(
+    engine: LLMEngine, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_run(*args: object) -> None:
+        raise RuntimeError("injected kernel failure")
+
+    engine.add_request("doomed", reference.prompts[0], SamplingParams(temperature=0.0, max_tokens=4))
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.runner, "run", broken_run)
+        outputs = engine.step()
+    assert [(o.request_id, o.finish_reason) for o in outputs] == [("doomed", "abort")]
+    assert outputs[0].error is not None and "injected kernel failure" in outputs[0].error
+    assert engine.stats().kv_blocks_free == engine.stats().kv_blocks_total
+    [result] = engine.generate(
+        [reference.prompts[0]], SamplingParams(temperature=0.0, max_tokens=reference.max_tokens[0])
+    )
+    assert result.token_ids == reference.outputs[0]

@@ -1,0 +1,58 @@
+"""Fixtures of the frontend tests: the real tokenizer, and the app in-process over a Triton that is not there
+(routes that never reach Triton are fully exercised; the others must answer 503)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from frontend.app import build_app
+from frontend.config import FrontendConfig
+from frontend.metrics import FrontendMetrics
+from frontend.serving.context import ServingContext, unix_now
+from frontend.templating import ChatTemplater
+from frontend.triton_client import TritonClient
+from tests.servers import free_port
+
+MODEL_NAME = "SmolLM2-135M-Instruct"
+API_KEY = "unit-key"
+
+
+@pytest.fixture(scope="session")
+def templater(model_path: Path) -> ChatTemplater:
+    return ChatTemplater(model_path)
+
+
+def offline_config(model_path: Path, **overrides: object) -> FrontendConfig:
+    settings: dict = {
+        "model": model_path,
+        "served_model_names": (MODEL_NAME,),
+        # A port nobody listens on: Triton is unreachable.
+        "triton_url": f"127.0.0.1:{free_port()}",
+        "api_keys": (API_KEY,),
+        "max_request_body_bytes": 4096,
+        "triton_timeout_s": 1.0,
+    }
+    settings.update(overrides)
+    return FrontendConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def offline_context(model_path: Path, templater: ChatTemplater) -> ServingContext:
+    config = offline_config(model_path)
+    return ServingContext(
+        config=config,
+        triton=TritonClient(config.triton_url, config.triton_model),
+        templater=templater,
+        metrics=FrontendMetrics(),
+        started=unix_now(),
+    )
+
+
+@pytest.fixture(scope="session")
+def offline_client(offline_context: ServingContext) -> Iterator[TestClient]:
+    with TestClient(build_app(offline_context), headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        yield client

@@ -1,0 +1,188 @@
+"""The frontend against a real tritonserver, through the official OpenAI SDK (sync and async)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+
+import httpx
+import openai
+import pytest
+
+from tests.frontend.conftest import MODEL_NAME
+from tests.integration.triton_requests import scrape_metric
+from tests.servers import FrontendServer, TritonServer
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def client(frontend_server: FrontendServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=frontend_server.base_url, api_key=frontend_server.api_key, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def async_client(frontend_server: FrontendServer) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=frontend_server.base_url, api_key=frontend_server.api_key, max_retries=0)
+
+
+def running_requests(triton_server: TritonServer) -> float:
+    with urllib.request.urlopen(triton_server.metrics_url, timeout=5) as response:
+        return scrape_metric(response.read().decode(), "llm_num_requests_running")
+
+
+def test_chat_non_streamed_with_usage(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, max_tokens=12, temperature=0, service_tier="default"
+    )
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and "Paris" in (choice.message.content or "")
+    assert choice.finish_reason in ("stop", "length")
+    assert reply.object == "chat.completion" and reply.model == MODEL_NAME
+    assert reply.system_fingerprint and reply.service_tier == "default"
+    usage = reply.usage
+    assert usage is not None and usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 12
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens is not None
+
+
+def test_chat_stream_equals_non_streamed(client: openai.OpenAI) -> None:
+    request = {"model": MODEL_NAME, "messages": QUESTION, "max_tokens": 16, "temperature": 0}
+    whole = client.chat.completions.create(**request)
+    chunks = list(client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+    assert len({chunk.id for chunk in chunks}) == 1
+
+
+def test_stop_string_ends_the_answer(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, max_tokens=16, temperature=0, stop=[" Paris"]
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    assert "Paris" not in (reply.choices[0].message.content or "")
+
+
+def test_completions_single_batch_echo_and_token_ids(
+    client: openai.OpenAI, frontend_server: FrontendServer
+) -> None:
+    prompts = ["The capital of France is", "1, 2, 3,"]
+    batch = client.completions.create(model=MODEL_NAME, prompt=prompts, max_tokens=4, temperature=0, echo=True)
+    assert [choice.index for choice in batch.choices] == [0, 1]
+    for prompt, choice in zip(prompts, batch.choices, strict=True):
+        assert choice.text.startswith(prompt) and len(choice.text) > len(prompt)
+        single = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=4, temperature=0)
+        assert prompt + single.choices[0].text == choice.text
+    assert batch.usage is not None and batch.usage.completion_tokens == 8
+    ids = httpx.post(
+        f"{frontend_server.root_url}/tokenize",
+        json={"prompt": prompts[0]},
+        headers={"Authorization": f"Bearer {client.api_key}"},
+    ).json()["tokens"]
+    by_ids = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=4, temperature=0)
+    assert prompts[0] + by_ids.choices[0].text == batch.choices[0].text
+
+
+def test_completions_stream(client: openai.OpenAI) -> None:
+    request = {"model": MODEL_NAME, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
+    whole = client.completions.create(**request)
+    chunks = list(client.completions.create(**request, stream=True, stream_options={"include_usage": True}))
+    assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == whole.choices[0].text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+
+
+def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
+    assert [model.id for model in client.models.list()] == [MODEL_NAME]
+    assert client.models.retrieve(MODEL_NAME).id == MODEL_NAME
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-9")
+
+
+def test_prompt_over_the_context_is_400_and_serving_goes_on(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "word " * 9000}], max_tokens=4
+        )
+    assert caught.value.code == "context_length_exceeded" and caught.value.param == "messages"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "word " * 9000}], max_tokens=4, stream=True
+        )
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=4)
+    assert reply.choices[0].message.content
+
+
+def test_unsupported_parameter_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=4, frequency_penalty=0.5)
+    assert caught.value.param == "frequency_penalty"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=QUESTION, max_tokens=4, response_format={"type": "json_object"}
+        )
+    assert caught.value.param == "response_format"
+
+
+def test_missing_api_key_is_401(frontend_server: FrontendServer) -> None:
+    anonymous = openai.OpenAI(base_url=frontend_server.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.models.list()
+
+
+def test_async_client_concurrent_streams(async_client: openai.AsyncOpenAI) -> None:
+    async def one(index: int) -> str:
+        stream = await async_client.chat.completions.create(
+            model=MODEL_NAME,
+            messages=[{"role": "user", "content": f"Say the number {index}."}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+        )
+        return "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+
+    async def run() -> list[str]:
+        return await asyncio.gather(*(one(index) for index in range(4)))
+
+    texts = asyncio.run(run())
+    assert len(texts) == 4 and all(texts)
+
+
+def test_client_disconnect_cancels_the_engine_request(
+    client: openai.OpenAI, triton_server: TritonServer
+) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": "Tell me a very long story."}],
+        max_tokens=2000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break
+    # Triton's gauge is refreshed every 0.5 s: wait until it shows the request running.
+    deadline = time.monotonic() + 10.0
+    while running_requests(triton_server) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running_requests(triton_server) >= 1
+    stream.close()
+    deadline = time.monotonic() + 10.0
+    while running_requests(triton_server) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running_requests(triton_server) == 0
+
+
+def test_health_and_metrics(frontend_server: FrontendServer) -> None:
+    assert httpx.get(f"{frontend_server.root_url}/health").status_code == 200
+    metrics = httpx.get(f"{frontend_server.root_url}/metrics").text
+    assert 'frontend_requests_total{endpoint="/v1/chat/completions",status="200"}' in metrics
+    assert 'frontend_time_to_first_token_seconds_count{endpoint="/v1/chat/completions"}' in metrics

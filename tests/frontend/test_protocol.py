@@ -1,0 +1,113 @@
+"""Request models validate themselves and convert to the engine's sampling parameters."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from frontend.protocol.chat import ChatCompletionRequest
+from frontend.protocol.completions import CompletionRequest
+from frontend.protocol.tokenize import TokenizeRequest
+from frontend.serving.engine_params import engine_parameters
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def chat(**fields: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": USER, **fields})
+
+
+def test_every_role_and_text_parts_are_accepted() -> None:
+    request = chat(
+        messages=[
+            {"role": "developer", "content": "be brief"},
+            {"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        ]
+    )
+    assert request.messages[1].text() == "ab"
+    assert request.messages[3].text() == ""
+
+
+@pytest.mark.parametrize(
+    "fields, location",
+    [
+        ({"messages": []}, ("messages",)),
+        ({"messages": [{"role": "robot", "content": "x"}]}, ("messages", 0, "role")),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]},
+            ("messages", 0, "content"),
+        ),
+        ({"temperature": -1}, ("temperature",)),
+        ({"top_p": 0}, ("top_p",)),
+        ({"max_tokens": 0}, ("max_tokens",)),
+        ({"frobnicate": True}, ("frobnicate",)),
+        ({"stream_options": {"include_usage": True, "bogus": 1}}, ("stream_options", "bogus")),
+    ],
+)
+def test_invalid_fields_are_located(fields: dict, location: tuple) -> None:
+    with pytest.raises(ValidationError) as caught:
+        chat(**fields)
+    assert caught.value.errors()[0]["loc"] == location
+
+
+def test_continue_final_message_needs_a_trailing_assistant_message() -> None:
+    with pytest.raises(ValidationError, match="assistant message last"):
+        chat(continue_final_message=True, add_generation_prompt=False)
+    with pytest.raises(ValidationError, match="cannot both be true"):
+        chat(continue_final_message=True)
+
+
+def test_max_completion_tokens_wins_over_max_tokens() -> None:
+    assert chat(max_tokens=5, max_completion_tokens=7).output_token_limit() == 7
+    assert chat(max_tokens=5).output_token_limit() == 5
+    assert chat().output_token_limit() is None
+
+
+def test_sampling_parameters_use_vllm_names() -> None:
+    params = engine_parameters(
+        chat(temperature=0.0, top_k=5, min_p=0.1, seed=3, stop="END", stop_token_ids=[2], min_tokens=2, n=1)
+    )
+    assert params.sampling == {
+        "temperature": 0.0,
+        "top_k": 5,
+        "min_p": 0.1,
+        "seed": 3,
+        "stop_token_ids": [2],
+        "stop": ["END"],
+        "ignore_eos": False,
+        "min_tokens": 2,
+        "include_stop_str_in_output": False,
+        "skip_special_tokens": True,
+    }
+
+
+def test_unsupported_parameters_are_forwarded_not_dropped() -> None:
+    params = engine_parameters(chat(frequency_penalty=0.5, logit_bias={"1": 2.0}, n=3))
+    assert params.sampling["frequency_penalty"] == 0.5
+    assert params.sampling["logit_bias"] == {"1": 2.0}
+    assert params.sampling["n"] == 3
+
+
+@pytest.mark.parametrize("prompt", ["text", ["a", "b"], [1, 2, 3], [[1, 2], [3]]])
+def test_completion_prompt_forms(prompt: object) -> None:
+    assert CompletionRequest.model_validate({"model": "m", "prompt": prompt}).prompt == prompt
+
+
+@pytest.mark.parametrize("prompt", [[], [[]], None])
+def test_empty_completion_prompts_are_refused(prompt: object) -> None:
+    with pytest.raises(ValidationError):
+        CompletionRequest.model_validate({"model": "m", "prompt": prompt})
+
+
+def test_tokenize_takes_exactly_one_input() -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        TokenizeRequest.model_validate({"prompt": "a", "messages": USER})
+    with pytest.raises(ValidationError, match="exactly one"):
+        TokenizeRequest.model_validate({})

@@ -1,0 +1,43 @@
+"""Kernel tests run the Triton kernels on CUDA when present, otherwise under TRITON_INTERPRET on the CPU.
+
+`@triton.jit` reads TRITON_INTERPRET when a kernel module is imported, and `kernels.ops` imports those
+modules only on first use, so setting the variable here (at collection, before any kernel test runs) is
+early enough even when other test packages imported `kernels.ops` first. On the CPU nothing else reads it:
+the engine's auto backend never touches Triton there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kernels import ops  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# Per-dtype tolerances (atol, rtol) for Triton kernels against their float32-accumulating references.
+# bfloat16 allows two ulps: Triton's interpreter truncates float32 -> bfloat16 where GPUs round to nearest.
+TOLERANCES = {
+    torch.float32: (2e-5, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+@pytest.fixture
+def triton_backend() -> Iterator[None]:
+    """Route `kernels.ops` to the Triton kernels for one test, then back to auto."""
+    ops.set_backend("triton")
+    yield
+    ops.set_backend("auto")
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    atol, rtol = TOLERANCES[expected.dtype]
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
