@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from frontend.errors import APIError, bad_request
+from frontend.errors import bad_request
 from frontend.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -210,8 +210,6 @@ class ChatHandler:
                 yield frame(usage_chunk)
         except TritonError as error:
             yield error_frame(api_error(error, prepared.params, "messages"))
-        except APIError as error:
-            yield error_frame(error)
         yield DONE
 
 

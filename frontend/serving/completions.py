@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from frontend.errors import APIError, bad_request
+from frontend.errors import bad_request
 from frontend.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
 from frontend.protocol.usage import UsageInfo
 from frontend.serving.context import ServingContext, unix_now
@@ -141,14 +141,14 @@ class CompletionHandler:
     ) -> AsyncIterator[str]:
         created = unix_now()
         options = request.stream_options
-        queue: asyncio.Queue[tuple[int, GenerationChunk | TritonError | APIError | None]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, GenerationChunk | TritonError | None]] = asyncio.Queue()
 
         async def pump(index: int, generation: Generation) -> None:
             try:
                 async for chunk in chunks(self.ctx, generation):
                     await queue.put((index, chunk))
                 await queue.put((index, None))
-            except (TritonError, APIError) as error:
+            except TritonError as error:
                 await queue.put((index, error))
 
         def body(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> str:
@@ -173,8 +173,8 @@ class CompletionHandler:
                 if item is None:
                     remaining -= 1
                     continue
-                if isinstance(item, APIError | TritonError):
-                    yield error_frame(item if isinstance(item, APIError) else api_error(item, params, "prompt"))
+                if isinstance(item, TritonError):
+                    yield error_frame(api_error(item, params, "prompt"))
                     break
                 lasts[index] = item
                 text = item.text

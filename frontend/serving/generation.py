@@ -47,7 +47,9 @@ async def start_generation(
     except BaseException:
         await stream.aclose()
         raise
-    ctx.metrics.time_to_first_token.labels(endpoint).observe(time.monotonic() - arrival)
+    if request.stream:
+        # A non-streamed request's first response is its whole answer: only e2e latency says anything.
+        ctx.metrics.time_to_first_token.labels(endpoint).observe(time.monotonic() - arrival)
     return Generation(first, stream, endpoint, arrival)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import urllib.request
 
@@ -36,7 +37,13 @@ def running_requests(triton_server: TritonServer) -> float:
 
 def test_chat_non_streamed_with_usage(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
-        model=MODEL_NAME, messages=QUESTION, max_tokens=12, temperature=0, service_tier="default"
+        model=MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=12,
+        temperature=0,
+        service_tier="default",
+        user="u-1",
+        extra_body={"priority": 1, "cache_salt": "tenant-a", "top_k": 5, "min_p": 0.05},
     )
     choice = reply.choices[0]
     assert choice.message.role == "assistant" and "Paris" in (choice.message.content or "")
@@ -175,6 +182,40 @@ def test_client_disconnect_cancels_the_engine_request(
         time.sleep(0.1)
     assert running_requests(triton_server) >= 1
     stream.close()
+    deadline = time.monotonic() + 10.0
+    while running_requests(triton_server) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running_requests(triton_server) == 0
+
+
+def test_non_streamed_disconnect_cancels_too(frontend_server: FrontendServer, triton_server: TritonServer) -> None:
+    body = {
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+    }
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            httpx.post(
+                f"{frontend_server.base_url}/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {frontend_server.api_key}"},
+                timeout=httpx.Timeout(10.0, read=4.0),
+            )
+        except httpx.ReadTimeout as error:  # the client gives up and closes the connection
+            outcome.append(error)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 4.0
+    while running_requests(triton_server) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running_requests(triton_server) >= 1
+    caller.join(timeout=20)
+    assert outcome, "the 2000-token request should still be running when the client gives up"
     deadline = time.monotonic() + 10.0
     while running_requests(triton_server) > 0 and time.monotonic() < deadline:
         time.sleep(0.1)

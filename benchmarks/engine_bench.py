@@ -1,0 +1,174 @@
+"""Engine throughput and prefix-cache TTFT against Hugging Face transformers baselines.
+
+    python -m benchmarks.engine_bench [--model DIR] [--device auto|cpu|cuda] [--num-requests 64]
+
+Workload (seeded): prompts of 32-512 random token ids, 16-256 output tokens each, ignore_eos, all
+submitted at once. Baselines: HF `generate` one request at a time, and HF static batches of 16
+(left-padded; a batch runs until its longest request is done, only requested tokens count). The HF
+baselines run on a subset of the workload and are reported per output token, which extrapolates
+to the whole workload. TTFT: a 1,000-token prompt, first on a cold cache, then repeated (hit).
+Prints a table and one JSON line. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from engine import EngineConfig, LLMEngine, SamplingParams
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "SmolLM2-135M-Instruct"
+
+
+@dataclass
+class Workload:
+    prompts: list[list[int]]
+    output_lengths: list[int]
+
+
+def make_workload(num_requests: int, vocab_size: int, seed: int) -> Workload:
+    rng = random.Random(seed)
+    # Ids from the middle of the vocabulary: no special tokens.
+    prompts = [[rng.randrange(100, vocab_size) for _ in range(rng.randint(32, 512))] for _ in range(num_requests)]
+    return Workload(prompts, [rng.randint(16, 256) for _ in range(num_requests)])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_engine(engine: LLMEngine, workload: Workload) -> tuple[float, int]:
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in workload.output_lengths]
+    engine.generate([workload.prompts[0][:32]], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
+    start = time.perf_counter()
+    results = engine.generate(workload.prompts, params)
+    elapsed = time.perf_counter() - start
+    tokens = sum(len(r.token_ids) for r in results)
+    assert tokens == sum(workload.output_lengths), "ignore_eos requests must run to max_tokens"
+    return elapsed, tokens
+
+
+def hf_generate(model: Any, prompts: list[list[int]], new_tokens: int, device: torch.device) -> None:
+    """Greedy HF generate of a left-padded batch for exactly `new_tokens` tokens (EOS suppressed)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    model.generate(
+        ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=0,
+    )
+
+
+def bench_hf(
+    model_dir: str, workload: Workload, device: torch.device, dtype: torch.dtype, single: int, batches: int
+) -> dict[str, float]:
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model = model.to(device).eval()
+    out: dict[str, float] = {}
+    with torch.inference_mode():
+        hf_generate(model, [workload.prompts[0][:32]], 2, device)  # warm-up
+        start = time.perf_counter()
+        for prompt, n in zip(workload.prompts[:single], workload.output_lengths[:single], strict=True):
+            hf_generate(model, [prompt], n, device)
+        sync(device)
+        tokens = sum(workload.output_lengths[:single])
+        out["hf_single_tokens_per_s"] = tokens / (time.perf_counter() - start)
+        out["hf_single_requests"] = single
+        start = time.perf_counter()
+        useful = 0
+        for batch in range(batches):
+            prompts = workload.prompts[batch * 16 : (batch + 1) * 16]
+            lengths = workload.output_lengths[batch * 16 : (batch + 1) * 16]
+            hf_generate(model, prompts, max(lengths), device)
+            useful += sum(lengths)
+        sync(device)
+        out["hf_static16_tokens_per_s"] = useful / (time.perf_counter() - start)
+        out["hf_static16_requests"] = batches * 16
+    return out
+
+
+def bench_ttft(engine: LLMEngine, vocab_size: int, repeats: int, seed: int) -> tuple[float, float]:
+    """Median TTFT of a 1,000-token prompt on a cold cache, and of the same prompt repeated (cache hit)."""
+    rng = random.Random(seed)
+    params = SamplingParams(temperature=0.0, max_tokens=1)
+    cold, warm = [], []
+    for _ in range(repeats):
+        prompt = [rng.randrange(100, vocab_size) for _ in range(1000)]
+        [first] = engine.generate([prompt], params)
+        [second] = engine.generate([prompt], params)
+        assert second.num_cached_tokens > 0, "the repeated prompt must hit the prefix cache"
+        assert first.time_to_first_token is not None and second.time_to_first_token is not None
+        cold.append(first.time_to_first_token)
+        warm.append(second.time_to_first_token)
+    return statistics.median(cold), statistics.median(warm)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--num-requests", type=int, default=64)
+    parser.add_argument("--hf-single", type=int, default=4, help="requests the one-at-a-time baseline runs")
+    parser.add_argument("--hf-batches", type=int, default=1, help="static batches of 16 the batched baseline runs")
+    parser.add_argument("--ttft-repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    engine = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_model_len=2048))
+    device, dtype = engine.runner.device, engine.runner.dtype
+    vocab_size = engine.runner.spec.vocab_size
+    workload = make_workload(args.num_requests, vocab_size, args.seed)
+    elapsed, tokens = bench_engine(engine, workload)
+    engine_stats = engine.stats()
+    cold, warm = bench_ttft(engine, vocab_size, args.ttft_repeats, args.seed + 1)
+    hf = bench_hf(args.model, workload, device, dtype, args.hf_single, args.hf_batches)
+
+    result = {
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "num_requests": args.num_requests,
+        "prompt_tokens": sum(len(p) for p in workload.prompts),
+        "output_tokens": tokens,
+        "engine_seconds": round(elapsed, 2),
+        "engine_tokens_per_s": round(tokens / elapsed, 1),
+        "engine_preemptions": engine_stats.num_preemptions,
+        "hf_single_tokens_per_s": round(hf["hf_single_tokens_per_s"], 1),
+        "hf_single_requests_measured": int(hf["hf_single_requests"]),
+        "hf_static16_tokens_per_s": round(hf["hf_static16_tokens_per_s"], 1),
+        "hf_static16_requests_measured": int(hf["hf_static16_requests"]),
+        "ttft_1000_cold_s": round(cold, 3),
+        "ttft_1000_prefix_hit_s": round(warm, 3),
+    }
+    print(f"engine benchmark on {device} ({result['dtype']}, {result['torch_threads']} torch threads)")
+    print(f"workload: {args.num_requests} requests, {result['prompt_tokens']} prompt / {tokens} output tokens")
+    print(f"{'system':<40}{'output tok/s':>14}")
+    print(f"{'engine (continuous batching)':<40}{result['engine_tokens_per_s']:>14}")
+    print(f"{'HF one at a time':<40}{result['hf_single_tokens_per_s']:>14}")
+    print(f"{'HF static batches of 16':<40}{result['hf_static16_tokens_per_s']:>14}")
+    print(
+        f"HF baselines measured on {result['hf_single_requests_measured']} (single) and "
+        f"{result['hf_static16_requests_measured']} (batched) requests of the same workload; "
+        "tok/s extrapolates per output token."
+    )
+    print(f"TTFT, 1,000-token prompt: cold {cold * 1000:.1f} ms, prefix-cache hit {warm * 1000:.1f} ms")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

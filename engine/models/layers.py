@@ -1,0 +1,168 @@
+"""The decoder blocks shared by every supported family: RMSNorm, rotary, paged attention, gated MLP.
+
+Families differ only through `ArchitectureFlags`; every numeric op goes through `kernels.ops`, which picks
+the Triton kernel on CUDA and the torch reference on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention_metadata import AttentionMetadata
+from engine.models.linear import Linear, MergedLinear
+from engine.models.rope import build_cos_sin_cache
+from engine.models.spec import ModelSpec
+from kernels import ops
+
+
+class VocabEmbedding(nn.Module):
+    """Token id -> embedding row lookup; the [vocab_size, hidden_size] table may double as the LM head."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size, dtype=dtype, device=device), False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.weight)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension, optionally fused with the residual add that precedes it."""
+
+    def __init__(self, size: int, eps: float, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size, dtype=dtype, device=device), False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, size] -> norm(x) * weight."""
+        out = ops.rms_norm(x, self.weight, self.eps)
+        assert isinstance(out, torch.Tensor)
+        return out
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual) * weight, x + residual): the residual add fused into the norm."""
+        out = ops.rms_norm(x, self.weight, self.eps, residual)
+        assert isinstance(out, tuple)
+        return out
+
+
+class RotaryEmbedding(nn.Module):
+    """The float32 cos/sin table, built once and shared by all layers."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device) -> None:
+        super().__init__()
+        self.cos_sin_cache: torch.Tensor
+        self.register_buffer("cos_sin_cache", build_cos_sin_cache(spec.rope, device), persistent=False)
+
+    def forward(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Every supported family rotates halves (HF `rotate_half`), i.e. neox style.
+        return ops.rotary_embedding(positions, query, key, self.cos_sin_cache, True)
+
+
+class Attention(nn.Module):
+    """Self-attention over the paged KV cache: this step's K/V are written first, then every query token
+    attends to its sequence's cached and new tokens through the block table."""
+
+    def __init__(
+        self, spec: ModelSpec, layer_idx: int, rotary: RotaryEmbedding, device: torch.device
+    ) -> None:
+        super().__init__()
+        flags, dtype, d = spec.flags, spec.dtype, spec.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, d
+        self.scale = d**-0.5
+        self.sliding_window = spec.sliding_windows[layer_idx]
+        q_size, kv_size = spec.num_heads * d, spec.num_kv_heads * d
+        self.qkv_proj = MergedLinear(
+            spec.hidden_size, (q_size, kv_size, kv_size), flags.qkv_bias, dtype, device
+        )
+        self.o_proj = Linear(q_size, spec.hidden_size, flags.o_proj_bias, dtype, device)
+        self.q_norm = RMSNorm(d, spec.rms_norm_eps, dtype, device) if flags.qk_norm else None
+        self.k_norm = RMSNorm(d, spec.rms_norm_eps, dtype, device) if flags.qk_norm else None
+        self.rotary = rotary
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        attn: AttentionMetadata,
+    ) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj.split(self.qkv_proj(hidden))
+        q = q.reshape(num_tokens, self.num_heads, self.head_dim)
+        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q = self._head_norm(self.q_norm, q)
+            k = self._head_norm(self.k_norm, k)
+        q, k = self.rotary(positions, q, k)
+        ops.write_kv_cache(k, v, key_cache, value_cache, attn.slot_mapping)
+        out = ops.paged_attention(
+            q,
+            key_cache,
+            value_cache,
+            attn.query_start_loc,
+            attn.seq_lens,
+            attn.block_tables,
+            self.scale,
+            sliding_window=self.sliding_window,
+        )
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+
+    @staticmethod
+    def _head_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+        """RMSNorm applied to each head vector on its own (Qwen3's q/k norm)."""
+        return norm(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
+class MLP(nn.Module):
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device) -> None:
+        super().__init__()
+        bias, inter = spec.flags.mlp_bias, spec.intermediate_size
+        self.gate_up_proj = MergedLinear(spec.hidden_size, (inter, inter), bias, spec.dtype, device)
+        self.down_proj = Linear(inter, spec.hidden_size, bias, spec.dtype, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer block. The residual stream is carried separately so each norm can fuse the
+    residual add of the sublayer before it."""
+
+    def __init__(
+        self, spec: ModelSpec, layer_idx: int, rotary: RotaryEmbedding, device: torch.device
+    ) -> None:
+        super().__init__()
+        eps, dtype = spec.rms_norm_eps, spec.dtype
+        self.input_layernorm = RMSNorm(spec.hidden_size, eps, dtype, device)
+        self.self_attn = Attention(spec, layer_idx, rotary, device)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps, dtype, device)
+        self.mlp = MLP(spec, device)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        layer_cache: torch.Tensor,
+        attn: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden is the previous sublayer's output and residual the stream before it (None at layer 0).
+        layer_cache is this layer's [2, num_blocks, block_size, num_kv_heads, head_dim] slice."""
+        if residual is None:
+            residual = hidden
+            normed = self.input_layernorm(hidden)
+        else:
+            normed, residual = self.input_layernorm.add_and_norm(hidden, residual)
+        hidden = self.self_attn(positions, normed, layer_cache[0], layer_cache[1], attn)
+        normed, residual = self.post_attention_layernorm.add_and_norm(hidden, residual)
+        return self.mlp(normed), residual

@@ -1,0 +1,78 @@
+"""Supported checkpoint architectures: each maps a config.json to its explicit ArchitectureFlags."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.models.spec import ArchitectureFlags
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How one `architectures` entry of config.json is read."""
+
+    # Reads the family's flags from config.json (fixed ones are constants here, not config lookups).
+    flags: Callable[[dict[str, Any]], ArchitectureFlags]
+    # head_dim when config.json omits it; None means hidden_size // num_attention_heads.
+    default_head_dim: int | None
+    # Every layer uses `sliding_window` when set (Mistral), instead of Qwen's use_sliding_window + layer_types.
+    always_sliding: bool
+
+
+def _tied(config: dict[str, Any]) -> bool:
+    return bool(config.get("tie_word_embeddings", False))
+
+
+def _llama_flags(config: dict[str, Any]) -> ArchitectureFlags:
+    attention_bias = bool(config.get("attention_bias", False))
+    return ArchitectureFlags(
+        qk_norm=False,
+        qkv_bias=attention_bias,
+        o_proj_bias=attention_bias,
+        mlp_bias=bool(config.get("mlp_bias", False)),
+        tie_embeddings=_tied(config),
+    )
+
+
+def _qwen2_flags(config: dict[str, Any]) -> ArchitectureFlags:
+    return ArchitectureFlags(
+        qk_norm=False, qkv_bias=True, o_proj_bias=False, mlp_bias=False, tie_embeddings=_tied(config)
+    )
+
+
+def _qwen3_flags(config: dict[str, Any]) -> ArchitectureFlags:
+    attention_bias = bool(config.get("attention_bias", False))
+    return ArchitectureFlags(
+        qk_norm=True,
+        qkv_bias=attention_bias,
+        o_proj_bias=attention_bias,
+        mlp_bias=False,
+        tie_embeddings=_tied(config),
+    )
+
+
+def _mistral_flags(config: dict[str, Any]) -> ArchitectureFlags:
+    return ArchitectureFlags(
+        qk_norm=False, qkv_bias=False, o_proj_bias=False, mlp_bias=False, tie_embeddings=_tied(config)
+    )
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "LlamaForCausalLM": Architecture(_llama_flags, default_head_dim=None, always_sliding=False),
+    "MistralForCausalLM": Architecture(_mistral_flags, default_head_dim=None, always_sliding=True),
+    "Qwen2ForCausalLM": Architecture(_qwen2_flags, default_head_dim=None, always_sliding=False),
+    "Qwen3ForCausalLM": Architecture(_qwen3_flags, default_head_dim=128, always_sliding=False),
+}
+
+
+def resolve_architecture(config: dict[str, Any]) -> Architecture:
+    """The registry entry for config["architectures"][0]; ValueError naming it and the supported ones."""
+    names = config.get("architectures") or []
+    name = names[0] if names else None
+    if name not in ARCHITECTURES:
+        raise ValueError(
+            f"unsupported model architecture {name!r}; supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return ARCHITECTURES[name]
