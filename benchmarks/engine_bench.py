@@ -88,6 +88,8 @@ def bench_hf(
         tokens = sum(workload.output_lengths[:single])
         out["hf_single_tokens_per_s"] = tokens / (time.perf_counter() - start)
         out["hf_single_requests"] = single
+        if not batches:
+            return out
         start = time.perf_counter()
         useful = 0
         for batch in range(batches):
@@ -127,7 +129,10 @@ def main() -> None:
     parser.add_argument("--hf-batches", type=int, default=1, help="static batches of 16 the batched baseline runs")
     parser.add_argument("--ttft-repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     engine = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_model_len=2048))
     device, dtype = engine.runner.device, engine.runner.dtype
@@ -150,8 +155,8 @@ def main() -> None:
         "engine_preemptions": engine_stats.num_preemptions,
         "hf_single_tokens_per_s": round(hf["hf_single_tokens_per_s"], 1),
         "hf_single_requests_measured": int(hf["hf_single_requests"]),
-        "hf_static16_tokens_per_s": round(hf["hf_static16_tokens_per_s"], 1),
-        "hf_static16_requests_measured": int(hf["hf_static16_requests"]),
+        "hf_static16_tokens_per_s": round(hf.get("hf_static16_tokens_per_s", 0.0), 1),
+        "hf_static16_requests_measured": int(hf.get("hf_static16_requests", 0)),
         "ttft_1000_cold_s": round(cold, 3),
         "ttft_1000_prefix_hit_s": round(warm, 3),
     }

@@ -37,7 +37,17 @@ def validation_error(error: RequestValidationError) -> APIError:
     """Pydantic's complaints as one OpenAI 400 naming the first field at fault."""
     details = error.errors()
     if any(detail.get("type") == "json_invalid" for detail in details):
-        return APIError(400, "The request body is not valid JSON.", "invalid_request_error", None, "invalid_json")
+        return APIError(
+            400, "The request body is not valid JSON.", "invalid_request_error", None, "invalid_json"
+        )
+    if any(tuple(detail.get("loc", ())) == ("body",) for detail in details):
+        return APIError(
+            400,
+            "The request body must be a JSON object (sent with Content-Type: application/json).",
+            "invalid_request_error",
+            None,
+            "invalid_json",
+        )
     messages = []
     for detail in details:
         where = _param(tuple(detail.get("loc", ())))
@@ -45,8 +55,13 @@ def validation_error(error: RequestValidationError) -> APIError:
         if detail.get("type") == "extra_forbidden" and where:
             messages[-1] = f"{where}: unsupported parameter"
     first = details[0] if details else {}
-    return APIError(400, "; ".join(messages) or "invalid request", "invalid_request_error",
-                    _param(tuple(first.get("loc", ()))), "invalid_value")
+    return APIError(
+        400,
+        "; ".join(messages) or "invalid request",
+        "invalid_request_error",
+        _param(tuple(first.get("loc", ()))),
+        "invalid_value",
+    )
 
 
 def _json(error: APIError) -> JSONResponse:
@@ -59,7 +74,14 @@ def build_app(ctx: ServingContext) -> FastAPI:
         yield
         await ctx.triton.close()
 
-    app = FastAPI(title="tritonllm OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="tritonllm OpenAI-compatible server",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # Parse JSON bodies whatever their Content-Type, as vLLM does: `curl -d` sends a form type.
+        strict_content_type=False,
+    )
     app.include_router(build_router(ctx))
 
     @app.exception_handler(APIError)

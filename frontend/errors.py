@@ -27,7 +27,9 @@ class APIError(Exception):
         self.headers = headers or {}
 
     def body(self) -> ErrorResponse:
-        return ErrorResponse(error=ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code))
+        return ErrorResponse(
+            error=ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
+        )
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -35,7 +37,9 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def model_not_found(model: str) -> APIError:
-    return APIError(404, f"The model `{model}` does not exist.", "invalid_request_error", "model", "model_not_found")
+    return APIError(
+        404, f"The model `{model}` does not exist.", "invalid_request_error", "model", "model_not_found"
+    )
 
 
 def unavailable(message: str) -> APIError:

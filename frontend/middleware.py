@@ -37,7 +37,9 @@ def endpoint_label(path: str) -> str:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...], max_body_bytes: int, metrics: FrontendMetrics):
+    def __init__(
+        self, app: ASGIApp, api_keys: tuple[str, ...], max_body_bytes: int, metrics: FrontendMetrics
+    ):
         self.app = app
         self.api_keys = [key.encode() for key in api_keys]
         self.max_body_bytes = max_body_bytes
@@ -47,7 +49,9 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
+        }
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         label = endpoint_label(scope["path"])
@@ -64,17 +68,30 @@ class RequestGuard:
 
         try:
             if not self._authorized(scope["path"], headers):
-                await self._error(send_with_id, APIError(
-                    401, "Invalid or missing API key.", "authentication_error", None, "invalid_api_key",
-                    {"WWW-Authenticate": "Bearer"},
-                ))
+                await self._error(
+                    send_with_id,
+                    APIError(
+                        401,
+                        "Invalid or missing API key.",
+                        "authentication_error",
+                        None,
+                        "invalid_api_key",
+                        {"WWW-Authenticate": "Bearer"},
+                    ),
+                )
                 return
             body = await self._read_body(headers, receive)
             if body is None:
-                await self._error(send_with_id, APIError(
-                    413, f"Request body exceeds {self.max_body_bytes} bytes.", "invalid_request_error", None,
-                    "request_too_large",
-                ))
+                await self._error(
+                    send_with_id,
+                    APIError(
+                        413,
+                        f"Request body exceeds {self.max_body_bytes} bytes.",
+                        "invalid_request_error",
+                        None,
+                        "request_too_large",
+                    ),
+                )
                 return
             await self.app(scope, _replay(body, receive), send_with_id)
         finally:

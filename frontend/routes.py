@@ -16,7 +16,7 @@ from frontend.protocol.completions import CompletionRequest
 from frontend.protocol.tokenize import DetokenizeRequest, TokenizeRequest
 from frontend.serving.chat import ChatHandler
 from frontend.serving.completions import CompletionHandler
-from frontend.serving.context import ServingContext, new_id
+from frontend.serving.context import ServingContext
 from frontend.serving.models import ModelsHandler
 from frontend.serving.tokenize import TokenizeHandler
 
@@ -71,6 +71,11 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+def _response_id(prefix: str, request: Request) -> str:
+    """`chatcmpl-<x-request-id>` (as vLLM does), so one id follows a request through logs and Triton."""
+    return f"{prefix}-{request.state.request_id}"
+
+
 def _respond(result: BaseModel | AsyncIterator[str]) -> Response:
     if isinstance(result, BaseModel):
         return JSONResponse(result.model_dump(mode="json"))
@@ -86,11 +91,13 @@ def build_router(ctx: ServingContext) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-        return _respond(await until_disconnect(request, chat.create(body, new_id("chatcmpl"))))
+        return _respond(await until_disconnect(request, chat.create(body, _response_id("chatcmpl", request))))
 
     @router.post("/v1/completions")
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
-        return _respond(await until_disconnect(request, completions.create(body, new_id("cmpl"))))
+        return _respond(
+            await until_disconnect(request, completions.create(body, _response_id("cmpl", request)))
+        )
 
     @router.get("/v1/models")
     async def list_models() -> Response:

@@ -7,8 +7,10 @@ surface as the TritonError family and the serving layer decides what they mean t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,11 +139,15 @@ def _classify(message: str) -> TritonError:
 
 
 class TritonClient:
-    """A shared aio gRPC channel to one Triton server and the name of the ensemble to call."""
+    """A shared aio gRPC channel to one Triton server, the ensemble to call and the model that aborts."""
 
-    def __init__(self, url: str, model: str) -> None:
+    def __init__(self, url: str, model: str, abort_model: str | None = "llm") -> None:
         self.url = url
         self.model = model
+        # The decoupled engine model that takes `abort_request_id`; None when the ensemble has none.
+        self.abort_model = abort_model
+        # Abort requests in flight (held so the event loop does not drop them half-way).
+        self._aborts: set[asyncio.Task[None]] = set()
         # Created on first use, inside the running event loop the aio channel binds to.
         self._aio: triton_aio.InferenceServerClient | None = None
 
@@ -164,21 +170,32 @@ class TritonClient:
         reports to the model as a cancelled request, so the engine frees the sequence.
         """
 
+        # Unique even when clients reuse x-request-id, so an abort names exactly this request.
+        triton_request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
+
         async def one_request() -> AsyncIterator[dict[str, Any]]:
-            yield {"model_name": self.model, "inputs": build_inputs(request), "request_id": request.request_id}
+            yield {
+                "model_name": self.model,
+                "inputs": build_inputs(request),
+                "request_id": triton_request_id,
+            }
 
         try:
             stream = self._client.stream_infer(one_request())
         except InferenceServerException as error:
             raise TritonUnavailableError(str(error.message())) from None
+        finished = False
         try:
             async for result, failure in stream:
                 if failure is not None:
+                    finished = True
                     raise _classify(str(failure.message()))
                 chunk = parse_response(result)
+                finished = chunk.final
                 yield chunk
                 if chunk.final:
                     return
+            finished = True
             raise TritonError("the Triton stream ended before the final response")
         except grpc.RpcError as error:
             code = error.code() if hasattr(error, "code") else None
@@ -187,6 +204,38 @@ class TritonClient:
             raise _classify(str(error.details() if hasattr(error, "details") else error)) from None
         finally:
             stream.cancel()
+            if not finished:
+                self._abort_in_background(triton_request_id)
+
+    def _abort_in_background(self, triton_request_id: str) -> None:
+        """Tell the engine to drop a request its client left.
+
+        Cancelling the gRPC call alone is not enough: Triton 2.51 does not pass an ensemble's
+        cancellation into the step that is already running, so the engine would generate on until
+        max_tokens. Best effort: if this fails, postprocess's relay still catches the next step.
+        """
+        if self.abort_model is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._abort(triton_request_id))
+        self._aborts.add(task)
+        task.add_done_callback(self._aborts.discard)
+
+    async def _abort(self, triton_request_id: str) -> None:
+        assert self.abort_model is not None
+
+        async def abort_request() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": self.abort_model,
+                "inputs": [_tensor("abort_request_id", _bytes(triton_request_id), "BYTES")],
+            }
+
+        try:
+            stream = self._client.stream_infer(abort_request())
+            async for _result, _failure in stream:
+                break
+            stream.cancel()
+        except (InferenceServerException, grpc.RpcError):
+            pass
 
     async def close(self) -> None:
         if self._aio is not None:

@@ -1,8 +1,10 @@
 """Torch reference for varlen paged attention: the engine's CPU path and the oracle of the Triton kernels.
 
-Decode sequences (one query token each) run as one padded batch: with a single query per sequence the
-padding is only along the KV axis. Every other sequence (prefill, chunked prefill) runs alone, so a long
-prompt never pads the decodes of the same step to its length. Scores and softmax are float32 whatever the
+Decode sequences (one query token each) run as padded batches of similar KV length: sorted longest first,
+a batch takes sequences while they are at least 3/4 of its longest, which bounds the padding to a third
+(on 2 cores this beat one padded batch, up to 3x on ragged lengths, and one call per sequence). Every other
+sequence (prefill, chunked prefill) runs alone, so a long prompt never pads the decodes of its step; a
+whole prompt uses SDPA's causal mode instead of an explicit mask. Scores and softmax are float32 whatever the
 cache dtype; grouped-query heads are folded into the query axis instead of repeating K/V.
 """
 
@@ -27,10 +29,19 @@ def paged_attention_ref(
     """Causal attention of each sequence's new query tokens over its whole paged KV; returns [T, Hq, D]."""
     out = torch.empty_like(query)
     starts = query_start_loc.tolist()
+    kv_lens = seq_lens.tolist()
     q_lens = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
-    decodes = [i for i, n in enumerate(q_lens) if n == 1]
-    groups = [decodes] if decodes else []
-    groups += [[i] for i, n in enumerate(q_lens) if n > 1]
+    groups: list[list[int]] = []
+    for i in sorted((i for i, n in enumerate(q_lens) if n == 1), key=lambda i: -kv_lens[i]):
+        if groups and 4 * kv_lens[i] >= 3 * kv_lens[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for i, n in enumerate(q_lens):
+        if n > 1 and n == kv_lens[i] and sliding_window is None and soft_cap is None:
+            attend_prompt(out, query, key_cache, value_cache, starts[i], block_tables[i : i + 1], n, scale)
+        elif n > 1:
+            groups.append([i])
     for group in groups:
         attend_group(
             out, query, key_cache, value_cache, query_start_loc, seq_lens, block_tables, scale,
@@ -64,6 +75,26 @@ def gather_kv(
     beyond = torch.arange(shortest, kv_len, device=cache.device) >= kv_lens[:, None]  # [n, kv_len - shortest]
     rows[:, shortest:].masked_fill_(beyond[:, :, None, None], 0.0)
     return rows.transpose(1, 2)
+
+
+def attend_prompt(
+    out: torch.Tensor,  # [T, Hq, D], written at rows start : start + length
+    query: torch.Tensor,  # [T, Hq, D]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    start: int,  # the prompt's first query row
+    block_table: torch.Tensor,  # [1, max_blocks] int32
+    length: int,  # query and KV length alike: nothing cached before this step
+    scale: float,
+) -> None:
+    """A whole prompt: SDPA's own causal mode, which skips the masked half (about 1.5x faster at 1k tokens
+    on 2 cores than reading an explicit mask)."""
+    kv_lens = torch.tensor([length], device=query.device)
+    k = gather_kv(key_cache, block_table, kv_lens, length)  # [1, Hkv, L, D]
+    v = gather_kv(value_cache, block_table, kv_lens, length)
+    q = query[start : start + length].float().transpose(0, 1).unsqueeze(0)  # [1, Hq, L, D]
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    out[start : start + length] = o[0].transpose(0, 1).to(out.dtype)
 
 
 def attend_group(

@@ -30,7 +30,8 @@ class SpeechRequest:
     language: str | None
     # Text that conditions the decoder (names, spelling, style).
     prompt: str | None
-    # None: faster-whisper's temperature fallback schedule; otherwise this one temperature.
+    # None: faster-whisper's temperature fallback schedule (OpenAI's "0 or absent" behaviour, left to the
+    # frontend to map); otherwise exactly this temperature, 0 meaning greedy without fallback.
     temperature: float | None
     # Word-level timings (costs an extra alignment pass).
     word_timestamps: bool
@@ -63,7 +64,7 @@ def parse_speech_request(inputs: Mapping[str, np.ndarray], max_audio_bytes: int)
         task=task,
         language=_text(inputs, "language"),
         prompt=_text(inputs, "prompt"),
-        temperature=temperature if temperature else None,
+        temperature=temperature,
         word_timestamps=bool(inputs["word_timestamps"].reshape(-1)[0])
         if "word_timestamps" in inputs
         else False,

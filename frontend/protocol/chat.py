@@ -50,7 +50,9 @@ class ChatMessage(BaseModel):
             for part in content:
                 kind = part.get("type") if isinstance(part, dict) else None
                 if kind != "text":
-                    raise ValueError(f"content part type {kind!r} is not supported: this model takes text only")
+                    raise ValueError(
+                        f"content part type {kind!r} is not supported: this model takes text only"
+                    )
         return content
 
     def text(self) -> str:

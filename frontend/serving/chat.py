@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from frontend.errors import bad_request
@@ -53,7 +54,9 @@ class ChatHandler:
     ) -> ChatCompletionResponse | AsyncIterator[str]:
         """The response model, or (stream=true) the SSE frames of a stream whose first response arrived."""
         prepared = await self._prepare(request, request_id)
-        generation = await start_generation(self.ctx, prepared.generation, prepared.params, "messages", ENDPOINT)
+        generation = await start_generation(
+            self.ctx, prepared.generation, prepared.params, "messages", ENDPOINT
+        )
         if request.stream:
             return self._stream(request, prepared, generation, request_id)
         try:
@@ -66,7 +69,9 @@ class ChatHandler:
             id=request_id,
             created=unix_now(),
             model=prepared.model,
-            choices=[ChatChoice(index=0, message=message, finish_reason=_finish(last, output.saw_tool_calls))],
+            choices=[
+                ChatChoice(index=0, message=message, finish_reason=_finish(last, output.saw_tool_calls))
+            ],
             usage=_usage(last),
             system_fingerprint=self.ctx.system_fingerprint,
             service_tier=request.service_tier,
@@ -83,7 +88,9 @@ class ChatHandler:
         parse_tools = self._tool_mode(request, params)
         if request.response_format is not None and request.response_format.type != "text":
             schema = (request.response_format.json_schema or {}).get("schema", {})
-            structured = {"json_object": True} if request.response_format.type == "json_object" else {"json": schema}
+            structured = (
+                {"json_object": True} if request.response_format.type == "json_object" else {"json": schema}
+            )
             params.set("structured_outputs", structured, origin="response_format")
         if request.logprobs:
             params.set("logprobs", request.top_logprobs or 0)
@@ -105,7 +112,10 @@ class ChatHandler:
         await self._check_length(prompt, max_tokens)
         generation = GenerationInput(
             prompt=prompt,
-            stream=request.stream,
+            # Always streamed from Triton, even for non-streamed HTTP answers: Triton notices a cancelled
+            # gRPC stream only when it has a response to send, so only a token-by-token stream is
+            # cancelled promptly when the HTTP client leaves.
+            stream=True,
             add_special_tokens=False,
             max_tokens=max_tokens,
             sampling=params.sampling,
@@ -134,7 +144,9 @@ class ChatHandler:
         names = [tool.function.name for tool in request.tools]
         if isinstance(choice, NamedToolChoice):
             if choice.function.name not in names:
-                raise bad_request(f"tool_choice names unknown function {choice.function.name!r}", "tool_choice")
+                raise bad_request(
+                    f"tool_choice names unknown function {choice.function.name!r}", "tool_choice"
+                )
             tool = request.tools[names.index(choice.function.name)]
             schema = tool.function.parameters or {"type": "object"}
         else:
@@ -188,15 +200,19 @@ class ChatHandler:
         last: GenerationChunk = generation.first
         try:
             yield chunk(ChatDelta(role=self.ctx.config.response_role, content=""))
-            async for response in chunks(self.ctx, generation):
-                last = response
-                delta = output.feed(response.text) if response.text else None
-                if delta is not None:
-                    yield chunk(delta, usage=_usage(response) if continuous else None)
+            # aclosing: if the client leaves while a frame is being sent, the Triton request ends now, not at GC.
+            async with aclosing(chunks(self.ctx, generation)) as responses:
+                async for response in responses:
+                    last = response
+                    delta = output.feed(response.text) if response.text else None
+                    if delta is not None:
+                        yield chunk(delta, usage=_usage(response) if continuous else None)
             tail = output.finish()
             if tail is not None:
                 yield chunk(tail)
-            yield chunk(ChatDelta(), _finish(last, output.saw_tool_calls), _usage(last) if continuous else None)
+            yield chunk(
+                ChatDelta(), _finish(last, output.saw_tool_calls), _usage(last) if continuous else None
+            )
             if include_usage:
                 usage_chunk = ChatCompletionChunk(
                     id=request_id,

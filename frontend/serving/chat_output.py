@@ -48,7 +48,9 @@ class ChatOutputProcessor:
         if not (split.reasoning or parsed.content or calls):
             return None
         return ChatDelta(
-            reasoning_content=split.reasoning or None, content=parsed.content or None, tool_calls=calls or None
+            reasoning_content=split.reasoning or None,
+            content=parsed.content or None,
+            tool_calls=calls or None,
         )
 
     def message(self, role: str, text: str) -> ChatResponseMessage:
@@ -59,7 +61,9 @@ class ChatOutputProcessor:
             tail = self._reasoning.finish()
             split.reasoning += tail.reasoning
             split.content += tail.content
-        content, tool_calls = (split.content, []) if self._tools is None else extract(self._tools, split.content)
+        content, tool_calls = (
+            (split.content, []) if self._tools is None else extract(self._tools, split.content)
+        )
         self.saw_tool_calls = bool(tool_calls)
         return ChatResponseMessage(
             role=role,

@@ -31,7 +31,9 @@ class CompletionHandler:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
 
-    async def create(self, request: CompletionRequest, request_id: str) -> CompletionResponse | AsyncIterator[str]:
+    async def create(
+        self, request: CompletionRequest, request_id: str
+    ) -> CompletionResponse | AsyncIterator[str]:
         model = self.ctx.check_model(request.model)
         if request.stream_options is not None and not request.stream:
             raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
@@ -47,7 +49,8 @@ class CompletionHandler:
         inputs = [
             GenerationInput(
                 prompt=prompt.text,
-                stream=request.stream,
+                # Streamed from Triton even for non-streamed answers (see chat.py): prompt cancellation.
+                stream=True,
                 add_special_tokens=prompt.add_special_tokens,
                 max_tokens=request.max_tokens,
                 sampling=params.sampling,
@@ -108,7 +111,9 @@ class CompletionHandler:
         if limit is None:
             return
         for prompt in prompts:
-            count = len(await asyncio.to_thread(self.ctx.templater.encode, prompt.text, prompt.add_special_tokens))
+            count = len(
+                await asyncio.to_thread(self.ctx.templater.encode, prompt.text, prompt.add_special_tokens)
+            )
             if count >= limit or (max_tokens is not None and count + max_tokens > limit):
                 raise bad_request(
                     f"This model's maximum context length is {limit} tokens; the prompt has {count} tokens"

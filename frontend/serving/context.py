@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 
 from frontend.config import FrontendConfig
@@ -39,10 +38,6 @@ class ServingContext:
     @property
     def system_fingerprint(self) -> str:
         return f"tritonllm-{self.config.triton_model}"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def unix_now() -> int:

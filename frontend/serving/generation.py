@@ -5,7 +5,7 @@ recorded on the way."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -47,13 +47,11 @@ async def start_generation(
     except BaseException:
         await stream.aclose()
         raise
-    if request.stream:
-        # A non-streamed request's first response is its whole answer: only e2e latency says anything.
-        ctx.metrics.time_to_first_token.labels(endpoint).observe(time.monotonic() - arrival)
+    ctx.metrics.time_to_first_token.labels(endpoint).observe(time.monotonic() - arrival)
     return Generation(first, stream, endpoint, arrival)
 
 
-async def chunks(ctx: ServingContext, generation: Generation) -> AsyncIterator[GenerationChunk]:
+async def chunks(ctx: ServingContext, generation: Generation) -> AsyncGenerator[GenerationChunk, None]:
     """Every response of a started generation, the first included; the Triton stream is closed at the end."""
     async with aclosing(generation.rest) as rest:
         yield generation.first

@@ -12,7 +12,9 @@ class ModelsHandler:
 
     def _card(self, name: str) -> ModelCard:
         config = self.ctx.config
-        return ModelCard(id=name, created=self.ctx.started, root=str(config.model), max_model_len=config.max_model_len)
+        return ModelCard(
+            id=name, created=self.ctx.started, root=str(config.model), max_model_len=config.max_model_len
+        )
 
     def list(self) -> ModelList:
         return ModelList(data=[self._card(name) for name in self.ctx.config.served_model_names])

@@ -25,7 +25,8 @@ class TokenizeHandler:
         if request.messages is not None:
             if request.continue_final_message and request.add_generation_prompt:
                 raise bad_request(
-                    "continue_final_message and add_generation_prompt cannot both be true", "add_generation_prompt"
+                    "continue_final_message and add_generation_prompt cannot both be true",
+                    "add_generation_prompt",
                 )
             try:
                 text = await asyncio.to_thread(

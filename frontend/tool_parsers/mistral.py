@@ -25,7 +25,9 @@ class MistralToolParser(ToolParser):
         if found >= 0:
             self._pending = ""
             self._calls = CallSequence()
-            return ToolParseDelta(content=joined[:found], calls=self._calls.feed(joined[found + len(MARKER) :]))
+            return ToolParseDelta(
+                content=joined[:found], calls=self._calls.feed(joined[found + len(MARKER) :])
+            )
         hold = partial_marker_length(joined, MARKER)
         self._pending = joined[len(joined) - hold :]
         return ToolParseDelta(content=joined[: len(joined) - hold])

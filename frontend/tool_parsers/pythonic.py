@@ -70,7 +70,9 @@ class PythonicToolParser(ToolParser):
             if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name | ast.Attribute):
                 return []
             name = ast.unparse(call.func)
-            arguments = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords if keyword.arg}
+            arguments = {
+                keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords if keyword.arg
+            }
         except (SyntaxError, ValueError, TypeError):
             return []
         index, self._index = self._index, self._index + 1

@@ -15,7 +15,7 @@ from frontend.metrics import FrontendMetrics
 from frontend.serving.context import ServingContext, unix_now
 from frontend.templating import ChatTemplater
 from frontend.triton_client import TritonClient
-from tests.servers import free_port
+from tests.servers import VENV_BIN, ServerProcess, TritonServer, free_port
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 API_KEY = "unit-key"
@@ -45,7 +45,7 @@ def offline_context(model_path: Path, templater: ChatTemplater) -> ServingContex
     config = offline_config(model_path)
     return ServingContext(
         config=config,
-        triton=TritonClient(config.triton_url, config.triton_model),
+        triton=TritonClient(config.triton_url, config.triton_model, config.triton_abort_model),
         templater=templater,
         metrics=FrontendMetrics(),
         started=unix_now(),
@@ -56,3 +56,30 @@ def offline_context(model_path: Path, templater: ChatTemplater) -> ServingContex
 def offline_client(offline_context: ServingContext) -> Iterator[TestClient]:
     with TestClient(build_app(offline_context), headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def parsing_frontend_url(
+    model_path: Path, triton_server: TritonServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A second real frontend on the session's Triton with tool and reasoning parsing on (no API key)."""
+    port = free_port()
+    process = ServerProcess(
+        name="frontend-parsing",
+        command=[
+            str(VENV_BIN / "python"), "-m", "frontend",
+            "--model", str(model_path),
+            "--served-model-name", MODEL_NAME,
+            "--triton-url", triton_server.grpc_url,
+            "--port", str(port),
+            "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+            "--reasoning-parser", "qwen3",
+        ],
+        log_path=tmp_path_factory.mktemp("frontend-parsing") / "frontend.log",
+    )  # fmt: skip
+    process.start()
+    try:
+        process.wait_healthy(f"http://127.0.0.1:{port}/health", timeout=120)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.stop()

@@ -28,7 +28,11 @@ def assert_error(response, status: int, param: str | None = None, code: str | No
 
 
 def test_missing_or_wrong_key_is_401(offline_client: TestClient) -> None:
-    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic unit-key"}):
+    for headers in (
+        {"Authorization": ""},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic unit-key"},
+    ):
         response = offline_client.get("/v1/models", headers=headers)
         error = assert_error(response, 401, code="invalid_api_key")
         assert error["type"] == "authentication_error"
@@ -51,7 +55,9 @@ def test_generation_is_503_while_triton_is_unreachable(offline_client: TestClien
 
 
 def test_request_id_is_echoed_or_generated(offline_client: TestClient) -> None:
-    assert offline_client.get("/v1/models", headers={"x-request-id": "abc-1"}).headers["x-request-id"] == "abc-1"
+    assert (
+        offline_client.get("/v1/models", headers={"x-request-id": "abc-1"}).headers["x-request-id"] == "abc-1"
+    )
     generated = offline_client.get("/v1/models/nope").headers["x-request-id"]
     assert len(generated) == 32
     assert offline_client.get("/v1/models", headers={"Authorization": ""}).headers["x-request-id"]
@@ -76,12 +82,27 @@ def test_malformed_json_is_400(offline_client: TestClient) -> None:
     assert_error(response, 400, code="invalid_json")
 
 
+def test_json_without_content_type_is_accepted(offline_client: TestClient) -> None:
+    response = offline_client.post("/tokenize", content=b'{"prompt": "hi"}')
+    assert response.status_code == 200 and response.json()["count"] == 1
+    form = offline_client.post(
+        "/tokenize",
+        content=b'{"prompt": "hi"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert "Content-Type: application/json" in assert_error(form, 400, code="invalid_json")["message"]
+    assert_error(offline_client.post("/tokenize", json=[1, 2]), 400, code="invalid_json")
+
+
 @pytest.mark.parametrize(
     "fields, param",
     [
         ({"temperature": -0.5}, "temperature"),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages.0.content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages.0.content",
+        ),
         ({"logprobs": True, "top_logprobs": 99}, "top_logprobs"),
         ({"unknown_knob": 1}, "unknown_knob"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
@@ -99,7 +120,11 @@ def test_completion_validation(offline_client: TestClient) -> None:
     assert_error(offline_client.post("/v1/completions", json={"model": MODEL_NAME}), 400, "prompt")
     bad_ids = {"model": MODEL_NAME, "prompt": [10**9]}
     assert_error(offline_client.post("/v1/completions", json=bad_ids), 400, "prompt")
-    assert_error(offline_client.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "a", "suffix": "b"}), 400, "suffix")
+    assert_error(
+        offline_client.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "a", "suffix": "b"}),
+        400,
+        "suffix",
+    )
 
 
 def test_body_over_the_limit_is_413(offline_client: TestClient) -> None:
@@ -135,8 +160,10 @@ def test_metrics_count_requests_by_endpoint_and_status(offline_client: TestClien
 def test_max_model_len_is_checked_before_triton(offline_context: ServingContext) -> None:
     config = dataclasses.replace(offline_context.config, max_model_len=20)
     # A client of its own: aio gRPC channels belong to the event loop of the TestClient that opened them.
-    triton = TritonClient(config.triton_url, config.triton_model)
-    app = build_app(dataclasses.replace(offline_context, config=config, triton=triton, metrics=FrontendMetrics()))
+    triton = TritonClient(config.triton_url, config.triton_model, config.triton_abort_model)
+    app = build_app(
+        dataclasses.replace(offline_context, config=config, triton=triton, metrics=FrontendMetrics())
+    )
     with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         # The templated "hi" is 31 tokens: over the limit, refused before Triton (unreachable) is asked.
         error = assert_error(client.post("/v1/chat/completions", json=CHAT), 400, "messages")

@@ -27,7 +27,9 @@ def client(frontend_server: FrontendServer) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def async_client(frontend_server: FrontendServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=frontend_server.base_url, api_key=frontend_server.api_key, max_retries=0)
+    return openai.AsyncOpenAI(
+        base_url=frontend_server.base_url, api_key=frontend_server.api_key, max_retries=0
+    )
 
 
 def running_requests(triton_server: TritonServer) -> float:
@@ -56,14 +58,26 @@ def test_chat_non_streamed_with_usage(client: openai.OpenAI) -> None:
     assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens is not None
 
 
+def test_request_id_names_the_completion(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL_NAME, messages=QUESTION, max_tokens=2, extra_headers={"x-request-id": "trace-123"}
+    )
+    assert raw.headers["x-request-id"] == "trace-123"
+    assert raw.parse().id == "chatcmpl-trace-123"
+
+
 def test_chat_stream_equals_non_streamed(client: openai.OpenAI) -> None:
     request = {"model": MODEL_NAME, "messages": QUESTION, "max_tokens": 16, "temperature": 0}
     whole = client.chat.completions.create(**request)
-    chunks = list(client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert text == whole.choices[0].message.content
-    finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason]
+    finishes = [
+        chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason
+    ]
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
@@ -83,7 +97,9 @@ def test_completions_single_batch_echo_and_token_ids(
     client: openai.OpenAI, frontend_server: FrontendServer
 ) -> None:
     prompts = ["The capital of France is", "1, 2, 3,"]
-    batch = client.completions.create(model=MODEL_NAME, prompt=prompts, max_tokens=4, temperature=0, echo=True)
+    batch = client.completions.create(
+        model=MODEL_NAME, prompt=prompts, max_tokens=4, temperature=0, echo=True
+    )
     assert [choice.index for choice in batch.choices] == [0, 1]
     for prompt, choice in zip(prompts, batch.choices, strict=True):
         assert choice.text.startswith(prompt) and len(choice.text) > len(prompt)
@@ -122,7 +138,10 @@ def test_prompt_over_the_context_is_400_and_serving_goes_on(client: openai.OpenA
     assert caught.value.code == "context_length_exceeded" and caught.value.param == "messages"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(
-            model=MODEL_NAME, messages=[{"role": "user", "content": "word " * 9000}], max_tokens=4, stream=True
+            model=MODEL_NAME,
+            messages=[{"role": "user", "content": "word " * 9000}],
+            max_tokens=4,
+            stream=True,
         )
     reply = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=4)
     assert reply.choices[0].message.content
@@ -130,13 +149,21 @@ def test_prompt_over_the_context_is_400_and_serving_goes_on(client: openai.OpenA
 
 def test_unsupported_parameter_is_a_400_naming_it(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=4, frequency_penalty=0.5)
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=QUESTION, max_tokens=4, frequency_penalty=0.5
+        )
     assert caught.value.param == "frequency_penalty"
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model=MODEL_NAME, messages=QUESTION, max_tokens=4, response_format={"type": "json_object"}
         )
     assert caught.value.param == "response_format"
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=QUESTION, max_tokens=4, tools=[tool], tool_choice="required"
+        )
+    assert caught.value.param == "tool_choice"
 
 
 def test_missing_api_key_is_401(frontend_server: FrontendServer) -> None:
@@ -188,7 +215,9 @@ def test_client_disconnect_cancels_the_engine_request(
     assert running_requests(triton_server) == 0
 
 
-def test_non_streamed_disconnect_cancels_too(frontend_server: FrontendServer, triton_server: TritonServer) -> None:
+def test_non_streamed_disconnect_cancels_too(
+    frontend_server: FrontendServer, triton_server: TritonServer
+) -> None:
     body = {
         "model": MODEL_NAME,
         "messages": [{"role": "user", "content": "Tell me a very long story."}],

@@ -22,7 +22,11 @@ def run(parser: ThinkReasoningParser, pieces: list[str]) -> tuple[str, str]:
 @pytest.mark.parametrize(
     "name, text, expected",
     [
-        ("qwen3", "<think>\nplan a, then b\n</think>\n\nThe answer.", ("\nplan a, then b\n", "\n\nThe answer.")),
+        (
+            "qwen3",
+            "<think>\nplan a, then b\n</think>\n\nThe answer.",
+            ("\nplan a, then b\n", "\n\nThe answer."),
+        ),
         ("qwen3", "No thinking here.", ("", "No thinking here.")),
         ("qwen3", "<thin", ("", "<thin")),
         ("deepseek_r1", "plan</think>answer", ("plan", "answer")),
@@ -38,7 +42,9 @@ def test_whole_text(name: str, text: str, expected: tuple[str, str]) -> None:
 @settings(max_examples=80, deadline=None)
 @given(
     name=st.sampled_from(["qwen3", "deepseek_r1"]),
-    text=st.sampled_from(["<think>a < b</think> so </think> c", "x</think>y", "<think>never closed", "plain"]),
+    text=st.sampled_from(
+        ["<think>a < b</think> so </think> c", "x</think>y", "<think>never closed", "plain"]
+    ),
     cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8),
 )
 def test_any_chunking_gives_the_same_split(name: str, text: str, cuts: list[int]) -> None:

@@ -14,7 +14,9 @@ def messages(*items: dict) -> list[ChatMessage]:
 
 def test_render_matches_apply_chat_template(templater: ChatTemplater) -> None:
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
-    expected = templater.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    expected = templater.tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=False
+    )
     assert templater.render(messages(*conversation)) == expected
     assert expected.endswith("<|im_start|>assistant\n")
 
@@ -22,7 +24,10 @@ def test_render_matches_apply_chat_template(templater: ChatTemplater) -> None:
 def test_text_parts_are_joined_and_developer_is_system(templater: ChatTemplater) -> None:
     rendered = templater.render(
         messages(
-            {"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "kind."}]},
+            {
+                "role": "developer",
+                "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "kind."}],
+            },
             {"role": "user", "content": "Hi"},
         )
     )
@@ -41,21 +46,27 @@ def test_continue_final_message_leaves_the_turn_open(templater: ChatTemplater) -
 def test_request_template_and_kwargs(templater: ChatTemplater) -> None:
     template = "{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}{{ suffix }}"
     rendered = templater.render(
-        messages({"role": "user", "content": "x"}), chat_template=template, chat_template_kwargs={"suffix": "!"}
+        messages({"role": "user", "content": "x"}),
+        chat_template=template,
+        chat_template_kwargs={"suffix": "!"},
     )
     assert rendered == "[user:x]!"
 
 
 def test_broken_template_is_a_template_error(templater: ChatTemplater) -> None:
     with pytest.raises(TemplateError):
-        templater.render(messages({"role": "user", "content": "x"}), chat_template="{{ raise_exception('no') }}")
+        templater.render(
+            messages({"role": "user", "content": "x"}), chat_template="{{ raise_exception('no') }}"
+        )
 
 
 def test_tool_call_arguments_reach_templates_as_objects() -> None:
     [message] = messages(
         {
             "role": "assistant",
-            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
+            "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+            ],
         }
     )
     rendered = message_dict(message)

@@ -4,6 +4,7 @@ cancellation, concurrency, errors, client payload conventions and metrics."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 import urllib.request
@@ -214,6 +215,34 @@ def test_aio_cancel_returns_cancelled(triton_server: TritonServer) -> None:
             break
         time.sleep(0.1)
     assert scrape_metric(metrics_text(triton_server), "llm_num_requests_running") == 0
+
+
+def test_abort_by_the_clients_request_id(triton_server: TritonServer) -> None:
+    """What the frontend sends when its HTTP client leaves: `abort_request_id` = the ensemble request id."""
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        client.async_stream_infer(
+            "ensemble",
+            make_inputs({"text_input": "Count:", "max_tokens": 2000, "ignore_eos": True, "stream": True}),
+            request_id="client-chosen-id",
+        )
+        result, error = responses.get(timeout=60)
+        assert error is None, error
+        aborted = grpcclient.InferenceServerClient(triton_server.grpc_url)
+        aborted.start_stream(callback=lambda result, error: None)
+        aborted.async_stream_infer("llm", make_inputs({"abort_request_id": "client-chosen-id"}))
+        aborted.stop_stream()
+        reasons = []
+        deadline = time.monotonic() + 30.0
+        while not reasons and time.monotonic() < deadline:
+            result, error = responses.get(timeout=30)
+            assert error is None, error
+            reasons = [reason for reason in result.as_numpy("finish_reason") if reason]
+        assert reasons == [b"abort"]
+    finally:
+        client.stop_stream()
 
 
 def test_32_concurrent_streams_complete(triton_server: TritonServer) -> None:

@@ -27,6 +27,7 @@ INPUT_DTYPES: dict[str, Any] = {
     "exclude_input_in_output": np.bool_,
     "add_special_tokens": np.bool_,
     "frequency_penalty": np.float32,
+    "abort_request_id": np.object_,
 }
 
 

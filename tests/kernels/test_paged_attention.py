@@ -42,10 +42,19 @@ def dense_attention(batch: PagedBatch, scale: float, sliding_window: int | None 
     return torch.cat(outs).to(batch.query.dtype)
 
 
+# The reference batches decodes of similar KV length (padded to the longest); this step lands two or more
+# decodes in each such batch.
+DECODE_KV_LENS = [463, 400, 350, 129, 100, 17, 1]
+
+
+@pytest.mark.parametrize(("q_lens", "kv_lens"), [(MIXED_Q_LENS, MIXED_KV_LENS), ([1] * 7, DECODE_KV_LENS)],
+                         ids=["mixed", "decodes"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), GQA)
-def test_reference_matches_sdpa(num_q_heads: int, num_kv_heads: int, head_dim: int) -> None:
-    batch = make_paged_batch(MIXED_Q_LENS, MIXED_KV_LENS, num_q_heads, num_kv_heads, head_dim, torch.float32, DEVICE)
+def test_reference_matches_sdpa(
+    num_q_heads: int, num_kv_heads: int, head_dim: int, q_lens: list[int], kv_lens: list[int]
+) -> None:
+    batch = make_paged_batch(q_lens, kv_lens, num_q_heads, num_kv_heads, head_dim, torch.float32, DEVICE)
     out = paged_attention_ref(*batch.args(), scale=head_dim**-0.5)
     starts = batch.query_start_loc.tolist()
     for i, (k, v) in enumerate(zip(batch.dense_keys, batch.dense_values, strict=True)):

@@ -44,6 +44,8 @@ class ActiveRequest:
 
     # Engine-side id (unique even if clients reuse Triton request ids).
     request_id: str
+    # The Triton request id the client chose ("" if none): an `abort_request_id` may name it.
+    client_request_id: str
     # Triton's response sender for this request.
     sender: Any
     # One response per engine step (True) or one response with everything (False).
@@ -106,8 +108,8 @@ class TritonPythonModel:
             if tensor is not None:
                 inputs[name] = tensor.as_numpy()
         if "abort_request_id" in inputs and "input_ids" not in inputs:
-            # A cancellation relayed by postprocess (see config.pbtxt).
-            self.engine.abort(inputs["abort_request_id"].reshape(-1)[0].decode("utf-8"))
+            # A cancellation relayed by postprocess or sent by a client that gave up (see config.pbtxt).
+            self._abort(inputs["abort_request_id"].reshape(-1)[0].decode("utf-8"))
             _send_final(sender, pb_utils.InferenceResponse(output_tensors=[]))
             return
         try:
@@ -120,6 +122,8 @@ class TritonPythonModel:
             prompt_text = self.engine.tokenizer.decode(generation.prompt_token_ids)
         state = ActiveRequest(
             request_id=uuid.uuid4().hex,
+            # Triton hands the ensemble's request id down to every step, so this is the client's id.
+            client_request_id=request.request_id(),
             sender=sender,
             stream=generation.stream,
             prompt_text=prompt_text,
@@ -142,6 +146,17 @@ class TritonPythonModel:
             _send_error(sender, str(error))
             return
         self.metrics.prompt_tokens.increment(len(generation.prompt_token_ids))
+
+    def _abort(self, request_id: str) -> None:
+        """Abort the engine request with this id, or every running request the client gave this id."""
+        with self.active_lock:
+            targets = [
+                state.request_id
+                for state in self.active.values()
+                if request_id in (state.request_id, state.client_request_id)
+            ]
+        for target in targets:
+            self.engine.abort(target)
 
     # -- sender thread ----------------------------------------------------------------------------
 

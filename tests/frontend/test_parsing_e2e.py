@@ -1,0 +1,83 @@
+"""Tool-call and reasoning parsing on real generations. A greedy small model continues a repeated pattern
+faithfully, so a prompt of repeated `<think>...</think><tool_call>...</tool_call>` blocks (rendered raw by a
+request-level chat template) makes it generate one more block, which the parsers must take apart."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from tests.frontend.conftest import MODEL_NAME
+
+pytestmark = pytest.mark.slow
+
+BLOCK = '<think>look it up</think><tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>\n'
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+REQUEST = {
+    "model": MODEL_NAME,
+    "messages": [{"role": "user", "content": BLOCK * 4}],
+    "tools": TOOLS,
+    "tool_choice": "auto",
+    "max_tokens": 48,
+    "temperature": 0,
+    "stop": ["</tool_call>"],
+    "extra_body": {"chat_template": "{{ messages[0]['content'] }}", "include_stop_str_in_output": True},
+}
+
+
+@pytest.fixture(scope="module")
+def client(parsing_frontend_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=parsing_frontend_url, api_key="none", max_retries=0)
+
+
+def test_generated_tool_call_is_parsed(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(**REQUEST)  # type: ignore[call-overload]
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message
+    assert choice.message.reasoning_content == "look it up"  # type: ignore[attr-defined]
+    assert not choice.message.content
+    [call] = choice.message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+
+def test_streamed_tool_call_equals_non_streamed(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(**REQUEST).choices[0]  # type: ignore[call-overload]
+    reasoning, name, arguments = "", "", ""
+    finishes: list[str] = []
+    ids: set[str] = set()
+    for chunk in client.chat.completions.create(**REQUEST, stream=True):  # type: ignore[call-overload]
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        reasoning += getattr(delta, "reasoning_content", None) or ""
+        for call in delta.tool_calls or []:
+            assert call.index == 0 and call.function is not None
+            if call.id:
+                ids.add(call.id)
+            name += call.function.name or ""
+            arguments += call.function.arguments or ""
+        if chunk.choices[0].finish_reason:
+            finishes.append(chunk.choices[0].finish_reason)
+    assert finishes == ["tool_calls"] and len(ids) == 1
+    assert reasoning == whole.message.reasoning_content  # type: ignore[attr-defined]
+    [call] = whole.message.tool_calls or []
+    assert (name, arguments) == (call.function.name, call.function.arguments)
+
+
+def test_tool_choice_none_leaves_the_text_alone(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(**{**REQUEST, "tool_choice": "none"})  # type: ignore[call-overload]
+    message = reply.choices[0].message
+    assert reply.choices[0].finish_reason == "stop" and not message.tool_calls
+    assert message.content and message.content.startswith("<tool_call>")
+    assert message.reasoning_content == "look it up"  # type: ignore[attr-defined]
