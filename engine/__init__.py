@@ -9,7 +9,13 @@ AsyncEngine runs that loop in a thread for servers.
 from engine.async_engine import AsyncEngine, RequestStream
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.outputs import CompletedRequest, EngineStats, InvalidRequestError, RequestOutput
+from engine.outputs import (
+    CompletedRequest,
+    EngineOverloadedError,
+    EngineStats,
+    InvalidRequestError,
+    RequestOutput,
+)
 from engine.sampling_params import SamplingParams
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "CompletedRequest",
     "EngineConfig",
     "EngineStats",
+    "EngineOverloadedError",
     "InvalidRequestError",
     "LLMEngine",
     "RequestOutput",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.outputs import EngineStats, InvalidRequestError, RequestOutput
+from engine.outputs import EngineOverloadedError, EngineStats, InvalidRequestError, RequestOutput
 from engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class AsyncEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self._engine = LLMEngine(config)
+        self._max_waiting = config.max_waiting_requests
+        self._max_num_seqs = config.max_num_seqs
         self.tokenizer = self._engine.tokenizer
         self.max_model_len = self._engine.max_model_len
         self._cond = threading.Condition()
@@ -90,8 +92,9 @@ class AsyncEngine:
         cache_salt: str | None = None,
         on_output: OutputCallback | None = None,
     ) -> RequestStream:
-        """Queue a request. Validation happens here (InvalidRequestError); `on_output` is called from
-        the engine thread and must not block; without it, outputs queue in the returned stream."""
+        """Queue a request. Validation happens here (InvalidRequestError), and admission:
+        EngineOverloadedError when `max_waiting_requests` are already waiting. `on_output` is called
+        from the engine thread and must not block; without it, outputs queue in the returned stream."""
         self._engine.validate_request(prompt_token_ids, params)
         stream = RequestStream(request_id)
         with self._cond:
@@ -99,6 +102,14 @@ class AsyncEngine:
                 raise RuntimeError("the engine is shut down")
             if request_id in self._sinks:
                 raise InvalidRequestError(f"request id {request_id!r} is already in use")
+            # Queued requests beyond the running batch's free seats are the ones that will wait.
+            queued = self._stats.num_waiting + len(self._inbox.submissions)
+            waiting = max(0, queued - max(0, self._max_num_seqs - self._stats.num_running))
+            if self._max_waiting is not None and waiting >= self._max_waiting:
+                raise EngineOverloadedError(
+                    f"the engine queue is full ({waiting} requests waiting, max_waiting_requests is "
+                    f"{self._max_waiting}); retry later"
+                )
             self._sinks[request_id] = on_output or stream.put
             self._inbox.submissions.append(
                 _Submission(request_id, list(prompt_token_ids), params, priority, cache_salt)
@@ -148,6 +159,9 @@ class AsyncEngine:
             aborts = inbox.aborts + (engine.unfinished_request_ids() if inbox.stopping else [])
             for request_id in aborts:
                 engine.abort_request(request_id)
+            if inbox.submissions:
+                with self._cond:  # admission counts what just joined the queue, not the last step's view
+                    self._stats = engine.stats()
             try:
                 outputs = engine.step()
             except Exception as error:  # a bug outside the model run: fail what is in flight, keep serving

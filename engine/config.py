@@ -35,6 +35,10 @@ class EngineConfig:
     num_kv_blocks: int | None = None
     # Seed of the engine's generator for requests without their own seed.
     seed: int = 0
+    # Most requests waiting behind the running batch; beyond it submit() refuses new ones
+    # (EngineOverloadedError -> 429) instead of letting the queue and its memory grow without bound.
+    # None = unbounded.
+    max_waiting_requests: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -48,5 +52,7 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
+            raise ValueError(f"max_waiting_requests must be >= 0, got {self.max_waiting_requests}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")

@@ -9,6 +9,10 @@ class InvalidRequestError(ValueError):
     """A request the engine refuses up front (empty or too long prompt, bad ids, duplicate id)."""
 
 
+class EngineOverloadedError(RuntimeError):
+    """The waiting queue is full: the request is refused now and may be retried later."""
+
+
 @dataclass
 class RequestOutput:
     """One request's progress in one engine step: a delta, never the whole history."""

@@ -44,3 +44,15 @@ def model_not_found(model: str) -> APIError:
 
 def unavailable(message: str) -> APIError:
     return APIError(503, message, "service_unavailable_error", None, "service_unavailable")
+
+
+# Seconds a refused client is asked to wait: about one engine step under load, long enough for the
+# queue to move, short enough that an idle server is not left waiting.
+RETRY_AFTER_SECONDS = 1
+
+
+def overloaded(message: str) -> APIError:
+    """429 with Retry-After: the engine's waiting queue is full (OpenAI's rate-limit shape)."""
+    return APIError(
+        429, message, "rate_limit_error", None, "engine_overloaded", {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    )

@@ -34,6 +34,10 @@ class TritonUnavailableError(TritonError):
     """Triton cannot be reached, or the model is not loaded."""
 
 
+class TritonOverloadedError(TritonError):
+    """The engine's waiting queue is full; the same request may succeed a moment later."""
+
+
 @dataclass
 class GenerationInput:
     """One generation request as the ensemble takes it."""
@@ -133,7 +137,11 @@ _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 def _classify(message: str) -> TritonError:
     message = _ENSEMBLE_PREFIX.sub("", message)
     lowered = message.lower()
-    if "unknown model" in lowered or "is not ready" in lowered or "unavailable" in lowered:
+    if "queue is full" in lowered:
+        return TritonOverloadedError(message)
+    # "Stub process ... is not healthy": the model's Python process died and Triton will not restart it.
+    unavailable = ("unknown model", "is not ready", "unavailable", "is not healthy")
+    if any(marker in lowered for marker in unavailable):
         return TritonUnavailableError(message)
     return TritonRequestError(message)
 
@@ -147,7 +155,7 @@ class TritonClient:
         # The decoupled engine model that takes `abort_request_id`; None when the ensemble has none.
         self.abort_model = abort_model
         # Abort requests in flight (held so the event loop does not drop them half-way).
-        self._aborts: set[asyncio.Task[None]] = set()
+        self._aborts: set[asyncio.Task[bool]] = set()
         # Created on first use, inside the running event loop the aio channel binds to.
         self._aio: triton_aio.InferenceServerClient | None = None
 
@@ -158,9 +166,22 @@ class TritonClient:
         return self._aio
 
     async def is_ready(self, timeout: float) -> bool:
+        """The ensemble is loaded and the engine's process answers.
+
+        Triton keeps reporting a model READY after its Python stub process died (2.51 restarts dead
+        stubs only for non-decoupled models), so readiness alone would hide a dead engine: a no-op
+        abort request travels through the stub and fails fast when it is gone.
+        """
         try:
-            return bool(await self._client.is_model_ready(self.model, client_timeout=timeout))
+            if not await self._client.is_model_ready(self.model, client_timeout=timeout):
+                return False
         except (InferenceServerException, grpc.RpcError):
+            return False
+        if self.abort_model is None:
+            return True
+        try:
+            return await asyncio.wait_for(self._abort("health-probe"), timeout)
+        except TimeoutError:
             return False
 
     async def generate(self, request: GenerationInput) -> AsyncGenerator[GenerationChunk, None]:
@@ -220,7 +241,8 @@ class TritonClient:
         self._aborts.add(task)
         task.add_done_callback(self._aborts.discard)
 
-    async def _abort(self, triton_request_id: str) -> None:
+    async def _abort(self, triton_request_id: str) -> bool:
+        """Ask the engine model to abort a request id; True when it answered without an error."""
         assert self.abort_model is not None
 
         async def abort_request() -> AsyncIterator[dict[str, Any]]:
@@ -231,11 +253,14 @@ class TritonClient:
 
         try:
             stream = self._client.stream_infer(abort_request())
-            async for _result, _failure in stream:
-                break
-            stream.cancel()
+            try:
+                async for _result, failure in stream:
+                    return failure is None
+            finally:
+                stream.cancel()
         except (InferenceServerException, grpc.RpcError):
             pass
+        return False
 
     async def close(self) -> None:
         if self._aio is not None:

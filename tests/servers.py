@@ -104,8 +104,11 @@ class TritonServer:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
 
-def start_triton(repository: Path, log_dir: Path, timeout: float = 240.0) -> TritonServer:
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+def start_triton(
+    repository: Path, log_dir: Path, timeout: float = 240.0, ports: tuple[int, int, int] | None = None
+) -> TritonServer:
+    """Start tritonserver on `ports` (http, grpc, metrics) or free ones, and wait until it is ready."""
+    http_port, grpc_port, metrics_port = ports or (free_port(), free_port(), free_port())
     process = ServerProcess(
         name="tritonserver",
         command=[

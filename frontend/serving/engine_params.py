@@ -11,9 +11,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from frontend.errors import APIError, bad_request, unavailable
+from frontend.errors import APIError, bad_request, overloaded, unavailable
 from frontend.protocol.sampling import SamplingRequest
-from frontend.triton_client import TritonError, TritonRequestError, TritonUnavailableError
+from frontend.triton_client import (
+    TritonError,
+    TritonOverloadedError,
+    TritonRequestError,
+    TritonUnavailableError,
+)
 
 # SamplingRequest fields forwarded under the same name whenever the client set them.
 FORWARDED = (
@@ -76,6 +81,8 @@ def engine_parameters(request: SamplingRequest) -> EngineParameters:
 def api_error(error: TritonError, params: EngineParameters, prompt_field: str) -> APIError:
     """What a Triton failure means to the client: its fault (400), Triton's absence (503), or a bug (502)."""
     message = str(error)
+    if isinstance(error, TritonOverloadedError):
+        return overloaded(f"the server is overloaded: {message}")
     if isinstance(error, TritonUnavailableError):
         return unavailable(f"the inference server is unavailable: {message}")
     if isinstance(error, TritonRequestError):

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from engine import AsyncEngine, EngineConfig, InvalidRequestError, RequestOutput, SamplingParams
+from engine import (
+    AsyncEngine,
+    EngineConfig,
+    EngineOverloadedError,
+    InvalidRequestError,
+    RequestOutput,
+    SamplingParams,
+)
 from tests.engine.conftest import Reference
 
 
@@ -102,3 +109,34 @@ def test_shutdown_aborts_everything(model_dir: Path, reference: Reference) -> No
     assert finals and finals[0].finish_reason in ("abort", "length", "stop")
     with pytest.raises(RuntimeError, match="shut down"):
         engine.submit("late", [1, 2], SamplingParams())
+
+
+def test_a_full_queue_refuses_new_requests_until_it_drains(model_dir: Path, reference: Reference) -> None:
+    engine = AsyncEngine(
+        EngineConfig(
+            model=str(model_dir),
+            device="cpu",
+            max_model_len=512,
+            num_kv_blocks=64,
+            max_num_seqs=1,
+            max_waiting_requests=2,
+        )
+    )
+    try:
+        long = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+        engine.submit("running", reference.prompts[0], long)
+        deadline = time.monotonic() + 30.0
+        while engine.stats().num_running < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waiting = [
+            engine.submit(f"waiting-{i}", reference.prompts[0], SamplingParams(max_tokens=2))
+            for i in range(2)
+        ]
+        with pytest.raises(EngineOverloadedError, match="queue is full"):
+            engine.submit("refused", reference.prompts[0], SamplingParams(max_tokens=2))
+        engine.abort("running")
+        assert all(any(o.finished for o in stream) for stream in waiting)
+        later = engine.submit("later", reference.prompts[0], SamplingParams(max_tokens=2))
+        assert [o for o in later if o.finished][0].finish_reason == "length"
+    finally:
+        engine.shutdown()

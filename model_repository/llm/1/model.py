@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from engine import AsyncEngine, EngineConfig, RequestOutput
+from engine import AsyncEngine, EngineConfig, EngineOverloadedError, RequestOutput
 from triton_adapters.generation_request import parse_generation_request
 from triton_adapters.llm_metrics import LLMMetrics
 from triton_adapters.model_parameters import (
@@ -144,6 +144,13 @@ class TritonPythonModel:
             with self.active_lock:
                 del self.active[state.request_id]
             _send_error(sender, str(error))
+            return
+        except EngineOverloadedError as error:
+            with self.active_lock:
+                del self.active[state.request_id]
+            # UNAVAILABLE: gRPC clients see a retryable status; the frontend answers 429 + Retry-After.
+            overloaded = pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE)
+            _send_final(sender, pb_utils.InferenceResponse(output_tensors=[], error=overloaded))
             return
         self.metrics.prompt_tokens.increment(len(generation.prompt_token_ids))
 
@@ -265,6 +272,7 @@ def engine_config(parameters: dict[str, str], args: dict) -> EngineConfig:
     )
     if kv_cache_memory:
         config.kv_cache_memory = kv_cache_memory
+    config.max_waiting_requests = optional_int(parameters, "max_waiting_requests")
     if int(parameters.get("tensor_parallel_size", "1")) != 1:
         raise pb_utils.TritonModelException("tensor_parallel_size > 1 is not available in this build yet")
     return config

@@ -1,0 +1,75 @@
+"""A private, deliberately small serving stack (its own tritonserver and frontend) that reliability
+tests may overload, break and restart without disturbing the shared session servers."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ensemble_configs.render import render_repository
+from tests.integration.triton_requests import scrape_metric
+from tests.servers import ROOT, FrontendServer, TritonServer, free_port, start_frontend, start_triton
+
+# Two running sequences and two waiting ones: the fifth concurrent request is refused.
+SMALL_PROFILE = {
+    "max_num_seqs": 2,
+    "max_waiting_requests": 2,
+    "kv_cache_memory": 64 * 1024 * 1024,
+    "max_model_len": 2048,
+    "preprocess_instances": 1,
+}
+
+
+@dataclass
+class PrivateStack:
+    """Triton on fixed ports (so it can be restarted where the frontend expects it) and a frontend."""
+
+    repository: Path
+    log_dir: Path
+    ports: tuple[int, int, int]
+    triton: TritonServer
+    frontend: FrontendServer
+
+    def restart_triton(self) -> None:
+        self.triton.process.stop()
+        self.triton = start_triton(self.repository, self.log_dir, ports=self.ports)
+
+
+def render_small_repository(output: Path) -> Path:
+    profile = yaml.safe_load((ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml").read_text())
+    profile.update(SMALL_PROFILE)
+    # Absolute paths: the rendered repository does not sit inside the project.
+    profile["model"] = str(ROOT / profile["model"])
+    profile["whisper_model"] = str(ROOT / profile["whisper_model"])
+    profile_path = output / "small.yaml"
+    profile_path.write_text(yaml.safe_dump(profile))
+    repository = output / "model_repository"
+    render_repository(profile_path, repository)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def private_stack(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateStack]:
+    folder = tmp_path_factory.mktemp("private-stack")
+    repository = render_small_repository(folder)
+    ports = (free_port(), free_port(), free_port())
+    triton = start_triton(repository, folder, ports=ports)
+    try:
+        frontend = start_frontend(model_path, triton, folder, api_key=None)
+    except Exception:
+        triton.process.stop()
+        raise
+    stack = PrivateStack(repository, folder, ports, triton, frontend)
+    yield stack
+    stack.frontend.process.stop()
+    stack.triton.process.stop()
+
+
+def engine_metric(triton: TritonServer, name: str) -> float:
+    with urllib.request.urlopen(triton.metrics_url, timeout=5) as response:
+        return scrape_metric(response.read().decode(), name)

@@ -1,0 +1,109 @@
+"""Faults: the llm model's stub process dies mid-stream, tritonserver restarts under a running frontend.
+In-flight requests get a clear error, /health tells the truth, and service resumes without restarting
+the frontend."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.reliability.conftest import PrivateStack
+
+pytestmark = pytest.mark.slow
+
+MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def sdk(stack: PrivateStack) -> openai.OpenAI:
+    # No retries: the test must see each failure as the client does on its first attempt.
+    return openai.OpenAI(base_url=stack.frontend.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+def stub_pid(triton_pid: int, model_file: str) -> int:
+    """The Python backend stub running `model_file`, among tritonserver's children."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        if int(parent) == triton_pid and "triton_python_backend_stub" in cmdline and model_file in cmdline:
+            return int(entry.name)
+    raise LookupError(f"no stub for {model_file} under tritonserver {triton_pid}")
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def chat_works(stack: PrivateStack) -> bool:
+    try:
+        reply = sdk(stack).chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+    except openai.APIError:
+        return False
+    return bool(reply.choices[0].message.content)
+
+
+def health(stack: PrivateStack) -> int:
+    return httpx.get(f"{stack.frontend.root_url}/health", timeout=10).status_code
+
+
+def test_killed_llm_stub_fails_clearly_and_health_tells_the_truth(private_stack: PrivateStack) -> None:
+    """Triton 2.51 does not restart a decoupled model's dead stub: requests must fail fast and clearly
+    (503), /health must say so (an orchestrator then restarts the server), and a restart heals it."""
+    assert private_stack.triton.process.process is not None
+    stream = sdk(private_stack).chat.completions.create(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        max_tokens=1000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    received = ""
+    with pytest.raises(openai.APIError) as failure:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                if not received:
+                    pid = stub_pid(private_stack.triton.process.process.pid, "/llm/1/model.py")
+                    os.kill(pid, signal.SIGKILL)
+                received += chunk.choices[0].delta.content
+    assert received, "the stream produced nothing before the fault"
+    assert failure.value.message
+    with pytest.raises(openai.InternalServerError) as refused:
+        sdk(private_stack).chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+    assert refused.value.status_code == 503 and "not healthy" in refused.value.message
+    assert health(private_stack) == 503
+    private_stack.restart_triton()
+    assert wait_until(lambda: health(private_stack) == 200, timeout=60)
+    assert chat_works(private_stack)
+
+
+def test_tritonserver_restart_under_a_running_frontend(private_stack: PrivateStack) -> None:
+    private_stack.triton.process.stop()
+    with pytest.raises(openai.InternalServerError) as failure:
+        sdk(private_stack).chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+    assert failure.value.status_code == 503
+    assert health(private_stack) == 503
+    private_stack.restart_triton()
+    assert wait_until(lambda: health(private_stack) == 200, timeout=60)
+    assert chat_works(private_stack)
