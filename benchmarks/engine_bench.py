@@ -7,7 +7,8 @@ submitted at once. Baselines: HF `generate` one request at a time, and HF static
 (left-padded; a batch runs until its longest request is done, only requested tokens count). The HF
 baselines run on a subset of the workload and are reported per output token, which extrapolates
 to the whole workload. TTFT: a 1,000-token prompt, first on a cold cache, then repeated (hit).
-Prints a table and one JSON line. Not a test.
+Structured outputs: decode step time at batch 16, unconstrained and with every row under a JSON schema
+(the bitmask fill and its application are the difference). Prints a table and one JSON line. Not a test.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.structured_output import StructuredOutputsParams
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "SmolLM2-135M-Instruct"
 
@@ -119,6 +121,51 @@ def bench_ttft(engine: LLMEngine, vocab_size: int, repeats: int, seed: int) -> t
     return statistics.median(cold), statistics.median(warm)
 
 
+# Keeps every row inside one long JSON string: the mask of a free string is the widest and costs the most.
+LONG_TEXT_SCHEMA = {
+    "type": "object",
+    "properties": {"text": {"type": "string", "minLength": 2000}},
+    "required": ["text"],
+}
+
+
+def bench_structured(engine: LLMEngine, vocab_size: int, steps: int, seed: int) -> tuple[float, float, float]:
+    """Median decode step time (s) of 16 running requests, unconstrained and under a JSON schema, and the
+    median time of the mask work alone (fill the batch bitmask, apply it to [16, vocab] logits)."""
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(100, vocab_size) for _ in range(64)] for _ in range(16)]
+    timings: dict[str, list[float]] = {"plain": [], "json": [], "mask": []}
+    logits = torch.zeros((len(prompts), vocab_size), device=engine.runner.device)
+    for run in range(4):  # alternate, so that machine noise hits both kinds alike
+        kind = "plain" if run % 2 == 0 else "json"
+        constraint = StructuredOutputsParams(json=LONG_TEXT_SCHEMA) if kind == "json" else None
+        params = SamplingParams(temperature=0.0, max_tokens=steps + 8, ignore_eos=True, structured_outputs=constraint)
+        ids = [f"structured-{run}-{index}" for index in range(len(prompts))]
+        for request_id, prompt in zip(ids, prompts, strict=True):
+            engine.add_request(request_id, prompt, params)
+        started: set[str] = set()
+        while len(started) < len(ids):  # prefill (and compile) until every request decodes
+            started.update(output.request_id for output in engine.step())
+        for _ in range(steps):
+            begin = time.perf_counter()
+            outputs = engine.step()
+            sync(engine.runner.device)
+            timings[kind].append(time.perf_counter() - begin)
+            assert len(outputs) == len(ids), "every request must decode in every measured step"
+        for _ in range(steps if kind == "json" else 0):
+            begin = time.perf_counter()
+            mask = engine.structured.fill_bitmask(engine.scheduler.running)
+            assert mask is not None
+            mask.apply(logits)
+            sync(engine.runner.device)
+            timings["mask"].append(time.perf_counter() - begin)
+        for request_id in ids:
+            engine.abort_request(request_id)
+        engine.step()
+    plain, constrained, mask_only = (statistics.median(timings[kind]) for kind in ("plain", "json", "mask"))
+    return plain, constrained, mask_only
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
@@ -128,6 +175,7 @@ def main() -> None:
     parser.add_argument("--hf-single", type=int, default=4, help="requests the one-at-a-time baseline runs")
     parser.add_argument("--hf-batches", type=int, default=1, help="static batches of 16 the batched baseline runs")
     parser.add_argument("--ttft-repeats", type=int, default=3)
+    parser.add_argument("--structured-steps", type=int, default=32, help="decode steps timed per structured run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
@@ -141,6 +189,7 @@ def main() -> None:
     elapsed, tokens = bench_engine(engine, workload)
     engine_stats = engine.stats()
     cold, warm = bench_ttft(engine, vocab_size, args.ttft_repeats, args.seed + 1)
+    plain_step, json_step, mask_time = bench_structured(engine, vocab_size, args.structured_steps, args.seed + 2)
     hf = bench_hf(args.model, workload, device, dtype, args.hf_single, args.hf_batches)
 
     result = {
@@ -159,6 +208,11 @@ def main() -> None:
         "hf_static16_requests_measured": int(hf.get("hf_static16_requests", 0)),
         "ttft_1000_cold_s": round(cold, 3),
         "ttft_1000_prefix_hit_s": round(warm, 3),
+        "step16_plain_ms": round(plain_step * 1000, 2),
+        "step16_json_schema_ms": round(json_step * 1000, 2),
+        "step16_mask_ms": round(mask_time * 1000, 3),
+        "structured_overhead_pct": round((json_step / plain_step - 1) * 100, 1),
+        "structured_mask_pct_of_step": round(mask_time / plain_step * 100, 2),
     }
     print(f"engine benchmark on {device} ({result['dtype']}, {result['torch_threads']} torch threads)")
     print(f"workload: {args.num_requests} requests, {result['prompt_tokens']} prompt / {tokens} output tokens")
@@ -172,6 +226,11 @@ def main() -> None:
         "tok/s extrapolates per output token."
     )
     print(f"TTFT, 1,000-token prompt: cold {cold * 1000:.1f} ms, prefix-cache hit {warm * 1000:.1f} ms")
+    print(
+        f"decode step at batch 16: {plain_step * 1000:.1f} ms unconstrained, {json_step * 1000:.1f} ms under a "
+        f"JSON schema ({result['structured_overhead_pct']:+.1f}%); the mask alone (fill + apply) "
+        f"{mask_time * 1000:.2f} ms = {result['structured_mask_pct_of_step']:.1f}% of the step"
+    )
     print(json.dumps(result))
 
 

@@ -15,6 +15,8 @@ from engine.outputs import (
     EngineStats,
     InvalidRequestError,
     RequestOutput,
+    TokenLogprobs,
+    merge_outputs,
 )
 from engine.sampling_params import SamplingParams
 
@@ -29,4 +31,6 @@ __all__ = [
     "RequestOutput",
     "RequestStream",
     "SamplingParams",
+    "TokenLogprobs",
+    "merge_outputs",
 ]

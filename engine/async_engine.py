@@ -128,11 +128,13 @@ class AsyncEngine:
             return self._stats
 
     def shutdown(self) -> None:
-        """Abort every request (each gets its final output) and join the loop thread."""
+        """Abort every request (each gets its final output), join the loop thread, then stop the
+        engine's tensor-parallel workers."""
         with self._cond:
             self._inbox.stopping = True
             self._cond.notify()
         self._thread.join()
+        self._engine.shutdown()
 
     # -- the loop thread ----------------------------------------------------------------------------
 

@@ -29,8 +29,11 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     # CUDA: fraction of device memory for weights, activations and the KV pool.
     gpu_memory_utilization: float = 0.9
-    # CPU: bytes for the KV pool.
+    # CPU: bytes for the KV pool (all tensor-parallel ranks together).
     kv_cache_memory: int = 1 << 30
+    # Ranks the model is split across (vLLM's --tensor-parallel-size): rank 0 runs the engine, ranks
+    # 1.. are worker processes; on CUDA rank r uses device (base device index + r), on CPU all use gloo.
+    tensor_parallel_size: int = 1
     # Explicit KV pool size in blocks; overrides both memory settings (tests use it to force preemption).
     num_kv_blocks: int | None = None
     # Seed of the engine's generator for requests without their own seed.
@@ -45,7 +48,7 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be auto|cpu|cuda|cuda:N, got {self.device!r}")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:

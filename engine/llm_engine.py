@@ -14,11 +14,16 @@ from engine.config import EngineConfig
 from engine.model_runner import ModelRunner, RunnerOutput
 from engine.output_processor import OutputProcessor
 from engine.outputs import CompletedRequest, EngineStats, InvalidRequestError, RequestOutput
+from engine.parallel_sampling import SequenceGroup, child_params
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
+from engine.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
+
+# How long an idle step waits for a grammar compile before returning to its caller's loop.
+COMPILE_WAIT_SECONDS = 0.005
 
 
 class LLMEngine:
@@ -43,7 +48,13 @@ class LLMEngine:
         )
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.outputs = OutputProcessor(self.tokenizer, frozenset(eos), self.max_model_len)
+        self.structured = StructuredOutputManager(
+            self.tokenizer, spec.vocab_size, sorted(eos), config.max_num_seqs, self.runner.device
+        )
+        # Running and waiting sequences by their own id (a client's id unless it asked for n > 1).
         self._requests: dict[str, Request] = {}
+        # Requests with several sequences (n > 1 or best_of), by the client's id.
+        self._groups: dict[str, SequenceGroup] = {}
         # Final outputs of aborted requests, returned by the next step().
         self._pending: list[RequestOutput] = []
         self._arrivals = itertools.count()
@@ -54,6 +65,7 @@ class LLMEngine:
 
     def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise InvalidRequestError for a request the engine can never serve (no state is touched)."""
+        prompt_token_ids = self._truncated(prompt_token_ids, params)
         num_prompt = len(prompt_token_ids)
         if num_prompt == 0:
             raise InvalidRequestError("the prompt is empty")
@@ -71,12 +83,26 @@ class LLMEngine:
         bad = [token for token in prompt_token_ids if not (isinstance(token, int) and 0 <= token < vocab_size)]
         if bad:
             raise InvalidRequestError(f"prompt token ids out of range [0, {vocab_size}): {bad[:8]}")
+        for name, tokens in (
+            ("logit_bias", list(params.logit_bias)),
+            ("allowed_token_ids", params.allowed_token_ids or []),
+        ):
+            outside = [token for token in tokens if token >= vocab_size]
+            if outside:
+                raise InvalidRequestError(
+                    f"parameter '{name}' has token ids out of range [0, {vocab_size}): {outside[:8]}"
+                )
         longest = min(num_prompt + (params.max_tokens or self.max_model_len), self.max_model_len)
         if self.block_manager.blocks_needed(longest) > self.block_manager.num_blocks:
             raise InvalidRequestError(
                 f"a request of up to {longest} tokens needs {self.block_manager.blocks_needed(longest)} KV blocks; "
                 f"the pool has {self.block_manager.num_blocks}"
             )
+        if params.structured_outputs is not None:
+            try:
+                self.structured.validate(params.structured_outputs)
+            except ValueError as error:
+                raise InvalidRequestError(str(error)) from None
 
     def add_request(
         self,
@@ -87,41 +113,101 @@ class LLMEngine:
         priority: int = 0,
         cache_salt: str | None = None,
     ) -> None:
-        if request_id in self._requests:
+        if request_id in self._requests or request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         self.validate_request(prompt_token_ids, params)
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.runner.device)
-            generator.manual_seed(params.seed)
+        prompt = self._truncated(prompt_token_ids, params)
+        if params.prompt_logprobs is not None:
+            # Prompt logprobs need every prompt position's logits: never read the shared prefix cache
+            # (n > 1 sequences still share the first sequence's blocks under this private salt).
+            cache_salt = f"{cache_salt or ''}\x00prompt-logprobs:{next(self._arrivals)}"
+        arrival_seq, arrival_time = next(self._arrivals), time.monotonic()
+        bad_words = self._bad_words_token_ids(params.bad_words)
+        num_sequences = params.num_sequences
+        sequences = []
+        for index in range(num_sequences):
+            sequence_params = params if num_sequences == 1 else child_params(params, index)
+            request = Request(
+                request_id=request_id if num_sequences == 1 else f"{index}_{request_id}",
+                prompt_token_ids=prompt,
+                params=sequence_params,
+                priority=priority,
+                arrival_seq=arrival_seq,
+                arrival_time=arrival_time,
+                cache_salt=cache_salt,
+                generator=self._generator(sequence_params.seed),
+                min_tokens_suppressed=self._min_tokens_suppressed(params),
+                parent_id=None if num_sequences == 1 else request_id,
+                index=index,
+                bad_words_token_ids=bad_words,
+                # best_of ranks sequences by cumulative logprob, so it needs the sampled tokens' logprobs.
+                num_logprobs=0 if params.logprobs is None and num_sequences > params.n else params.logprobs,
+                prompt_logprobs=[None] if params.prompt_logprobs is not None else [],
+            )
+            self._requests[request.request_id] = request
+            self.outputs.add(request)
+            sequences.append(request)
+        if num_sequences > 1:
+            self._groups[request_id] = SequenceGroup(request_id, params, sequences)
+        self._schedule(sequences[0])
+        self._prompt_tokens_total += len(prompt)
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        generator = torch.Generator(device=self.runner.device)
+        generator.manual_seed(seed)
+        return generator
+
+    def _min_tokens_suppressed(self, params: SamplingParams) -> tuple[int, ...]:
         suppressed = tuple(self.outputs.eos_token_ids) if not params.ignore_eos else ()
-        request = Request(
-            request_id=request_id,
-            prompt_token_ids=list(prompt_token_ids),
-            params=params,
-            priority=priority,
-            arrival_seq=next(self._arrivals),
-            arrival_time=time.monotonic(),
-            cache_salt=cache_salt,
-            generator=generator,
-            min_tokens_suppressed=tuple(dict.fromkeys(suppressed + tuple(params.stop_token_ids))),
-        )
-        self._requests[request_id] = request
-        self.outputs.add(request)
-        self.scheduler.add(request)
-        self._prompt_tokens_total += len(prompt_token_ids)
+        return tuple(dict.fromkeys(suppressed + tuple(params.stop_token_ids)))
+
+    def _truncated(self, prompt_token_ids: list[int], params: SamplingParams) -> list[int]:
+        """truncate_prompt_tokens: keep the last k prompt tokens (-1: as many as max_model_len allows)."""
+        keep = params.truncate_prompt_tokens
+        if keep is None:
+            return list(prompt_token_ids)
+        if keep == -1:
+            keep = self.max_model_len - 1
+        return list(prompt_token_ids[-keep:])
+
+    def _bad_words_token_ids(self, words: list[str]) -> tuple[tuple[int, ...], ...]:
+        """Each bad word as token ids, as written and with a leading space (vLLM: a word inside a
+        sentence tokenizes differently from one at the start)."""
+        sequences: dict[tuple[int, ...], None] = {}
+        for word in words:
+            for text in (word.lstrip(), " " + word.lstrip()):
+                token_ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+                if token_ids:
+                    sequences[token_ids] = None
+        return tuple(sequences)
 
     def abort_request(self, request_id: str, error: str | None = None) -> None:
-        """Free the request's blocks now; its final output (finish_reason "abort", with `error` if
-        given) comes with the next step. Unknown or finished ids are ignored."""
-        request = self._requests.pop(request_id, None)
-        if request is None:
+        """Free the request's blocks now (every sequence's, for n > 1); its final outputs (finish_reason
+        "abort", with `error` if given) come with the next step. Unknown or finished ids are ignored."""
+        group = self._groups.pop(request_id, None)
+        if group is not None:
+            pending = {sequence.request_id for sequence in group.pending}
+            aborted = [
+                self._abort_sequence(sequence, error, scheduled=sequence.request_id not in pending)
+                for sequence in group.sequences
+                if sequence.request_id in group.unfinished
+            ]
+            self._pending.extend(group.abort(aborted))
             return
-        self.scheduler.remove(request)
-        self._pending.append(self.outputs.finish(request, "abort", error))
+        if request_id in self._requests:
+            self._pending.append(self._abort_sequence(self._requests[request_id], error))
+
+    def _abort_sequence(self, request: Request, error: str | None, scheduled: bool = True) -> RequestOutput:
+        del self._requests[request.request_id]
+        if scheduled:
+            self._unschedule(request)
+        return self.outputs.finish(request, "abort", error)
 
     def unfinished_request_ids(self) -> list[str]:
-        return list(self._requests)
+        """The client ids of every unfinished request."""
+        return list(dict.fromkeys(request.output_id for request in self._requests.values()))
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests) or bool(self._pending)
@@ -130,12 +216,16 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model, turn sampled tokens into outputs."""
+        self._admit_compiled()
         outputs, self._pending = self._pending, []
         scheduled = self.scheduler.schedule()
         if not scheduled.chunks:
+            self.structured.wait_for_compile(COMPILE_WAIT_SECONDS)
             return outputs
         try:
-            result = self.runner.run(scheduled)
+            sampled = [chunk.request for chunk in scheduled.chunks if chunk.sample]
+            grammar = self.structured.fill_bitmask(sampled)
+            result = self.runner.run(scheduled, grammar)
         except Exception as error:  # a failed step must not take the engine down: fail its requests
             logger.exception("engine step failed; aborting %d requests", len(scheduled.chunks))
             return outputs + self._fail(scheduled, f"{type(error).__name__}: {error}")
@@ -143,31 +233,69 @@ class LLMEngine:
         return outputs + self._process(scheduled, result)
 
     def _process(self, scheduled: SchedulerOutput, result: RunnerOutput) -> list[RequestOutput]:
-        outputs = []
+        outputs: list[RequestOutput] = []
         now = time.monotonic()
+        for chunk in result.prompt_logprobs:
+            # A prefill recomputed after a preemption may cover positions already recorded: keep the new tail.
+            recorded = chunk.request.prompt_logprobs
+            known = len(recorded) - chunk.first_position
+            if known >= 0:
+                recorded.extend(chunk.entries[known:])
         sampled = [chunk.request for chunk in scheduled.chunks if chunk.sample]
-        for request, token in zip(sampled, result.sampled_token_ids, strict=True):
+        for request, token, logprobs in zip(sampled, result.sampled_token_ids, result.logprobs, strict=True):
             if request.first_token_time is None:
                 request.first_token_time = now
-            output = self.outputs.append_token(request, token)
+            grammar_verdict = self.structured.accept(request, token)
+            if grammar_verdict is not None:  # the grammar completed ("stop", as EOS does) or failed ("abort")
+                request.finish_reason = grammar_verdict
+            output = self.outputs.append_token(request, token, logprobs)
+            group = self._groups.get(request.output_id) if request.parent_id is not None else None
+            if group is not None and request.index == 0 and group.pending:
+                for sequence in group.release_pending():
+                    self._schedule(sequence)
+            if output.finish_reason is not None:
+                self._unschedule(request)
+                del self._requests[request.request_id]
+            if group is None:
+                outputs.append(output)
+                continue
+            outputs.extend(group.route(request, output))
             if output.finished:
-                self._finish(request)
-            outputs.append(output)
+                del self._groups[group.request_id]
         self._generation_tokens_total += len(sampled)
         return outputs
 
+    def _schedule(self, request: Request) -> None:
+        """Queue a sequence; a constrained one whose grammar is still compiling is parked until then."""
+        if request.params.structured_outputs is None or self.structured.add(request):
+            self.scheduler.add(request)
+
+    def _unschedule(self, request: Request) -> None:
+        """Take a sequence out of the scheduler (or the grammar-compile park) for good."""
+        if not self.structured.is_parked(request.request_id):
+            self.scheduler.remove(request)
+        self.structured.remove(request.request_id)
+
+    def _admit_compiled(self) -> None:
+        """Schedule parked sequences whose grammar compiled; abort those whose compile failed."""
+        results = self.structured.poll()
+        for request in results.ready:
+            self.scheduler.add(request)
+        for request, error in results.failed:
+            self.abort_request(request.output_id, error)
+
     def _fail(self, scheduled: SchedulerOutput, error: str) -> list[RequestOutput]:
-        outputs = []
-        for chunk in scheduled.chunks:
-            outputs.append(self.outputs.finish(chunk.request, "abort", error))
-            self._finish(chunk.request)
+        """Abort every request with a sequence in the failed step (all sequences of a group)."""
+        for request_id in dict.fromkeys(chunk.request.output_id for chunk in scheduled.chunks):
+            self.abort_request(request_id, error)
+        outputs, self._pending = self._pending, []
         return outputs
 
-    def _finish(self, request: Request) -> None:
-        self.scheduler.remove(request)
-        del self._requests[request.request_id]
-
     # -- conveniences -------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes, if any; the engine cannot step afterwards."""
+        self.runner.shutdown()
 
     def stats(self) -> EngineStats:
         counters = self.scheduler.counters
@@ -191,6 +319,8 @@ class LLMEngine:
         per_prompt = params if isinstance(params, list) else [params] * len(prompts)
         if len(per_prompt) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} SamplingParams")
+        if any(prompt_params.num_sequences > 1 for prompt_params in per_prompt):
+            raise ValueError("generate() returns one sequence per prompt; step() streams n > 1 sequences")
         batch = next(self._arrivals)
         ids = [f"generate-{batch}-{index}" for index in range(len(prompts))]
         for request_id, prompt, prompt_params in zip(ids, prompts, per_prompt, strict=True):

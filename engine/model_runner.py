@@ -2,13 +2,13 @@
 
 The runner owns the device, the model and the KV cache tensor
 [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]; the block manager only hands out
-indices into it.
+indices into it. With tensor_parallel_size > 1 it holds rank 0's shard of both and drives the worker
+processes that hold the others (engine.tp_workers).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +16,17 @@ import torch
 
 from engine.attention_metadata import AttentionMetadata
 from engine.config import EngineConfig
-from engine.models import CausalLM, load_model
+from engine.distributed import TensorParallelGroup
+from engine.model_shard import ModelShard
+from engine.models import CausalLM
+from engine.outputs import TokenLogprobs
+from engine.prompt_logprobs import PromptLogprobsChunk, compute_prompt_logprobs
+from engine.request import Request
 from engine.sampler import Sampler, SamplingBatch
+from engine.sampling_batch import build_sampling_batch, token_logprobs
 from engine.scheduler import ScheduledChunk, SchedulerOutput
-
-logger = logging.getLogger(__name__)
+from engine.structured_output.bitmask import GrammarBitmask
+from engine.tp_workers import RankZeroModel, TensorParallelWorkers
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,6 +37,10 @@ class RunnerOutput:
 
     # One sampled token per chunk whose `sample` is True, in chunk order.
     sampled_token_ids: list[int]
+    # Aligned with sampled_token_ids: raw logprobs for requests that want them, else None.
+    logprobs: list[TokenLogprobs | None]
+    # Prompt logprobs of this step's prefill chunks, for requests that asked.
+    prompt_logprobs: list[PromptLogprobsChunk]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,36 +69,50 @@ class ModelRunner:
         self.block_size = config.block_size
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
-        self.model: CausalLM = load_model(config.model, self.dtype, self.device)
-        self.spec = self.model.spec
-        self.sampler = Sampler(config.seed, self.device)
-        self.num_blocks = config.num_kv_blocks or self._pool_blocks(config)
-        if self.num_blocks < 1:
-            raise ValueError(f"no memory left for the KV cache (computed {self.num_blocks} blocks)")
-        spec = self.spec
-        self.kv_cache = torch.zeros(
-            (spec.num_layers, 2, self.num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim),
-            dtype=self.dtype,
-            device=self.device,
+        # Tensor parallel: the workers start first so that all ranks load their shards at once.
+        self.workers: TensorParallelWorkers | None = None
+        if config.tensor_parallel_size > 1:
+            self.workers = TensorParallelWorkers(config, self.device, self.dtype)
+        group = self.workers.group if self.workers else TensorParallelGroup.single()
+        try:
+            shard = ModelShard(config, self.device, self.dtype, group)
+        except BaseException:
+            self.shutdown()
+            raise
+        # Rank 0's model calls go through RankZeroModel, which mirrors each of them on the workers.
+        self.model: CausalLM | RankZeroModel = (
+            shard.model if self.workers is None else RankZeroModel(shard.model, self.workers)
         )
-        logger.info("KV cache: %d blocks of %d tokens on %s", self.num_blocks, self.block_size, self.device)
+        self.spec = shard.spec
+        self.sampler = Sampler(config.seed, self.device)
+        self.num_blocks = shard.num_blocks
+        self.kv_cache = shard.kv_cache
 
-    @property
-    def bytes_per_block(self) -> int:
-        spec = self.spec
-        element_size = torch.tensor([], dtype=self.dtype).element_size()
-        return spec.num_layers * 2 * self.block_size * spec.num_kv_heads * spec.head_dim * element_size
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any."""
+        if self.workers is not None:
+            self.workers.shutdown()
 
     @torch.inference_mode()
-    def run(self, out: SchedulerOutput) -> RunnerOutput:
+    def run(self, out: SchedulerOutput, grammar: GrammarBitmask | None = None) -> RunnerOutput:
+        """`grammar`: the structured-output mask of the sampled rows, applied to their logits before
+        sampling."""
         input_ids, positions, attn, sample_rows = self._prepare_inputs(out.chunks)
         hidden = self.model.forward(input_ids, positions, self.kv_cache, attn)
-        sampled_chunks = [chunk for chunk in out.chunks if chunk.sample]
-        if not sampled_chunks:
-            return RunnerOutput(sampled_token_ids=[])
+        prompt_logprobs = compute_prompt_logprobs(out.chunks, hidden, self.model.compute_logits)
+        sampled = [chunk.request for chunk in out.chunks if chunk.sample]
+        if not sampled:
+            return RunnerOutput(sampled_token_ids=[], logprobs=[], prompt_logprobs=prompt_logprobs)
         logits = self.model.compute_logits(hidden[sample_rows])
-        tokens = self.sampler(logits, self._sampling_batch(sampled_chunks))
-        return RunnerOutput(sampled_token_ids=tokens.tolist())
+        batch = self._sampling_batch(sampled)
+        if grammar is not None:
+            grammar.apply(logits)
+        result = self.sampler(logits, batch)
+        return RunnerOutput(
+            sampled_token_ids=result.token_ids.tolist(),
+            logprobs=token_logprobs(sampled, batch, result),
+            prompt_logprobs=prompt_logprobs,
+        )
 
     def _prepare_inputs(
         self, chunks: list[ScheduledChunk]
@@ -134,76 +158,10 @@ class ModelRunner:
         input_tensor = self._to_device(torch.tensor(token_ids, dtype=torch.int64))
         return input_tensor, self._to_device(positions), attn, self._to_device(sample_rows)
 
-    def _sampling_batch(self, chunks: list[ScheduledChunk]) -> SamplingBatch:
-        params = [chunk.request.params for chunk in chunks]
-        suppressed_rows: list[int] = []
-        suppressed_tokens: list[int] = []
-        for row, chunk in enumerate(chunks):
-            request = chunk.request
-            if request.num_output_tokens < request.params.min_tokens:
-                suppressed_rows.extend([row] * len(request.min_tokens_suppressed))
-                suppressed_tokens.extend(request.min_tokens_suppressed)
-
-        def column(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return self._to_device(torch.tensor(values, dtype=dtype))
-
-        return SamplingBatch(
-            temperature=column([0.0 if p.greedy else p.temperature for p in params], torch.float32),
-            top_p=column([p.top_p for p in params], torch.float32),
-            top_k=column([p.top_k for p in params], torch.int64),
-            min_p=column([p.min_p for p in params], torch.float32),
-            generators=[chunk.request.generator for chunk in chunks],
-            suppressed_rows=column(suppressed_rows, torch.int64),
-            suppressed_tokens=column(suppressed_tokens, torch.int64),
-            all_greedy=all(p.greedy for p in params),
-            need_top_k=any(p.top_k > 0 and not p.greedy for p in params),
-            need_top_p=any(p.top_p < 1.0 and not p.greedy for p in params),
-            need_min_p=any(p.min_p > 0.0 and not p.greedy for p in params),
-        )
+    def _sampling_batch(self, requests: list[Request]) -> SamplingBatch:
+        return build_sampling_batch(requests, self.spec.vocab_size, self._to_device)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
             return tensor
         return tensor.pin_memory().to(self.device, non_blocking=True)
-
-    def _pool_blocks(self, config: EngineConfig) -> int:
-        if self.device.type == "cpu":
-            return config.kv_cache_memory // self.bytes_per_block
-        return self._profile_cuda_blocks(config.gpu_memory_utilization)
-
-    @torch.inference_mode()
-    def _profile_cuda_blocks(self, utilization: float) -> int:
-        """Blocks that fit in `utilization` of the device after weights and a worst-case step's
-        activations (a full token budget forward plus logits and sampling for max_num_seqs rows)."""
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(self.device)
-        spec = self.spec
-        num_tokens = self.max_num_batched_tokens
-        blocks = -(-num_tokens // self.block_size)
-        scratch = torch.zeros(
-            (spec.num_layers, 2, blocks, self.block_size, spec.num_kv_heads, spec.head_dim),
-            dtype=self.dtype,
-            device=self.device,
-        )
-        attn = AttentionMetadata(
-            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
-            block_tables=torch.arange(blocks, dtype=torch.int32, device=self.device).unsqueeze(0),
-            slot_mapping=torch.arange(num_tokens, dtype=torch.int64, device=self.device),
-            max_query_len=num_tokens,
-            max_seq_len=num_tokens,
-        )
-        ids = torch.zeros(num_tokens, dtype=torch.int64, device=self.device)
-        hidden = self.model.forward(ids, torch.arange(num_tokens, device=self.device), scratch, attn)
-        rows = min(self.max_num_seqs, num_tokens)
-        logits = self.model.compute_logits(hidden[:rows])
-        logits.sort(dim=-1)
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device)
-        del scratch, hidden, logits
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info(self.device)
-        # Memory held by others on the device (other processes, the CUDA context) is off limits too.
-        other = total - free - torch.cuda.memory_reserved(self.device)
-        available = int(total * utilization) - other - peak
-        return available // self.bytes_per_block

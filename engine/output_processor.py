@@ -10,7 +10,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from engine.detokenizer import TextStream
-from engine.outputs import RequestOutput
+from engine.outputs import RequestOutput, TokenLogprobs
 from engine.request import Request
 
 
@@ -28,9 +28,14 @@ class OutputProcessor:
     def add(self, request: Request) -> None:
         self._texts[request.request_id] = TextStream(self.tokenizer, request.prompt_token_ids, request.params)
 
-    def append_token(self, request: Request, token: int) -> RequestOutput:
-        """Record a sampled token, decide whether the request is finished, release text."""
+    def append_token(
+        self, request: Request, token: int, logprobs: TokenLogprobs | None = None
+    ) -> RequestOutput:
+        """Record a sampled token (with its raw logprobs when computed), decide whether the request is
+        finished, release text."""
         request.all_token_ids.append(token)
+        if logprobs is not None:
+            request.cumulative_logprob += logprobs.logprob
         params = request.params
         text = self._texts[request.request_id]
         past_min_tokens = request.num_output_tokens >= params.min_tokens
@@ -48,7 +53,14 @@ class OutputProcessor:
             stop_string = text.append([token], check_stop=past_min_tokens and not is_stop_token)
             if stop_string is not None:
                 request.finish_reason, request.stop_reason = "stop", stop_string
-        return self._output(request, [token])
+        output = self._output(request, [token])
+        if logprobs is not None:
+            output.cumulative_logprob = request.cumulative_logprob
+            if params.logprobs is not None:
+                output.logprobs = [logprobs]
+        if params.prompt_logprobs is not None and request.num_output_tokens == 1:
+            output.prompt_logprobs = list(request.prompt_logprobs)
+        return output
 
     def finish(self, request: Request, reason: str, error: str | None = None) -> RequestOutput:
         """The last output of a request ended outside the token path (abort, engine error)."""
@@ -61,7 +73,8 @@ class OutputProcessor:
         if finished:
             del self._texts[request.request_id]
         return RequestOutput(
-            request_id=request.request_id,
+            request_id=request.output_id,
+            index=request.index,
             new_token_ids=new_token_ids,
             text_delta=text.release(finished),
             num_prompt_tokens=request.num_prompt_tokens,

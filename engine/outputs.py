@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -14,8 +15,24 @@ class EngineOverloadedError(RuntimeError):
 
 
 @dataclass
+class TokenLogprobs:
+    """Raw log probabilities (before penalties, temperature and filters) at one position."""
+
+    # The token at this position (sampled, or the prompt's) and its logprob.
+    token_id: int
+    logprob: float
+    # The most likely tokens there, most likely first, as (token id, logprob); as many as asked.
+    top: list[tuple[int, float]]
+
+
+@dataclass
 class RequestOutput:
-    """One request's progress in one engine step: a delta, never the whole history."""
+    """One sequence's progress in one engine step: a delta, never the whole history.
+
+    A request with n > 1 (or best_of) has several sequences; each output names its `index`, a
+    sequence is done when its output carries a finish_reason, and only the request's very last output
+    has `finished` set.
+    """
 
     request_id: str
     # Tokens sampled this step (a stop token id stays in; stop strings only trim text).
@@ -28,9 +45,9 @@ class RequestOutput:
     num_output_tokens: int
     # Prompt tokens served from the prefix cache when the request was first scheduled.
     num_cached_tokens: int
-    # True on the request's last output.
+    # True on the request's last output (of all its sequences).
     finished: bool
-    # "stop" | "length" | "abort"; None while running.
+    # "stop" | "length" | "abort" on the sequence's last output; None while it runs.
     finish_reason: str | None
     # The stop token id or stop string that ended the request (None for EOS, length, abort).
     stop_reason: int | str | None
@@ -40,6 +57,33 @@ class RequestOutput:
     arrival_time: float = 0.0
     # time.monotonic() when its first token was sampled (None before): TTFT = first - arrival.
     first_token_time: float | None = None
+    # Which of the request's sequences this is (0..n-1).
+    index: int = 0
+    # One entry per new token when params.logprobs is set, else None.
+    logprobs: list[TokenLogprobs] | None = None
+    # With the sequence's first output when params.prompt_logprobs is set: one entry per prompt
+    # token, None for the first (nothing predicts it).
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # Sum of the sampled tokens' logprobs so far, when logprobs (or best_of) made the engine compute them.
+    cumulative_logprob: float | None = None
+
+
+def merge_outputs(earlier: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """One output equivalent to `earlier` followed by `later` of the same sequence (for consumers that
+    answer once at the end)."""
+    logprobs = None
+    if earlier.logprobs is not None or later.logprobs is not None:
+        logprobs = (earlier.logprobs or []) + (later.logprobs or [])
+    return dataclasses.replace(
+        later,
+        new_token_ids=earlier.new_token_ids + later.new_token_ids,
+        text_delta=earlier.text_delta + later.text_delta,
+        logprobs=logprobs,
+        prompt_logprobs=earlier.prompt_logprobs
+        if earlier.prompt_logprobs is not None
+        else later.prompt_logprobs,
+        first_token_time=earlier.first_token_time or later.first_token_time,
+    )
 
 
 @dataclass

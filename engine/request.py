@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.outputs import TokenLogprobs
 from engine.sampling_params import SamplingParams
 
 
@@ -35,6 +36,19 @@ class Request:
     generator: torch.Generator | None = None
     # Token ids masked while fewer than params.min_tokens were generated (EOS unless ignored, stop ids).
     min_tokens_suppressed: tuple[int, ...] = ()
+    # The client's request id when this is one of its n sequences (request_id is then the sequence's own).
+    parent_id: str | None = None
+    # Which of the parent's sequences this is.
+    index: int = 0
+    # params.bad_words as token id sequences (each word with and without a leading space).
+    bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
+    # Top logprobs to return per sampled token; 0 when only the sampled token's logprob is needed
+    # (best_of ranks sequences by it); None = compute none.
+    num_logprobs: int | None = None
+    # Sum of the sampled tokens' raw logprobs (kept when num_logprobs is set).
+    cumulative_logprob: float = 0.0
+    # Prompt logprobs gathered so far across prefill chunks (params.prompt_logprobs); index = position.
+    prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)
     # Prompt followed by every generated token; append-only.
     all_token_ids: list[int] = field(default_factory=list)
     # Tokens whose K/V are in the cache. After a preemption it restarts at 0 (recompute).
@@ -71,6 +85,11 @@ class Request:
     @property
     def output_token_ids(self) -> list[int]:
         return self.all_token_ids[len(self.prompt_token_ids) :]
+
+    @property
+    def output_id(self) -> str:
+        """The id its outputs carry: the client's request id."""
+        return self.parent_id if self.parent_id is not None else self.request_id
 
     @property
     def sort_key(self) -> tuple[int, int]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.structured_output import StructuredOutputsParams
+
 
 @dataclass
 class SamplingParams:
@@ -35,6 +37,30 @@ class SamplingParams:
     skip_special_tokens: bool = True
     # Put a space between special tokens and their neighbours when they are not skipped.
     spaces_between_special_tokens: bool = True
+    # Penalties (vLLM/OpenAI semantics): presence and frequency count output tokens only and are
+    # subtracted from the logits; repetition (> 1 discourages) divides positive and multiplies
+    # negative logits of every token seen in the prompt or the output.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    # Token id -> value added to its logit (clamped to [-100, 100] as in vLLM).
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # Only these token ids may be sampled; None = all.
+    allowed_token_ids: list[int] | None = None
+    # Words never to generate: a word's last token is banned whenever the output ends with its others.
+    bad_words: list[str] = field(default_factory=list)
+    # Keep only the last k prompt tokens (-1 = as many as max_model_len allows); None = the whole prompt.
+    truncate_prompt_tokens: int | None = None
+    # Per generated token: the sampled token's logprob plus this many most likely ones (0..20); None = off.
+    logprobs: int | None = None
+    # Per prompt token (after the first): its logprob plus this many most likely ones; None = off.
+    prompt_logprobs: int | None = None
+    # Sequences returned for the prompt.
+    n: int = 1
+    # Sequences generated, of which the n with the highest cumulative logprob are returned; None = n.
+    best_of: int | None = None
+    # Constrain the output to a JSON schema, regex, choice, grammar, ... (xgrammar); None = free text.
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -63,11 +89,67 @@ class SamplingParams:
             raise ValueError("stop must not contain empty strings")
         if any(token < 0 for token in self.stop_token_ids):
             raise ValueError(f"stop_token_ids must be non-negative, got {self.stop_token_ids}")
+        self._check_penalties()
+        self._check_token_constraints()
+        self._check_logprobs_and_sequences()
+
+    def _check_penalties(self) -> None:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if self.repetition_penalty <= 0.0:
+            raise ValueError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+
+    def _check_token_constraints(self) -> None:
+        try:
+            self.logit_bias = {
+                int(token): max(min(float(bias), _MAX_BIAS), -_MAX_BIAS)
+                for token, bias in self.logit_bias.items()
+            }
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias must map token ids to numbers, got {self.logit_bias!r}") from None
+        if any(token < 0 for token in self.logit_bias):
+            raise ValueError(f"logit_bias token ids must be non-negative, got {sorted(self.logit_bias)}")
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = [int(token) for token in self.allowed_token_ids]
+            if not self.allowed_token_ids or any(token < 0 for token in self.allowed_token_ids):
+                raise ValueError("allowed_token_ids must be a non-empty list of non-negative token ids")
+        if isinstance(self.bad_words, str):
+            self.bad_words = [self.bad_words]
+        if any(not word.strip() for word in self.bad_words):
+            raise ValueError("bad_words must not contain empty strings")
+        if self.truncate_prompt_tokens is not None and not (
+            self.truncate_prompt_tokens == -1 or self.truncate_prompt_tokens >= 1
+        ):
+            raise ValueError(f"truncate_prompt_tokens must be -1 or >= 1, got {self.truncate_prompt_tokens}")
+
+    def _check_logprobs_and_sequences(self) -> None:
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise ValueError(f"{name} must be in [0, {MAX_LOGPROBS}], got {value}")
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be >= n ({self.n})")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < _GREEDY_TEMPERATURE
 
+    @property
+    def num_sequences(self) -> int:
+        """Sequences generated for the prompt (best_of when set, else n)."""
+        return self.best_of if self.best_of is not None else self.n
 
+    @property
+    def has_penalties(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+
+# Most top logprobs per token (OpenAI's limit for top_logprobs).
+MAX_LOGPROBS = 20
+# vLLM clamps logit_bias values to this magnitude (OpenAI documents [-100, 100]).
+_MAX_BIAS = 100.0
 # Below this temperature sampling is greedy (vLLM's threshold): dividing by it would overflow.
 _GREEDY_TEMPERATURE = 1e-5

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from engine import SamplingParams
+from triton_adapters.structured_request import JSON_KEYS as STRUCTURED_JSON_KEYS
+from triton_adapters.structured_request import structured_outputs_from_json, structured_outputs_from_tensors
 
 # Tensor name -> SamplingParams field, for scalar tensors. Aliases cover TensorRT-LLM's spellings.
 SCALAR_TENSORS: dict[str, str] = {
@@ -32,6 +34,9 @@ SCALAR_TENSORS: dict[str, str] = {
     "ignore_eos": "ignore_eos",
     "include_stop_str_in_output": "include_stop_str_in_output",
     "skip_special_tokens": "skip_special_tokens",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "repetition_penalty": "repetition_penalty",
 }
 
 # sampling_parameters JSON keys the engine honours, with the type each is coerced to
@@ -48,36 +53,26 @@ JSON_FIELDS: dict[str, type] = {
     "include_stop_str_in_output": bool,
     "skip_special_tokens": bool,
     "spaces_between_special_tokens": bool,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "repetition_penalty": float,
+    "logprobs": int,
+    "prompt_logprobs": int,
+    "n": int,
+    "best_of": int,
+    "truncate_prompt_tokens": int,
 }
-JSON_LIST_FIELDS = ("stop", "stop_token_ids")
+JSON_LIST_FIELDS = ("stop", "stop_token_ids", "allowed_token_ids", "bad_words")
+# JSON objects passed through as they are (SamplingParams validates them): token id -> bias.
+JSON_DICT_FIELDS = ("logit_bias",)
 
 # Parameters whose neutral value is accepted; anything else is refused until the engine supports it.
 NEUTRAL_VALUES: dict[str, Any] = {
-    "n": 1,
-    "best_of": 1,
     "beam_width": 1,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "repetition_penalty": 1.0,
-    "logprobs": None,
-    "prompt_logprobs": None,
-    "return_log_probs": False,
     "return_context_logits": False,
     "return_generation_logits": False,
     "use_beam_search": False,
 }
-UNSUPPORTED_WHEN_PRESENT = (
-    "bad_words",
-    "logit_bias",
-    "allowed_token_ids",
-    "guided_decoding_guide_type",
-    "guided_decoding_guide",
-    "guided_json",
-    "guided_regex",
-    "guided_choice",
-    "guided_grammar",
-    "structured_outputs",
-)
 # Accepted and meaningless for this engine: padding ids exist only for static batches.
 IGNORED = (
     "pad_id",
@@ -143,12 +138,17 @@ def _json_parameters(raw: str) -> dict[str, Any]:
             fields[key] = _coerce(key, value, JSON_FIELDS[key])
         elif key in JSON_LIST_FIELDS:
             fields[key] = [value] if isinstance(value, str | int) else list(value)
+        elif key in JSON_DICT_FIELDS:
+            if not isinstance(value, dict):
+                raise ValueError(f"parameter '{key}' must be a JSON object, got {value!r}")
+            fields[key] = value
         elif key in NEUTRAL_VALUES:
             _check_neutral(key, value)
-        elif key in UNSUPPORTED_WHEN_PRESENT:
-            raise UnsupportedParameterError(f"parameter '{key}' is not supported by this engine yet")
-        elif key not in IGNORED:
+        elif key not in IGNORED and key not in STRUCTURED_JSON_KEYS:
             raise ValueError(f"unknown sampling parameter '{key}'")
+    structured = structured_outputs_from_json(loaded)
+    if structured is not None:
+        fields["structured_outputs"] = structured
     return fields
 
 
@@ -177,10 +177,16 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
             fields["stop"] = [word for word in _strings(array) if word]
         elif name == "end_id":
             fields["stop_token_ids"] = [int(token) for token in array.reshape(-1)]
+        elif name == "bad_words":
+            fields["bad_words"] = [word for word in _strings(array) if word]
+        elif name == "return_log_probs" and bool(_scalar(array)):
+            # TensorRT-LLM's flag: the sampled tokens' logprobs (output_log_probs, cum_log_probs).
+            fields["logprobs"] = fields.get("logprobs") or 0
         elif name in NEUTRAL_VALUES:
             _check_neutral(name, _scalar(array))
-        elif name in UNSUPPORTED_WHEN_PRESENT and any(_strings(array)):
-            raise UnsupportedParameterError(f"parameter '{name}' is not supported by this engine yet")
+    guided = structured_outputs_from_tensors(inputs)
+    if guided is not None:  # tensors win over sampling_parameters here too
+        fields["structured_outputs"] = guided
     if "seed" in fields and int(fields["seed"]) < 0:
         raise ValueError("parameter 'seed' must be non-negative")
     return GenerationRequest(

@@ -7,9 +7,9 @@ entry of config.json. Adding a family that fits those blocks is one registry ent
 """
 
 from engine.models.causal_lm import CausalLM
-from engine.models.loader import load_model
+from engine.models.loader import load_model, read_spec
 from engine.models.registry import ARCHITECTURES
 from engine.models.rope import RopeConfig
 from engine.models.spec import ArchitectureFlags, ModelSpec
 
-__all__ = ["ARCHITECTURES", "ArchitectureFlags", "CausalLM", "ModelSpec", "RopeConfig", "load_model"]
+__all__ = ["ARCHITECTURES", "ArchitectureFlags", "CausalLM", "ModelSpec", "RopeConfig", "load_model", "read_spec"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.attention_metadata import AttentionMetadata
-from engine.models.layers import DecoderLayer, RMSNorm, RotaryEmbedding, VocabEmbedding
-from engine.models.linear import Linear
+from engine.distributed import TensorParallelGroup
+from engine.models.layers import DecoderLayer, RMSNorm, RotaryEmbedding
+from engine.models.linear import VocabParallelEmbedding
+from engine.models.sharding import head_shard
 from engine.models.spec import ModelSpec
 
 
@@ -16,29 +17,40 @@ class DecoderModel(nn.Module):
     """Embedding, decoder layers and final norm; named like Hugging Face's `model.` subtree so checkpoint
     names map onto parameters one to one (apart from the fused projections)."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device) -> None:
+    def __init__(self, spec: ModelSpec, device: torch.device, group: TensorParallelGroup) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(spec.vocab_size, spec.hidden_size, spec.dtype, device)
+        self.embed_tokens = VocabParallelEmbedding(
+            spec.vocab_size, spec.hidden_size, spec.dtype, device, group
+        )
         self.rotary = RotaryEmbedding(spec, device)
         self.layers = nn.ModuleList(
-            DecoderLayer(spec, i, self.rotary, device) for i in range(spec.num_layers)
+            DecoderLayer(spec, i, self.rotary, device, group) for i in range(spec.num_layers)
         )
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, spec.dtype, device)
 
 
 class CausalLM(nn.Module):
     """A causal LM over one varlen batch and a paged KV cache. Parameters are allocated uninitialised;
-    `engine.models.load_model` fills them from the checkpoint."""
+    `engine.models.load_model` fills them from the checkpoint.
 
-    def __init__(self, spec: ModelSpec, device: torch.device) -> None:
+    Under tensor parallelism (`group.size > 1`) this is one rank's shard: every rank runs `forward` on the
+    same inputs (the collectives inside keep the hidden states identical on all ranks), and only rank 0
+    receives logits."""
+
+    def __init__(
+        self, spec: ModelSpec, device: torch.device, group: TensorParallelGroup | None = None
+    ) -> None:
         super().__init__()
+        group = group or TensorParallelGroup.single()
         self.spec = spec
-        self.model = DecoderModel(spec, device)
+        # KV heads this rank keeps in its KV cache (all of them without tensor parallelism).
+        self.num_kv_heads = head_shard(spec, group.rank, group.size).num_kv_heads
+        self.model = DecoderModel(spec, device, group)
         # Tied checkpoints keep a single matrix: the embedding table serves as the LM head.
         self.lm_head = (
             None
             if spec.flags.tie_embeddings
-            else Linear(spec.hidden_size, spec.vocab_size, False, spec.dtype, device)
+            else VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, spec.dtype, device, group)
         )
 
     def forward(
@@ -49,7 +61,7 @@ class CausalLM(nn.Module):
         attn: AttentionMetadata,
     ) -> torch.Tensor:
         """input_ids, positions [T] int64 for the step's tokens; kv_cache
-        [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim], written in place at
+        [num_layers, 2, num_blocks, block_size, self.num_kv_heads, head_dim], written in place at
         attn.slot_mapping. Returns the final hidden states [T, hidden_size]."""
         hidden = self.model.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
@@ -59,7 +71,15 @@ class CausalLM(nn.Module):
         out, _ = self.model.norm.add_and_norm(hidden, residual)
         return out
 
+    def gather_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """hidden [N, hidden_size] -> float32 logits [N, vocab_size] on rank 0; None on other ranks,
+        which only contribute their vocabulary slice."""
+        head = self.model.embed_tokens if self.lm_head is None else self.lm_head
+        return head.logits(hidden)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden_size] (only the rows that need sampling) -> float32 logits [N, vocab_size]."""
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        """hidden [N, hidden_size] (only the rows that need sampling) -> float32 logits [N, vocab_size].
+        Rank 0 only."""
+        logits = self.gather_logits(hidden)
+        assert logits is not None, "only tensor-parallel rank 0 receives logits"
+        return logits

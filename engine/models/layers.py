@@ -7,25 +7,15 @@ the Triton kernel on CUDA and the torch reference on the CPU.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.attention_metadata import AttentionMetadata
-from engine.models.linear import Linear, MergedLinear
+from engine.distributed import TensorParallelGroup
+from engine.models.linear import ColumnParallelLinear, RowParallelLinear
 from engine.models.rope import build_cos_sin_cache
+from engine.models.sharding import RowSlice, head_shard
 from engine.models.spec import ModelSpec
 from kernels import ops
-
-
-class VocabEmbedding(nn.Module):
-    """Token id -> embedding row lookup; the [vocab_size, hidden_size] table may double as the LM head."""
-
-    def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype, device: torch.device) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size, dtype=dtype, device=device), False)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -66,21 +56,29 @@ class RotaryEmbedding(nn.Module):
 
 class Attention(nn.Module):
     """Self-attention over the paged KV cache: this step's K/V are written first, then every query token
-    attends to its sequence's cached and new tokens through the block table."""
+    attends to its sequence's cached and new tokens through the block table. Under tensor parallelism
+    a rank computes its own heads (`head_shard`) over its own KV cache shard."""
 
     def __init__(
-        self, spec: ModelSpec, layer_idx: int, rotary: RotaryEmbedding, device: torch.device
+        self,
+        spec: ModelSpec,
+        layer_idx: int,
+        rotary: RotaryEmbedding,
+        device: torch.device,
+        group: TensorParallelGroup,
     ) -> None:
         super().__init__()
         flags, dtype, d = spec.flags, spec.dtype, spec.head_dim
-        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, d
+        shard = head_shard(spec, group.rank, group.size)
+        self.num_heads, self.num_kv_heads, self.head_dim = shard.num_heads, shard.num_kv_heads, d
         self.scale = d**-0.5
         self.sliding_window = spec.sliding_windows[layer_idx]
-        q_size, kv_size = spec.num_heads * d, spec.num_kv_heads * d
-        self.qkv_proj = MergedLinear(
-            spec.hidden_size, (q_size, kv_size, kv_size), flags.qkv_bias, dtype, device
+        q_rows = RowSlice(shard.head_start * d, shard.num_heads * d, spec.num_heads * d)
+        kv_rows = RowSlice(shard.kv_head_start * d, shard.num_kv_heads * d, spec.num_kv_heads * d)
+        self.qkv_proj = ColumnParallelLinear(
+            spec.hidden_size, (q_rows, kv_rows, kv_rows), flags.qkv_bias, dtype, device
         )
-        self.o_proj = Linear(q_size, spec.hidden_size, flags.o_proj_bias, dtype, device)
+        self.o_proj = RowParallelLinear(q_rows, spec.hidden_size, flags.o_proj_bias, dtype, device, group)
         self.q_norm = RMSNorm(d, spec.rms_norm_eps, dtype, device) if flags.qk_norm else None
         self.k_norm = RMSNorm(d, spec.rms_norm_eps, dtype, device) if flags.qk_norm else None
         self.rotary = rotary
@@ -122,13 +120,15 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul; each tensor-parallel rank
+    computes its share of the intermediate features."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device) -> None:
+    def __init__(self, spec: ModelSpec, device: torch.device, group: TensorParallelGroup) -> None:
         super().__init__()
-        bias, inter = spec.flags.mlp_bias, spec.intermediate_size
-        self.gate_up_proj = MergedLinear(spec.hidden_size, (inter, inter), bias, spec.dtype, device)
-        self.down_proj = Linear(inter, spec.hidden_size, bias, spec.dtype, device)
+        bias, dtype = spec.flags.mlp_bias, spec.dtype
+        inter = RowSlice.even(spec.intermediate_size, group.rank, group.size)
+        self.gate_up_proj = ColumnParallelLinear(spec.hidden_size, (inter, inter), bias, dtype, device)
+        self.down_proj = RowParallelLinear(inter, spec.hidden_size, bias, dtype, device, group)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
@@ -139,14 +139,19 @@ class DecoderLayer(nn.Module):
     residual add of the sublayer before it."""
 
     def __init__(
-        self, spec: ModelSpec, layer_idx: int, rotary: RotaryEmbedding, device: torch.device
+        self,
+        spec: ModelSpec,
+        layer_idx: int,
+        rotary: RotaryEmbedding,
+        device: torch.device,
+        group: TensorParallelGroup,
     ) -> None:
         super().__init__()
         eps, dtype = spec.rms_norm_eps, spec.dtype
         self.input_layernorm = RMSNorm(spec.hidden_size, eps, dtype, device)
-        self.self_attn = Attention(spec, layer_idx, rotary, device)
+        self.self_attn = Attention(spec, layer_idx, rotary, device, group)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps, dtype, device)
-        self.mlp = MLP(spec, device)
+        self.mlp = MLP(spec, device, group)
 
     def forward(
         self,

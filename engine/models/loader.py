@@ -1,4 +1,5 @@
-"""Builds a CausalLM from a Hugging Face checkpoint directory (config.json + safetensors)."""
+"""Builds a CausalLM (or one tensor-parallel rank's shard of it) from a Hugging Face checkpoint directory
+(config.json + safetensors, single or sharded)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from engine.distributed import TensorParallelGroup
 from engine.models.causal_lm import CausalLM
-from engine.models.linear import Linear, MergedLinear, copy_checked
+from engine.models.linear import SHARDED_LAYERS, CheckpointTensor, ColumnParallelLinear, load_slice
 from engine.models.registry import resolve_architecture
-from engine.models.spec import build_spec, read_json
+from engine.models.sharding import check_tensor_parallel
+from engine.models.spec import ModelSpec, build_spec, read_json
 
 # Checkpoint projections that live inside one of our fused layers: name -> (fused layer, row block).
 _FUSED = {
@@ -23,13 +26,12 @@ _FUSED = {
 }
 
 
-def load_model(model_path: str | Path, dtype: torch.dtype, device: torch.device | str) -> CausalLM:
-    """Read config.json, pick the architecture from config["architectures"][0], allocate the model on
-    `device` in `dtype`, and fill it from the memory-mapped safetensors files (converting dtype on copy)."""
+def read_spec(model_path: str | Path, dtype: torch.dtype) -> ModelSpec:
+    """The ModelSpec of a checkpoint directory, from config.json alone (no weights are read)."""
     model_dir = Path(model_path)
     config = read_json(model_dir / "config.json")
     architecture = resolve_architecture(config)
-    spec = build_spec(
+    return build_spec(
         model_dir,
         config,
         architecture.flags(config),
@@ -37,8 +39,22 @@ def load_model(model_path: str | Path, dtype: torch.dtype, device: torch.device 
         architecture.default_head_dim,
         architecture.always_sliding,
     )
-    model = CausalLM(spec, torch.device(device))
-    load_checkpoint(model, model_dir)
+
+
+def load_model(
+    model_path: str | Path,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    group: TensorParallelGroup | None = None,
+) -> CausalLM:
+    """Read config.json, pick the architecture from config["architectures"][0], allocate the model (this
+    rank's shard of it under tensor parallelism) on `device` in `dtype`, and fill it from the
+    memory-mapped safetensors files, reading only this rank's slices and converting dtype on copy."""
+    group = group or TensorParallelGroup.single()
+    spec = read_spec(model_path, dtype)
+    check_tensor_parallel(spec, group.size)
+    model = CausalLM(spec, torch.device(device), group)
+    load_checkpoint(model, Path(model_path))
     return model.eval()
 
 
@@ -55,12 +71,13 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     raise FileNotFoundError(f"{model_dir} has neither model.safetensors nor model.safetensors.index.json")
 
 
-def checkpoint_tensors(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for every tensor of the checkpoint, read lazily from memory-mapped files."""
+def checkpoint_tensors(model_dir: Path) -> Iterator[tuple[str, CheckpointTensor]]:
+    """(name, lazy slice) for every tensor of the checkpoint; only the parts a layer indexes are read from
+    the memory-mapped files."""
     for path in checkpoint_files(model_dir):
         with safe_open(path, framework="pt", device="cpu") as f:
             for name in f.keys():
-                yield name, f.get_tensor(name)
+                yield name, f.get_slice(name)
 
 
 def _ignored(name: str, model: CausalLM) -> bool:
@@ -70,12 +87,12 @@ def _ignored(name: str, model: CausalLM) -> bool:
 
 
 def load_checkpoint(model: CausalLM, model_dir: Path) -> None:
-    """Copy every checkpoint tensor into its parameter; fail on shape mismatches, unknown tensors, and
-    parameters the checkpoint leaves unset."""
+    """Copy every checkpoint tensor (this rank's slice of it) into its parameter; fail on shape
+    mismatches, unknown tensors, and parameters the checkpoint leaves unset."""
     modules = dict(model.named_modules())
     loaded: set[tuple[str, int]] = set()
     unexpected: list[str] = []
-    for name, tensor in checkpoint_tensors(model_dir):
+    for name, source in checkpoint_tensors(model_dir):
         if _ignored(name, model):
             continue
         module_name, _, param_name = name.rpartition(".")
@@ -89,12 +106,10 @@ def load_checkpoint(model: CausalLM, model_dir: Path) -> None:
         if not isinstance(param, torch.nn.Parameter):
             unexpected.append(name)
             continue
-        if isinstance(module, MergedLinear):
-            module.load_shard(param_name, shard, tensor, name)
-        elif isinstance(module, Linear):
-            module.load(param_name, tensor, name)
+        if isinstance(module, SHARDED_LAYERS):
+            module.load(param_name, shard, source, name)
         else:
-            copy_checked(param.data, tensor, name)
+            load_slice(param.data, source, name)
         loaded.add((f"{module_name}.{param_name}", shard))
     if unexpected:
         raise ValueError(
@@ -110,6 +125,6 @@ def load_checkpoint(model: CausalLM, model_dir: Path) -> None:
 def _expected_loads(model: CausalLM) -> Iterator[tuple[str, int]]:
     """(parameter name, number of checkpoint tensors that fill it) for every parameter."""
     for module_name, module in model.named_modules():
-        shards = len(module.output_sizes) if isinstance(module, MergedLinear) else 1
+        shards = len(module.output_sizes) if isinstance(module, ColumnParallelLinear) else 1
         for param_name, _ in module.named_parameters(recurse=False):
             yield f"{module_name}.{param_name}", shards

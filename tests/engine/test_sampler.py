@@ -65,12 +65,12 @@ def fixed_logits(rows: int) -> torch.Tensor:
 def test_greedy_is_argmax_and_respects_suppression() -> None:
     logits = fixed_logits(4)
     sampler = Sampler(seed=0, device=torch.device("cpu"))
-    assert sampler(logits.clone(), batch(4, temperature=0.0)).tolist() == logits.argmax(-1).tolist()
+    assert sampler(logits.clone(), batch(4, temperature=0.0)).token_ids.tolist() == logits.argmax(-1).tolist()
     top = logits.argmax(-1)
     suppressed = [(1, int(top[1]))]
     expected = logits.clone()
     expected[1, top[1]] = float("-inf")
-    out = sampler(logits.clone(), batch(4, temperature=0.0, suppressed=suppressed))
+    out = sampler(logits.clone(), batch(4, temperature=0.0, suppressed=suppressed)).token_ids
     assert out.tolist() == expected.argmax(-1).tolist()
 
 
@@ -92,7 +92,7 @@ def test_sampled_frequencies_follow_the_filtered_distribution() -> None:
     rows = 20000
     logits = fixed_logits(1).expand(rows, VOCAB).contiguous()
     sampler = Sampler(seed=7, device=torch.device("cpu"))
-    tokens = sampler(logits.clone(), batch(rows, temperature=0.8, top_k=6, top_p=0.9, min_p=0.02))
+    tokens = sampler(logits.clone(), batch(rows, temperature=0.8, top_k=6, top_p=0.9, min_p=0.02)).token_ids
     frequencies = torch.bincount(tokens, minlength=VOCAB).float() / rows
     expected = reference_probs(logits[0], 0.8, 6, 0.9, 0.02)
     assert torch.all(frequencies[expected == 0] == 0)
@@ -107,7 +107,7 @@ def test_seeded_rows_do_not_depend_on_the_batch() -> None:
         generators[seeded_row] = torch.Generator().manual_seed(99)
         sampler = Sampler(seed=engine_seed, device=torch.device("cpu"))
         return int(
-            sampler(logits[rows].clone(), batch(len(rows), temperature=1.5, generators=generators))[
+            sampler(logits[rows].clone(), batch(len(rows), temperature=1.5, generators=generators)).token_ids[
                 seeded_row
             ]
         )
@@ -118,7 +118,11 @@ def test_seeded_rows_do_not_depend_on_the_batch() -> None:
     assert draw([2, 4], 0, 5) == alone[0]
     # Unseeded rows vary with the engine's generator, so the test above is not vacuous.
     unseeded = {
-        int(Sampler(seed=s, device=torch.device("cpu"))(logits[[2]].clone(), batch(1, temperature=1.5))[0])
+        int(
+            Sampler(seed=s, device=torch.device("cpu"))(
+                logits[[2]].clone(), batch(1, temperature=1.5)
+            ).token_ids[0]
+        )
         for s in range(20)
     }
     assert len(unseeded) > 1
@@ -130,5 +134,5 @@ def test_mixed_greedy_and_random_rows() -> None:
     mixed = batch(3)
     mixed.temperature = temperature
     mixed.all_greedy = False
-    out = Sampler(seed=0, device=torch.device("cpu"))(logits.clone(), mixed)
+    out = Sampler(seed=0, device=torch.device("cpu"))(logits.clone(), mixed).token_ids
     assert out[0] == logits[0].argmax() and out[2] == logits[2].argmax()

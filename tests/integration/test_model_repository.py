@@ -118,8 +118,9 @@ def test_prompt_over_max_model_len_fails_while_others_flow(triton_server: Triton
 
 
 def test_unsupported_parameter_is_named_in_the_error(triton_server: TritonServer) -> None:
-    result = generate(triton_server.grpc_url, {"text_input": "Hi", "frequency_penalty": 0.5})
-    assert result.error is not None and "frequency_penalty" in str(result.error)
+    request = {"text_input": "Hi", "sampling_parameters": {"use_beam_search": True}}
+    result = generate(triton_server.grpc_url, request)
+    assert result.error is not None and "use_beam_search" in str(result.error)
 
 
 def test_genai_perf_tensorrtllm_payload_streams(triton_server: TritonServer) -> None:

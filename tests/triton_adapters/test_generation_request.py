@@ -55,7 +55,14 @@ def test_tensorrt_llm_tensors() -> None:
 
 
 def test_vllm_backend_json_with_string_numbers() -> None:
-    sampling = {"max_tokens": "20", "temperature": "0", "top_p": 0.9, "ignore_eos": "true", "stop": "x", "n": 1}
+    sampling = {
+        "max_tokens": "20",
+        "temperature": "0",
+        "top_p": 0.9,
+        "ignore_eos": "true",
+        "stop": "x",
+        "n": 1,
+    }
     request = parse_generation_request(tensors(sampling_parameters=json.dumps(sampling)))
     params = request.sampling_params
     assert params.max_tokens == 20 and params.temperature == 0.0 and params.top_p == pytest.approx(0.9)
@@ -72,18 +79,48 @@ def test_tensor_wins_over_json() -> None:
 @pytest.mark.parametrize(
     "values",
     [
-        {"frequency_penalty": np.float32(0.5)},
-        {"sampling_parameters": json.dumps({"n": 2})},
-        {"sampling_parameters": json.dumps({"logprobs": 3})},
-        {"bad_words": ["foo"]},
-        {"guided_decoding_guide_type": "json"},
-        {"return_log_probs": True},
+        {"beam_width": np.int32(2)},
+        {"sampling_parameters": json.dumps({"use_beam_search": True})},
     ],
 )
 def test_unsupported_parameters_are_named(values: dict) -> None:
-    name = next(iter(json.loads(values["sampling_parameters"]))) if "sampling_parameters" in values else next(iter(values))
+    name = (
+        next(iter(json.loads(values["sampling_parameters"])))
+        if "sampling_parameters" in values
+        else next(iter(values))
+    )
     with pytest.raises(UnsupportedParameterError, match=name):
         parse_generation_request(tensors(**values))
+
+
+def test_penalties_logprobs_and_sequences() -> None:
+    sampling = {
+        "presence_penalty": "0.5",
+        "repetition_penalty": 1.2,
+        "logit_bias": {"42": 3, "7": -100},
+        "allowed_token_ids": [1, 2, 42],
+        "bad_words": "dog",
+        "truncate_prompt_tokens": 2,
+        "logprobs": 3,
+        "prompt_logprobs": 1,
+        "n": 2,
+        "best_of": "3",
+    }
+    request = parse_generation_request(
+        tensors(
+            sampling_parameters=json.dumps(sampling),
+            frequency_penalty=np.float32(-0.5),
+            bad_words=["cat", ""],
+        )
+    )
+    params = request.sampling_params
+    assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty) == (0.5, -0.5, 1.2)
+    assert params.logit_bias == {42: 3.0, 7: -100.0} and params.allowed_token_ids == [1, 2, 42]
+    assert params.bad_words == ["cat"] and params.truncate_prompt_tokens == 2
+    assert (params.logprobs, params.prompt_logprobs, params.n, params.best_of) == (3, 1, 2, 3)
+    # TensorRT-LLM's return_log_probs asks for the sampled tokens' logprobs.
+    assert parse_generation_request(tensors(return_log_probs=True)).sampling_params.logprobs == 0
+    assert parse_generation_request(tensors(return_log_probs=False)).sampling_params.logprobs is None
 
 
 @pytest.mark.parametrize(
@@ -93,6 +130,10 @@ def test_unsupported_parameters_are_named(values: dict) -> None:
         ({"sampling_parameters": json.dumps({"bogus": 1})}, "unknown sampling parameter 'bogus'"),
         ({"sampling_parameters": json.dumps({"max_tokens": "many"})}, "max_tokens"),
         ({"temperature": np.float32(-1.0)}, "temperature"),
+        ({"sampling_parameters": json.dumps({"logit_bias": [1, 2]})}, "logit_bias"),
+        ({"sampling_parameters": json.dumps({"n": 3, "best_of": 2})}, "best_of"),
+        ({"sampling_parameters": json.dumps({"logprobs": 21})}, "logprobs"),
+        ({"repetition_penalty": np.float32(0.0)}, "repetition_penalty"),
     ],
 )
 def test_invalid_values_are_rejected(values: dict, message: str) -> None:

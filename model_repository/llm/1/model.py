@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from engine import AsyncEngine, EngineConfig, EngineOverloadedError, RequestOutput
+from engine import AsyncEngine, EngineConfig, EngineOverloadedError, RequestOutput, merge_outputs
 from triton_adapters.generation_request import parse_generation_request
 from triton_adapters.llm_metrics import LLMMetrics
 from triton_adapters.model_parameters import (
@@ -33,6 +33,7 @@ from triton_adapters.model_parameters import (
     parse_model_parameters,
     resolve_model_path,
 )
+from triton_adapters.sequence_outputs import sequence_tensors
 
 CANCEL_POLL_SECONDS = 0.1
 STATS_PERIOD_SECONDS = 0.5
@@ -56,9 +57,8 @@ class ActiveRequest:
     arrival: float
     # Monotonic time of the previous output, for inter-token latency.
     last_output: float | None = None
-    # Non-streamed requests accumulate here until they finish.
-    text_parts: list[str] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)
+    # Non-streamed requests accumulate each sequence's outputs here (by sequence index) until it ends.
+    held: dict[int, RequestOutput] = field(default_factory=dict)
     # Set once the client cancelled, so the abort is sent to the engine only once.
     cancelled: bool = False
 
@@ -219,29 +219,32 @@ class TritonPythonModel:
             return
         error_message = getattr(output, "error", None)
         if error_message:
-            _send_error(state.sender, f"engine error: {error_message}")
+            # Every sequence of an n > 1 request fails at once; the last one's output ends the request.
+            if output.finished:
+                _send_error(state.sender, f"engine error: {error_message}")
             return
+        flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
         if state.stream:
-            response = self._response(output, output.text_delta, output.new_token_ids, state.prompt_text)
-            flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
-            state.sender.send(response, flags=flags)
+            state.sender.send(self._response(output, state.prompt_text), flags=flags)
             return
-        state.text_parts.append(output.text_delta)
-        state.token_ids.extend(output.new_token_ids)
-        if output.finished:
-            response = self._response(output, "".join(state.text_parts), state.token_ids, state.prompt_text)
-            _send_final(state.sender, response)
+        held = state.held.pop(output.index, None)
+        merged = output if held is None else merge_outputs(held, output)
+        if output.finish_reason is None:
+            state.held[output.index] = merged
+            return
+        # One response per sequence, sent when it ends; the request's last one carries FINAL.
+        state.sender.send(self._response(merged, state.prompt_text), flags=flags)
 
     @staticmethod
-    def _response(output: RequestOutput, text: str, token_ids: list[int], prompt_text: str):
+    def _response(output: RequestOutput, prompt_text: str):
         def scalar(value: int) -> np.ndarray:
             return np.array([value], dtype=np.int32)
 
         tensors = [
             pb_utils.Tensor("request_id", np.array([output.request_id.encode("utf-8")], dtype=np.object_)),
-            pb_utils.Tensor("text_delta", np.array([text.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("text_delta", np.array([output.text_delta.encode("utf-8")], dtype=np.object_)),
             pb_utils.Tensor("prompt_text", np.array([prompt_text.encode("utf-8")], dtype=np.object_)),
-            pb_utils.Tensor("output_token_ids", np.asarray(token_ids, dtype=np.int32)),
+            pb_utils.Tensor("output_token_ids", np.asarray(output.new_token_ids, dtype=np.int32)),
             pb_utils.Tensor("num_input_tokens", scalar(output.num_prompt_tokens)),
             pb_utils.Tensor("num_output_tokens", scalar(output.num_output_tokens)),
             pb_utils.Tensor("num_cached_tokens", scalar(output.num_cached_tokens)),
@@ -249,6 +252,7 @@ class TritonPythonModel:
                 "finish_reason", np.array([(output.finish_reason or "").encode("utf-8")], dtype=np.object_)
             ),
         ]
+        tensors.extend(pb_utils.Tensor(name, array) for name, array in sequence_tensors(output).items())
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
@@ -269,12 +273,12 @@ def engine_config(parameters: dict[str, str], args: dict) -> EngineConfig:
         max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", "2048")),
         enable_prefix_caching=parse_bool(parameters.get("enable_prefix_caching", "true")),
         gpu_memory_utilization=float(parameters.get("gpu_memory_utilization", "0.9")),
+        # Ranks 1.. are worker processes on the devices after `device` (a KIND_MODEL instance owns them).
+        tensor_parallel_size=optional_int(parameters, "tensor_parallel_size") or 1,
     )
     if kv_cache_memory:
         config.kv_cache_memory = kv_cache_memory
     config.max_waiting_requests = optional_int(parameters, "max_waiting_requests")
-    if int(parameters.get("tensor_parallel_size", "1")) != 1:
-        raise pb_utils.TritonModelException("tensor_parallel_size > 1 is not available in this build yet")
     return config
 
 

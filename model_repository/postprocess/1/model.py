@@ -23,6 +23,11 @@ PASS_THROUGH = (
     "num_output_tokens",
     "num_cached_tokens",
     "finish_reason",
+    "sequence_index",
+    "cum_log_probs",
+    "output_log_probs",
+    "top_log_probs",
+    "prompt_log_probs",
 )
 
 

@@ -1,0 +1,102 @@
+"""One rank's model and KV cache: the whole model without tensor parallelism, a shard of it with.
+
+Rank 0 (the ModelRunner) and every tensor-parallel worker build one. The KV pool must hold the same
+number of blocks on every rank, because rank 0's block manager hands out block ids for all of them: each
+rank sizes its pool, and all take the smallest.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from engine.attention_metadata import AttentionMetadata
+from engine.config import EngineConfig
+from engine.distributed import TensorParallelGroup
+from engine.models import CausalLM, load_model
+
+logger = logging.getLogger(__name__)
+
+
+class ModelShard:
+    """The model (this rank's shard) and its KV cache
+    [num_layers, 2, num_blocks, block_size, num_kv_heads of this rank, head_dim]."""
+
+    def __init__(
+        self, config: EngineConfig, device: torch.device, dtype: torch.dtype, group: TensorParallelGroup
+    ) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.group = group
+        self.block_size = config.block_size
+        self.model: CausalLM = load_model(config.model, dtype, device, group)
+        self.spec = self.model.spec
+        self.num_blocks = group.all_reduce_min(config.num_kv_blocks or self._pool_blocks(config))
+        if self.num_blocks < 1:
+            raise ValueError(f"no memory left for the KV cache (computed {self.num_blocks} blocks)")
+        self.kv_cache = self._allocate_cache(self.num_blocks)
+        logger.info(
+            "KV cache (tensor-parallel rank %d of %d): %d blocks of %d tokens on %s",
+            group.rank,
+            group.size,
+            self.num_blocks,
+            self.block_size,
+            device,
+        )
+
+    @property
+    def bytes_per_block(self) -> int:
+        """KV bytes of one block on this rank (its KV heads only)."""
+        spec = self.spec
+        element_size = torch.tensor([], dtype=self.dtype).element_size()
+        return spec.num_layers * 2 * self.block_size * self.model.num_kv_heads * spec.head_dim * element_size
+
+    def _allocate_cache(self, num_blocks: int) -> torch.Tensor:
+        spec = self.spec
+        return torch.zeros(
+            (spec.num_layers, 2, num_blocks, self.block_size, self.model.num_kv_heads, spec.head_dim),
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    def _pool_blocks(self, config: EngineConfig) -> int:
+        if self.device.type == "cpu":
+            # kv_cache_memory is the budget of all ranks together (they share the host's memory), so with
+            # split KV heads the pool has as many blocks as without tensor parallelism.
+            return config.kv_cache_memory // (self.bytes_per_block * self.group.size)
+        return self._profile_cuda_blocks(config)
+
+    @torch.inference_mode()
+    def _profile_cuda_blocks(self, config: EngineConfig) -> int:
+        """Blocks that fit in `gpu_memory_utilization` of this rank's device after weights and a worst-case
+        step's activations (a full token budget forward plus logits and sampling for max_num_seqs rows).
+        Every rank runs this forward at the same time, so its collectives line up."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        num_tokens = config.max_num_batched_tokens
+        blocks = -(-num_tokens // self.block_size)
+        scratch = self._allocate_cache(blocks)
+        attn = AttentionMetadata(
+            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
+            block_tables=torch.arange(blocks, dtype=torch.int32, device=self.device).unsqueeze(0),
+            slot_mapping=torch.arange(num_tokens, dtype=torch.int64, device=self.device),
+            max_query_len=num_tokens,
+            max_seq_len=num_tokens,
+        )
+        ids = torch.zeros(num_tokens, dtype=torch.int64, device=self.device)
+        hidden = self.model.forward(ids, torch.arange(num_tokens, device=self.device), scratch, attn)
+        rows = min(config.max_num_seqs, num_tokens)
+        logits = self.model.gather_logits(hidden[:rows])
+        if logits is not None:
+            logits.sort(dim=-1)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        del scratch, hidden, logits
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        # Memory held by others on the device (other processes, the CUDA context) is off limits too.
+        other = total - free - torch.cuda.memory_reserved(self.device)
+        available = int(total * config.gpu_memory_utilization) - other - peak
+        return available // self.bytes_per_block

@@ -1,0 +1,139 @@
+"""Tensor parallelism end to end: tp>1 engines (gloo on the CPU, worker processes) generate exactly what
+tp=1 generates, and their workers stop with the engine or fail it loudly."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from engine import EngineConfig, LLMEngine, SamplingParams
+from tests.engine_tp.conftest import EngineFactory
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+# Seeded sampling follows the logits closely, so it also catches differences greedy ties could hide.
+SEEDED = SamplingParams(temperature=1.0, seed=7, max_tokens=12, ignore_eos=True)
+# The first prompt (40 tokens) needs three steps to prefill under a 16-token step budget.
+TINY_PROMPTS = [[(5 * i + 3) % 200 + 10 for i in range(40)], [3, 4, 5]]
+
+
+def generate(engine: LLMEngine, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[int]]:
+    return [result.token_ids for result in engine.generate(prompts, params)]
+
+
+def tp_matches_tp1(
+    make_engine: EngineFactory, model: Path, tp: int, prompts: list[list[int]], params: list[SamplingParams]
+) -> tuple[LLMEngine, LLMEngine]:
+    """Generate with tp=1 and with `tp` under a chunking step budget; returns both engines, the tp one
+    shut down."""
+    single = make_engine(model, 1, max_num_batched_tokens=16)
+    expected = generate(single, prompts, params)
+    parallel = make_engine(model, tp, max_num_batched_tokens=16)
+    try:
+        assert generate(parallel, prompts, params) == expected
+    finally:
+        parallel.shutdown()
+    return single, parallel
+
+
+def assert_workers_gone(engine: LLMEngine, count: int) -> None:
+    workers = engine.runner.workers
+    assert workers is not None and len(workers.processes) == count
+    assert [process.exitcode for process in workers.processes] == [0] * count
+
+
+def test_smollm2_tp3_matches_tp1(make_engine: EngineFactory, model_path: Path) -> None:
+    # SmolLM2: 9 query heads and 3 KV heads, so each of 3 ranks holds 3 query heads and 1 KV head.
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = [
+        tokenizer.encode("The capital of France is"),
+        tokenizer.encode(
+            "Once upon a time, in a small village at the edge of a dark forest, there lived an old "
+            "woodcutter who had three sons and"
+        ),
+    ]
+    assert len(prompts[1]) > 16
+    single, engine = tp_matches_tp1(make_engine, model_path, 3, prompts, [GREEDY, GREEDY])
+    assert engine.runner.kv_cache.shape[-2] == 1
+    # kv_cache_memory covers all ranks: split KV heads leave the pool as large as with one rank.
+    assert engine.runner.num_blocks == single.runner.num_blocks
+    assert_workers_gone(engine, 2)
+
+
+def logprob_rows(engine: LLMEngine, prompt: list[int], params: SamplingParams) -> list[tuple[int, float]]:
+    """(token id, logprob) of every prompt position after the first, then of every sampled token."""
+    engine.add_request("logprobs", prompt, params)
+    rows: list[tuple[int, float]] = []
+    generated: list[tuple[int, float]] = []
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            rows += [(p.token_id, p.logprob) for p in output.prompt_logprobs or [] if p is not None]
+            generated += [(p.token_id, p.logprob) for p in output.logprobs or []]
+    return rows + generated
+
+
+def test_tiny_qwen3_tp2_matches_tp1(make_engine: EngineFactory, tiny_qwen3: Path) -> None:
+    prompts, params = TINY_PROMPTS * 2, [GREEDY, GREEDY, SEEDED, SEEDED]
+    # Prompt logprobs take logits of other rows than sampling does, over a chunked prefill: rank 0
+    # mirrors every logits call on the workers, whatever rows it asks for.
+    with_logprobs = SamplingParams(
+        temperature=0.0, max_tokens=4, ignore_eos=True, logprobs=2, prompt_logprobs=1
+    )
+    single = make_engine(tiny_qwen3, 1, max_num_batched_tokens=16)
+    expected = generate(single, prompts, params)
+    expected_logprobs = logprob_rows(single, TINY_PROMPTS[0], with_logprobs)
+    parallel = make_engine(tiny_qwen3, 2, max_num_batched_tokens=16)
+    try:
+        assert generate(parallel, prompts, params) == expected
+        got_logprobs = logprob_rows(parallel, TINY_PROMPTS[0], with_logprobs)
+    finally:
+        parallel.shutdown()
+    assert len(got_logprobs) == len(TINY_PROMPTS[0]) - 1 + 4
+    assert [token for token, _ in got_logprobs] == [token for token, _ in expected_logprobs]
+    assert [value for _, value in got_logprobs] == pytest.approx(
+        [value for _, value in expected_logprobs], abs=1e-4
+    )
+    assert parallel.runner.kv_cache.shape[-2] == 1  # 2 KV heads split over 2 ranks
+    assert parallel.runner.num_blocks == single.runner.num_blocks
+    assert_workers_gone(parallel, 1)
+
+
+def test_kv_heads_replicated_when_tp_exceeds_them(
+    make_engine: EngineFactory, tiny_llama_one_kv_head: Path
+) -> None:
+    single, engine = tp_matches_tp1(
+        make_engine, tiny_llama_one_kv_head, 2, TINY_PROMPTS * 2, [GREEDY, GREEDY, SEEDED, SEEDED]
+    )
+    assert engine.runner.kv_cache.shape[-2] == 1  # each rank keeps the single KV head
+    # Both ranks store that head whole, so the same memory budget holds half the blocks.
+    assert engine.runner.num_blocks == single.runner.num_blocks // 2
+    assert_workers_gone(engine, 1)
+
+
+def test_worker_crash_fails_the_engine_clearly(make_engine: EngineFactory, tiny_qwen3: Path) -> None:
+    engine = make_engine(tiny_qwen3, 2)
+    try:
+        workers = engine.runner.workers
+        assert workers is not None
+        workers.processes[0].kill()
+        workers.processes[0].join()
+        for attempt in range(2):  # the step that finds the crash, and every step after it
+            engine.add_request(f"after-crash-{attempt}", [1, 2, 3], GREEDY)
+            [output] = engine.step()
+            assert output.finished and output.finish_reason == "abort"
+            assert output.error is not None and "worker rank 1 exited with code -9" in output.error
+    finally:
+        engine.shutdown()
+
+
+def test_invalid_tensor_parallel_size_is_refused_before_any_worker_starts(model_path: Path) -> None:
+    before = multiprocessing.active_children()
+    with pytest.raises(
+        ValueError, match=r"tensor_parallel_size 2 must divide the number of attention heads \(9\)"
+    ):
+        LLMEngine(EngineConfig(model=str(model_path), device="cpu", tensor_parallel_size=2))
+    assert multiprocessing.active_children() == before
+    with pytest.raises(ValueError, match="tensor_parallel_size must be >= 1"):
+        EngineConfig(model=str(model_path), tensor_parallel_size=0)
