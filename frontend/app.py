@@ -11,10 +11,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from frontend.audio_routes import build_audio_router
 from frontend.errors import APIError
 from frontend.middleware import RequestGuard
+from frontend.response_store import open_store
+from frontend.responses_routes import build_responses_router
 from frontend.routes import ClientDisconnected, build_router
+from frontend.serving.audio import AudioHandler
 from frontend.serving.context import ServingContext
+from frontend.serving.responses import ResponsesHandler
 
 # Status for a request whose client left (nginx's convention); nobody reads it, the metrics do.
 CLIENT_CLOSED_REQUEST = 499
@@ -69,10 +74,16 @@ def _json(error: APIError) -> JSONResponse:
 
 
 def build_app(ctx: ServingContext) -> FastAPI:
+    responses = ResponsesHandler(ctx, open_store(ctx.config.response_store))
+    audio = AudioHandler(ctx)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        # Before the Triton channel closes: cancelling background responses cancels their Triton streams.
+        await responses.close()
         await ctx.triton.close()
+        await audio.close()
 
     app = FastAPI(
         title="tritonllm OpenAI-compatible server",
@@ -83,6 +94,8 @@ def build_app(ctx: ServingContext) -> FastAPI:
         strict_content_type=False,
     )
     app.include_router(build_router(ctx))
+    app.include_router(build_responses_router(responses))
+    app.include_router(build_audio_router(audio))
 
     @app.exception_handler(APIError)
     async def on_api_error(_: Request, error: APIError) -> Response:

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from frontend.response_store import default_store_url, sqlite_path
+
 TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral", "pythonic")
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
 
@@ -47,6 +49,12 @@ class FrontendConfig:
     max_request_body_bytes: int = 16 * 1024 * 1024
     # Seconds to wait for Triton to answer a readiness probe.
     triton_timeout_s: float = 5.0
+    # Where the Responses API keeps responses: `sqlite:///PATH` (`sqlite://` is in memory, lost at exit).
+    response_store: str = "sqlite://"
+    # Decoupled Triton speech-recognition model behind /v1/audio/*; None serves no audio endpoints (404).
+    triton_speech_model: str | None = "whisper"
+    # Speech model ids clients send and /v1/models lists ("whisper-1" is what OpenAI code sends).
+    speech_model_names: tuple[str, ...] = ("whisper-base", "whisper-1")
 
     @property
     def model_name(self) -> str:
@@ -78,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reasoning-parser", choices=REASONING_PARSERS, default=None)
     parser.add_argument("--response-role", default="assistant")
     parser.add_argument("--max-request-body-bytes", type=int, default=16 * 1024 * 1024)
+    parser.add_argument(
+        "--response-store",
+        default=default_store_url(),
+        help="Responses API store, sqlite:///PATH (default: $TRITONLLM_RESPONSE_STORE, else the state dir)",
+    )
+    parser.add_argument(
+        "--triton-speech-model", default="whisper", help="Triton speech model behind /v1/audio/*"
+    )
+    parser.add_argument(
+        "--speech-model-name",
+        nargs="+",
+        default=["whisper-base", "whisper-1"],
+        help="speech model ids clients use",
+    )
+    parser.add_argument(
+        "--no-speech-model", action="store_true", help="serve no speech model (/v1/audio/* answer 404)"
+    )
     return parser
 
 
@@ -88,6 +113,10 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
         parser.error("--enable-auto-tool-choice requires --tool-call-parser")
     model = Path(args.model)
+    try:
+        sqlite_path(args.response_store)
+    except ValueError as error:
+        parser.error(str(error))
     api_keys = tuple(args.api_key or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else []))
     return FrontendConfig(
         model=model,
@@ -105,4 +134,7 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
         reasoning_parser=args.reasoning_parser,
         response_role=args.response_role,
         max_request_body_bytes=args.max_request_body_bytes,
+        response_store=args.response_store,
+        triton_speech_model=None if args.no_speech_model else args.triton_speech_model,
+        speech_model_names=() if args.no_speech_model else tuple(args.speech_model_name),
     )

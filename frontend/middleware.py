@@ -23,8 +23,19 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Reachable without an API key: probes and scrapers carry none.
 OPEN_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
 KNOWN_PATHS = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize"} | OPEN_PATHS
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/responses",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/tokenize",
+        "/detokenize",
+    }
+    | OPEN_PATHS
 )
+RESPONSE_ACTIONS = frozenset({"cancel", "input_items", "tool_outputs"})
 
 
 def endpoint_label(path: str) -> str:
@@ -33,6 +44,12 @@ def endpoint_label(path: str) -> str:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    if path.startswith("/v1/responses/"):
+        rest = path.removeprefix("/v1/responses/").split("/")
+        if len(rest) == 1:
+            return "/v1/responses/{response_id}"
+        if len(rest) == 2 and rest[1] in RESPONSE_ACTIONS:
+            return f"/v1/responses/{{response_id}}/{rest[1]}"
     return "other"
 
 

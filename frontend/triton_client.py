@@ -59,6 +59,21 @@ class GenerationInput:
     # Triton request id, for correlating logs.
     request_id: str = ""
 
+    @property
+    def num_sequences(self) -> int:
+        """Sequences the stream carries (n); it ends once each has finished."""
+        return int(self.sampling.get("n", 1))
+
+
+@dataclass
+class TokenLogprob:
+    """A token's raw logprob (the model's distribution before sampling settings) and the top ones there."""
+
+    token_id: int
+    logprob: float
+    # (token id, logprob), most likely first; as many as asked.
+    top: list[tuple[int, float]]
+
 
 @dataclass
 class GenerationChunk:
@@ -75,8 +90,16 @@ class GenerationChunk:
     num_cached_tokens: int
     # "stop" | "length" | "abort" on the final response, else None.
     finish_reason: str | None
-    # Triton's final flag: nothing follows this response.
+    # Nothing follows this response (Triton's final flag, or every sequence has finished).
     final: bool
+    # Which of the request's n sequences this response belongs to.
+    index: int = 0
+    # One per token in token_ids when logprobs were asked, else None.
+    logprobs: list[TokenLogprob] | None = None
+    # On a sequence's first response when prompt logprobs were asked: one per prompt token, None first.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    # The sequence's cumulative logprob so far (0 when not computed).
+    cumulative_logprob: float = 0.0
 
 
 def _tensor(name: str, array: np.ndarray, triton_dtype: str) -> InferInput:
@@ -112,22 +135,66 @@ def _scalar(result: InferResult, name: str) -> Any:
     return array.reshape(-1)[0]
 
 
-def parse_response(result: InferResult) -> GenerationChunk:
+def parse_response(result: InferResult, num_sequences: int = 1) -> GenerationChunk:
+    """One ensemble response; `final` is set from Triton's flag only when n == 1 (see generate)."""
     finish = _scalar(result, "finish_reason")
     finish_reason = finish.decode("utf-8") if isinstance(finish, bytes) else str(finish)
     parameters = result.get_response().parameters
     final_flag = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
-    token_ids = result.as_numpy("output_token_ids")
+    token_ids_array = result.as_numpy("output_token_ids")
+    token_ids = [] if token_ids_array is None else [int(token) for token in token_ids_array.reshape(-1)]
+    index = result.as_numpy("sequence_index")
+    cumulative = result.as_numpy("cum_log_probs")
     return GenerationChunk(
         text=_scalar(result, "text_output").decode("utf-8"),
-        token_ids=[] if token_ids is None else [int(token) for token in token_ids.reshape(-1)],
+        token_ids=token_ids,
         num_input_tokens=int(_scalar(result, "num_input_tokens")),
         num_output_tokens=int(_scalar(result, "num_output_tokens")),
         num_cached_tokens=int(_scalar(result, "num_cached_tokens")),
         finish_reason=finish_reason or None,
         # aio clients cannot ask for empty final responses: the last real one also names its finish reason.
-        final=bool(final_flag or finish_reason),
+        final=bool(final_flag or (finish_reason and num_sequences == 1)),
+        index=0 if index is None else int(index.reshape(-1)[0]),
+        logprobs=_token_logprobs(result, token_ids),
+        prompt_logprobs=_prompt_logprobs(result),
+        cumulative_logprob=0.0 if cumulative is None else float(cumulative.reshape(-1)[0]),
     )
+
+
+def _json_tensor(result: InferResult, name: str) -> Any:
+    """A BYTES [1] JSON tensor's value; None when absent or empty (not asked)."""
+    array = result.as_numpy(name)
+    if array is None:
+        return None
+    raw = array.reshape(-1)[0]
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    return json.loads(text) if text else None
+
+
+def _pairs(top: list[list[float]]) -> list[tuple[int, float]]:
+    return [(int(token), float(logprob)) for token, logprob in top]
+
+
+def _token_logprobs(result: InferResult, token_ids: list[int]) -> list[TokenLogprob] | None:
+    """`top_log_probs` (JSON, one list per token) with `output_log_probs` (one float per token)."""
+    top = _json_tensor(result, "top_log_probs")
+    values = result.as_numpy("output_log_probs")
+    if top is None or values is None:
+        return None
+    return [
+        TokenLogprob(token, float(value), _pairs(pairs))
+        for token, value, pairs in zip(token_ids, values.reshape(-1).tolist(), top, strict=True)
+    ]
+
+
+def _prompt_logprobs(result: InferResult) -> list[TokenLogprob | None] | None:
+    entries = _json_tensor(result, "prompt_log_probs")
+    if entries is None:
+        return None
+    return [
+        None if entry is None else TokenLogprob(int(entry[0]), float(entry[1]), _pairs(entry[2]))
+        for entry in entries
+    ]
 
 
 # Triton prefixes errors from inside an ensemble with where they happened; clients need only the reason.
@@ -206,12 +273,16 @@ class TritonClient:
         except InferenceServerException as error:
             raise TritonUnavailableError(str(error.message())) from None
         finished = False
+        # With n > 1 every sequence's last response names a finish reason; the stream ends after all n.
+        num_finished = 0
         try:
             async for result, failure in stream:
                 if failure is not None:
                     finished = True
                     raise _classify(str(failure.message()))
-                chunk = parse_response(result)
+                chunk = parse_response(result, request.num_sequences)
+                num_finished += chunk.finish_reason is not None
+                chunk.final = chunk.final or num_finished >= request.num_sequences
                 finished = chunk.final
                 yield chunk
                 if chunk.final:

@@ -14,6 +14,15 @@ FRONTEND_API_KEY = "test-key"
 _running: dict[str, ServerProcess] = {}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def response_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Frontends started by the tests keep Responses API objects in a temporary database, not the user's."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('response-store') / 'responses.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRITONLLM_RESPONSE_STORE", url)
+        yield url
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     if not (DEFAULT_MODEL / "model.safetensors").exists():

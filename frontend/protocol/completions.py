@@ -27,11 +27,24 @@ class CompletionRequest(SamplingRequest):
         return prompt
 
 
+class CompletionLogprobs(BaseModel):
+    """Legacy completions logprobs: parallel lists, one entry per token of the choice's text."""
+
+    # Each token's text.
+    tokens: list[str] = Field(default_factory=list)
+    # None for the first prompt token when the prompt is echoed (nothing predicts it).
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    # The most likely tokens at each position (token text -> logprob); None where token_logprobs is.
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    # Character offset of each token in the choice's text.
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):

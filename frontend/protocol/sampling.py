@@ -42,6 +42,8 @@ class SamplingRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
+    # vLLM: keep only the last k prompt tokens (-1: as many as the context allows).
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -15,17 +15,21 @@ from frontend.protocol.chat import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    ChoiceLogprobs,
     NamedToolChoice,
 )
+from frontend.protocol.responses import FunctionTool
 from frontend.protocol.usage import UsageInfo
 from frontend.reasoning import reasoning_parser
 from frontend.serving.chat_output import ChatOutputProcessor
 from frontend.serving.context import ServingContext, unix_now
-from frontend.serving.engine_params import EngineParameters, api_error, engine_parameters
+from frontend.serving.engine_params import EngineParameters, api_error, engine_parameters, truncated_length
 from frontend.serving.generation import Generation, chunks, collect, start_generation
+from frontend.serving.logprobs import LogprobFormatter
+from frontend.serving.responses_tools import ANY_OBJECT, CallArrayParser, NamedCallParser, call_array_schema
 from frontend.serving.sse import DONE, error_frame, frame
 from frontend.templating import TemplateError
-from frontend.tool_parsers import NEEDS_SPECIAL_TOKENS, TOOL_PARSERS
+from frontend.tool_parsers import NEEDS_SPECIAL_TOKENS, TOOL_PARSERS, ToolParser
 from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
 
 ENDPOINT = "/v1/chat/completions"
@@ -41,8 +45,10 @@ class PreparedChat:
     generation: GenerationInput
     # The sampling JSON and where each entry came from (for error messages).
     params: EngineParameters
-    # Parse tool calls out of the output (tools offered and tool_choice allows them).
-    parse_tools: bool
+    # Builds the parser of tool calls in the output; None: the output is plain content.
+    tool_parser: Callable[[], ToolParser] | None
+    # 1 with parallel_tool_calls=false; None: every call the model writes.
+    max_tool_calls: int | None
 
 
 class ChatHandler:
@@ -60,19 +66,29 @@ class ChatHandler:
         if request.stream:
             return self._stream(request, prepared, generation, request_id)
         try:
-            text, last = await collect(self.ctx, generation)
+            collected = await collect(self.ctx, generation)
         except TritonError as error:
             raise api_error(error, prepared.params, "messages") from None
-        output = self._output_processor(prepared)
-        message = output.message(self.ctx.config.response_role, text)
+        formatter = self._logprob_formatter(request)
+        choices = []
+        for sequence in collected.sequences:
+            output = self._output_processor(prepared)
+            message = output.message(self.ctx.config.response_role, sequence.text)
+            logprobs = None
+            if formatter is not None:
+                logprobs = formatter.chat(sequence.logprobs or [])
+            finish = _finish(sequence.finish_reason, output.saw_tool_calls)
+            choices.append(
+                ChatChoice(index=sequence.index, message=message, finish_reason=finish, logprobs=logprobs)
+            )
         return ChatCompletionResponse(
             id=request_id,
             created=unix_now(),
             model=prepared.model,
-            choices=[
-                ChatChoice(index=0, message=message, finish_reason=_finish(last, output.saw_tool_calls))
-            ],
-            usage=_usage(last),
+            choices=choices,
+            usage=UsageInfo.of(
+                collected.num_input_tokens, collected.num_output_tokens, collected.num_cached_tokens
+            ),
             system_fingerprint=self.ctx.system_fingerprint,
             service_tier=request.service_tier,
         )
@@ -82,19 +98,20 @@ class ChatHandler:
         model = self.ctx.check_model(request.model)
         if request.stream_options is not None and not request.stream:
             raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
-        if request.parallel_tool_calls is False:
-            raise bad_request("parallel_tool_calls=false is not supported", param="parallel_tool_calls")
         params = engine_parameters(request)
-        parse_tools = self._tool_mode(request, params)
+        tool_parser = self._tool_mode(request, params)
         if request.response_format is not None and request.response_format.type != "text":
             schema = (request.response_format.json_schema or {}).get("schema", {})
             structured = (
                 {"json_object": True} if request.response_format.type == "json_object" else {"json": schema}
             )
             params.set("structured_outputs", structured, origin="response_format")
+        if request.top_logprobs is not None and not request.logprobs:
+            raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
         if request.logprobs:
             params.set("logprobs", request.top_logprobs or 0)
-        if parse_tools and config.tool_call_parser in NEEDS_SPECIAL_TOKENS:
+        needs_special = config.tool_call_parser in NEEDS_SPECIAL_TOKENS
+        if needs_special and tool_parser is TOOL_PARSERS[config.tool_call_parser or ""]:
             params.set("skip_special_tokens", False)
         try:
             prompt = await asyncio.to_thread(
@@ -109,7 +126,7 @@ class ChatHandler:
         except TemplateError as error:
             raise bad_request(str(error), param="messages") from None
         max_tokens = request.output_token_limit()
-        await self._check_length(prompt, max_tokens)
+        await self._check_length(prompt, max_tokens, request.truncate_prompt_tokens)
         generation = GenerationInput(
             prompt=prompt,
             # Always streamed from Triton, even for non-streamed HTTP answers: Triton notices a cancelled
@@ -123,42 +140,51 @@ class ChatHandler:
             cache_salt=request.cache_salt,
             request_id=request_id,
         )
-        return PreparedChat(model, generation, params, parse_tools)
+        max_tool_calls = 1 if request.parallel_tool_calls is False else None
+        return PreparedChat(model, generation, params, tool_parser, max_tool_calls)
 
-    def _tool_mode(self, request: ChatCompletionRequest, params: EngineParameters) -> bool:
-        """Whether to parse tool calls; forces the call through structured outputs for required/named."""
+    def _tool_mode(
+        self, request: ChatCompletionRequest, params: EngineParameters
+    ) -> Callable[[], ToolParser] | None:
+        """How to parse tool calls (None: not at all); required/named force the call through structured
+        outputs and parse it without the configured parser (vLLM does the same)."""
         choice = request.tool_choice
+        config = self.ctx.config
         if not request.tools:
             if choice is not None and choice != "none":
                 raise bad_request("tool_choice needs tools", param="tool_choice")
-            return False
+            return None
         if choice == "none":
-            return False
+            return None
         if choice in (None, "auto"):
-            if not (self.ctx.config.enable_auto_tool_choice and self.ctx.config.tool_call_parser):
+            if not (config.enable_auto_tool_choice and config.tool_call_parser):
                 raise bad_request(
                     '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser',
                     param="tool_choice",
                 )
-            return True
-        names = [tool.function.name for tool in request.tools]
-        if isinstance(choice, NamedToolChoice):
-            if choice.function.name not in names:
-                raise bad_request(
-                    f"tool_choice names unknown function {choice.function.name!r}", "tool_choice"
-                )
-            tool = request.tools[names.index(choice.function.name)]
-            schema = tool.function.parameters or {"type": "object"}
-        else:
-            schema = {"type": "array", "minItems": 1, "items": {"type": "object"}}
-        params.set("structured_outputs", {"json": schema}, origin="tool_choice")
-        return self.ctx.config.tool_call_parser is not None
+            return TOOL_PARSERS[config.tool_call_parser]
+        # Forced exactly as the Responses API forces it: a named function's arguments, or an array of calls.
+        tools = [
+            FunctionTool(type="function", name=tool.function.name, parameters=tool.function.parameters)
+            for tool in request.tools
+        ]
+        if not isinstance(choice, NamedToolChoice):
+            params.set("structured_outputs", {"json": call_array_schema(tools, None)}, origin="tool_choice")
+            return CallArrayParser
+        name = choice.function.name
+        named = [tool for tool in tools if tool.name == name]
+        if not named:
+            raise bad_request(f"tool_choice names unknown function {name!r}", "tool_choice")
+        params.set("structured_outputs", {"json": named[0].parameters or ANY_OBJECT}, origin="tool_choice")
+        return lambda: NamedCallParser(name)
 
-    async def _check_length(self, prompt: str, max_tokens: int | None) -> None:
+    async def _check_length(self, prompt: str, max_tokens: int | None, truncate: int | None) -> None:
         limit = self.ctx.config.max_model_len
         if limit is None:
             return
-        count = len(await asyncio.to_thread(self.ctx.templater.encode, prompt, False))
+        count = truncated_length(
+            len(await asyncio.to_thread(self.ctx.templater.encode, prompt, False)), truncate, limit
+        )
         if count >= limit or (max_tokens is not None and count + max_tokens > limit):
             raise bad_request(
                 f"This model's maximum context length is {limit} tokens; the messages have {count} tokens"
@@ -168,13 +194,16 @@ class ChatHandler:
                 code="context_length_exceeded",
             )
 
+    def _logprob_formatter(self, request: ChatCompletionRequest) -> LogprobFormatter | None:
+        if not request.logprobs:
+            return None
+        return LogprobFormatter(self.ctx.templater, request.top_logprobs or 0)
+
     def _output_processor(self, prepared: PreparedChat) -> ChatOutputProcessor:
         config = self.ctx.config
         reasoning = reasoning_parser(config.reasoning_parser) if config.reasoning_parser else None
-        tools = None
-        if prepared.parse_tools and config.tool_call_parser:
-            tools = TOOL_PARSERS[config.tool_call_parser]()
-        return ChatOutputProcessor(reasoning, tools)
+        tools = prepared.tool_parser() if prepared.tool_parser else None
+        return ChatOutputProcessor(reasoning, tools, prepared.max_tool_calls)
 
     async def _stream(
         self, request: ChatCompletionRequest, prepared: PreparedChat, generation: Generation, request_id: str
@@ -184,42 +213,59 @@ class ChatHandler:
         include_usage = options is not None and options.include_usage
         continuous = options is not None and options.continuous_usage_stats
 
-        def chunk(delta: ChatDelta, finish: str | None = None, usage: UsageInfo | None = None) -> str:
+        def chunk(
+            index: int,
+            delta: ChatDelta,
+            finish: str | None = None,
+            usage: UsageInfo | None = None,
+            logprobs: ChoiceLogprobs | None = None,
+        ) -> str:
+            choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
             body = ChatCompletionChunk(
                 id=request_id,
                 created=created,
                 model=prepared.model,
-                choices=[ChatChunkChoice(index=0, delta=delta, finish_reason=finish)],
+                choices=[choice],
                 usage=usage,
                 system_fingerprint=self.ctx.system_fingerprint,
                 service_tier=request.service_tier,
             )
             return frame(body)
 
-        output = self._output_processor(prepared)
-        last: GenerationChunk = generation.first
+        formatter = self._logprob_formatter(request)
+        num_sequences = prepared.generation.num_sequences
+        # Per sequence: its reasoning/tool parsing and its latest response (token counts).
+        outputs = [self._output_processor(prepared) for _ in range(num_sequences)]
+        lasts: dict[int, GenerationChunk] = {}
         try:
-            yield chunk(ChatDelta(role=self.ctx.config.response_role, content=""))
+            for index in range(num_sequences):
+                yield chunk(index, ChatDelta(role=self.ctx.config.response_role, content=""))
             # aclosing: if the client leaves while a frame is being sent, the Triton request ends now, not at GC.
             async with aclosing(chunks(self.ctx, generation)) as responses:
                 async for response in responses:
-                    last = response
+                    index = response.index
+                    lasts[index] = response
+                    output = outputs[index]
+                    usage = _usage(lasts) if continuous else None
                     delta = output.feed(response.text) if response.text else None
-                    if delta is not None:
-                        yield chunk(delta, usage=_usage(response) if continuous else None)
-            tail = output.finish()
-            if tail is not None:
-                yield chunk(tail)
-            yield chunk(
-                ChatDelta(), _finish(last, output.saw_tool_calls), _usage(last) if continuous else None
-            )
+                    logprobs = formatter.chat(response.logprobs) if formatter and response.logprobs else None
+                    if delta is not None or logprobs is not None:
+                        yield chunk(index, delta or ChatDelta(), usage=usage, logprobs=logprobs)
+                    if response.finish_reason is None:
+                        continue
+                    tail = output.finish()
+                    if tail is not None:
+                        yield chunk(index, tail)
+                    yield chunk(
+                        index, ChatDelta(), _finish(response.finish_reason, output.saw_tool_calls), usage
+                    )
             if include_usage:
                 usage_chunk = ChatCompletionChunk(
                     id=request_id,
                     created=created,
                     model=prepared.model,
                     choices=[],
-                    usage=_usage(last),
+                    usage=_usage(lasts),
                     system_fingerprint=self.ctx.system_fingerprint,
                     service_tier=request.service_tier,
                 )
@@ -229,11 +275,16 @@ class ChatHandler:
         yield DONE
 
 
-def _usage(chunk: GenerationChunk) -> UsageInfo:
-    return UsageInfo.of(chunk.num_input_tokens, chunk.num_output_tokens, chunk.num_cached_tokens)
+def _usage(lasts: dict[int, GenerationChunk]) -> UsageInfo:
+    """Usage so far from each sequence's latest response: the prompt once, every sequence's output."""
+    any_last = next(iter(lasts.values()), None)
+    if any_last is None:
+        return UsageInfo.of(0, 0, 0)
+    completion = sum(last.num_output_tokens for last in lasts.values())
+    return UsageInfo.of(any_last.num_input_tokens, completion, any_last.num_cached_tokens)
 
 
-def _finish(chunk: GenerationChunk, saw_tool_calls: bool) -> str | None:
-    if saw_tool_calls and chunk.finish_reason == "stop":
+def _finish(finish_reason: str | None, saw_tool_calls: bool) -> str | None:
+    if saw_tool_calls and finish_reason == "stop":
         return "tool_calls"
-    return chunk.finish_reason
+    return finish_reason

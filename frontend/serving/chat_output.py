@@ -14,9 +14,16 @@ from frontend.tool_parsers import ToolParseDelta, ToolParser, extract
 class ChatOutputProcessor:
     """Reasoning extraction (optional) feeding tool-call extraction (optional) for one choice."""
 
-    def __init__(self, reasoning: ThinkReasoningParser | None, tools: ToolParser | None) -> None:
+    def __init__(
+        self,
+        reasoning: ThinkReasoningParser | None,
+        tools: ToolParser | None,
+        max_tool_calls: int | None = None,
+    ) -> None:
         self._reasoning = reasoning
         self._tools = tools
+        # parallel_tool_calls=false keeps the first call; the model may still have written more.
+        self._max_tool_calls = max_tool_calls
         # True once any tool call began: the finish reason becomes "tool_calls".
         self.saw_tool_calls = False
 
@@ -43,6 +50,7 @@ class ChatOutputProcessor:
                 function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments),
             )
             for piece in parsed.calls
+            if self._max_tool_calls is None or piece.index < self._max_tool_calls
         ]
         self.saw_tool_calls = self.saw_tool_calls or bool(calls)
         if not (split.reasoning or parsed.content or calls):
@@ -64,6 +72,7 @@ class ChatOutputProcessor:
         content, tool_calls = (
             (split.content, []) if self._tools is None else extract(self._tools, split.content)
         )
+        tool_calls = tool_calls[: self._max_tool_calls]
         self.saw_tool_calls = bool(tool_calls)
         return ChatResponseMessage(
             role=role,

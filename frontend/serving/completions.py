@@ -10,8 +10,9 @@ from frontend.errors import bad_request
 from frontend.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
 from frontend.protocol.usage import UsageInfo
 from frontend.serving.context import ServingContext, unix_now
-from frontend.serving.engine_params import EngineParameters, api_error, engine_parameters
+from frontend.serving.engine_params import EngineParameters, api_error, engine_parameters, truncated_length
 from frontend.serving.generation import Generation, chunks, collect, start_generation
+from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.sse import DONE, error_frame, frame
 from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
 
@@ -39,13 +40,20 @@ class CompletionHandler:
             raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
         if request.suffix:
             raise bad_request("suffix is not supported", param="suffix")
+        if request.stream and request.best_of is not None and request.best_of > request.n:
+            raise bad_request(
+                "best_of > n cannot be streamed: only the best sequences are returned", "best_of"
+            )
         params = engine_parameters(request)
         if request.logprobs is not None:
             params.set("logprobs", request.logprobs)
+            if request.echo:
+                # The echoed prompt's tokens get logprobs too (vLLM: prompt_logprobs = logprobs).
+                params.set("prompt_logprobs", request.logprobs, origin="logprobs")
         if request.best_of is not None:
             params.set("best_of", request.best_of)
         prompts = self._prompts(request)
-        await self._check_lengths(prompts, request.max_tokens)
+        await self._check_lengths(prompts, request.max_tokens, request.truncate_prompt_tokens)
         inputs = [
             GenerationInput(
                 prompt=prompt.text,
@@ -72,23 +80,48 @@ class CompletionHandler:
             # One failure (or the client leaving) ends the whole batch, cancelling its Triton requests.
             for task in tasks:
                 task.cancel()
-        choices = [
-            CompletionChoice(
-                index=index,
-                text=(prompts[index].text if request.echo else "") + text,
-                finish_reason=last.finish_reason,
-            )
-            for index, (text, last) in enumerate(results)
-        ]
+        choices = []
+        for prompt_index, collected in enumerate(results):
+            prompt = prompts[prompt_index]
+            for sequence in collected.sequences:
+                echo = prompt.text if request.echo else ""
+                logprobs = None
+                if request.logprobs is not None:
+                    entries = (sequence.prompt_logprobs or []) if request.echo else []
+                    logprobs = self._formatter(request).completion(
+                        [*entries, *(sequence.logprobs or [])], self._first_token(prompt, request), 0
+                    )
+                choices.append(
+                    CompletionChoice(
+                        index=prompt_index * request.n + sequence.index,
+                        text=echo + sequence.text,
+                        finish_reason=sequence.finish_reason,
+                        logprobs=logprobs,
+                    )
+                )
         return CompletionResponse(
             id=request_id,
             created=unix_now(),
             model=model,
             choices=choices,
-            usage=_total_usage([last for _, last in results]),
+            usage=UsageInfo.of(
+                sum(collected.num_input_tokens for collected in results),
+                sum(collected.num_output_tokens for collected in results),
+                sum(collected.num_cached_tokens for collected in results),
+            ),
             system_fingerprint=self.ctx.system_fingerprint,
             service_tier=request.service_tier,
         )
+
+    def _formatter(self, request: CompletionRequest) -> LogprobFormatter:
+        return LogprobFormatter(self.ctx.templater, request.logprobs or 0)
+
+    def _first_token(self, prompt: Prompt, request: CompletionRequest) -> int | None:
+        """The echoed prompt's first token (its logprob entry is None: nothing predicts it)."""
+        if not (request.echo and request.logprobs is not None):
+            return None
+        token_ids = self.ctx.templater.encode(prompt.text, prompt.add_special_tokens)
+        return token_ids[0] if token_ids else None
 
     def _prompts(self, request: CompletionRequest) -> list[Prompt]:
         prompt = request.prompt
@@ -106,13 +139,19 @@ class CompletionHandler:
             raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt")
         return Prompt(self.ctx.templater.decode(token_ids), False)
 
-    async def _check_lengths(self, prompts: list[Prompt], max_tokens: int | None) -> None:
+    async def _check_lengths(
+        self, prompts: list[Prompt], max_tokens: int | None, truncate: int | None
+    ) -> None:
         limit = self.ctx.config.max_model_len
         if limit is None:
             return
         for prompt in prompts:
-            count = len(
-                await asyncio.to_thread(self.ctx.templater.encode, prompt.text, prompt.add_special_tokens)
+            count = truncated_length(
+                len(
+                    await asyncio.to_thread(self.ctx.templater.encode, prompt.text, prompt.add_special_tokens)
+                ),
+                truncate,
+                limit,
             )
             if count >= limit or (max_tokens is not None and count + max_tokens > limit):
                 raise bad_request(
@@ -169,8 +208,10 @@ class CompletionHandler:
             return frame(response)
 
         tasks = [asyncio.create_task(pump(index, generation)) for index, generation in enumerate(generations)]
+        # By choice index (prompt index * n + sequence index): its latest response, and its text length
+        # so far (the text_offset of its next token).
         lasts: dict[int, GenerationChunk] = {}
-        echoed: set[int] = set()
+        offsets: dict[int, int] = {}
         try:
             remaining = len(tasks)
             while remaining:
@@ -181,16 +222,28 @@ class CompletionHandler:
                 if isinstance(item, TritonError):
                     yield error_frame(api_error(item, params, "prompt"))
                     break
-                lasts[index] = item
-                text = item.text
-                if request.echo and index not in echoed:
-                    echoed.add(index)
-                    text = prompts[index].text + text
-                if text or item.finish_reason:
-                    yield body([CompletionChoice(index=index, text=text, finish_reason=item.finish_reason)])
+                prompt = prompts[index]
+                choice_index = index * request.n + item.index
+                lasts[choice_index] = item
+                first = choice_index not in offsets
+                text = (prompt.text if request.echo and first else "") + item.text
+                logprobs = None
+                if request.logprobs is not None:
+                    entries = (item.prompt_logprobs or []) if request.echo and first else []
+                    logprobs = self._formatter(request).completion(
+                        [*entries, *(item.logprobs or [])],
+                        self._first_token(prompt, request) if first else None,
+                        offsets.get(choice_index, 0),
+                    )
+                offsets[choice_index] = offsets.get(choice_index, 0) + len(text)
+                if text or item.finish_reason or (logprobs is not None and logprobs.tokens):
+                    choice = CompletionChoice(
+                        index=choice_index, text=text, finish_reason=item.finish_reason, logprobs=logprobs
+                    )
+                    yield body([choice])
             else:
                 if options is not None and options.include_usage:
-                    yield body([], _total_usage([lasts[index] for index in sorted(lasts)]))
+                    yield body([], _total_usage(lasts))
         finally:
             for task in tasks:
                 task.cancel()
@@ -198,9 +251,13 @@ class CompletionHandler:
         yield DONE
 
 
-def _total_usage(lasts: list[GenerationChunk]) -> UsageInfo:
+def _total_usage(lasts: dict[int, GenerationChunk]) -> UsageInfo:
+    """Each prompt's tokens once (choices of one prompt share them), every choice's output tokens."""
+    prompts: dict[int, GenerationChunk] = {}
+    for choice_index, chunk in lasts.items():
+        prompts.setdefault(choice_index - chunk.index, chunk)
     return UsageInfo.of(
-        sum(chunk.num_input_tokens for chunk in lasts),
-        sum(chunk.num_output_tokens for chunk in lasts),
-        sum(chunk.num_cached_tokens for chunk in lasts),
+        sum(chunk.num_input_tokens for chunk in prompts.values()),
+        sum(chunk.num_output_tokens for chunk in lasts.values()),
+        sum(chunk.num_cached_tokens for chunk in prompts.values()),
     )

@@ -34,6 +34,7 @@ FORWARDED = (
     "logit_bias",
     "allowed_token_ids",
     "bad_words",
+    "truncate_prompt_tokens",
     "structured_outputs",
     "guided_json",
     "guided_regex",
@@ -76,6 +77,14 @@ def engine_parameters(request: SamplingRequest) -> EngineParameters:
     if request.n != 1:
         params.set("n", request.n)
     return params
+
+
+def truncated_length(num_prompt_tokens: int, truncate_prompt_tokens: int | None, max_model_len: int) -> int:
+    """The prompt length the engine will see once it applies truncate_prompt_tokens (-1: max_model_len - 1)."""
+    if truncate_prompt_tokens is None:
+        return num_prompt_tokens
+    keep = max_model_len - 1 if truncate_prompt_tokens == -1 else truncate_prompt_tokens
+    return min(num_prompt_tokens, keep)
 
 
 def api_error(error: TritonError, params: EngineParameters, prompt_field: str) -> APIError:

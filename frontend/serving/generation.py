@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from frontend.serving.context import ServingContext
 from frontend.serving.engine_params import EngineParameters, api_error
-from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
+from frontend.triton_client import GenerationChunk, GenerationInput, TokenLogprob, TritonError
 
 
 @dataclass
@@ -65,7 +65,50 @@ async def chunks(ctx: ServingContext, generation: Generation) -> AsyncGenerator[
     ctx.metrics.generation_tokens.inc(last.num_output_tokens)
 
 
-async def collect(ctx: ServingContext, generation: Generation) -> tuple[str, GenerationChunk]:
-    """The whole text of a generation and its last response (finish reason, token counts)."""
-    parts = [chunk.text async for chunk in chunks(ctx, generation)]
-    return "".join(parts), generation.last
+@dataclass
+class Sequence:
+    """One of a generation's n sequences, whole."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    # Present when logprobs were asked.
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    finish_reason: str | None = None
+    # Output tokens of this sequence.
+    num_output_tokens: int = 0
+
+    def add(self, chunk: GenerationChunk) -> None:
+        self.text += chunk.text
+        self.token_ids.extend(chunk.token_ids)
+        if chunk.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + chunk.logprobs
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs = chunk.prompt_logprobs
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+        self.num_output_tokens = chunk.num_output_tokens
+
+
+@dataclass
+class Collected:
+    """A finished generation: its sequences in index order and the token accounting."""
+
+    sequences: list[Sequence]
+    num_input_tokens: int
+    num_cached_tokens: int
+
+    @property
+    def num_output_tokens(self) -> int:
+        return sum(sequence.num_output_tokens for sequence in self.sequences)
+
+
+async def collect(ctx: ServingContext, generation: Generation) -> Collected:
+    """Every sequence of a generation, whole."""
+    sequences: dict[int, Sequence] = {}
+    async for chunk in chunks(ctx, generation):
+        sequences.setdefault(chunk.index, Sequence(chunk.index)).add(chunk)
+    last = generation.last
+    return Collected(
+        [sequences[index] for index in sorted(sequences)], last.num_input_tokens, last.num_cached_tokens
+    )

@@ -1,4 +1,4 @@
-"""/v1/models: the served names of the one model behind Triton."""
+"""/v1/models: the served names of the language model and of the speech model behind Triton."""
 
 from __future__ import annotations
 
@@ -16,8 +16,18 @@ class ModelsHandler:
             id=name, created=self.ctx.started, root=str(config.model), max_model_len=config.max_model_len
         )
 
+    def _speech_card(self, name: str) -> ModelCard:
+        # The frontend never sees the speech checkpoint: its root is the Triton model that serves it.
+        return ModelCard(id=name, created=self.ctx.started, root=str(self.ctx.config.triton_speech_model))
+
     def list(self) -> ModelList:
-        return ModelList(data=[self._card(name) for name in self.ctx.config.served_model_names])
+        config = self.ctx.config
+        return ModelList(
+            data=[self._card(name) for name in config.served_model_names]
+            + [self._speech_card(name) for name in config.speech_model_names]
+        )
 
     def retrieve(self, model: str) -> ModelCard:
+        if model in self.ctx.config.speech_model_names:
+            return self._speech_card(model)
         return self._card(self.ctx.check_model(model))

@@ -65,8 +65,10 @@ def test_request_id_is_echoed_or_generated(offline_client: TestClient) -> None:
 
 def test_models_list_and_retrieve(offline_client: TestClient) -> None:
     listing = offline_client.get("/v1/models").json()
-    assert listing["object"] == "list" and [card["id"] for card in listing["data"]] == [MODEL_NAME]
+    names = [card["id"] for card in listing["data"]]
+    assert listing["object"] == "list" and names == [MODEL_NAME, "whisper-base", "whisper-1"]
     assert offline_client.get(f"/v1/models/{MODEL_NAME}").json()["id"] == MODEL_NAME
+    assert offline_client.get("/v1/models/whisper-1").json()["root"] == "whisper"
     assert_error(offline_client.get("/v1/models/gpt-9"), 404, "model", "model_not_found")
 
 
@@ -108,7 +110,6 @@ def test_json_without_content_type_is_accepted(offline_client: TestClient) -> No
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
     ],
 )
 def test_validation_errors_name_the_param(offline_client: TestClient, fields: dict, param: str) -> None:
@@ -151,8 +152,12 @@ def test_tokenize_and_detokenize(offline_client: TestClient) -> None:
 
 def test_metrics_count_requests_by_endpoint_and_status(offline_client: TestClient) -> None:
     offline_client.get("/v1/models/gpt-9")
+    offline_client.get("/v1/responses/resp_missing/input_items")
+    offline_client.get("/wp-admin/setup.php")
     text = offline_client.get("/metrics").text
     assert 'frontend_requests_total{endpoint="/v1/models/{model}",status="404"}' in text
+    assert 'endpoint="/v1/responses/{response_id}/input_items",status="404"' in text
+    assert 'frontend_requests_total{endpoint="other",status="404"}' in text
     assert "# TYPE frontend_time_to_first_token_seconds histogram" in text
     assert "# TYPE frontend_e2e_request_latency_seconds histogram" in text
 

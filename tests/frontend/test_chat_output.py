@@ -38,3 +38,24 @@ def test_without_parsers_text_is_content() -> None:
     assert output.message("assistant", "<think>x</think>y").content == "<think>x</think>y"
     delta = output.feed("abc")
     assert delta is not None and delta.content == "abc" and output.finish() is None
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call_streamed_and_not() -> None:
+    two_calls = (
+        '<tool_call>{"name": "w", "arguments": {"c": "Oslo"}}</tool_call>'
+        '<tool_call>{"name": "w", "arguments": {"c": "Rome"}}</tool_call>'
+    )
+    message = ChatOutputProcessor(None, TOOL_PARSERS["hermes"](), max_tool_calls=1).message(
+        "assistant", two_calls
+    )
+    assert message.tool_calls and [call.function.arguments for call in message.tool_calls] == [
+        '{"c": "Oslo"}'
+    ]
+
+    stream = ChatOutputProcessor(None, TOOL_PARSERS["hermes"](), max_tool_calls=1)
+    indices, arguments = set(), ""
+    for delta in [*(stream.feed(char) for char in two_calls), stream.finish()]:
+        for call in (delta.tool_calls if delta else None) or []:
+            indices.add(call.index)
+            arguments += call.function.arguments or ""
+    assert indices == {0} and arguments == '{"c": "Oslo"}'

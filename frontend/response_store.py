@@ -1,0 +1,248 @@
+"""Persistence of the Responses API: responses, their input items, status transitions and stream events.
+
+`ResponseStore` is the interface; `open_store(url)` picks the implementation by URL scheme. SQLite (stdlib
+`sqlite3`, one file, WAL) is the default and fits one host; a store shared by several frontend hosts
+(`postgresql://`, `redis://`) implements the same interface. The store speaks JSON-ready dicts and knows
+nothing of HTTP or of how a response is generated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+@dataclass
+class StoredResponse:
+    """One row of the store."""
+
+    id: str
+    # False: created with store=false; only the id is kept, so retrieval can say why it is refused.
+    stored: bool
+    # The response object as last written (empty when not stored).
+    body: JSON
+    # The response this one continues, for rebuilding a conversation.
+    previous_response_id: str | None
+
+
+class ResponseStore(ABC):
+    """Responses by id. Every method is one atomic transaction; async callers run them in a thread."""
+
+    @abstractmethod
+    def create(self, response: JSON, input_items: list[JSON], previous_response_id: str | None) -> None:
+        """Insert a new response with its input items (in order) and its first status."""
+
+    @abstractmethod
+    def remember_unstored(self, response_id: str) -> None:
+        """Record that `response_id` existed with store=false (nothing else is kept)."""
+
+    @abstractmethod
+    def update(self, response: JSON, events: list[JSON] | None = None) -> None:
+        """Replace a response's body (recording its status transition) and optionally its stream events;
+        a response deleted meanwhile stays deleted."""
+
+    @abstractmethod
+    def get(self, response_id: str) -> StoredResponse | None: ...
+
+    @abstractmethod
+    def input_items(self, response_id: str) -> list[JSON]:
+        """The input items of one response, in the order they were given."""
+
+    @abstractmethod
+    def events(self, response_id: str, starting_after: int) -> list[JSON]:
+        """Stored stream events with a sequence number above `starting_after`."""
+
+    @abstractmethod
+    def statuses(self, response_id: str) -> list[str]:
+        """The statuses a response went through, oldest first."""
+
+    @abstractmethod
+    def delete(self, response_id: str) -> bool:
+        """Remove a response and everything stored with it; False if there was none."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    stored INTEGER NOT NULL,
+    status TEXT,
+    previous_response_id TEXT,
+    body TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS input_items (
+    response_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (response_id, position)
+);
+CREATE TABLE IF NOT EXISTS status_transitions (
+    response_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS status_transitions_by_response ON status_transitions (response_id);
+CREATE TABLE IF NOT EXISTS stream_events (
+    response_id TEXT NOT NULL,
+    sequence_number INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (response_id, sequence_number)
+);
+"""
+
+
+class SQLiteResponseStore(ResponseStore):
+    """One SQLite file shared by the threads of this process (and by other processes on the same host)."""
+
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # One connection behind a lock: sqlite3 connections are not safe to use from two threads at once.
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10.0, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def create(self, response: JSON, input_items: list[JSON], previous_response_id: str | None) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at)"
+                " VALUES (?, 1, ?, ?, ?, ?)",
+                (response["id"], response["status"], previous_response_id, json.dumps(response), now),
+            )
+            db.executemany(
+                "INSERT INTO input_items (response_id, position, body) VALUES (?, ?, ?)",
+                [(response["id"], index, json.dumps(item)) for index, item in enumerate(input_items)],
+            )
+            db.execute(
+                "INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, ?)",
+                (response["id"], response["status"], now),
+            )
+
+    def remember_unstored(self, response_id: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at)"
+                " VALUES (?, 0, NULL, NULL, '{}', ?)",
+                (response_id, time.time()),
+            )
+
+    def update(self, response: JSON, events: list[JSON] | None = None) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE responses SET status = ?, body = ?, updated_at = ? WHERE id = ?",
+                (response["status"], json.dumps(response), now, response["id"]),
+            ).rowcount
+            if not updated:
+                # Deleted while it was being generated: it stays deleted.
+                return
+            db.execute(
+                "INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, ?)",
+                (response["id"], response["status"], now),
+            )
+            if events is not None:
+                db.execute("DELETE FROM stream_events WHERE response_id = ?", (response["id"],))
+                db.executemany(
+                    "INSERT INTO stream_events (response_id, sequence_number, body) VALUES (?, ?, ?)",
+                    [(response["id"], event["sequence_number"], json.dumps(event)) for event in events],
+                )
+
+    def get(self, response_id: str) -> StoredResponse | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT stored, body, previous_response_id FROM responses WHERE id = ?", (response_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(response_id, bool(row[0]), json.loads(row[1]), row[2])
+
+    def input_items(self, response_id: str) -> list[JSON]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM input_items WHERE response_id = ? ORDER BY position", (response_id,)
+            ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def events(self, response_id: str, starting_after: int) -> list[JSON]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM stream_events WHERE response_id = ? AND sequence_number > ?"
+                " ORDER BY sequence_number",
+                (response_id, starting_after),
+            ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def statuses(self, response_id: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT status FROM status_transitions WHERE response_id = ? ORDER BY rowid", (response_id,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def delete(self, response_id: str) -> bool:
+        with self._transaction() as db:
+            deleted = db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount
+            for table in ("input_items", "status_transitions", "stream_events"):
+                db.execute(f"DELETE FROM {table} WHERE response_id = ?", (response_id,))
+        return deleted > 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def default_store_url() -> str:
+    """`$TRITONLLM_RESPONSE_STORE`, else a database in the user's state directory (XDG)."""
+    if os.environ.get("TRITONLLM_RESPONSE_STORE"):
+        return os.environ["TRITONLLM_RESPONSE_STORE"]
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return f"sqlite:///{state / 'tritonllm' / 'responses.db'}"
+
+
+def sqlite_path(url: str) -> str:
+    """SQLAlchemy's spelling: `sqlite:///relative.db`, `sqlite:////absolute.db`, `sqlite://` in memory."""
+    if not url.startswith("sqlite://"):
+        scheme = url.split("://", 1)[0] if "://" in url else url
+        raise ValueError(
+            f"unsupported response store {scheme!r}: only sqlite:///PATH is built in "
+            "(a shared store such as postgresql:// or redis:// implements "
+            "frontend.response_store.ResponseStore)"
+        )
+    rest = url[len("sqlite://") :]
+    if rest == "":
+        return ":memory:"
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(f"response store URL {url!r} names no file: use sqlite:///PATH")
+    return rest[1:]
+
+
+def open_store(url: str) -> ResponseStore:
+    return SQLiteResponseStore(sqlite_path(url))

@@ -1,0 +1,71 @@
+"""Raw engine logprobs -> OpenAI's two logprobs shapes (chat's token list, completions' parallel lists).
+
+Token texts are each token decoded on its own, as vLLM returns them (a token holding part of a
+multi-byte character decodes to U+FFFD; `bytes` then tells the truth only for whole characters).
+-inf (a token no sampling could pick) is sent as -9999.0, as vLLM does: JSON has no infinities.
+"""
+
+from __future__ import annotations
+
+import math
+
+from frontend.protocol.chat import ChoiceLogprobs, TokenLogprob, TopLogprob
+from frontend.protocol.completions import CompletionLogprobs
+from frontend.templating import ChatTemplater
+from frontend.triton_client import TokenLogprob as EngineLogprob
+
+_FLOOR = -9999.0
+
+
+def _finite(logprob: float) -> float:
+    return max(logprob, _FLOOR) if not math.isnan(logprob) else _FLOOR
+
+
+class LogprobFormatter:
+    """Formats one request's logprobs with the model's tokenizer; the top lists are cut to `num_top`."""
+
+    def __init__(self, templater: ChatTemplater, num_top: int) -> None:
+        self._templater = templater
+        self._num_top = num_top
+        self._texts: dict[int, str] = {}
+
+    def token_text(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self._templater.decode([token_id])
+        return text
+
+    def chat(self, entries: list[EngineLogprob]) -> ChoiceLogprobs:
+        return ChoiceLogprobs(content=[self._chat_entry(entry) for entry in entries])
+
+    def _chat_entry(self, entry: EngineLogprob) -> TokenLogprob:
+        text = self.token_text(entry.token_id)
+        top = [self._top(token, logprob) for token, logprob in entry.top[: self._num_top]]
+        return TokenLogprob(
+            token=text, logprob=_finite(entry.logprob), bytes=list(text.encode("utf-8")), top_logprobs=top
+        )
+
+    def _top(self, token_id: int, logprob: float) -> TopLogprob:
+        text = self.token_text(token_id)
+        return TopLogprob(token=text, logprob=_finite(logprob), bytes=list(text.encode("utf-8")))
+
+    def completion(
+        self, entries: list[EngineLogprob | None], first_token_id: int | None, offset: int
+    ) -> CompletionLogprobs:
+        """Completions logprobs for consecutive tokens starting at character `offset` of the choice's
+        text. A None entry (the echoed prompt's first token) is `first_token_id` without logprobs."""
+        result = CompletionLogprobs()
+        for entry in entries:
+            if entry is None:
+                if first_token_id is None:
+                    continue
+                text, logprob, top = self.token_text(first_token_id), None, None
+            else:
+                text, logprob = self.token_text(entry.token_id), _finite(entry.logprob)
+                top = {self.token_text(token): _finite(value) for token, value in entry.top[: self._num_top]}
+            result.tokens.append(text)
+            result.token_logprobs.append(logprob)
+            result.top_logprobs.append(top)
+            result.text_offset.append(offset)
+            offset += len(text)
+        return result

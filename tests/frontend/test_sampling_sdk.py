@@ -1,0 +1,223 @@
+"""Penalties, logit_bias, logprobs and n/best_of from the official OpenAI SDK to the engine and back,
+plus the ensemble's TensorRT-LLM-named logprob tensors over raw Triton gRPC."""
+
+from __future__ import annotations
+
+import queue
+
+import numpy as np
+import openai
+import pytest
+import tritonclient.grpc as grpcclient
+
+from frontend.templating import ChatTemplater
+from tests.frontend.conftest import MODEL_NAME
+from tests.integration.triton_requests import make_inputs
+from tests.servers import FrontendServer, TritonServer
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "Name a colour."}]
+PROMPT = "The three primary colours are"
+
+
+@pytest.fixture(scope="module")
+def client(frontend_server: FrontendServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=frontend_server.base_url, api_key=frontend_server.api_key, max_retries=0)
+
+
+def test_chat_logprobs_stream_and_not(client: openai.OpenAI) -> None:
+    request = {
+        "model": MODEL_NAME,
+        "messages": QUESTION,
+        "max_tokens": 5,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 3,
+    }
+    reply = client.chat.completions.create(**request)
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert reply.usage is not None and len(logprobs.content) == reply.usage.completion_tokens
+    for entry in logprobs.content:
+        assert entry.logprob <= 0 and entry.bytes == list(entry.token.encode("utf-8"))
+        assert len(entry.top_logprobs) == 3
+        # Greedy: the chosen token is the most likely one, and the top list is sorted.
+        assert entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+        assert [t.logprob for t in entry.top_logprobs] == sorted(
+            (t.logprob for t in entry.top_logprobs), reverse=True
+        )
+    if reply.choices[0].finish_reason == "length":
+        assert "".join(entry.token for entry in logprobs.content) == reply.choices[0].message.content
+
+    streamed = [
+        entry
+        for chunk in client.chat.completions.create(**request, stream=True)
+        for choice in chunk.choices
+        if choice.logprobs is not None and choice.logprobs.content
+        for entry in choice.logprobs.content
+    ]
+    # Same tokens; logprobs equal up to the numerics of a prefix-cache hit.
+    assert [e.token for e in streamed] == [e.token for e in logprobs.content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in logprobs.content], abs=1e-3)
+
+
+def test_chat_n_choices_seeded_stream_equals_non_streamed(client: openai.OpenAI) -> None:
+    request = {
+        "model": MODEL_NAME,
+        "messages": QUESTION,
+        "max_tokens": 6,
+        "temperature": 1.0,
+        "seed": 7,
+        "n": 3,
+    }
+    reply = client.chat.completions.create(**request)
+    assert [choice.index for choice in reply.choices] == [0, 1, 2]
+    texts = [choice.message.content or "" for choice in reply.choices]
+    assert len(set(texts)) > 1
+    # The prompt counts once; every choice's tokens count.
+    assert reply.usage is not None and 3 <= reply.usage.completion_tokens <= 18
+    streamed = ["", "", ""]
+    roles, finishes = set(), {}
+    for chunk in client.chat.completions.create(**request, stream=True):
+        for choice in chunk.choices:
+            if choice.delta.role:
+                roles.add(choice.index)
+            streamed[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert roles == {0, 1, 2} and sorted(finishes) == [0, 1, 2]
+    assert streamed == texts
+
+
+def test_completions_logprobs_with_echo(client: openai.OpenAI, templater: ChatTemplater) -> None:
+    reply = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=4, temperature=0, echo=True, logprobs=2
+    )
+    choice = reply.choices[0]
+    logprobs = choice.logprobs
+    assert logprobs is not None and logprobs.tokens is not None and logprobs.token_logprobs is not None
+    prompt_ids = templater.encode(PROMPT, True)
+    assert len(logprobs.tokens) == len(prompt_ids) + 4
+    assert (
+        logprobs.token_logprobs[0] is None
+        and logprobs.top_logprobs is not None
+        and logprobs.top_logprobs[0] is None
+    )
+    assert all(value is not None and value <= 0 for value in logprobs.token_logprobs[1:])
+    assert all(top is not None and 1 <= len(top) <= 2 for top in logprobs.top_logprobs[1:])
+    assert logprobs.text_offset is not None and logprobs.text_offset[0] == 0
+    assert logprobs.text_offset == sorted(logprobs.text_offset)
+    assert choice.text.startswith(PROMPT) and "".join(logprobs.tokens).endswith(choice.text[len(PROMPT) :])
+
+    chunks = list(
+        client.completions.create(
+            model=MODEL_NAME, prompt=PROMPT, max_tokens=4, temperature=0, logprobs=1, stream=True
+        )
+    )
+    streamed = [
+        token
+        for chunk in chunks
+        for c in chunk.choices
+        if c.logprobs and c.logprobs.tokens
+        for token in c.logprobs.tokens
+    ]
+    assert streamed == logprobs.tokens[len(prompt_ids) :]
+
+
+def test_completions_n_best_of_and_batches(client: openai.OpenAI, templater: ChatTemplater) -> None:
+    batch = client.completions.create(
+        model=MODEL_NAME, prompt=[PROMPT, "Once upon a time"], max_tokens=3, temperature=1.0, seed=1, n=2
+    )
+    assert [choice.index for choice in batch.choices] == [0, 1, 2, 3]
+    assert batch.usage is not None and batch.usage.completion_tokens == 12
+    prompt_tokens = len(templater.encode(PROMPT, True)) + len(templater.encode("Once upon a time", True))
+    assert batch.usage.prompt_tokens == prompt_tokens
+
+    best = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=3, temperature=1.0, seed=2, best_of=3
+    )
+    assert len(best.choices) == 1 and best.choices[0].index == 0
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=3, best_of=2, stream=True)
+    assert caught.value.param == "best_of"
+
+
+def test_bias_penalties_allowed_and_bad_words(client: openai.OpenAI, templater: ChatTemplater) -> None:
+    forced = templater.encode(" blue", False)[0]
+    biased = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=3, temperature=0, logit_bias={str(forced): 100}
+    )
+    assert biased.choices[0].text == " blue" * 3
+
+    plain = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=8, temperature=0)
+    first_word = plain.choices[0].text.split()[0]
+    banned = client.completions.create(
+        model=MODEL_NAME,
+        prompt=PROMPT,
+        max_tokens=8,
+        temperature=0,
+        frequency_penalty=1.5,
+        presence_penalty=1.0,
+        extra_body={"bad_words": [first_word], "repetition_penalty": 1.3},
+    )
+    assert first_word not in banned.choices[0].text.split()
+
+    allowed = [templater.encode(word, False)[0] for word in (" red", " green")]
+    confined = client.completions.create(
+        model=MODEL_NAME,
+        prompt=PROMPT,
+        max_tokens=4,
+        temperature=1.0,
+        extra_body={"allowed_token_ids": allowed},
+    )
+    assert set(templater.encode(confined.choices[0].text, False)) <= set(allowed)
+
+    truncated = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=1, extra_body={"truncate_prompt_tokens": 3}
+    )
+    assert truncated.usage is not None and truncated.usage.prompt_tokens == 3
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=2, top_logprobs=2)
+    assert caught.value.param == "top_logprobs"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=2, logit_bias={"999999": 1})
+    assert caught.value.param == "logit_bias"
+
+
+def test_ensemble_returns_sequences_and_tensorrt_llm_logprobs(triton_server: TritonServer) -> None:
+    """Non-streamed, n=2 through sampling_parameters, TensorRT-LLM's return_log_probs: one response per
+    sequence (the last FINAL), each with its index, per-token and cumulative logprobs."""
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    values = {
+        "text_input": PROMPT,
+        "max_tokens": 3,
+        "stream": False,
+        "sampling_parameters": {"n": 2, "temperature": 1.0, "seed": 3},
+    }
+    inputs = make_inputs(values)
+    flag = grpcclient.InferInput("return_log_probs", [1], "BOOL")
+    flag.set_data_from_numpy(np.array([True]))
+    try:
+        client.async_stream_infer("ensemble", [*inputs, flag], enable_empty_final_response=True)
+        seen = {}
+        while True:
+            result, error = responses.get(timeout=120)
+            assert error is None, error
+            if result.as_numpy("text_output") is not None:
+                index = int(result.as_numpy("sequence_index")[0])
+                token_ids = result.as_numpy("output_token_ids").tolist()
+                per_token = result.as_numpy("output_log_probs").tolist()
+                assert len(token_ids) == len(per_token) == 3 and all(value <= 0 for value in per_token)
+                assert float(result.as_numpy("cum_log_probs")[0]) == pytest.approx(sum(per_token), abs=1e-4)
+                seen[index] = result.as_numpy("finish_reason")[0]
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        client.stop_stream()
+        client.close()
+    assert seen == {0: b"length", 1: b"length"}

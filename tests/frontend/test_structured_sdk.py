@@ -1,0 +1,149 @@
+"""Structured outputs end to end through the official OpenAI SDK: `chat.completions.parse` with a pydantic
+model, tool calls forced by tool_choice (streamed and not), and invalid schemas as 400s."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from tests.engine.json_schema_check import validate
+from tests.frontend.conftest import MODEL_NAME
+from tests.servers import FrontendServer
+
+pytestmark = pytest.mark.slow
+
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather",
+            "parameters": WEATHER_PARAMETERS,
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {
+                "type": "object",
+                "properties": {"zone": {"enum": ["UTC", "CET"]}},
+                "required": ["zone"],
+            },
+        },
+    },
+]
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+class City(BaseModel):
+    name: str = Field(max_length=20)
+    country: str = Field(max_length=20)
+    population: int = Field(ge=0, le=99_999_999)
+
+
+@pytest.fixture(scope="module")
+def client(frontend_server: FrontendServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=frontend_server.base_url, api_key=frontend_server.api_key, max_retries=0)
+
+
+def check_calls(calls: list[tuple[str, str]]) -> None:
+    schemas = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
+    assert calls
+    for name, arguments in calls:
+        validate(json.loads(arguments), schemas[name])
+
+
+def test_parse_with_a_pydantic_model(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.parse(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+        response_format=City,
+        max_tokens=80,
+        temperature=0,
+    )
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, City) and parsed.name
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_required_tool_choice_returns_valid_calls(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=WEATHER_QUESTION,
+        tools=TOOLS,
+        tool_choice="required",
+        max_tokens=80,
+        temperature=0,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    calls = [(call.function.name, call.function.arguments) for call in choice.message.tool_calls]
+    check_calls(calls)
+    stream = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=WEATHER_QUESTION,
+        tools=TOOLS,
+        tool_choice="required",
+        max_tokens=80,
+        temperature=0,
+        stream=True,
+    )
+    streamed: dict[int, list[str]] = {}
+    for chunk in stream:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            entry = streamed.setdefault(delta.index, ["", ""])
+            entry[0] += (delta.function.name or "") if delta.function else ""
+            entry[1] += (delta.function.arguments or "") if delta.function else ""
+    assert [tuple(streamed[index]) for index in sorted(streamed)] == calls
+
+
+def test_named_tool_choice_streams_the_arguments(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=WEATHER_QUESTION,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=60,
+        temperature=0,
+        stream=True,
+    )
+    names, arguments = "", ""
+    for chunk in stream:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            assert delta.index == 0
+            names += (delta.function.name or "") if delta.function else ""
+            arguments += (delta.function.arguments or "") if delta.function else ""
+    check_calls([(names, arguments)])
+
+
+def test_invalid_schema_is_a_400_naming_the_parameter(client: openai.OpenAI) -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "tags",
+            "schema": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        },
+    }
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=WEATHER_QUESTION, max_tokens=8, response_format=response_format
+        )
+    assert caught.value.param == "response_format" and "uniqueItems" in caught.value.message
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "not": {}}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=WEATHER_QUESTION, max_tokens=8, tools=[tool], tool_choice="required"
+        )
+    assert caught.value.param == "tool_choice" and "'not'" in caught.value.message

@@ -1,0 +1,79 @@
+"""The SQLite response store: atomic writes, status history, events, deletion, restart, URL parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from frontend.config import config_from_args
+from frontend.response_store import SQLiteResponseStore, open_store, sqlite_path
+
+
+def response(status: str, **extra: object) -> dict:
+    return {"id": "resp_1", "status": status, "output": [], **extra}
+
+
+def test_round_trip_survives_reopening(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nested' / 'responses.db'}"
+    store = open_store(url)
+    items = [{"type": "message", "id": "msg_1", "role": "user", "content": "hi"}]
+    store.create(response("queued"), items, previous_response_id="resp_0")
+    store.update(response("in_progress"))
+    events = [{"type": "response.created", "sequence_number": 0}, {"type": "x", "sequence_number": 1}]
+    store.update(response("completed", output=[{"type": "message"}]), events)
+    store.close()
+
+    reopened = open_store(url)
+    found = reopened.get("resp_1")
+    assert found is not None and found.stored and found.previous_response_id == "resp_0"
+    assert found.body["status"] == "completed" and found.body["output"] == [{"type": "message"}]
+    assert reopened.input_items("resp_1") == items
+    assert reopened.statuses("resp_1") == ["queued", "in_progress", "completed"]
+    assert reopened.events("resp_1", 0) == events[1:]
+    assert reopened.delete("resp_1") and not reopened.delete("resp_1")
+    assert reopened.get("resp_1") is None and reopened.input_items("resp_1") == []
+    reopened.close()
+
+
+def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    store = SQLiteResponseStore(str(tmp_path / "responses.db"))
+    store.create(response("completed"), [], None)
+    with pytest.raises(Exception, match="UNIQUE"):
+        store.create(response("completed"), [{"type": "message"}], None)
+    assert store.input_items("resp_1") == [] and store.statuses("resp_1") == ["completed"]
+
+
+def test_a_response_deleted_while_generating_stays_deleted() -> None:
+    store = open_store("sqlite://")
+    store.create(response("in_progress"), [], None)
+    store.delete("resp_1")
+    store.update(response("completed"), [{"type": "response.completed", "sequence_number": 0}])
+    assert store.get("resp_1") is None and store.statuses("resp_1") == [] and store.events("resp_1", -1) == []
+
+
+def test_unstored_responses_are_remembered_without_content() -> None:
+    store = open_store("sqlite://")
+    store.remember_unstored("resp_2")
+    found = store.get("resp_2")
+    assert found is not None and not found.stored and found.body == {}
+
+
+def test_store_urls() -> None:
+    assert sqlite_path("sqlite:////var/lib/x.db") == "/var/lib/x.db"
+    assert sqlite_path("sqlite:///relative.db") == "relative.db"
+    assert sqlite_path("sqlite://") == ":memory:"
+    for url in ("postgresql://db/responses", "redis://cache", "sqlite:///"):
+        with pytest.raises(ValueError):
+            sqlite_path(url)
+
+
+def test_response_store_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert config_from_args(["--model", "m", "--response-store", "sqlite://"]).response_store == "sqlite://"
+    monkeypatch.setenv("TRITONLLM_RESPONSE_STORE", f"sqlite:///{tmp_path}/r.db")
+    assert config_from_args(["--model", "m"]).response_store == f"sqlite:///{tmp_path}/r.db"
+    monkeypatch.delenv("TRITONLLM_RESPONSE_STORE")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert config_from_args(["--model", "m"]).response_store == f"sqlite:///{tmp_path}/tritonllm/responses.db"
+    with pytest.raises(SystemExit):
+        config_from_args(["--model", "m", "--response-store", "redis://cache"])
