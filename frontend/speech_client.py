@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
-import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferResult
-from tritonclient.utils import InferenceServerException
 
-from frontend.triton_client import TritonError, TritonRequestError, TritonUnavailableError
-
-# How the whisper model words a failure that is its own bug, not the request's fault.
-_INTERNAL_FAILURE = "speech recognition failed"
+from frontend.triton_stream import TritonError, TritonStreams, bytes_tensor, is_final, tensor
 
 
 @dataclass
@@ -97,28 +91,17 @@ class SpeechChunk:
     final: bool
 
 
-def _tensor(name: str, array: np.ndarray, triton_dtype: str) -> InferInput:
-    tensor = InferInput(name, list(array.shape), triton_dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def _text(name: str, value: bytes | str) -> InferInput:
-    data = value.encode("utf-8") if isinstance(value, str) else value
-    return _tensor(name, np.array([data], dtype=np.object_), "BYTES")
-
-
 def build_inputs(request: SpeechInput) -> list[InferInput]:
     """Only the options the request sets: an absent tensor means the model's default."""
-    inputs = [_text("audio", request.audio), _text("task", request.task)]
+    inputs = [bytes_tensor("audio", request.audio), bytes_tensor("task", request.task)]
     if request.language:
-        inputs.append(_text("language", request.language))
+        inputs.append(bytes_tensor("language", request.language))
     if request.prompt:
-        inputs.append(_text("prompt", request.prompt))
+        inputs.append(bytes_tensor("prompt", request.prompt))
     if request.temperature is not None:
-        inputs.append(_tensor("temperature", np.array([request.temperature], dtype=np.float32), "FP32"))
+        inputs.append(tensor("temperature", np.array([request.temperature], dtype=np.float32), "FP32"))
     if request.word_timestamps:
-        inputs.append(_tensor("word_timestamps", np.array([True], dtype=np.bool_), "BOOL"))
+        inputs.append(tensor("word_timestamps", np.array([True], dtype=np.bool_), "BOOL"))
     return inputs
 
 
@@ -138,41 +121,22 @@ def parse_segment(payload: dict[str, Any]) -> SpeechSegment | None:
 
 
 def parse_response(result: InferResult) -> SpeechChunk:
-    parameters = result.get_response().parameters
-    final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
     return SpeechChunk(
         segment=parse_segment(json.loads(_output(result, "segment"))),
         language=_output(result, "language").decode("utf-8"),
         language_probability=float(_output(result, "language_probability")),
         duration=float(_output(result, "duration")),
-        final=bool(final),
+        final=is_final(result),
     )
 
 
-def classify(message: str) -> TritonError:
-    """A Triton failure message as the TritonError subclass that says whose fault it is."""
-    lowered = message.lower()
-    if "unknown model" in lowered or "is not ready" in lowered or "unavailable" in lowered:
-        return TritonUnavailableError(message)
-    if lowered.startswith(_INTERNAL_FAILURE):
-        return TritonError(message)
-    return TritonRequestError(message)
-
-
 class SpeechClient:
-    """An aio gRPC channel to one Triton server and the speech model to call on it."""
+    """Streams to the speech model on one Triton server."""
 
     def __init__(self, url: str, model: str) -> None:
         self.url = url
         self.model = model
-        # Created on first use, inside the running event loop the aio channel binds to.
-        self._aio: triton_aio.InferenceServerClient | None = None
-
-    @property
-    def _client(self) -> triton_aio.InferenceServerClient:
-        if self._aio is None:
-            self._aio = triton_aio.InferenceServerClient(self.url)
-        return self._aio
+        self._streams = TritonStreams(url)
 
     async def recognize(self, request: SpeechInput) -> AsyncGenerator[SpeechChunk, None]:
         """Stream the model's responses until the final one.
@@ -180,36 +144,16 @@ class SpeechClient:
         Closing the generator early cancels the gRPC call; the model checks for cancellation between
         segments and stops decoding.
         """
-
-        async def one_request() -> AsyncIterator[dict[str, Any]]:
-            yield {
-                "model_name": self.model,
-                "inputs": build_inputs(request),
-                "request_id": f"{request.request_id}-{uuid.uuid4().hex[:8]}",
-            }
-
+        request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
+        responses = self._streams.stream(self.model, build_inputs(request), request_id)
         try:
-            stream = self._client.stream_infer(one_request())
-        except InferenceServerException as error:
-            raise TritonUnavailableError(str(error.message())) from None
-        try:
-            async for result, failure in stream:
-                if failure is not None:
-                    raise classify(str(failure.message()))
+            async for result in responses:
                 chunk = parse_response(result)
                 yield chunk
                 if chunk.final:
                     return
-            raise TritonError("the Triton stream ended before the final response")
-        except grpc.RpcError as error:
-            code = error.code() if hasattr(error, "code") else None
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise TritonUnavailableError(f"Triton at {self.url} is unavailable") from None
-            raise classify(str(error.details() if hasattr(error, "details") else error)) from None
         finally:
-            stream.cancel()
+            await responses.aclose()
 
     async def close(self) -> None:
-        if self._aio is not None:
-            await self._aio.close()
-            self._aio = None
+        await self._streams.close()

@@ -1,12 +1,18 @@
 """The Hugging Face tokenizer as the frontend uses it: chat templating, /tokenize and /detokenize.
 
-Generation never tokenizes here (Triton's preprocess model does), so the frontend and the engine cannot
-disagree about prompt tokens: the frontend sends text, with `add_special_tokens=false` for templated chats.
+Chat prompts are tokenized here and reach Triton as `prompt_token_ids`, because only here is it known
+which text the template wrote and which the client sent: a special token's text inside a message (say
+"<|im_end|><|im_start|>system") must stay plain text, not become a control token that rewrites the
+conversation. Raw completions prompts go as text and parse special tokens: their caller writes the
+control tokens on purpose.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,14 @@ def _arguments(text: str) -> Any:
         return text
 
 
+@dataclass
+class ChatPrompt:
+    """A templated chat prompt: its text, and its token ids with client text never read as control tokens."""
+
+    text: str
+    token_ids: list[int]
+
+
 class ChatTemplater:
     """Renders chat prompts and converts between text and token ids with the model's own tokenizer."""
 
@@ -57,6 +71,12 @@ class ChatTemplater:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.default_template: str | None = (
             chat_template_file.read_text() if chat_template_file is not None else None
+        )
+        # Longest first, so a special token that contains another is found whole.
+        self.special_tokens = sorted(
+            {token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special},
+            key=len,
+            reverse=True,
         )
 
     def render(
@@ -67,24 +87,46 @@ class ChatTemplater:
         continue_final_message: bool = False,
         chat_template: str | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
-    ) -> str:
+    ) -> ChatPrompt:
         template = chat_template or self.default_template
         if template is None and self.tokenizer.chat_template is None:
             raise TemplateError("this model has no chat template; start the server with --chat-template")
-        kwargs = dict(chat_template_kwargs or {})
+        # Special-token text in client content is swapped for placeholders no client can forge (a fresh
+        # nonce), the template renders around them, and each placeholder is tokenized as plain text.
+        nonce = uuid.uuid4().hex
+        shielded = [self._shield(message_dict(message), nonce) for message in messages]
         try:
-            prompt = self.tokenizer.apply_chat_template(
-                [message_dict(message) for message in messages],
+            rendered = self.tokenizer.apply_chat_template(
+                shielded,
                 tools=[tool.model_dump(exclude_none=True) for tool in tools] if tools else None,
                 chat_template=template,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
                 tokenize=False,
-                **kwargs,
+                **dict(chat_template_kwargs or {}),
             )
         except Exception as error:  # jinja2 raises many types; every one means these messages do not render
             raise TemplateError(f"chat template failed: {error}") from None
-        return str(prompt)
+        text, token_ids = [], []
+        for index, piece in enumerate(re.split(f"\ue000{nonce}:(\\d+)\ue001", str(rendered))):
+            if index % 2 == 0:
+                text.append(piece)
+                token_ids += self.encode(piece, add_special_tokens=False)
+            else:
+                special = self.special_tokens[int(piece)]
+                text.append(special)
+                token_ids += self.tokenizer.encode(
+                    special, add_special_tokens=False, split_special_tokens=True
+                )
+        return ChatPrompt("".join(text), token_ids)
+
+    def _shield(self, message: dict[str, Any], nonce: str) -> dict[str, Any]:
+        content = message["content"]
+        if any(special in content for special in self.special_tokens):
+            for number, special in enumerate(self.special_tokens):
+                content = content.replace(special, f"\ue000{nonce}:{number}\ue001")
+            message["content"] = content
+        return message
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)

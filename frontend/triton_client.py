@@ -9,33 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import numpy as np
-import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferResult
 from tritonclient.utils import InferenceServerException
 
-
-class TritonError(Exception):
-    """Triton failed in a way that is neither the client's fault nor a connectivity problem."""
-
-
-class TritonRequestError(TritonError):
-    """Triton (or the engine behind it) refused the request; the message says why."""
-
-
-class TritonUnavailableError(TritonError):
-    """Triton cannot be reached, or the model is not loaded."""
-
-
-class TritonOverloadedError(TritonError):
-    """The engine's waiting queue is full; the same request may succeed a moment later."""
+from frontend.triton_stream import (
+    TritonError,
+    TritonStreams,
+    bytes_tensor,
+    is_final,
+    tensor,
+)
 
 
 @dataclass
@@ -48,6 +38,8 @@ class GenerationInput:
     stream: bool
     # False for chat-templated prompts: the template already placed BOS and friends.
     add_special_tokens: bool = True
+    # The prompt's token ids when the frontend tokenized it (chat); Triton then ignores `prompt`.
+    prompt_token_ids: list[int] | None = None
     # Output token limit; None lets the engine fill the context.
     max_tokens: int | None = None
     # vLLM SamplingParams names -> values; the engine rejects by name what it does not support.
@@ -102,29 +94,22 @@ class GenerationChunk:
     cumulative_logprob: float = 0.0
 
 
-def _tensor(name: str, array: np.ndarray, triton_dtype: str) -> InferInput:
-    tensor = InferInput(name, list(array.shape), triton_dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def _bytes(value: str) -> np.ndarray:
-    return np.array([value.encode("utf-8")], dtype=np.object_)
-
-
 def build_inputs(request: GenerationInput) -> list[InferInput]:
     inputs = [
-        _tensor("text_input", _bytes(request.prompt), "BYTES"),
-        _tensor("stream", np.array([request.stream], dtype=np.bool_), "BOOL"),
-        _tensor("add_special_tokens", np.array([request.add_special_tokens], dtype=np.bool_), "BOOL"),
-        _tensor("priority", np.array([request.priority], dtype=np.int32), "INT32"),
+        bytes_tensor("text_input", request.prompt),
+        tensor("stream", np.array([request.stream], dtype=np.bool_), "BOOL"),
+        tensor("add_special_tokens", np.array([request.add_special_tokens], dtype=np.bool_), "BOOL"),
+        tensor("priority", np.array([request.priority], dtype=np.int32), "INT32"),
     ]
+    if request.prompt_token_ids is not None:
+        ids = np.asarray(request.prompt_token_ids, dtype=np.int32)
+        inputs.append(tensor("prompt_token_ids", ids, "INT32"))
     if request.max_tokens is not None:
-        inputs.append(_tensor("max_tokens", np.array([request.max_tokens], dtype=np.int32), "INT32"))
+        inputs.append(tensor("max_tokens", np.array([request.max_tokens], dtype=np.int32), "INT32"))
     if request.sampling:
-        inputs.append(_tensor("sampling_parameters", _bytes(json.dumps(request.sampling)), "BYTES"))
+        inputs.append(bytes_tensor("sampling_parameters", json.dumps(request.sampling)))
     if request.cache_salt:
-        inputs.append(_tensor("cache_salt", _bytes(request.cache_salt), "BYTES"))
+        inputs.append(bytes_tensor("cache_salt", request.cache_salt))
     return inputs
 
 
@@ -139,8 +124,7 @@ def parse_response(result: InferResult, num_sequences: int = 1) -> GenerationChu
     """One ensemble response; `final` is set from Triton's flag only when n == 1 (see generate)."""
     finish = _scalar(result, "finish_reason")
     finish_reason = finish.decode("utf-8") if isinstance(finish, bytes) else str(finish)
-    parameters = result.get_response().parameters
-    final_flag = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+    final_flag = is_final(result)
     token_ids_array = result.as_numpy("output_token_ids")
     token_ids = [] if token_ids_array is None else [int(token) for token in token_ids_array.reshape(-1)]
     index = result.as_numpy("sequence_index")
@@ -197,40 +181,21 @@ def _prompt_logprobs(result: InferResult) -> list[TokenLogprob | None] | None:
     ]
 
 
-# Triton prefixes errors from inside an ensemble with where they happened; clients need only the reason.
-_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
-
-
-def _classify(message: str) -> TritonError:
-    message = _ENSEMBLE_PREFIX.sub("", message)
-    lowered = message.lower()
-    if "queue is full" in lowered:
-        return TritonOverloadedError(message)
-    # "Stub process ... is not healthy": the model's Python process died and Triton will not restart it.
-    unavailable = ("unknown model", "is not ready", "unavailable", "is not healthy")
-    if any(marker in lowered for marker in unavailable):
-        return TritonUnavailableError(message)
-    return TritonRequestError(message)
-
-
 class TritonClient:
-    """A shared aio gRPC channel to one Triton server, the ensemble to call and the model that aborts."""
+    """Streams to the ensemble on one Triton server, and aborts through the engine model."""
 
-    def __init__(self, url: str, model: str, abort_model: str | None = "llm") -> None:
+    def __init__(
+        self, url: str, model: str, abort_model: str | None = "llm", stall_probe_s: float = 5.0
+    ) -> None:
         self.url = url
         self.model = model
         # The decoupled engine model that takes `abort_request_id`; None when the ensemble has none.
         self.abort_model = abort_model
+        # A stream silent this long has the engine probed (see TritonStreams.stream).
+        self.stall_probe_s = stall_probe_s
+        self._streams = TritonStreams(url)
         # Abort requests in flight (held so the event loop does not drop them half-way).
         self._aborts: set[asyncio.Task[bool]] = set()
-        # Created on first use, inside the running event loop the aio channel binds to.
-        self._aio: triton_aio.InferenceServerClient | None = None
-
-    @property
-    def _client(self) -> triton_aio.InferenceServerClient:
-        if self._aio is None:
-            self._aio = triton_aio.InferenceServerClient(self.url)
-        return self._aio
 
     async def is_ready(self, timeout: float) -> bool:
         """The ensemble is loaded and the engine's process answers.
@@ -240,7 +205,7 @@ class TritonClient:
         abort request travels through the stub and fails fast when it is gone.
         """
         try:
-            if not await self._client.is_model_ready(self.model, client_timeout=timeout):
+            if not await self._streams.client.is_model_ready(self.model, client_timeout=timeout):
                 return False
         except (InferenceServerException, grpc.RpcError):
             return False
@@ -254,32 +219,23 @@ class TritonClient:
     async def generate(self, request: GenerationInput) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the ensemble's responses until the final one.
 
-        Closing the generator early (client gone, task cancelled) cancels the gRPC call, which Triton
-        reports to the model as a cancelled request, so the engine frees the sequence.
+        Closing the generator early (client gone, task cancelled) cancels the gRPC call and aborts the
+        request in the engine, so the engine frees the sequence.
         """
-
         # Unique even when clients reuse x-request-id, so an abort names exactly this request.
         triton_request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
-
-        async def one_request() -> AsyncIterator[dict[str, Any]]:
-            yield {
-                "model_name": self.model,
-                "inputs": build_inputs(request),
-                "request_id": triton_request_id,
-            }
-
-        try:
-            stream = self._client.stream_infer(one_request())
-        except InferenceServerException as error:
-            raise TritonUnavailableError(str(error.message())) from None
+        responses = self._streams.stream(
+            self.model,
+            build_inputs(request),
+            triton_request_id,
+            stall_s=self.stall_probe_s,
+            is_dead=self._engine_is_gone if self.abort_model else None,
+        )
         finished = False
         # With n > 1 every sequence's last response names a finish reason; the stream ends after all n.
         num_finished = 0
         try:
-            async for result, failure in stream:
-                if failure is not None:
-                    finished = True
-                    raise _classify(str(failure.message()))
+            async for result in responses:
                 chunk = parse_response(result, request.num_sequences)
                 num_finished += chunk.finish_reason is not None
                 chunk.final = chunk.final or num_finished >= request.num_sequences
@@ -287,17 +243,20 @@ class TritonClient:
                 yield chunk
                 if chunk.final:
                     return
+        except TritonError:
+            # Triton ended the request itself: nothing is left to abort.
             finished = True
-            raise TritonError("the Triton stream ended before the final response")
-        except grpc.RpcError as error:
-            code = error.code() if hasattr(error, "code") else None
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise TritonUnavailableError(f"Triton at {self.url} is unavailable") from None
-            raise _classify(str(error.details() if hasattr(error, "details") else error)) from None
+            raise
         finally:
-            stream.cancel()
+            await responses.aclose()
             if not finished:
                 self._abort_in_background(triton_request_id)
+
+    async def _engine_is_gone(self) -> bool:
+        try:
+            return not await asyncio.wait_for(self._abort("stall-probe"), self.stall_probe_s)
+        except TimeoutError:
+            return False
 
     def _abort_in_background(self, triton_request_id: str) -> None:
         """Tell the engine to drop a request its client left.
@@ -315,25 +274,16 @@ class TritonClient:
     async def _abort(self, triton_request_id: str) -> bool:
         """Ask the engine model to abort a request id; True when it answered without an error."""
         assert self.abort_model is not None
-
-        async def abort_request() -> AsyncIterator[dict[str, Any]]:
-            yield {
-                "model_name": self.abort_model,
-                "inputs": [_tensor("abort_request_id", _bytes(triton_request_id), "BYTES")],
-            }
-
+        inputs = [bytes_tensor("abort_request_id", triton_request_id)]
+        responses = self._streams.stream(self.abort_model, inputs)
         try:
-            stream = self._client.stream_infer(abort_request())
-            try:
-                async for _result, failure in stream:
-                    return failure is None
-            finally:
-                stream.cancel()
-        except (InferenceServerException, grpc.RpcError):
+            async for _result in responses:
+                return True
+        except TritonError:
             pass
+        finally:
+            await responses.aclose()
         return False
 
     async def close(self) -> None:
-        if self._aio is not None:
-            await self._aio.close()
-            self._aio = None
+        await self._streams.close()

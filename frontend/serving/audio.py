@@ -35,7 +35,7 @@ from frontend.speech_client import (
     SpeechInput,
     SpeechSegment,
 )
-from frontend.triton_client import TritonError, TritonRequestError, TritonUnavailableError
+from frontend.triton_stream import TritonError, TritonRequestError, TritonUnavailableError
 
 ENDPOINTS = {"transcribe": "/v1/audio/transcriptions", "translate": "/v1/audio/translations"}
 

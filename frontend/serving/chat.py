@@ -126,9 +126,10 @@ class ChatHandler:
         except TemplateError as error:
             raise bad_request(str(error), param="messages") from None
         max_tokens = request.output_token_limit()
-        await self._check_length(prompt, max_tokens, request.truncate_prompt_tokens)
+        self._check_length(len(prompt.token_ids), max_tokens, request.truncate_prompt_tokens)
         generation = GenerationInput(
-            prompt=prompt,
+            prompt=prompt.text,
+            prompt_token_ids=prompt.token_ids,
             # Always streamed from Triton, even for non-streamed HTTP answers: Triton notices a cancelled
             # gRPC stream only when it has a response to send, so only a token-by-token stream is
             # cancelled promptly when the HTTP client leaves.
@@ -178,13 +179,11 @@ class ChatHandler:
         params.set("structured_outputs", {"json": named[0].parameters or ANY_OBJECT}, origin="tool_choice")
         return lambda: NamedCallParser(name)
 
-    async def _check_length(self, prompt: str, max_tokens: int | None, truncate: int | None) -> None:
+    def _check_length(self, num_prompt_tokens: int, max_tokens: int | None, truncate: int | None) -> None:
         limit = self.ctx.config.max_model_len
         if limit is None:
             return
-        count = truncated_length(
-            len(await asyncio.to_thread(self.ctx.templater.encode, prompt, False)), truncate, limit
-        )
+        count = truncated_length(num_prompt_tokens, truncate, limit)
         if count >= limit or (max_tokens is not None and count + max_tokens > limit):
             raise bad_request(
                 f"This model's maximum context length is {limit} tokens; the messages have {count} tokens"

@@ -13,7 +13,7 @@ from typing import Any
 
 from frontend.errors import APIError, bad_request, overloaded, unavailable
 from frontend.protocol.sampling import SamplingRequest
-from frontend.triton_client import (
+from frontend.triton_stream import (
     TritonError,
     TritonOverloadedError,
     TritonRequestError,

@@ -33,7 +33,7 @@ from frontend.protocol.responses import (
 from frontend.serving.context import ServingContext, unix_now
 from frontend.serving.engine_params import EngineParameters
 from frontend.serving.responses_tools import tool_mode
-from frontend.templating import TemplateError
+from frontend.templating import ChatPrompt, TemplateError
 from frontend.tool_parsers import NEEDS_SPECIAL_TOKENS, ToolParser
 from frontend.triton_client import GenerationInput
 
@@ -213,7 +213,8 @@ class ResponseInputBuilder:
             prompt_cache_retention=request.prompt_cache_retention,
         )
         generation = GenerationInput(
-            prompt=prompt,
+            prompt=prompt.text,
+            prompt_token_ids=prompt.token_ids,
             # Streamed from Triton even for non-streamed answers, so a cancel stops the engine promptly.
             stream=True,
             add_special_tokens=False,
@@ -227,7 +228,9 @@ class ResponseInputBuilder:
             generation, params, parser, max_calls, logprobs, parse_reasoning, items, response
         )
 
-    async def _render(self, request: ResponsesRequest, messages: list[ChatMessage], tools: list[Any]) -> str:
+    async def _render(
+        self, request: ResponsesRequest, messages: list[ChatMessage], tools: list[Any]
+    ) -> ChatPrompt:
         """The templated prompt; with truncation=auto the oldest turns are dropped until it fits."""
         chat_tools = [
             ChatTool(
@@ -253,7 +256,7 @@ class ResponseInputBuilder:
                 raise bad_request(str(error), param="input") from None
             if limit is None:
                 return prompt
-            count = len(await asyncio.to_thread(self.ctx.templater.encode, prompt, False))
+            count = len(prompt.token_ids)
             if count < limit and count + (request.max_output_tokens or 0) <= limit:
                 return prompt
             droppable = [index for index, message in enumerate(messages) if message.role != "system"]

@@ -29,7 +29,7 @@ class TokenizeHandler:
                     "add_generation_prompt",
                 )
             try:
-                text = await asyncio.to_thread(
+                prompt = await asyncio.to_thread(
                     templater.render,
                     request.messages,
                     None,
@@ -40,11 +40,15 @@ class TokenizeHandler:
                 )
             except TemplateError as error:
                 raise bad_request(str(error), param="messages") from None
-            add_special = bool(request.add_special_tokens)
+            # What chat generation sends; add_special_tokens=true re-reads the text as the tokenizer would.
+            if request.add_special_tokens:
+                tokens = await asyncio.to_thread(templater.encode, prompt.text, True)
+            else:
+                tokens = prompt.token_ids
         else:
-            text = request.prompt or ""
-            add_special = request.add_special_tokens is not False
-        tokens = await asyncio.to_thread(templater.encode, text, add_special)
+            tokens = await asyncio.to_thread(
+                templater.encode, request.prompt or "", request.add_special_tokens is not False
+            )
         return TokenizeResponse(
             count=len(tokens),
             max_model_len=self.ctx.config.max_model_len,

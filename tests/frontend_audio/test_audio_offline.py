@@ -14,9 +14,10 @@ from frontend.metrics import FrontendMetrics
 from frontend.serving.audio import Transcript
 from frontend.serving.context import ServingContext, unix_now
 from frontend.serving.subtitles import srt, timestamp, vtt
-from frontend.speech_client import SpeechSegment, SpeechWord, classify
+from frontend.speech_client import SpeechSegment, SpeechWord
 from frontend.templating import ChatTemplater
-from frontend.triton_client import TritonClient, TritonError, TritonRequestError, TritonUnavailableError
+from frontend.triton_client import TritonClient
+from frontend.triton_stream import TritonError, TritonRequestError, TritonUnavailableError, classify
 from tests.servers import free_port
 
 LLM = "SmolLM2-135M-Instruct"

@@ -102,6 +102,19 @@ def test_stop_words_end_generation_without_leaking(triton_server: TritonServer) 
     assert stopped.text == free.text[: free.text.index(" 9")]
 
 
+def test_prompt_token_ids_are_used_as_given(triton_server: TritonServer, tokenizer) -> None:
+    # "<|im_end|>" spelled as plain text: only token ids can carry that without it becoming a control token.
+    plain = tokenizer.encode("Say <|im_end|> twice:", add_special_tokens=False, split_special_tokens=True)
+    request = {"text_input": "ignored", "prompt_token_ids": plain, "max_tokens": 4, "temperature": 0.0}
+    result = generate(triton_server.grpc_url, request)
+    assert result.error is None and result.num_input_tokens == len(plain)
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    tokenized = client.infer("preprocess", make_inputs({"text_input": "", "prompt_token_ids": plain}))
+    assert tokenized.as_numpy("input_ids").tolist() == plain
+    wrong = generate(triton_server.grpc_url, {**request, "prompt_token_ids": [len(tokenizer) + 5]})
+    assert wrong.error is not None and "prompt_token_ids must be in" in str(wrong.error)
+
+
 def test_prompt_over_max_model_len_fails_while_others_flow(triton_server: TritonServer) -> None:
     results = {}
 

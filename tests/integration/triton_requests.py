@@ -28,6 +28,7 @@ INPUT_DTYPES: dict[str, Any] = {
     "add_special_tokens": np.bool_,
     "frequency_penalty": np.float32,
     "abort_request_id": np.object_,
+    "prompt_token_ids": np.int32,
     "guided_decoding_guide_type": np.object_,
     "guided_decoding_guide": np.object_,
 }

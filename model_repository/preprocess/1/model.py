@@ -15,19 +15,26 @@ class TritonPythonModel:
         model_path = resolve_model_path(parameters["model"], args["model_repository"])
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.max_model_len = int(parameters["max_model_len"])
+        self.vocab_size = len(self.tokenizer)
 
     def execute(self, requests: list) -> list:
         return [self._tokenize(request) for request in requests]
 
     def _tokenize(self, request) -> pb_utils.InferenceResponse:
-        text_tensor = pb_utils.get_input_tensor_by_name(request, "text_input")
-        special_tensor = pb_utils.get_input_tensor_by_name(request, "add_special_tokens")
-        try:
-            text = text_tensor.as_numpy().reshape(-1)[0].decode("utf-8")
-        except UnicodeDecodeError:
-            return _error("text_input is not valid UTF-8")
-        add_special_tokens = bool(special_tensor.as_numpy().reshape(-1)[0]) if special_tensor else True
-        token_ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        ids_tensor = pb_utils.get_input_tensor_by_name(request, "prompt_token_ids")
+        if ids_tensor is not None:
+            token_ids = [int(token) for token in ids_tensor.as_numpy().reshape(-1)]
+            if any(token < 0 or token >= self.vocab_size for token in token_ids):
+                return _error(f"prompt_token_ids must be in [0, {self.vocab_size})")
+        else:
+            text_tensor = pb_utils.get_input_tensor_by_name(request, "text_input")
+            special_tensor = pb_utils.get_input_tensor_by_name(request, "add_special_tokens")
+            try:
+                text = text_tensor.as_numpy().reshape(-1)[0].decode("utf-8")
+            except UnicodeDecodeError:
+                return _error("text_input is not valid UTF-8")
+            add_special_tokens = bool(special_tensor.as_numpy().reshape(-1)[0]) if special_tensor else True
+            token_ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
         if not token_ids:
             return _error("the prompt is empty: it must contain at least one token")
         if len(token_ids) >= self.max_model_len:

@@ -1,0 +1,145 @@
+"""One request over Triton's gRPC bi-directional stream, with Triton's failures mapped to whose fault they are.
+
+Shared by the language-model client (triton_client) and the speech client (speech_client): both send one
+request to a decoupled model and read its responses until they see the final one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferResult
+from tritonclient.utils import InferenceServerException
+
+
+class TritonError(Exception):
+    """Triton failed in a way that is neither the client's fault nor a connectivity problem."""
+
+
+class TritonRequestError(TritonError):
+    """Triton (or the model behind it) refused the request; the message says why."""
+
+
+class TritonUnavailableError(TritonError):
+    """Triton cannot be reached, or the model is not loaded or its process is gone."""
+
+
+class TritonOverloadedError(TritonError):
+    """The engine's waiting queue is full; the same request may succeed a moment later."""
+
+
+def tensor(name: str, array: np.ndarray, triton_dtype: str) -> InferInput:
+    infer_input = InferInput(name, list(array.shape), triton_dtype)
+    infer_input.set_data_from_numpy(array)
+    return infer_input
+
+
+def bytes_tensor(name: str, value: bytes | str) -> InferInput:
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return tensor(name, np.array([data], dtype=np.object_), "BYTES")
+
+
+def is_final(result: InferResult) -> bool:
+    parameters = result.get_response().parameters
+    return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+
+
+# Triton prefixes errors from inside an ensemble with where they happened; clients need only the reason.
+_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+# How the speech model words a failure that is its own bug, not the request's fault.
+_MODEL_FAILURE_PREFIX = "speech recognition failed"
+# "Stub process ... is not healthy": the model's Python process died and Triton will not restart it.
+_UNAVAILABLE_MARKERS = ("unknown model", "is not ready", "unavailable", "is not healthy")
+
+
+def classify(message: str) -> TritonError:
+    """A Triton failure message as the TritonError subclass that says whose fault it is."""
+    message = _ENSEMBLE_PREFIX.sub("", message)
+    lowered = message.lower()
+    if "queue is full" in lowered:
+        return TritonOverloadedError(message)
+    if any(marker in lowered for marker in _UNAVAILABLE_MARKERS):
+        return TritonUnavailableError(message)
+    if lowered.startswith(_MODEL_FAILURE_PREFIX):
+        return TritonError(message)
+    return TritonRequestError(message)
+
+
+class TritonStreams:
+    """A shared aio gRPC channel to one Triton server, created on first use inside the running loop."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._aio: triton_aio.InferenceServerClient | None = None
+
+    @property
+    def client(self) -> triton_aio.InferenceServerClient:
+        if self._aio is None:
+            self._aio = triton_aio.InferenceServerClient(self.url)
+        return self._aio
+
+    async def stream(
+        self,
+        model: str,
+        inputs: list[InferInput],
+        request_id: str = "",
+        stall_s: float | None = None,
+        is_dead: Callable[[], Awaitable[bool]] | None = None,
+    ) -> AsyncGenerator[InferResult, None]:
+        """The responses of one request, failures raised as TritonErrors; the caller stops at the final one.
+
+        Closing the generator early cancels the gRPC call. With `is_dead`, a stream silent for `stall_s`
+        seconds asks it whether the model is gone: Triton 2.51 neither restarts a dead decoupled stub nor
+        fails its requests in flight, whose streams just go quiet. A live model that is merely slow (a long
+        prefill) is waited for.
+        """
+
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": model, "inputs": inputs, "request_id": request_id}
+
+        try:
+            responses = self.client.stream_infer(one_request())
+        except InferenceServerException as error:
+            raise TritonUnavailableError(str(error.message())) from None
+        iterator = aiter(responses)
+        pending: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(iterator))
+                done, _ = await asyncio.wait({pending}, timeout=stall_s if is_dead else None)
+                if not done:
+                    assert is_dead is not None
+                    if await is_dead():
+                        raise TritonUnavailableError(
+                            f"model '{model}' stopped answering: its process is not healthy"
+                        )
+                    continue
+                try:
+                    result, failure = pending.result()
+                except StopAsyncIteration:
+                    raise TritonError("the Triton stream ended before the final response") from None
+                pending = None
+                if failure is not None:
+                    raise classify(str(failure.message()))
+                yield result
+        except grpc.RpcError as error:
+            code = error.code() if hasattr(error, "code") else None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise TritonUnavailableError(f"Triton at {self.url} is unavailable") from None
+            raise classify(str(error.details() if hasattr(error, "details") else error)) from None
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+            responses.cancel()
+
+    async def close(self) -> None:
+        if self._aio is not None:
+            await self._aio.close()
+            self._aio = None
