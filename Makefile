@@ -25,8 +25,10 @@ lint: setup
 test: setup lint
 	@$(VENV)/bin/pytest -q -ra --durations=15 tests
 
+# Engine vs Hugging Face baselines, then the served path vs the engine across concurrency (with a plot).
 bench: setup
 	@$(PY) -m benchmarks.engine_bench
+	@$(PY) -m benchmarks.serving_bench
 
 # Re-render the checked-in repository from its profile (tests/test_render.py checks they agree).
 render: setup

@@ -14,6 +14,7 @@ from frontend.serving.engine_params import EngineParameters, api_error, engine_p
 from frontend.serving.generation import Generation, chunks, collect, start_generation
 from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.sse import DONE, error_frame, frame
+from frontend.templating import ChatTemplater
 from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
 
 ENDPOINT = "/v1/completions"
@@ -21,11 +22,19 @@ ENDPOINT = "/v1/completions"
 
 @dataclass
 class Prompt:
-    """One prompt of a (possibly batched) request, as text."""
+    """One prompt of a (possibly batched) request."""
 
     text: str
-    # Text prompts get the tokenizer's special tokens; token-id prompts were decoded and already have theirs.
+    # Text prompts get the tokenizer's special tokens; token-id prompts already have theirs.
     add_special_tokens: bool
+    # A token-id prompt's ids, sent to Triton as they are (decoding and re-encoding may change them);
+    # its text is their decoding, for echo.
+    token_ids: list[int] | None = None
+
+    async def num_tokens(self, templater: ChatTemplater) -> int:
+        if self.token_ids is not None:
+            return len(self.token_ids)
+        return len(await asyncio.to_thread(templater.encode, self.text, self.add_special_tokens))
 
 
 class CompletionHandler:
@@ -57,6 +66,7 @@ class CompletionHandler:
         inputs = [
             GenerationInput(
                 prompt=prompt.text,
+                prompt_token_ids=prompt.token_ids,
                 # Streamed from Triton even for non-streamed answers (see chat.py): prompt cancellation.
                 stream=True,
                 add_special_tokens=prompt.add_special_tokens,
@@ -120,7 +130,7 @@ class CompletionHandler:
         """The echoed prompt's first token (its logprob entry is None: nothing predicts it)."""
         if not (request.echo and request.logprobs is not None):
             return None
-        token_ids = self.ctx.templater.encode(prompt.text, prompt.add_special_tokens)
+        token_ids = prompt.token_ids or self.ctx.templater.encode(prompt.text, prompt.add_special_tokens)
         return token_ids[0] if token_ids else None
 
     def _prompts(self, request: CompletionRequest) -> list[Prompt]:
@@ -137,7 +147,7 @@ class CompletionHandler:
         vocab = self.ctx.templater.vocab_size
         if any(token < 0 or token >= vocab for token in token_ids):
             raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt")
-        return Prompt(self.ctx.templater.decode(token_ids), False)
+        return Prompt(self.ctx.templater.decode(token_ids), False, token_ids)
 
     async def _check_lengths(
         self, prompts: list[Prompt], max_tokens: int | None, truncate: int | None
@@ -146,13 +156,7 @@ class CompletionHandler:
         if limit is None:
             return
         for prompt in prompts:
-            count = truncated_length(
-                len(
-                    await asyncio.to_thread(self.ctx.templater.encode, prompt.text, prompt.add_special_tokens)
-                ),
-                truncate,
-                limit,
-            )
+            count = truncated_length(await prompt.num_tokens(self.ctx.templater), truncate, limit)
             if count >= limit or (max_tokens is not None and count + max_tokens > limit):
                 raise bad_request(
                     f"This model's maximum context length is {limit} tokens; the prompt has {count} tokens"
@@ -185,6 +189,8 @@ class CompletionHandler:
     ) -> AsyncIterator[str]:
         created = unix_now()
         options = request.stream_options
+        # vLLM's continuous_usage_stats: the usage so far on every chunk.
+        continuous = options is not None and options.continuous_usage_stats
         queue: asyncio.Queue[tuple[int, GenerationChunk | TritonError | None]] = asyncio.Queue()
 
         async def pump(index: int, generation: Generation) -> None:
@@ -240,7 +246,7 @@ class CompletionHandler:
                     choice = CompletionChoice(
                         index=choice_index, text=text, finish_reason=item.finish_reason, logprobs=logprobs
                     )
-                    yield body([choice])
+                    yield body([choice], _total_usage(lasts) if continuous else None)
             else:
                 if options is not None and options.include_usage:
                     yield body([], _total_usage(lasts))

@@ -113,6 +113,19 @@ def test_completions_single_batch_echo_and_token_ids(
     ).json()["tokens"]
     by_ids = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=4, temperature=0)
     assert prompts[0] + by_ids.choices[0].text == batch.choices[0].text
+    # Token ids reach the engine as given, even a spelling the tokenizer would never produce itself.
+    letters = [
+        token
+        for letter in "Hello"
+        for token in httpx.post(
+            f"{frontend_server.root_url}/tokenize",
+            json={"prompt": letter, "add_special_tokens": False},
+            headers={"Authorization": f"Bearer {client.api_key}"},
+        ).json()["tokens"]
+    ]
+    spelled = client.completions.create(model=MODEL_NAME, prompt=letters, max_tokens=1, echo=True)
+    assert spelled.choices[0].text.startswith("Hello")
+    assert spelled.usage is not None and spelled.usage.prompt_tokens == len(letters) == 5
 
 
 def test_completions_stream(client: openai.OpenAI) -> None:
@@ -121,6 +134,10 @@ def test_completions_stream(client: openai.OpenAI) -> None:
     chunks = list(client.completions.create(**request, stream=True, stream_options={"include_usage": True}))
     assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == whole.choices[0].text
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    counted = list(client.completions.create(**request, stream=True, stream_options=options))
+    running = [chunk.usage.completion_tokens for chunk in counted if chunk.choices and chunk.usage]
+    assert running == sorted(running) and running[-1] == 6 and len(running) > 1
 
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
