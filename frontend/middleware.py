@@ -7,6 +7,7 @@ once: it is buffered here against the size limit, then replayed to the app.
 from __future__ import annotations
 
 import hmac
+import json
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -110,6 +111,19 @@ class RequestGuard:
                     ),
                 )
                 return
+            if _has_lone_surrogate(body):
+                await self._error(
+                    send_with_id,
+                    APIError(
+                        400,
+                        "The request body is not valid JSON: it escapes a lone UTF-16 surrogate "
+                        "(a \\ud800-\\udfff escape without its pair), which is no character.",
+                        "invalid_request_error",
+                        None,
+                        "invalid_json",
+                    ),
+                )
+                return
             await self.app(scope, _replay(body, receive), send_with_id)
         finally:
             self.metrics.requests.labels(label, str(status[0])).inc()
@@ -151,6 +165,28 @@ class RequestGuard:
         headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _has_lone_surrogate(body: bytes) -> bool:
+    """JSON may escape a surrogate without its pair; Python then holds a string no tokenizer or UTF-8
+    encoder accepts. Parsed again only when the body has a surrogate escape at all (rare)."""
+    lowered = body.lower()
+    if not any(
+        escape in lowered
+        for escape in (b"\\ud8", b"\\ud9", b"\\uda", b"\\udb", b"\\udc", b"\\udd", b"\\ude", b"\\udf")
+    ):
+        return False
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return False  # not JSON at all: the route's own parsing answers that
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except (ValueError, RecursionError):
+        return False
+    return False
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -44,7 +44,14 @@ def paged_attention_ref(
             groups.append([i])
     for group in groups:
         attend_group(
-            out, query, key_cache, value_cache, query_start_loc, seq_lens, block_tables, scale,
+            out,
+            query,
+            key_cache,
+            value_cache,
+            query_start_loc,
+            seq_lens,
+            block_tables,
+            scale,
             torch.tensor(group, dtype=torch.long, device=query.device),
             max_q_len=max(q_lens[i] for i in group),
             sliding_window=sliding_window,
@@ -59,21 +66,25 @@ def gather_kv(
     kv_lens: torch.Tensor,  # [n] int64
     kv_len: int,  # max of kv_lens
 ) -> torch.Tensor:
-    """Each sequence's paged KV as one dense [n, Hkv, kv_len, D] float32 tensor, zero past its own length.
+    """Each sequence's paged KV as one dense [n, Hkv, kv_len, D] float32 tensor; past a sequence's own
+    length its rows repeat its first row.
 
-    The zeroing matters: slots past a sequence's end (and the padding block 0) hold whatever a previous
-    owner left, possibly inf or NaN, and a masked-out NaN still poisons softmax(..) @ V.
+    Slots past a sequence's end (and the padding block 0) hold whatever a previous owner left, possibly
+    inf or NaN, and a masked-out NaN still poisons softmax(..) @ V. Pointing those positions at the
+    sequence's first slot (real, finite data) costs a pass over the slot indices instead of one over the
+    gathered rows; masked positions then weigh exactly 0.
     """
     _, block_size, num_kv_heads, head_dim = cache.shape
     num_blocks = -(-kv_len // block_size)
     offsets = torch.arange(block_size, device=cache.device)
     slots = block_tables[:, :num_blocks].long().unsqueeze(-1) * block_size + offsets
     slots = slots.flatten(1)[:, :kv_len]
+    shortest = int(kv_lens.min())  # positions before it are real for every sequence: leave them untouched
+    if shortest < kv_len:
+        beyond = torch.arange(shortest, kv_len, device=cache.device) >= kv_lens[:, None]
+        slots[:, shortest:] = torch.where(beyond, slots[:, :1], slots[:, shortest:])
     rows = cache.reshape(-1, num_kv_heads, head_dim).index_select(0, slots.flatten())
     rows = rows.view(slots.shape[0], kv_len, num_kv_heads, head_dim).float()
-    shortest = int(kv_lens.min())  # rows before it are real for every sequence: leave them untouched
-    beyond = torch.arange(shortest, kv_len, device=cache.device) >= kv_lens[:, None]  # [n, kv_len - shortest]
-    rows[:, shortest:].masked_fill_(beyond[:, :, None, None], 0.0)
     return rows.transpose(1, 2)
 
 

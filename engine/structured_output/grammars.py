@@ -36,11 +36,16 @@ UNENFORCED_KEYWORDS = (
 _SUBSCHEMA = ("additionalProperties", "items", "propertyNames", "unevaluatedProperties", "additionalItems")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
+# Deeper schemas are refused: real ones nest a handful of levels, and the walk here and xgrammar's own
+# conversion are recursive (a hostile 10,000-level schema would exhaust the stack).
+MAX_SCHEMA_DEPTH = 64
 
 
-def check_json_schema(schema: Any, path: str = "#") -> None:
+def check_json_schema(schema: Any, path: str = "#", depth: int = 0) -> None:
     """Raise ValueError naming the first keyword (and where it is) that the schema uses but xgrammar
-    would not enforce."""
+    would not enforce, or where the schema nests deeper than MAX_SCHEMA_DEPTH."""
+    if depth > MAX_SCHEMA_DEPTH:
+        raise ValueError(f"JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels at {path[:200]}...")
     if isinstance(schema, bool):
         return
     if not isinstance(schema, dict):
@@ -59,15 +64,15 @@ def check_json_schema(schema: Any, path: str = "#") -> None:
         )
     for keyword in _SUBSCHEMA:
         if keyword in schema and not isinstance(schema[keyword], list):
-            check_json_schema(schema[keyword], f"{path}/{keyword}")
+            check_json_schema(schema[keyword], f"{path}/{keyword}", depth + 1)
     for keyword in _SUBSCHEMA_LISTS + ("items",):
         if isinstance(schema.get(keyword), list):
             for index, item in enumerate(schema[keyword]):
-                check_json_schema(item, f"{path}/{keyword}/{index}")
+                check_json_schema(item, f"{path}/{keyword}/{index}", depth + 1)
     for keyword in _SUBSCHEMA_MAPS:
         if isinstance(schema.get(keyword), dict):
             for name, item in schema[keyword].items():
-                check_json_schema(item, f"{path}/{keyword}/{name}")
+                check_json_schema(item, f"{path}/{keyword}/{name}", depth + 1)
 
 
 def choice_grammar(choices: list[str]) -> str:

@@ -79,6 +79,14 @@ def test_exactly_one_kind_is_required() -> None:
     assert StructuredOutputsParams(json=reordered).cache_key != as_text.cache_key
 
 
+def nested(depth: int) -> dict:
+    """A hostile schema: arrays of arrays `depth` levels deep."""
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
 @pytest.mark.parametrize(
     ("constraint", "message"),
     [
@@ -98,6 +106,8 @@ def test_exactly_one_kind_is_required() -> None:
         ({"regex": "a(?=b)"}, "Lookahead is not supported"),
         ({"grammar": "root ::= missing"}, 'invalid grammar: .*Rule "missing" is not defined'),
         ({"structural_tag": "{}"}, "parameter 'structured_outputs': invalid structural_tag"),
+        ({"json": nested(10_000)}, "nests deeper than 64 levels"),
+        ({"json": '{"items": ' * 100_000}, "invalid json"),
     ],
 )
 def test_invalid_constraints_are_refused_before_queueing(

@@ -84,6 +84,16 @@ def test_malformed_json_is_400(offline_client: TestClient) -> None:
     assert_error(response, 400, code="invalid_json")
 
 
+def test_lone_surrogate_escapes_are_400_and_pairs_are_fine(offline_client: TestClient) -> None:
+    json_header = {"content-type": "application/json"}
+    lone = offline_client.post("/tokenize", content=b'{"prompt": "a\\ud800b"}', headers=json_header)
+    assert_error(lone, 400, code="invalid_json")
+    pair = offline_client.post("/tokenize", content=b'{"prompt": "\\ud83c\\udf89"}', headers=json_header)
+    assert pair.status_code == 200 and pair.json()["count"] >= 1
+    not_utf8 = offline_client.post("/tokenize", content=b'{"prompt": "\xff\xfe"}', headers=json_header)
+    assert not_utf8.status_code == 400 and not_utf8.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_json_without_content_type_is_accepted(offline_client: TestClient) -> None:
     response = offline_client.post("/tokenize", content=b'{"prompt": "hi"}')
     assert response.status_code == 200 and response.json()["count"] == 1
