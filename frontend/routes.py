@@ -76,7 +76,7 @@ def _response_id(prefix: str, request: Request) -> str:
     return f"{prefix}-{request.state.request_id}"
 
 
-def _respond(result: BaseModel | AsyncIterator[str]) -> Response:
+def respond(result: BaseModel | AsyncIterator[str]) -> Response:
     if isinstance(result, BaseModel):
         return JSONResponse(result.model_dump(mode="json"))
     return EventStreamResponse(result, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -91,29 +91,29 @@ def build_router(ctx: ServingContext) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-        return _respond(await until_disconnect(request, chat.create(body, _response_id("chatcmpl", request))))
+        return respond(await until_disconnect(request, chat.create(body, _response_id("chatcmpl", request))))
 
     @router.post("/v1/completions")
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
-        return _respond(
+        return respond(
             await until_disconnect(request, completions.create(body, _response_id("cmpl", request)))
         )
 
     @router.get("/v1/models")
     async def list_models() -> Response:
-        return _respond(models.list())
+        return respond(models.list())
 
     @router.get("/v1/models/{model:path}")
     async def retrieve_model(model: str) -> Response:
-        return _respond(models.retrieve(model))
+        return respond(models.retrieve(model))
 
     @router.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> Response:
-        return _respond(await tokenizer.tokenize(body))
+        return respond(await tokenizer.tokenize(body))
 
     @router.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> Response:
-        return _respond(await tokenizer.detokenize(body))
+        return respond(await tokenizer.detokenize(body))
 
     @router.get("/health")
     async def health() -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from tests.servers import ROOT, FrontendServer, ServerProcess, TritonServer, sta
 DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
 FRONTEND_API_KEY = "test-key"
 _running: dict[str, ServerProcess] = {}
+SPOKEN_ENGLISH = "The quick brown fox jumps over the lazy dog. Paris is the capital of France."
+SPOKEN_GERMAN = "Guten Morgen, wie geht es Ihnen heute? Das Wetter ist schön."
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,3 +62,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.failed:
         for name, process in _running.items():
             report.sections.append((f"{name} log (tail)", process.log_tail()))
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Speech synthesized by espeak-ng: WAV files by language code ("en", "de"), and "en_flac"."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: run `make setup`")
+    folder = tmp_path_factory.mktemp("speech")
+    files = {}
+    for voice, text in (("en", SPOKEN_ENGLISH), ("de", SPOKEN_GERMAN)):
+        path = folder / f"{voice}.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+        files[voice] = path.read_bytes()
+    flac = folder / "en.flac"
+    subprocess.run(["sox", str(folder / "en.wav"), str(flac)], check=True)
+    files["en_flac"] = flac.read_bytes()
+    return files

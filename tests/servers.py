@@ -149,8 +149,15 @@ class FrontendServer:
 
 
 def start_frontend(
-    model_path: Path, triton: TritonServer, log_dir: Path, api_key: str | None, timeout: float = 120.0
+    model_path: Path,
+    triton: TritonServer,
+    log_dir: Path,
+    api_key: str | None,
+    timeout: float = 120.0,
+    extra_args: tuple[str, ...] = (),
+    log_name: str = "frontend.log",
 ) -> FrontendServer:
+    """Start the OpenAI frontend on a free port in front of `triton`, with `extra_args` for its CLI."""
     port = free_port()
     command = [
         str(VENV_BIN / "python"),
@@ -166,10 +173,11 @@ def start_frontend(
         "127.0.0.1",
         "--port",
         str(port),
+        *extra_args,
     ]
     if api_key:
         command += ["--api-key", api_key]
-    process = ServerProcess(name="frontend", command=command, log_path=log_dir / "frontend.log")
+    process = ServerProcess(name="frontend", command=command, log_path=log_dir / log_name)
     process.start()
     try:
         process.wait_healthy(f"http://127.0.0.1:{port}/health", timeout)

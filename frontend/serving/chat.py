@@ -170,7 +170,9 @@ class ChatHandler:
             for tool in request.tools
         ]
         if not isinstance(choice, NamedToolChoice):
-            params.set("structured_outputs", {"json": call_array_schema(tools, None)}, origin="tool_choice")
+            max_calls = 1 if request.parallel_tool_calls is False else None
+            schema = call_array_schema(tools, max_calls)
+            params.set("structured_outputs", {"json": schema}, origin="tool_choice")
             return CallArrayParser
         name = choice.function.name
         named = [tool for tool in tools if tool.name == name]

@@ -15,9 +15,11 @@ from frontend.metrics import FrontendMetrics
 from frontend.serving.context import ServingContext, unix_now
 from frontend.templating import ChatTemplater
 from frontend.triton_client import TritonClient
-from tests.servers import VENV_BIN, ServerProcess, TritonServer, free_port
+from tests.servers import TritonServer, free_port, start_frontend
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
+# Frontend flags of tool-call and reasoning parsing (hermes tool calls, qwen3 <think> reasoning).
+PARSING_ARGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--reasoning-parser", "qwen3")
 API_KEY = "unit-key"
 
 
@@ -63,23 +65,9 @@ def parsing_frontend_url(
     model_path: Path, triton_server: TritonServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A second real frontend on the session's Triton with tool and reasoning parsing on (no API key)."""
-    port = free_port()
-    process = ServerProcess(
-        name="frontend-parsing",
-        command=[
-            str(VENV_BIN / "python"), "-m", "frontend",
-            "--model", str(model_path),
-            "--served-model-name", MODEL_NAME,
-            "--triton-url", triton_server.grpc_url,
-            "--port", str(port),
-            "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-            "--reasoning-parser", "qwen3",
-        ],
-        log_path=tmp_path_factory.mktemp("frontend-parsing") / "frontend.log",
-    )  # fmt: skip
-    process.start()
+    log_dir = tmp_path_factory.mktemp("frontend-parsing")
+    frontend = start_frontend(model_path, triton_server, log_dir, api_key=None, extra_args=PARSING_ARGS)
     try:
-        process.wait_healthy(f"http://127.0.0.1:{port}/health", timeout=120)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield frontend.base_url
     finally:
-        process.stop()
+        frontend.process.stop()

@@ -109,6 +109,21 @@ def test_required_tool_choice_returns_valid_calls(client: openai.OpenAI) -> None
     assert [tuple(streamed[index]) for index in sorted(streamed)] == calls
 
 
+def test_parallel_tool_calls_false_makes_exactly_one_call(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=WEATHER_QUESTION,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=80,
+        temperature=0,
+    )
+    calls = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls" and calls is not None and len(calls) == 1
+    check_calls([(calls[0].function.name, calls[0].function.arguments)])
+
+
 def test_named_tool_choice_streams_the_arguments(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model=MODEL_NAME,

@@ -12,9 +12,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.frontend.conftest import MODEL_NAME
+from tests.frontend.conftest import MODEL_NAME, PARSING_ARGS
 from tests.frontend_responses.conftest import plain
-from tests.servers import VENV_BIN, ServerProcess, TritonServer, free_port
+from tests.servers import FrontendServer, TritonServer, start_frontend
 
 pytestmark = pytest.mark.slow
 
@@ -30,38 +30,25 @@ TOOL = {
 }
 
 
-def start_frontend(
-    model_path: Path, triton: TritonServer, store_url: str, log: Path
-) -> tuple[ServerProcess, openai.OpenAI]:
-    port = free_port()
-    process = ServerProcess(
-        name="frontend-restart",
-        command=[
-            str(VENV_BIN / "python"), "-m", "frontend",
-            "--model", str(model_path),
-            "--served-model-name", MODEL_NAME,
-            "--triton-url", triton.grpc_url,
-            "--port", str(port),
-            "--response-store", store_url,
-            "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-            "--reasoning-parser", "qwen3",
-        ],
-        log_path=log,
-    )  # fmt: skip
-    process.start()
-    try:
-        process.wait_healthy(f"http://127.0.0.1:{port}/health", timeout=120)
-    except Exception:
-        process.stop()
-        raise
-    return process, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+def start_frontend_with_store(
+    model_path: Path, triton: TritonServer, store_url: str, log_dir: Path, log_name: str
+) -> tuple[FrontendServer, openai.OpenAI]:
+    frontend = start_frontend(
+        model_path,
+        triton,
+        log_dir,
+        api_key=None,
+        extra_args=("--response-store", store_url, *PARSING_ARGS),
+        log_name=log_name,
+    )
+    return frontend, openai.OpenAI(base_url=frontend.base_url, api_key="none", max_retries=0)
 
 
 def test_restart_keeps_responses_retrievable_and_continuable(
     model_path: Path, triton_server: TritonServer, tmp_path: Path
 ) -> None:
     store_url = f"sqlite:///{tmp_path / 'responses.db'}"
-    process, client = start_frontend(model_path, triton_server, store_url, tmp_path / "first.log")
+    frontend, client = start_frontend_with_store(model_path, triton_server, store_url, tmp_path, "first.log")
     try:
         simple = client.responses.create(model=MODEL_NAME, input="Name a color.", max_output_tokens=4)
         items = client.responses.input_items.list(simple.id)
@@ -81,7 +68,7 @@ def test_restart_keeps_responses_retrievable_and_continuable(
         with client.responses.retrieve(pending.id, stream=True) as following:
             next(event for event in following if event.type == "response.output_text.delta")
     finally:
-        process.stop()
+        frontend.process.stop()
     kinds = [item.type for item in called.output]
     assert kinds[:2] == ["reasoning", "function_call"], called.output
     assert reasoning == "look it up"
@@ -90,7 +77,7 @@ def test_restart_keeps_responses_retrievable_and_continuable(
     assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}
     assert called.usage is not None and called.usage.output_tokens_details.reasoning_tokens > 0
 
-    process, client = start_frontend(model_path, triton_server, store_url, tmp_path / "second.log")
+    frontend, client = start_frontend_with_store(model_path, triton_server, store_url, tmp_path, "second.log")
     try:
         assert client.responses.retrieve(simple.id).model_dump() == simple.model_dump()
         assert client.responses.input_items.list(simple.id).model_dump() == items.model_dump()
@@ -107,4 +94,4 @@ def test_restart_keeps_responses_retrievable_and_continuable(
         )
         assert answer.status in ("completed", "incomplete") and answer.previous_response_id == called.id
     finally:
-        process.stop()
+        frontend.process.stop()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import shutil
-import subprocess
 from typing import Any
 
 import numpy as np
@@ -15,25 +13,6 @@ import tritonclient.grpc as grpcclient
 from tests.servers import TritonServer
 
 pytestmark = pytest.mark.slow
-
-ENGLISH = "The quick brown fox jumps over the lazy dog. Paris is the capital of France."
-GERMAN = "Guten Morgen, wie geht es Ihnen heute? Das Wetter ist schön."
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is missing: run `make setup`")
-    folder = tmp_path_factory.mktemp("speech")
-    files = {}
-    for name, voice, text in (("en", "en", ENGLISH), ("de", "de", GERMAN)):
-        path = folder / f"{name}.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
-        files[name] = path.read_bytes()
-    flac = folder / "en.flac"
-    subprocess.run(["sox", str(folder / "en.wav"), str(flac)], check=True)
-    files["en_flac"] = flac.read_bytes()
-    return files
 
 
 def recognize(url: str, audio: bytes, **options: Any) -> tuple[list[dict], str, Exception | None]:
