@@ -47,13 +47,16 @@ def llm_input_data(source: Path, tokenizer, target: Path) -> None:
 
 
 def run_one(
-    url: str, model: str, input_data: Path, concurrency: int, interval_ms: int, csv_path: Path
+    url: str, model: str, input_data: Path, concurrency: int, window_requests: int, csv_path: Path
 ) -> dict:
+    # Windows of a request count, not of time: one generation takes seconds on a CPU, so a 10 s window
+    # holds two or three requests and never looks stable.
     command = [
         str(PERF_ANALYZER), "-m", model, "-u", url, "-i", "grpc", "--streaming",
         "--input-data", str(input_data), "--concurrency-range", str(concurrency),
-        "--measurement-interval", str(interval_ms), "--stability-percentage", "50",
-        "--max-trials", "3", "-f", str(csv_path),
+        "--measurement-mode", "count_windows",
+        "--measurement-request-count", str(max(window_requests, 2 * concurrency)),
+        "--stability-percentage", "50", "--max-trials", "3", "-f", str(csv_path),
     ]  # fmt: skip
     subprocess.run(command, check=True)
     with open(csv_path) as handle:
@@ -69,7 +72,7 @@ def main() -> None:
     parser.add_argument("--model-path", default=str(ROOT / "models" / "SmolLM2-135M-Instruct"))
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--inputs", default="short_prompts_stream.json,long_prompt_stream.json")
-    parser.add_argument("--measurement-interval-ms", type=int, default=10000)
+    parser.add_argument("--window-requests", type=int, default=8, help="requests per measurement window")
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "perf_analyzer.csv")
     args = parser.parse_args()
 
@@ -88,7 +91,7 @@ def main() -> None:
                         target,
                         data,
                         concurrency,
-                        args.measurement_interval_ms,
+                        args.window_requests,
                         Path(tmp) / "pa.csv",
                     )
                     rows.append({"target": target, "input": name, **row})
