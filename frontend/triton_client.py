@@ -96,7 +96,8 @@ class GenerationChunk:
 
 def build_inputs(request: GenerationInput) -> list[InferInput]:
     inputs = [
-        bytes_tensor("text_input", request.prompt),
+        # Required by the ensemble, read only without token ids: no need to ship the prompt twice.
+        bytes_tensor("text_input", "" if request.prompt_token_ids is not None else request.prompt),
         tensor("stream", np.array([request.stream], dtype=np.bool_), "BOOL"),
         tensor("add_special_tokens", np.array([request.add_special_tokens], dtype=np.bool_), "BOOL"),
         tensor("priority", np.array([request.priority], dtype=np.int32), "INT32"),

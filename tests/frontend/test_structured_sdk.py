@@ -78,28 +78,24 @@ def test_parse_with_a_pydantic_model(client: openai.OpenAI) -> None:
     assert completion.choices[0].finish_reason == "stop"
 
 
+# The weather question with a call forced: greedy, room for a few calls.
+REQUIRED_CALL = {
+    "model": MODEL_NAME,
+    "messages": WEATHER_QUESTION,
+    "tools": TOOLS,
+    "tool_choice": "required",
+    "max_tokens": 80,
+    "temperature": 0,
+}
+
+
 def test_required_tool_choice_returns_valid_calls(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(
-        model=MODEL_NAME,
-        messages=WEATHER_QUESTION,
-        tools=TOOLS,
-        tool_choice="required",
-        max_tokens=80,
-        temperature=0,
-    )
+    reply = client.chat.completions.create(**REQUIRED_CALL)
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
     calls = [(call.function.name, call.function.arguments) for call in choice.message.tool_calls]
     check_calls(calls)
-    stream = client.chat.completions.create(
-        model=MODEL_NAME,
-        messages=WEATHER_QUESTION,
-        tools=TOOLS,
-        tool_choice="required",
-        max_tokens=80,
-        temperature=0,
-        stream=True,
-    )
+    stream = client.chat.completions.create(**REQUIRED_CALL, stream=True)
     streamed: dict[int, list[str]] = {}
     for chunk in stream:
         for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
@@ -110,15 +106,7 @@ def test_required_tool_choice_returns_valid_calls(client: openai.OpenAI) -> None
 
 
 def test_parallel_tool_calls_false_makes_exactly_one_call(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(
-        model=MODEL_NAME,
-        messages=WEATHER_QUESTION,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=80,
-        temperature=0,
-    )
+    reply = client.chat.completions.create(**REQUIRED_CALL, parallel_tool_calls=False)
     calls = reply.choices[0].message.tool_calls
     assert reply.choices[0].finish_reason == "tool_calls" and calls is not None and len(calls) == 1
     check_calls([(calls[0].function.name, calls[0].function.arguments)])
