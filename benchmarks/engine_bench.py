@@ -176,6 +176,12 @@ def main() -> None:
     parser.add_argument("--hf-batches", type=int, default=1, help="static batches of 16 the batched baseline runs")
     parser.add_argument("--ttft-repeats", type=int, default=3)
     parser.add_argument("--structured-steps", type=int, default=32, help="decode steps timed per structured run")
+    parser.add_argument(
+        "--also-dtype",
+        default="bfloat16",
+        help="run the engine workload once more in this dtype (bfloat16 halves the KV traffic and uses "
+        "the CPU's bf16 matmuls); 'none' skips it",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
@@ -191,6 +197,13 @@ def main() -> None:
     cold, warm = bench_ttft(engine, vocab_size, args.ttft_repeats, args.seed + 1)
     plain_step, json_step, mask_time = bench_structured(engine, vocab_size, args.structured_steps, args.seed + 2)
     hf = bench_hf(args.model, workload, device, dtype, args.hf_single, args.hf_batches)
+    other_dtype = None if args.also_dtype in ("none", str(dtype).removeprefix("torch.")) else args.also_dtype
+    other_tokens_per_s = 0.0
+    if other_dtype:
+        engine.shutdown()
+        engine = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=other_dtype, max_model_len=2048))
+        other_elapsed, other_tokens = bench_engine(engine, workload)
+        other_tokens_per_s = other_tokens / other_elapsed
 
     result = {
         "device": str(device),
@@ -202,6 +215,8 @@ def main() -> None:
         "engine_seconds": round(elapsed, 2),
         "engine_tokens_per_s": round(tokens / elapsed, 1),
         "engine_preemptions": engine_stats.num_preemptions,
+        "engine_other_dtype": other_dtype,
+        "engine_other_dtype_tokens_per_s": round(other_tokens_per_s, 1),
         "hf_single_tokens_per_s": round(hf["hf_single_tokens_per_s"], 1),
         "hf_single_requests_measured": int(hf["hf_single_requests"]),
         "hf_static16_tokens_per_s": round(hf.get("hf_static16_tokens_per_s", 0.0), 1),
@@ -218,6 +233,8 @@ def main() -> None:
     print(f"workload: {args.num_requests} requests, {result['prompt_tokens']} prompt / {tokens} output tokens")
     print(f"{'system':<40}{'output tok/s':>14}")
     print(f"{'engine (continuous batching)':<40}{result['engine_tokens_per_s']:>14}")
+    if other_dtype:
+        print(f"{'engine, ' + other_dtype:<40}{result['engine_other_dtype_tokens_per_s']:>14}")
     print(f"{'HF one at a time':<40}{result['hf_single_tokens_per_s']:>14}")
     print(f"{'HF static batches of 16':<40}{result['hf_static16_tokens_per_s']:>14}")
     print(

@@ -2,16 +2,74 @@
 
 Decode sequences (one query token each) run as padded batches of similar KV length: sorted longest first,
 a batch takes sequences while they are at least 3/4 of its longest, which bounds the padding to a third
-(on 2 cores this beat one padded batch, up to 3x on ragged lengths, and one call per sequence). Every other
-sequence (prefill, chunked prefill) runs alone, so a long prompt never pads the decodes of its step; a
-whole prompt uses SDPA's causal mode instead of an explicit mask. Scores and softmax are float32 whatever the
-cache dtype; grouped-query heads are folded into the query axis instead of repeating K/V.
+(on 2 cores this beat one padded batch, up to 3x on ragged lengths, and one call per sequence), and
+while its gathered K/V stay under MAX_GATHER_ROWS rows. Every other sequence (prefill, chunked prefill)
+runs alone, so a long prompt never pads the decodes of its step; a whole prompt uses SDPA's causal mode
+instead of an explicit mask. SDPA runs in the cache's dtype: its CPU kernel accumulates half types in
+float32 itself, and converting the gathered K/V to float32 first added half the attention's own time
+(bfloat16 on 2 cores). Grouped-query heads are folded into the query axis instead of repeating K/V.
+
+Everything that depends only on the step's metadata (the batches, their gather indices and masks) is an
+`AttentionPlan`, built once per step: every layer passes the same metadata tensors, and rebuilding it
+per layer cost about a tenth of a decode step.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+# Most K (and V) rows one decode batch gathers; a larger batch is split. Past this size batching gains
+# nothing, and it bounds the gather workspace.
+MAX_GATHER_ROWS = 1 << 16
+
+
+@dataclass(frozen=True)
+class KVGather:
+    """Which cache blocks a batch of n sequences reads, as one dense [n, kv_len] run of rows each.
+
+    Table entries past a sequence's last block (padding, maybe another sequence's blocks) are pointed at
+    that last block, and the copied rows past the sequence's end are zeroed: they hold whatever a previous
+    owner of the block left, possibly inf or NaN, and a masked-out NaN still poisons softmax(..) @ V.
+    """
+
+    blocks: torch.Tensor  # [n * num_blocks] int64 cache block ids, in copy order
+    stale_rows: torch.Tensor  # [k] int64 rows of the [n * num_blocks * block_size] copy to zero
+    n: int
+    num_blocks: int
+    kv_len: int
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """A whole prompt (nothing cached before this step), attended alone with SDPA's causal mode."""
+
+    start: int  # its first query row
+    length: int  # query and KV length alike
+    kv: KVGather
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """Sequences attended as one batch padded to its longest query and KV length."""
+
+    kv: KVGather
+    token_idx: torch.Tensor  # [n, Q] query row of each (sequence, query position); padding clamped
+    token_valid: torch.Tensor  # [n, Q] bool, real query positions
+    out_rows: torch.Tensor  # token_idx[token_valid]
+    mask: torch.Tensor  # [n, 1, G * Q, kv_len] bool, True = may attend
+    max_q_len: int
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    prompts: list[PromptPlan]
+    groups: list[GroupPlan]
 
 
 def paged_attention_ref(
@@ -27,113 +85,86 @@ def paged_attention_ref(
     soft_cap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of each sequence's new query tokens over its whole paged KV; returns [T, Hq, D]."""
+    num_tokens, num_q_heads, head_dim = query.shape
+    num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
+    group_size = num_q_heads // num_kv_heads
+    settings = (num_tokens, group_size, block_size, sliding_window, soft_cap is not None)
+    plan = _plans.get(
+        (query_start_loc, seq_lens, block_tables),
+        settings,
+        lambda: plan_paged_attention(
+            query_start_loc, seq_lens, block_tables, block_size, num_tokens, group_size,
+            sliding_window=sliding_window, explicit_scores=soft_cap is not None,
+        ),
+    )  # fmt: skip
     out = torch.empty_like(query)
-    starts = query_start_loc.tolist()
-    kv_lens = seq_lens.tolist()
-    q_lens = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
-    groups: list[list[int]] = []
-    for i in sorted((i for i, n in enumerate(q_lens) if n == 1), key=lambda i: -kv_lens[i]):
-        if groups and 4 * kv_lens[i] >= 3 * kv_lens[groups[-1][0]]:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    for i, n in enumerate(q_lens):
-        if n > 1 and n == kv_lens[i] and sliding_window is None and soft_cap is None:
-            attend_prompt(out, query, key_cache, value_cache, starts[i], block_tables[i : i + 1], n, scale)
-        elif n > 1:
-            groups.append([i])
-    for group in groups:
-        attend_group(
-            out,
-            query,
-            key_cache,
-            value_cache,
-            query_start_loc,
-            seq_lens,
-            block_tables,
-            scale,
-            torch.tensor(group, dtype=torch.long, device=query.device),
-            max_q_len=max(q_lens[i] for i in group),
-            sliding_window=sliding_window,
-            soft_cap=soft_cap,
-        )
+    for prompt in plan.prompts:
+        k = gather_kv(key_cache, prompt.kv, 0)  # [1, Hkv, L, D]
+        v = gather_kv(value_cache, prompt.kv, 1)
+        q = query[prompt.start : prompt.start + prompt.length].transpose(0, 1).unsqueeze(0)  # [1, Hq, L, D]
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        out[prompt.start : prompt.start + prompt.length] = o[0].transpose(0, 1)
+    for group in plan.groups:
+        attend_group(out, query, key_cache, value_cache, group, scale, soft_cap)
     return out
 
 
-def gather_kv(
-    cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    block_tables: torch.Tensor,  # [n, >= ceil(kv_len / block_size)] int
-    kv_lens: torch.Tensor,  # [n] int64
-    kv_len: int,  # max of kv_lens
-) -> torch.Tensor:
-    """Each sequence's paged KV as one dense [n, Hkv, kv_len, D] float32 tensor; past a sequence's own
-    length its rows repeat its first row.
-
-    Slots past a sequence's end (and the padding block 0) hold whatever a previous owner left, possibly
-    inf or NaN, and a masked-out NaN still poisons softmax(..) @ V. Pointing those positions at the
-    sequence's first slot (real, finite data) costs a pass over the slot indices instead of one over the
-    gathered rows; masked positions then weigh exactly 0.
-    """
-    _, block_size, num_kv_heads, head_dim = cache.shape
-    num_blocks = -(-kv_len // block_size)
-    offsets = torch.arange(block_size, device=cache.device)
-    slots = block_tables[:, :num_blocks].long().unsqueeze(-1) * block_size + offsets
-    slots = slots.flatten(1)[:, :kv_len]
-    shortest = int(kv_lens.min())  # positions before it are real for every sequence: leave them untouched
-    if shortest < kv_len:
-        beyond = torch.arange(shortest, kv_len, device=cache.device) >= kv_lens[:, None]
-        slots[:, shortest:] = torch.where(beyond, slots[:, :1], slots[:, shortest:])
-    rows = cache.reshape(-1, num_kv_heads, head_dim).index_select(0, slots.flatten())
-    rows = rows.view(slots.shape[0], kv_len, num_kv_heads, head_dim).float()
-    return rows.transpose(1, 2)
-
-
-def attend_prompt(
-    out: torch.Tensor,  # [T, Hq, D], written at rows start : start + length
-    query: torch.Tensor,  # [T, Hq, D]
-    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    value_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    start: int,  # the prompt's first query row
-    block_table: torch.Tensor,  # [1, max_blocks] int32
-    length: int,  # query and KV length alike: nothing cached before this step
-    scale: float,
-) -> None:
-    """A whole prompt: SDPA's own causal mode, which skips the masked half (about 1.5x faster at 1k tokens
-    on 2 cores than reading an explicit mask)."""
-    kv_lens = torch.tensor([length], device=query.device)
-    k = gather_kv(key_cache, block_table, kv_lens, length)  # [1, Hkv, L, D]
-    v = gather_kv(value_cache, block_table, kv_lens, length)
-    q = query[start : start + length].float().transpose(0, 1).unsqueeze(0)  # [1, Hq, L, D]
-    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-    out[start : start + length] = o[0].transpose(0, 1).to(out.dtype)
-
-
-def attend_group(
-    out: torch.Tensor,  # [T, Hq, D], written at the group's query rows
-    query: torch.Tensor,  # [T, Hq, D]
-    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    value_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+def plan_paged_attention(
     query_start_loc: torch.Tensor,  # [S + 1] int32
     seq_lens: torch.Tensor,  # [S] int32
     block_tables: torch.Tensor,  # [S, max_blocks] int32
-    scale: float,
-    group: torch.Tensor,  # [n] int64 sequence indices attended as one padded batch
+    block_size: int,
+    num_tokens: int,
+    group_size: int,  # query heads per KV head
     *,
-    max_q_len: int,
     sliding_window: int | None,
-    soft_cap: float | None,
-) -> None:
-    """Attend a group of sequences as one batch padded to its longest query and KV length."""
-    num_tokens, num_q_heads, head_dim = query.shape
-    num_kv_heads = key_cache.shape[2]
-    group_size = num_q_heads // num_kv_heads
-    device = query.device
-    starts = query_start_loc.long()[group]
-    q_lens = query_start_loc.long()[group + 1] - starts
-    kv_lens = seq_lens.long()[group]
-    kv_len = int(kv_lens.max())
-    n = group.shape[0]
+    explicit_scores: bool,  # soft-capping: no SDPA, so prompts take the masked batch path too
+) -> AttentionPlan:
+    """The batches one step's attention runs, with their gather indices and masks."""
+    starts = query_start_loc.tolist()
+    kv_lens = seq_lens.tolist()
+    q_lens = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
+    batches: list[list[int]] = []
+    for i in sorted((i for i, n in enumerate(q_lens) if n == 1), key=lambda i: -kv_lens[i]):
+        longest = kv_lens[batches[-1][0]] if batches else 0
+        if batches and 4 * kv_lens[i] >= 3 * longest and (len(batches[-1]) + 1) * longest <= MAX_GATHER_ROWS:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    prompts = []
+    for i, n in enumerate(q_lens):
+        if n > 1 and n == kv_lens[i] and sliding_window is None and not explicit_scores:
+            lengths = torch.tensor([n], device=seq_lens.device)
+            prompts.append(PromptPlan(starts[i], n, plan_kv_gather(block_tables[i : i + 1], lengths, n, block_size)))
+        elif n > 1:
+            batches.append([i])
+    groups = [
+        plan_group(
+            query_start_loc, seq_lens, block_tables, torch.tensor(batch, dtype=torch.long, device=seq_lens.device),
+            max(q_lens[i] for i in batch), block_size, num_tokens, group_size, sliding_window,
+        )
+        for batch in batches
+    ]  # fmt: skip
+    return AttentionPlan(prompts, groups)
 
+
+def plan_group(
+    query_start_loc: torch.Tensor,  # [S + 1] int32
+    seq_lens: torch.Tensor,  # [S] int32
+    block_tables: torch.Tensor,  # [S, max_blocks] int32
+    batch: torch.Tensor,  # [n] int64 sequence indices attended as one padded batch
+    max_q_len: int,
+    block_size: int,
+    num_tokens: int,
+    group_size: int,
+    sliding_window: int | None,
+) -> GroupPlan:
+    device = seq_lens.device
+    starts = query_start_loc.long()[batch]
+    q_lens = query_start_loc.long()[batch + 1] - starts
+    kv_lens = seq_lens.long()[batch]
+    kv_len = int(kv_lens.max())
+    n = batch.shape[0]
     j = torch.arange(max_q_len, device=device)
     token_valid = j < q_lens[:, None]  # [n, Q]
     token_idx = (starts[:, None] + j).clamp(max=num_tokens - 1)  # [n, Q]
@@ -143,18 +174,131 @@ def attend_group(
     visible = (k_pos <= q_pos[:, :, None]) & (k_pos < kv_lens[:, None, None])  # [n, Q, L]
     if sliding_window is not None:
         visible &= k_pos > q_pos[:, :, None] - sliding_window
-
-    # [n, Q, Hq, D] -> [n, Hkv, G * Q, D]: the G query heads sharing a KV head become extra query rows.
-    q = query[token_idx].float().view(n, max_q_len, num_kv_heads, group_size, head_dim)
-    q = q.permute(0, 2, 3, 1, 4).reshape(n, num_kv_heads, group_size * max_q_len, head_dim)
+    # The G query heads sharing a KV head are extra query rows (see attend_group): one mask row each.
     mask = visible.unsqueeze(1).expand(n, group_size, max_q_len, kv_len).reshape(n, 1, -1, kv_len)
-    k = gather_kv(key_cache, block_tables[group], kv_lens, kv_len)
-    v = gather_kv(value_cache, block_tables[group], kv_lens, kv_len)
+    return GroupPlan(
+        kv=plan_kv_gather(block_tables[batch], kv_lens, kv_len, block_size),
+        token_idx=token_idx,
+        token_valid=token_valid,
+        out_rows=token_idx[token_valid],
+        mask=mask,
+        max_q_len=max_q_len,
+    )
+
+
+def plan_kv_gather(
+    block_tables: torch.Tensor,  # [n, >= ceil(kv_len / block_size)] int
+    kv_lens: torch.Tensor,  # [n] int64
+    kv_len: int,  # max of kv_lens
+    block_size: int,
+) -> KVGather:
+    n = block_tables.shape[0]
+    num_blocks = -(-kv_len // block_size)
+    last_block = (kv_lens + block_size - 1) // block_size - 1  # [n]
+    source = torch.minimum(torch.arange(num_blocks, device=kv_lens.device), last_block[:, None])  # [n, nb]
+    blocks = block_tables.long().gather(1, source)
+    # Real rows of each copied block: its share of the sequence (the copies of the last block share its).
+    real_rows = (kv_lens[:, None] - source * block_size).clamp(max=block_size)  # [n, nb]
+    stale = torch.arange(block_size, device=kv_lens.device) >= real_rows[:, :, None]  # [n, nb, block_size]
+    return KVGather(blocks.flatten(), stale.flatten().nonzero().squeeze(1), n, num_blocks, kv_len)
+
+
+class _GatherWorkspace(threading.local):
+    """Per-thread scratch that gathered K/V land in, grown on demand and reused by every layer and step.
+
+    A fresh buffer of tens of MB per gather is served by mmap, and faulting its pages in cost more than
+    the gather itself (64 decodes over 1,000 tokens on 2 cores: 53 ms fresh against 14 ms reused).
+    Decode batches are capped at MAX_GATHER_ROWS rows; a sequence attended alone is not, so the buffers
+    grow to the longest such sequence's KV of one layer, which a fresh gather would allocate anyway.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def get(self, which: int, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (which, dtype, device)
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            # A normal tensor even when first needed under inference mode: an inference tensor could not
+            # be written by callers outside it (tests, benchmarks), while inference mode writes normal ones.
+            with torch.inference_mode(False):
+                buffer = self.buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+        return buffer[:numel]
+
+
+class _PlanMemo(threading.local):
+    """The plan of the metadata tensors last seen, reused while the very same tensor objects (still alive)
+    come back with the same settings, as they do for every layer of a step. Metadata is never written
+    after it is built (the runner makes new tensors every step), and inference-mode tensors have no
+    version counter to check it with."""
+
+    def __init__(self) -> None:
+        self.sources: tuple[weakref.ref[torch.Tensor], ...] = ()
+        self.settings: tuple[object, ...] = ()
+        self.plan: AttentionPlan | None = None
+
+    def get(
+        self, tensors: tuple[torch.Tensor, ...], settings: tuple[object, ...], build: Callable[[], AttentionPlan]
+    ) -> AttentionPlan:
+        same = (
+            self.plan is not None
+            and len(self.sources) == len(tensors)
+            and all(source() is tensor for source, tensor in zip(self.sources, tensors, strict=True))
+            and settings == self.settings
+        )
+        if not same or self.plan is None:
+            self.plan = build()
+            self.sources = tuple(weakref.ref(tensor) for tensor in tensors)
+            self.settings = settings
+        return self.plan
+
+
+_workspace = _GatherWorkspace()
+_plans = _PlanMemo()
+
+
+def gather_kv(cache: torch.Tensor, plan: KVGather, which: int) -> torch.Tensor:
+    """The planned sequences' paged KV as one dense [n, Hkv, kv_len, D] view of the thread's workspace
+    (`which`: 0 for keys, 1 for values, both alive at once), valid until the next gather into the same
+    buffer; rows past a sequence's own length are zeros.
+
+    Whole blocks are copied: one index_select of block_size-row chunks runs about twice as fast as one of
+    single rows.
+    """
+    num_cache_blocks, block_size, num_kv_heads, head_dim = cache.shape
+    rows = _workspace.get(which, plan.blocks.numel() * cache[0].numel(), cache.dtype, cache.device)
+    rows = rows.view(plan.blocks.numel(), -1)
+    torch.index_select(cache.view(num_cache_blocks, -1), 0, plan.blocks, out=rows)
+    rows = rows.view(-1, num_kv_heads * head_dim)
+    rows.index_fill_(0, plan.stale_rows, 0)
+    rows = rows.view(plan.n, plan.num_blocks * block_size, num_kv_heads, head_dim)[:, : plan.kv_len]
+    return rows.transpose(1, 2)
+
+
+def attend_group(
+    out: torch.Tensor,  # [T, Hq, D], written at the group's query rows
+    query: torch.Tensor,  # [T, Hq, D]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    group: GroupPlan,
+    scale: float,
+    soft_cap: float | None,
+) -> None:
+    """Attend a group of sequences as one batch padded to its longest query and KV length."""
+    _, num_q_heads, head_dim = query.shape
+    num_kv_heads = key_cache.shape[2]
+    group_size = num_q_heads // num_kv_heads
+    n, max_q_len = group.kv.n, group.max_q_len
+    # [n, Q, Hq, D] -> [n, Hkv, G * Q, D]: the G query heads sharing a KV head become extra query rows.
+    q = query[group.token_idx].view(n, max_q_len, num_kv_heads, group_size, head_dim)
+    q = q.permute(0, 2, 3, 1, 4).reshape(n, num_kv_heads, group_size * max_q_len, head_dim)
+    k = gather_kv(key_cache, group.kv, 0)
+    v = gather_kv(value_cache, group.kv, 1)
     if soft_cap is None:
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    else:
-        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, scale=scale)
+    else:  # explicit float32 scores: SDPA has no soft-capping
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
         scores = soft_cap * torch.tanh(scores / soft_cap)
-        o = torch.matmul(torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1), v)
+        o = torch.matmul(torch.softmax(scores.masked_fill(~group.mask, float("-inf")), dim=-1), v.float())
     o = o.view(n, num_kv_heads, group_size, max_q_len, head_dim).permute(0, 3, 1, 2, 4)
-    out[token_idx[token_valid]] = o.reshape(n, max_q_len, num_q_heads, head_dim)[token_valid].to(out.dtype)
+    out[group.out_rows] = o.reshape(n, max_q_len, num_q_heads, head_dim)[group.token_valid].to(out.dtype)

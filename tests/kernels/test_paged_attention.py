@@ -45,10 +45,13 @@ def dense_attention(batch: PagedBatch, scale: float, sliding_window: int | None 
 # The reference batches decodes of similar KV length (padded to the longest); this step lands two or more
 # decodes in each such batch.
 DECODE_KV_LENS = [463, 400, 350, 129, 100, 17, 1]
+# Decodes padded past a single partial block: the gathered padding must not carry its stale (NaN) rows.
+SHORT_DECODE_KV_LENS = [18, 14, 17]
 
 
-@pytest.mark.parametrize(("q_lens", "kv_lens"), [(MIXED_Q_LENS, MIXED_KV_LENS), ([1] * 7, DECODE_KV_LENS)],
-                         ids=["mixed", "decodes"])
+@pytest.mark.parametrize(("q_lens", "kv_lens"), [(MIXED_Q_LENS, MIXED_KV_LENS), ([1] * 7, DECODE_KV_LENS),
+                                                 ([1] * 3, SHORT_DECODE_KV_LENS)],
+                         ids=["mixed", "decodes", "short-decodes"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), GQA)
 def test_reference_matches_sdpa(
@@ -142,3 +145,13 @@ def test_triton_random_batches(seed: int) -> None:
     batch = make_paged_batch(q_lens, kv_lens, 4, 1, 64, torch.float32, DEVICE, num_blocks=2048, seed=seed)
     out = paged_attention_triton(*batch.args(), scale=0.125, num_kv_splits=1 + seed % 2)
     assert_close(out, paged_attention_ref(*batch.args(), scale=0.125))
+
+
+def test_reference_alternates_inference_mode_and_normal_calls() -> None:
+    """The engine attends under inference mode, tests and benchmarks outside it, in one process: the
+    reference's reused scratch must serve both."""
+    batch = make_paged_batch(MIXED_Q_LENS, MIXED_KV_LENS, 4, 2, 64, torch.float32, DEVICE)
+    with torch.inference_mode():
+        inside = paged_attention_ref(*batch.args(), scale=0.125)
+    outside = paged_attention_ref(*batch.args(), scale=0.125)
+    assert torch.equal(inside, outside)
