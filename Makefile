@@ -25,10 +25,12 @@ lint: setup
 test: setup lint
 	@$(VENV)/bin/pytest -q -ra --durations=15 tests
 
-# Engine vs Hugging Face baselines, then the served path vs the engine across concurrency (with a plot).
+# Engine vs Hugging Face baselines, the served path vs the engine across concurrency (with a plot), then
+# the full-scale load (256 concurrent streams, every token checked).
 bench: setup
 	@$(PY) -m benchmarks.engine_bench
 	@$(PY) -m benchmarks.serving_bench
+	@$(PY) -m benchmarks.load_bench
 
 # Re-render the checked-in repository from its profile (tests/test_render.py checks they agree).
 render: setup

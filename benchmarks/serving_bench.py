@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import yaml
 
 from benchmarks.engine_bench import Workload, make_workload
-from engine import EngineConfig, LLMEngine, SamplingParams
+from engine import LLMEngine, SamplingParams
+from ensemble_configs.render import load_profile
 from tests.servers import ROOT, start_frontend, start_triton
+from triton_adapters.engine_settings import engine_config
 
 PROFILE = ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml"
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -77,22 +78,6 @@ def percentile(values: list[float], q: int) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
-def engine_config(profile: dict) -> EngineConfig:
-    """The engine exactly as the profile's llm model builds it."""
-    config = EngineConfig(
-        model=str(ROOT / profile["model"]),
-        dtype=profile["dtype"],
-        device=profile["device"],
-        block_size=profile["block_size"],
-        max_model_len=profile["max_model_len"],
-        max_num_seqs=profile["max_num_seqs"],
-        max_num_batched_tokens=profile["max_num_batched_tokens"],
-        enable_prefix_caching=profile["enable_prefix_caching"],
-    )
-    config.kv_cache_memory = profile["kv_cache_memory"]
-    return config
 
 
 def run_engine(engine: LLMEngine, workload: Workload, concurrency: int) -> RunResult:
@@ -200,8 +185,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    profile = yaml.safe_load(PROFILE.read_text())
-    engine = LLMEngine(engine_config(profile))
+    profile = load_profile(PROFILE)
+    # The engine exactly as the profile's llm model builds it.
+    engine = LLMEngine(engine_config(profile, str(ROOT / "model_repository" / "llm")))
     workload = make_workload(args.num_requests, engine.runner.spec.vocab_size, args.seed)
     engine.generate([workload.prompts[0][:32]], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
     engine_runs = {

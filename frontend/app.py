@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -123,5 +124,15 @@ def build_app(ctx: ServingContext) -> FastAPI:
         api_keys=ctx.config.api_keys,
         max_body_bytes=ctx.config.max_request_body_bytes,
         metrics=ctx.metrics,
+        isolate_api_keys=ctx.config.isolate_api_keys,
     )
+    if ctx.config.allowed_origins:
+        # Outside the guard: a browser's preflight OPTIONS carries no API key.
+        app.add_middleware(
+            CORSMiddleware,  # type: ignore[arg-type]
+            allow_origins=list(ctx.config.allowed_origins),
+            allow_methods=list(ctx.config.allowed_methods),
+            allow_headers=list(ctx.config.allowed_headers),
+            allow_credentials=ctx.config.allow_credentials,
+        )
     return app

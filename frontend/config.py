@@ -35,6 +35,13 @@ class FrontendConfig:
     max_model_len: int | None = None
     # Accepted bearer tokens; empty means no authentication.
     api_keys: tuple[str, ...] = ()
+    # Each API key is its own tenant: its stored responses and prefix-cache blocks are its alone.
+    isolate_api_keys: bool = False
+    # Browser origins allowed by CORS; empty (the default) sends no CORS headers at all.
+    allowed_origins: tuple[str, ...] = ()
+    allowed_methods: tuple[str, ...] = ("*",)
+    allowed_headers: tuple[str, ...] = ("*",)
+    allow_credentials: bool = False
     # Jinja chat template file overriding the tokenizer's own template.
     chat_template: Path | None = None
     # Parse tool calls out of generated text when the request offers tools.
@@ -80,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--api-key", nargs="+", default=None, help="accepted bearer tokens (or VLLM_API_KEY)")
+    parser.add_argument(
+        "--isolate-api-keys",
+        action="store_true",
+        help="each API key is a tenant: it sees only the responses it stored and shares prefix-cache "
+        "entries only with its own requests",
+    )
+    parser.add_argument(
+        "--allowed-origins",
+        nargs="+",
+        default=[],
+        help="CORS: browser origins allowed to call the API ('*' for any); none (default) disables CORS",
+    )
+    parser.add_argument("--allowed-methods", nargs="+", default=["*"], help="CORS: allowed methods")
+    parser.add_argument("--allowed-headers", nargs="+", default=["*"], help="CORS: allowed request headers")
+    parser.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
     parser.add_argument("--chat-template", default=None, help="Jinja chat template file")
     parser.add_argument("--enable-auto-tool-choice", action="store_true")
     parser.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default=None)
@@ -118,6 +140,10 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
     except ValueError as error:
         parser.error(str(error))
     api_keys = tuple(args.api_key or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else []))
+    if args.isolate_api_keys and not api_keys:
+        parser.error("--isolate-api-keys requires --api-key (or VLLM_API_KEY)")
+    if args.allow_credentials and "*" in args.allowed_origins:
+        parser.error("--allow-credentials cannot be combined with --allowed-origins '*': name the origins")
     return FrontendConfig(
         model=model,
         served_model_names=tuple(args.served_model_name or [str(args.model)]),
@@ -128,6 +154,11 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
         port=args.port,
         max_model_len=args.max_model_len,
         api_keys=api_keys,
+        isolate_api_keys=args.isolate_api_keys,
+        allowed_origins=tuple(args.allowed_origins),
+        allowed_methods=tuple(args.allowed_methods),
+        allowed_headers=tuple(args.allowed_headers),
+        allow_credentials=args.allow_credentials,
         chat_template=Path(args.chat_template) if args.chat_template else None,
         enable_auto_tool_choice=args.enable_auto_tool_choice,
         tool_call_parser=args.tool_call_parser,

@@ -14,6 +14,7 @@ from typing import Any
 
 from frontend.errors import APIError
 from frontend.metrics import FrontendMetrics
+from frontend.tenancy import current_tenant, tenant_of
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,10 +57,17 @@ def endpoint_label(path: str) -> str:
 
 class RequestGuard:
     def __init__(
-        self, app: ASGIApp, api_keys: tuple[str, ...], max_body_bytes: int, metrics: FrontendMetrics
+        self,
+        app: ASGIApp,
+        api_keys: tuple[str, ...],
+        max_body_bytes: int,
+        metrics: FrontendMetrics,
+        isolate_api_keys: bool = False,
     ):
         self.app = app
         self.api_keys = [key.encode() for key in api_keys]
+        # Tenant id of each key when keys are isolated, else None for all.
+        self.tenants = [tenant_of(key) if isolate_api_keys else None for key in api_keys]
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
 
@@ -84,8 +92,10 @@ class RequestGuard:
                 ]
             await send(message)
 
+        tenant_token = None
         try:
-            if not self._authorized(scope["path"], headers):
+            authorized, tenant = self._authenticate(scope["path"], headers)
+            if not authorized:
                 await self._error(
                     send_with_id,
                     APIError(
@@ -124,19 +134,25 @@ class RequestGuard:
                     ),
                 )
                 return
+            tenant_token = current_tenant.set(tenant)
             await self.app(scope, _replay(body, receive), send_with_id)
         finally:
+            if tenant_token is not None:
+                current_tenant.reset(tenant_token)
             self.metrics.requests.labels(label, str(status[0])).inc()
 
-    def _authorized(self, path: str, headers: dict[str, str]) -> bool:
+    def _authenticate(self, path: str, headers: dict[str, str]) -> tuple[bool, str | None]:
+        """(authorized, tenant): open paths and servers without keys admit everyone, as no tenant."""
         if not self.api_keys or path in OPEN_PATHS:
-            return True
+            return True, None
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
-            return False
+            return False, None
         # compare_digest against every key, so timing says nothing about which key nearly matched.
         matches = [hmac.compare_digest(token.strip().encode(), key) for key in self.api_keys]
-        return any(matches)
+        if not any(matches):
+            return False, None
+        return True, self.tenants[matches.index(True)]
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
         """The whole body, or None once it exceeds the limit (checked on Content-Length and on the bytes)."""

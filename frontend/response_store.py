@@ -34,17 +34,21 @@ class StoredResponse:
     body: JSON
     # The response this one continues, for rebuilding a conversation.
     previous_response_id: str | None
+    # Tenant that created it (frontend.tenancy), None when API keys were not isolated.
+    owner: str | None = None
 
 
 class ResponseStore(ABC):
     """Responses by id. Every method is one atomic transaction; async callers run them in a thread."""
 
     @abstractmethod
-    def create(self, response: JSON, input_items: list[JSON], previous_response_id: str | None) -> None:
+    def create(
+        self, response: JSON, input_items: list[JSON], previous_response_id: str | None, owner: str | None
+    ) -> None:
         """Insert a new response with its input items (in order) and its first status."""
 
     @abstractmethod
-    def remember_unstored(self, response_id: str) -> None:
+    def remember_unstored(self, response_id: str, owner: str | None) -> None:
         """Record that `response_id` existed with store=false (nothing else is kept)."""
 
     @abstractmethod
@@ -82,7 +86,8 @@ CREATE TABLE IF NOT EXISTS responses (
     status TEXT,
     previous_response_id TEXT,
     body TEXT NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS input_items (
     response_id TEXT NOT NULL,
@@ -117,6 +122,9 @@ class SQLiteResponseStore(ResponseStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
+        if "owner" not in columns:  # a store written before tenants existed: its rows have no owner
+            self._db.execute("ALTER TABLE responses ADD COLUMN owner TEXT")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -129,13 +137,15 @@ class SQLiteResponseStore(ResponseStore):
                 raise
             self._db.execute("COMMIT")
 
-    def create(self, response: JSON, input_items: list[JSON], previous_response_id: str | None) -> None:
+    def create(
+        self, response: JSON, input_items: list[JSON], previous_response_id: str | None, owner: str | None
+    ) -> None:
         now = time.time()
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at)"
-                " VALUES (?, 1, ?, ?, ?, ?)",
-                (response["id"], response["status"], previous_response_id, json.dumps(response), now),
+                "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at, owner)"
+                " VALUES (?, 1, ?, ?, ?, ?, ?)",
+                (response["id"], response["status"], previous_response_id, json.dumps(response), now, owner),
             )
             db.executemany(
                 "INSERT INTO input_items (response_id, position, body) VALUES (?, ?, ?)",
@@ -146,12 +156,12 @@ class SQLiteResponseStore(ResponseStore):
                 (response["id"], response["status"], now),
             )
 
-    def remember_unstored(self, response_id: str) -> None:
+    def remember_unstored(self, response_id: str, owner: str | None) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at)"
-                " VALUES (?, 0, NULL, NULL, '{}', ?)",
-                (response_id, time.time()),
+                "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at, owner)"
+                " VALUES (?, 0, NULL, NULL, '{}', ?, ?)",
+                (response_id, time.time(), owner),
             )
 
     def update(self, response: JSON, events: list[JSON] | None = None) -> None:
@@ -178,11 +188,11 @@ class SQLiteResponseStore(ResponseStore):
     def get(self, response_id: str) -> StoredResponse | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT stored, body, previous_response_id FROM responses WHERE id = ?", (response_id,)
+                "SELECT stored, body, previous_response_id, owner FROM responses WHERE id = ?", (response_id,)
             ).fetchone()
         if row is None:
             return None
-        return StoredResponse(response_id, bool(row[0]), json.loads(row[1]), row[2])
+        return StoredResponse(response_id, bool(row[0]), json.loads(row[1]), row[2], row[3])
 
     def input_items(self, response_id: str) -> list[JSON]:
         with self._lock:

@@ -42,6 +42,7 @@ from frontend.serving.responses_background import BackgroundRun, BackgroundRuns
 from frontend.serving.responses_events import ResponseEvents
 from frontend.serving.responses_input import PreparedResponse, ResponseInputBuilder
 from frontend.serving.sse import DONE
+from frontend.tenancy import current_tenant, visible_to_current_tenant
 from frontend.triton_client import GenerationChunk, TritonError
 
 ENDPOINT = "/v1/responses"
@@ -106,11 +107,11 @@ class ResponsesHandler:
     async def _record_start(self, prepared: PreparedResponse, previous_response_id: str | None) -> None:
         response = prepared.response
         if not response.store:
-            await asyncio.to_thread(self.store.remember_unstored, response.id)
+            await asyncio.to_thread(self.store.remember_unstored, response.id, current_tenant.get())
             return
         items = [item.model_dump(mode="json") for item in prepared.input_items]
         body = response.model_dump(mode="json")
-        await asyncio.to_thread(self.store.create, body, items, previous_response_id)
+        await asyncio.to_thread(self.store.create, body, items, previous_response_id, current_tenant.get())
 
     async def _generate(
         self,
@@ -248,8 +249,16 @@ class ResponsesHandler:
 
     # ---- stored responses ---------------------------------------------------------------------------------
 
-    async def _stored(self, response_id: str) -> StoredResponse:
+    async def _lookup(self, response_id: str) -> StoredResponse | None:
+        """The stored row, or None when there is none or it belongs to another tenant (whose ids are
+        answered exactly like unknown ones)."""
         found = await asyncio.to_thread(self.store.get, response_id)
+        if found is None or not visible_to_current_tenant(found.owner):
+            return None
+        return found
+
+    async def _stored(self, response_id: str) -> StoredResponse:
+        found = await self._lookup(response_id)
         if found is None:
             raise not_found(response_id)
         if not found.stored:
@@ -261,7 +270,7 @@ class ResponsesHandler:
         chain: list[StoredResponse] = []
         current = previous_response_id
         while current is not None:
-            found = await asyncio.to_thread(self.store.get, current)
+            found = await self._lookup(current)
             if found is None or not found.stored:
                 why = (
                     "was not found"

@@ -42,3 +42,17 @@ def test_api_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auto_tool_choice_needs_a_parser() -> None:
     with pytest.raises(SystemExit):
         config_from_args(["--model", "m", "--enable-auto-tool-choice"])
+
+
+def test_tenant_and_cors_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    default = config_from_args(["--model", "m"])
+    assert not default.isolate_api_keys and default.allowed_origins == ()
+    config = config_from_args(
+        ["--model", "m", "--api-key", "a", "b", "--isolate-api-keys", "--allowed-origins", "https://x.example"]
+    )
+    assert config.isolate_api_keys and config.allowed_origins == ("https://x.example",)
+    with pytest.raises(SystemExit):  # tenants are keys: isolating nothing is a mistake worth saying
+        config_from_args(["--model", "m", "--isolate-api-keys"])
+    with pytest.raises(SystemExit):  # browsers refuse credentials for a wildcard origin
+        config_from_args(["--model", "m", "--allowed-origins", "*", "--allow-credentials"])

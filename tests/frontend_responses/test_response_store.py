@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def test_round_trip_survives_reopening(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'nested' / 'responses.db'}"
     store = open_store(url)
     items = [{"type": "message", "id": "msg_1", "role": "user", "content": "hi"}]
-    store.create(response("queued"), items, previous_response_id="resp_0")
+    store.create(response("queued"), items, previous_response_id="resp_0", owner="tenant-a")
     store.update(response("in_progress"))
     events = [{"type": "response.created", "sequence_number": 0}, {"type": "x", "sequence_number": 1}]
     store.update(response("completed", output=[{"type": "message"}]), events)
@@ -27,6 +28,7 @@ def test_round_trip_survives_reopening(tmp_path: Path) -> None:
     reopened = open_store(url)
     found = reopened.get("resp_1")
     assert found is not None and found.stored and found.previous_response_id == "resp_0"
+    assert found.owner == "tenant-a"
     assert found.body["status"] == "completed" and found.body["output"] == [{"type": "message"}]
     assert reopened.input_items("resp_1") == items
     assert reopened.statuses("resp_1") == ["queued", "in_progress", "completed"]
@@ -38,15 +40,15 @@ def test_round_trip_survives_reopening(tmp_path: Path) -> None:
 
 def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     store = SQLiteResponseStore(str(tmp_path / "responses.db"))
-    store.create(response("completed"), [], None)
+    store.create(response("completed"), [], None, None)
     with pytest.raises(Exception, match="UNIQUE"):
-        store.create(response("completed"), [{"type": "message"}], None)
+        store.create(response("completed"), [{"type": "message"}], None, None)
     assert store.input_items("resp_1") == [] and store.statuses("resp_1") == ["completed"]
 
 
 def test_a_response_deleted_while_generating_stays_deleted() -> None:
     store = open_store("sqlite://")
-    store.create(response("in_progress"), [], None)
+    store.create(response("in_progress"), [], None, None)
     store.delete("resp_1")
     store.update(response("completed"), [{"type": "response.completed", "sequence_number": 0}])
     assert store.get("resp_1") is None and store.statuses("resp_1") == [] and store.events("resp_1", -1) == []
@@ -54,9 +56,25 @@ def test_a_response_deleted_while_generating_stays_deleted() -> None:
 
 def test_unstored_responses_are_remembered_without_content() -> None:
     store = open_store("sqlite://")
-    store.remember_unstored("resp_2")
+    store.remember_unstored("resp_2", "tenant-b")
     found = store.get("resp_2")
-    assert found is not None and not found.stored and found.body == {}
+    assert found is not None and not found.stored and found.body == {} and found.owner == "tenant-b"
+
+
+def test_a_store_from_before_tenants_gains_the_owner_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE responses (id TEXT PRIMARY KEY, stored INTEGER NOT NULL, status TEXT,"
+            " previous_response_id TEXT, body TEXT NOT NULL, updated_at REAL NOT NULL)"
+        )
+        old.execute("INSERT INTO responses VALUES ('resp_old', 1, 'completed', NULL, '{\"id\": \"resp_old\"}', 0)")
+    old.close()
+    store = SQLiteResponseStore(str(path))
+    found = store.get("resp_old")
+    assert found is not None and found.owner is None and found.body == {"id": "resp_old"}
+    store.create(response("completed"), [], None, "tenant-a")
+    assert (store.get("resp_1") or found).owner == "tenant-a"
 
 
 def test_store_urls() -> None:

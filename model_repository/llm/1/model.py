@@ -24,15 +24,11 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from engine import AsyncEngine, EngineConfig, EngineOverloadedError, RequestOutput, merge_outputs
+from engine import AsyncEngine, EngineOverloadedError, RequestOutput, merge_outputs
+from triton_adapters.engine_settings import engine_config
 from triton_adapters.generation_request import parse_generation_request
 from triton_adapters.llm_metrics import LLMMetrics
-from triton_adapters.model_parameters import (
-    optional_int,
-    parse_bool,
-    parse_model_parameters,
-    resolve_model_path,
-)
+from triton_adapters.model_parameters import parse_model_parameters
 from triton_adapters.sequence_outputs import sequence_tensors
 
 CANCEL_POLL_SECONDS = 0.1
@@ -70,7 +66,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException("the llm model must use the decoupled transaction policy")
         self.input_names = [entry["name"] for entry in model_config["input"]]
         parameters = parse_model_parameters(args["model_config"])
-        self.engine = AsyncEngine(engine_config(parameters, args))
+        gpu_device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
+        self.engine = AsyncEngine(engine_config(parameters, args["model_repository"], gpu_device_id))
         self.metrics = LLMMetrics(pb_utils, model_name=args["model_name"], version=args["model_version"])
         self.outputs: queue.Queue[RequestOutput | None] = queue.Queue()
         self.active: dict[str, ActiveRequest] = {}
@@ -254,32 +251,6 @@ class TritonPythonModel:
         ]
         tensors.extend(pb_utils.Tensor(name, array) for name, array in sequence_tensors(output).items())
         return pb_utils.InferenceResponse(output_tensors=tensors)
-
-
-def engine_config(parameters: dict[str, str], args: dict) -> EngineConfig:
-    """The engine's settings from the model config's `parameters` (see ensemble_configs/templates)."""
-    device = parameters.get("device", "auto")
-    if device.startswith("cuda") and args.get("model_instance_kind") == "GPU":
-        # Triton pins a KIND_GPU instance to one device: data parallel instances never collide.
-        device = f"cuda:{args['model_instance_device_id']}"
-    kv_cache_memory = optional_int(parameters, "kv_cache_memory")
-    config = EngineConfig(
-        model=resolve_model_path(parameters["model"], args["model_repository"]),
-        dtype=parameters.get("dtype", "auto"),
-        device=device,
-        block_size=int(parameters.get("block_size", "16")),
-        max_model_len=optional_int(parameters, "max_model_len"),
-        max_num_seqs=int(parameters.get("max_num_seqs", "256")),
-        max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", "2048")),
-        enable_prefix_caching=parse_bool(parameters.get("enable_prefix_caching", "true")),
-        gpu_memory_utilization=float(parameters.get("gpu_memory_utilization", "0.9")),
-        # Ranks 1.. are worker processes on the devices after `device` (a KIND_MODEL instance owns them).
-        tensor_parallel_size=optional_int(parameters, "tensor_parallel_size") or 1,
-    )
-    if kv_cache_memory:
-        config.kv_cache_memory = kv_cache_memory
-    config.max_waiting_requests = optional_int(parameters, "max_waiting_requests")
-    return config
 
 
 def _send_error(sender, message: str) -> None:

@@ -1,0 +1,39 @@
+"""The engine's configuration from the `llm` model's `parameters` (see ensemble_configs/templates/llm).
+
+One function for the Triton model and for anything that must build the very engine a profile serves
+(benchmarks compare against it in-process).
+"""
+
+from __future__ import annotations
+
+from engine import EngineConfig
+from triton_adapters.model_parameters import optional_int, parse_bool, resolve_model_path
+
+
+def engine_config(
+    parameters: dict[str, str], model_repository: str, gpu_device_id: int | None = None
+) -> EngineConfig:
+    """`model_repository` is the model's own folder as Triton passes it (`<repo>/llm`); `gpu_device_id`
+    is the device Triton pinned a KIND_GPU instance to, None for other kinds."""
+    device = parameters.get("device", "auto")
+    if device.startswith("cuda") and gpu_device_id is not None:
+        # Triton pins a KIND_GPU instance to one device: data parallel instances never collide.
+        device = f"cuda:{gpu_device_id}"
+    kv_cache_memory = optional_int(parameters, "kv_cache_memory")
+    config = EngineConfig(
+        model=resolve_model_path(parameters["model"], model_repository),
+        dtype=parameters.get("dtype", "auto"),
+        device=device,
+        block_size=int(parameters.get("block_size", "16")),
+        max_model_len=optional_int(parameters, "max_model_len"),
+        max_num_seqs=int(parameters.get("max_num_seqs", "256")),
+        max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", "2048")),
+        enable_prefix_caching=parse_bool(parameters.get("enable_prefix_caching", "true")),
+        gpu_memory_utilization=float(parameters.get("gpu_memory_utilization", "0.9")),
+        # Ranks 1.. are worker processes on the devices after `device` (a KIND_MODEL instance owns them).
+        tensor_parallel_size=optional_int(parameters, "tensor_parallel_size") or 1,
+    )
+    if kv_cache_memory:
+        config.kv_cache_memory = kv_cache_memory
+    config.max_waiting_requests = optional_int(parameters, "max_waiting_requests")
+    return config
