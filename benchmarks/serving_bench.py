@@ -104,8 +104,8 @@ def run_engine(engine: LLMEngine, workload: Workload, concurrency: int) -> RunRe
     return RunResult("engine", concurrency, time.perf_counter() - start, list(timings.values()))
 
 
-async def run_served(base_url: str, workload: Workload, concurrency: int) -> RunResult:
-    """Stream /v1/completions with `concurrency` requests open at a time."""
+async def run_served(base_url: str, workload: Workload, concurrency: int, system: str = "served") -> RunResult:
+    """Stream /v1/completions (of any OpenAI-compatible server) with `concurrency` requests open at a time."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(client: httpx.AsyncClient, index: int) -> RequestTiming:
@@ -141,7 +141,7 @@ async def run_served(base_url: str, workload: Workload, concurrency: int) -> Run
         start = time.perf_counter()
         timings = await asyncio.gather(*(one(client, index) for index in range(len(workload.prompts))))
         seconds = time.perf_counter() - start
-    return RunResult("served", concurrency, seconds, list(timings))
+    return RunResult(system, concurrency, seconds, list(timings))
 
 
 def level_workload(workload: Workload, concurrency: int, per_level: int) -> Workload:

