@@ -19,6 +19,7 @@ import numpy as np
 from tritonclient.grpc import InferInput, InferResult
 from tritonclient.utils import InferenceServerException
 
+from frontend.tenancy import tenant_cache_salt
 from frontend.triton_stream import (
     TritonError,
     TritonStreams,
@@ -46,7 +47,7 @@ class GenerationInput:
     sampling: dict[str, Any] = field(default_factory=dict)
     # vLLM priority (lower is sooner).
     priority: int = 0
-    # Prefix-cache isolation key, or None.
+    # The client's prefix-cache isolation key, or None (build_inputs adds the tenant's).
     cache_salt: str | None = None
     # Triton request id, for correlating logs.
     request_id: str = ""
@@ -109,8 +110,10 @@ def build_inputs(request: GenerationInput) -> list[InferInput]:
         inputs.append(tensor("max_tokens", np.array([request.max_tokens], dtype=np.int32), "INT32"))
     if request.sampling:
         inputs.append(bytes_tensor("sampling_parameters", json.dumps(request.sampling)))
-    if request.cache_salt:
-        inputs.append(bytes_tensor("cache_salt", request.cache_salt))
+    # Every generation passes here, so no endpoint can forget the tenant's share of the salt.
+    cache_salt = tenant_cache_salt(request.cache_salt)
+    if cache_salt:
+        inputs.append(bytes_tensor("cache_salt", cache_salt))
     return inputs
 
 

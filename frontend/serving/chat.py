@@ -29,7 +29,6 @@ from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.responses_tools import ANY_OBJECT, CallArrayParser, NamedCallParser, call_array_schema
 from frontend.serving.sse import DONE, error_frame, frame
 from frontend.templating import TemplateError
-from frontend.tenancy import tenant_cache_salt
 from frontend.tool_parsers import NEEDS_SPECIAL_TOKENS, TOOL_PARSERS, ToolParser
 from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
 
@@ -139,7 +138,7 @@ class ChatHandler:
             max_tokens=max_tokens,
             sampling=params.sampling,
             priority=request.priority,
-            cache_salt=tenant_cache_salt(request.cache_salt),
+            cache_salt=request.cache_salt,
             request_id=request_id,
         )
         max_tool_calls = 1 if request.parallel_tool_calls is False else None

@@ -15,7 +15,6 @@ from frontend.serving.generation import Generation, chunks, collect, start_gener
 from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.sse import DONE, error_frame, frame
 from frontend.templating import ChatTemplater
-from frontend.tenancy import tenant_cache_salt
 from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
 
 ENDPOINT = "/v1/completions"
@@ -74,7 +73,7 @@ class CompletionHandler:
                 max_tokens=request.max_tokens,
                 sampling=params.sampling,
                 priority=request.priority,
-                cache_salt=tenant_cache_salt(request.cache_salt),
+                cache_salt=request.cache_salt,
                 request_id=f"{request_id}-{index}",
             )
             for index, prompt in enumerate(prompts)

@@ -34,7 +34,6 @@ from frontend.serving.context import ServingContext, unix_now
 from frontend.serving.engine_params import EngineParameters
 from frontend.serving.responses_tools import tool_mode
 from frontend.templating import ChatPrompt, TemplateError
-from frontend.tenancy import tenant_cache_salt
 from frontend.tool_parsers import NEEDS_SPECIAL_TOKENS, ToolParser
 from frontend.triton_client import GenerationInput
 
@@ -221,7 +220,7 @@ class ResponseInputBuilder:
             add_special_tokens=False,
             max_tokens=request.max_output_tokens,
             sampling=params.sampling,
-            cache_salt=tenant_cache_salt(request.prompt_cache_key),
+            cache_salt=request.prompt_cache_key,
             request_id=response_id,
         )
         parse_reasoning = config.reasoning_parser is not None and "structured_outputs" not in params.sampling
