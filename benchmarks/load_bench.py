@@ -32,9 +32,9 @@ from tests.reliability.load_client import (
     MODEL_NAME,
     TOPICS,
     StreamedChoice,
-    chat_body,
     disconnect_storm,
     engine_idle,
+    greedy_answer,
     stream_problem,
     streamed_choice,
     tree_rss_bytes,
@@ -83,15 +83,7 @@ async def run_load(base_url: str, streams: int, max_tokens: int) -> tuple[dict[s
     """The non-streamed greedy answer of each topic, then all streams at once."""
     limits = httpx.Limits(max_connections=streams + 8)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
-        expected = {}
-        for topic in TOPICS:
-            reply = await client.post(
-                "/chat/completions",
-                json=chat_body(topic, False, max_tokens),
-                headers={"Authorization": f"Bearer {API_KEY}"},
-            )
-            reply.raise_for_status()
-            expected[topic] = reply.json()["choices"][0]["message"]["content"]
+        expected = {topic: await greedy_answer(client, API_KEY, topic, max_tokens) for topic in TOPICS}
 
         async def one(index: int) -> StreamOutcome:
             topic = TOPICS[index % len(TOPICS)]
@@ -110,11 +102,7 @@ async def answer_after_storm(base_url: str, streams: int) -> str:
     """The storm of dropped streams, then the content of one more request."""
     await disconnect_storm(base_url, API_KEY, streams)
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
-        reply = await client.post(
-            "/chat/completions", json=chat_body("the sea", False), headers={"Authorization": f"Bearer {API_KEY}"}
-        )
-        reply.raise_for_status()
-        return str(reply.json()["choices"][0]["message"]["content"])
+        return await greedy_answer(client, API_KEY, "the sea")
 
 
 def main() -> None:

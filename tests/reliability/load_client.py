@@ -36,6 +36,19 @@ def chat_body(topic: str, stream: bool, max_tokens: int = 24) -> dict:
     return request
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+async def greedy_answer(client: httpx.AsyncClient, api_key: str | None, topic: str, max_tokens: int = 24) -> str:
+    """The non-streamed answer to a topic's chat (the reference its streams are compared with)."""
+    reply = await client.post(
+        "/chat/completions", json=chat_body(topic, False, max_tokens), headers=auth_headers(api_key)
+    )
+    reply.raise_for_status()
+    return str(reply.json()["choices"][0]["message"]["content"])
+
+
 @dataclass
 class StreamedChoice:
     text: str
@@ -49,10 +62,11 @@ async def streamed_choice(
     client: httpx.AsyncClient, api_key: str | None, topic: str, max_tokens: int = 24
 ) -> StreamedChoice:
     """One streamed chat; raises AssertionError on a refusal or an error frame."""
-    parts, tokens, usage, finish = [], [], 0, None
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    parts: list[str] = []
+    tokens: list[str] = []
+    usage, finish = 0, None
     async with client.stream(
-        "POST", "/chat/completions", json=chat_body(topic, True, max_tokens), headers=headers
+        "POST", "/chat/completions", json=chat_body(topic, True, max_tokens), headers=auth_headers(api_key)
     ) as reply:
         assert reply.status_code == 200, (reply.status_code, await reply.aread())
         async for line in reply.aiter_lines():
@@ -72,7 +86,7 @@ async def streamed_choice(
 async def disconnect_storm(base_url: str, api_key: str | None, streams: int, seed: int = 7) -> None:
     """Open `streams` long streams at once and drop each after a random 1-12 chunks."""
     rng = random.Random(seed)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
 
     async def drop_after(client: httpx.AsyncClient, index: int, chunks: int) -> None:
         request = chat_body(TOPICS[index % len(TOPICS)], True, max_tokens=400)

@@ -16,9 +16,11 @@ import pytest
 from tests.reliability.load_client import (
     TOPICS,
     StreamedChoice,
+    auth_headers,
     chat_body,
     disconnect_storm,
     engine_idle,
+    greedy_answer,
     stream_problem,
     streamed_choice,
     tree_rss_bytes,
@@ -31,22 +33,13 @@ CONCURRENT_STREAMS = 48
 DROPPED_STREAMS = 60
 
 
-def headers(server: FrontendServer) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.api_key}"}
-
-
 def test_concurrent_streams_are_complete_and_exact(
     frontend_server: FrontendServer, triton_server: TritonServer
 ) -> None:
     async def run() -> tuple[dict[str, str], list[tuple[str, StreamedChoice]]]:
         limits = httpx.Limits(max_connections=CONCURRENT_STREAMS + 8)
         async with httpx.AsyncClient(base_url=frontend_server.base_url, timeout=300, limits=limits) as client:
-            expected = {}
-            for topic in TOPICS:
-                reply = await client.post(
-                    "/chat/completions", json=chat_body(topic, False), headers=headers(frontend_server)
-                )
-                expected[topic] = reply.json()["choices"][0]["message"]["content"]
+            expected = {topic: await greedy_answer(client, frontend_server.api_key, topic) for topic in TOPICS}
             topics = [TOPICS[index % len(TOPICS)] for index in range(CONCURRENT_STREAMS)]
             choices = await asyncio.gather(
                 *(streamed_choice(client, frontend_server.api_key, topic) for topic in topics)
@@ -73,7 +66,7 @@ def test_a_disconnect_storm_leaves_nothing_running(
     reply = httpx.post(
         f"{frontend_server.base_url}/chat/completions",
         json=chat_body("the sea", False),
-        headers=headers(frontend_server),
+        headers=auth_headers(frontend_server.api_key),
         timeout=120,
     )
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
