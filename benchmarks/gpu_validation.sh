@@ -3,18 +3,21 @@
 # torch, triton and transformers; xgrammar carried as wheels): the kernel tests and the engine parity tests
 # on CUDA, the kernel benchmark, and the engine benchmark on a random-initialised Qwen3-1.7B-shaped
 # checkpoint (no weights need to travel). Each stage has its own time limit, writes OUT_DIR/<stage>.log and
-# prints its tail; a failing stage does not stop the next.
+# prints its tail; a failing stage does not stop the next. STAGES picks a subset (default: all four).
 #
-#   bash benchmarks/gpu_validation.sh OUT_DIR TOKENIZER_DIR
+#   [STAGES="engine_tests engine_bench"] bash benchmarks/gpu_validation.sh OUT_DIR TOKENIZER_DIR
 set -u
 out=${1:?usage: gpu_validation.sh OUT_DIR TOKENIZER_DIR}
 tokenizer=${2:?usage: gpu_validation.sh OUT_DIR TOKENIZER_DIR}
 model=${TMPDIR:-/tmp}/qwen3-1.7b-random
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
+stages=" ${STAGES:-kernel_tests engine_tests kernel_bench engine_bench} "
+
 stage() {
   local name=$1 limit=$2 begin=$SECONDS rc
   shift 2
+  [[ $stages == *" $name "* ]] || return 0
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
   rc=$?
   echo "=== $name: exit $rc after $((SECONDS - begin)) s"
@@ -25,7 +28,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, triton, transformers as t; print("torch", torch.__version__, "triton", triton.__version__, "transformers", t.__version__)'
 stage kernel_tests 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/kernels
 stage engine_tests 120 python3 -m pytest -q -n 4 -p no:cacheprovider \
-  tests/engine_models/test_triton_backend.py tests/engine_models/test_engine_on_device.py
+  tests/engine_models/test_triton_backend.py tests/engine_models/test_engine_on_device.py \
+  tests/engine_models/test_decode_staging.py
 stage kernel_bench 90 python3 -m kernels.bench
 stage engine_bench 200 bash -c "python3 -m benchmarks.random_checkpoint --shape qwen3-1.7b \
-  --tokenizer '$tokenizer' --output '$model' && python3 -m benchmarks.engine_bench --model '$model' --device cuda --also-dtype none"
+  --tokenizer '$tokenizer' --output '$model' && python3 -m benchmarks.engine_bench --model '$model' --device cuda --also-dtype none --also-eager"

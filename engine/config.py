@@ -36,6 +36,9 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     # Explicit KV pool size in blocks; overrides both memory settings (tests use it to force preemption).
     num_kv_blocks: int | None = None
+    # CUDA: run every step eagerly instead of replaying captured CUDA graphs for decode steps (vLLM's
+    # --enforce-eager); for debugging, or to save the seconds of capture at start.
+    enforce_eager: bool = False
     # Seed of the engine's generator for requests without their own seed.
     seed: int = 0
     # Most requests waiting behind the running batch; beyond it submit() refuses new ones

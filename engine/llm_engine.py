@@ -33,12 +33,7 @@ class LLMEngine:
         self.config = config
         self.runner = ModelRunner(config)
         spec = self.runner.spec
-        self.max_model_len = config.max_model_len or spec.max_position_embeddings
-        if self.max_model_len > spec.max_position_embeddings:
-            raise ValueError(
-                f"max_model_len {self.max_model_len} exceeds the model's max_position_embeddings "
-                f"{spec.max_position_embeddings}"
-            )
+        self.max_model_len = self.runner.max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
         eos = set(spec.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
@@ -224,8 +219,7 @@ class LLMEngine:
             return outputs
         try:
             sampled = [chunk.request for chunk in scheduled.chunks if chunk.sample]
-            grammar = self.structured.fill_bitmask(sampled)
-            result = self.runner.run(scheduled, grammar)
+            result = self.runner.run(scheduled, lambda: self.structured.fill_bitmask(sampled))
         except Exception as error:  # a failed step must not take the engine down: fail its requests
             logger.exception("engine step failed; aborting %d requests", len(scheduled.chunks))
             return outputs + self._fail(scheduled, f"{type(error).__name__}: {error}")

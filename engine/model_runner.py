@@ -9,6 +9,7 @@ processes that hold the others (engine.tp_workers).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 
 from engine.attention_metadata import AttentionMetadata
 from engine.config import EngineConfig
+from engine.cuda_graphs import DecodeCudaGraphs
 from engine.distributed import TensorParallelGroup
 from engine.model_shard import ModelShard
 from engine.models import CausalLM
@@ -63,7 +65,7 @@ def resolve_dtype(name: str, device: torch.device, model_dir: Path) -> torch.dty
 class ModelRunner:
     """Owns the model, the KV cache and the sampler; stateless between steps apart from the cache."""
 
-    def __init__(self, config: EngineConfig, max_model_len: int | None = None) -> None:
+    def __init__(self, config: EngineConfig) -> None:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device, Path(config.model))
         self.block_size = config.block_size
@@ -84,9 +86,22 @@ class ModelRunner:
             shard.model if self.workers is None else RankZeroModel(shard.model, self.workers)
         )
         self.spec = shard.spec
+        self.max_model_len = config.max_model_len or self.spec.max_position_embeddings
+        if self.max_model_len > self.spec.max_position_embeddings:
+            self.shutdown()
+            raise ValueError(
+                f"max_model_len {self.max_model_len} exceeds the model's max_position_embeddings "
+                f"{self.spec.max_position_embeddings}"
+            )
         self.sampler = Sampler(config.seed, self.device)
         self.num_blocks = shard.num_blocks
         self.kv_cache = shard.kv_cache
+        # Decode steps replay CUDA graphs (one rank only: the tensor-parallel workers run eagerly).
+        self.decode_graphs: DecodeCudaGraphs | None = None
+        if self.device.type == "cuda" and self.workers is None and not config.enforce_eager:
+            self.decode_graphs = DecodeCudaGraphs(
+                shard.model, self.kv_cache, config.max_num_seqs, self.max_model_len, self.block_size
+            )
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers, if any."""
@@ -94,17 +109,24 @@ class ModelRunner:
             self.workers.shutdown()
 
     @torch.inference_mode()
-    def run(self, out: SchedulerOutput, grammar: GrammarBitmask | None = None) -> RunnerOutput:
-        """`grammar`: the structured-output mask of the sampled rows, applied to their logits before
-        sampling."""
+    def run(
+        self, out: SchedulerOutput, fill_grammar: Callable[[], GrammarBitmask | None] | None = None
+    ) -> RunnerOutput:
+        """`fill_grammar` builds the structured-output mask of the sampled rows, applied to their logits
+        before sampling. It is called once the forward is launched: on CUDA the CPU fills the mask while
+        the GPU computes, instead of the GPU waiting for it."""
         input_ids, positions, attn, sample_rows = self._prepare_inputs(out.chunks)
-        hidden = self.model.forward(input_ids, positions, self.kv_cache, attn)
+        if self.decode_graphs is not None and self.decode_graphs.can_run(len(out.chunks), attn):
+            hidden = self.decode_graphs.run(input_ids, positions, attn)
+        else:
+            hidden = self.model.forward(input_ids, positions, self.kv_cache, attn)
         prompt_logprobs = compute_prompt_logprobs(out.chunks, hidden, self.model.compute_logits)
         sampled = [chunk.request for chunk in out.chunks if chunk.sample]
         if not sampled:
             return RunnerOutput(sampled_token_ids=[], logprobs=[], prompt_logprobs=prompt_logprobs)
         logits = self.model.compute_logits(hidden[sample_rows])
         batch = self._sampling_batch(sampled)
+        grammar = fill_grammar() if fill_grammar is not None else None
         if grammar is not None:
             grammar.apply(logits)
         result = self.sampler(logits, batch)

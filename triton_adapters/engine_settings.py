@@ -32,6 +32,8 @@ def engine_config(
         gpu_memory_utilization=float(parameters.get("gpu_memory_utilization", "0.9")),
         # Ranks 1.. are worker processes on the devices after `device` (a KIND_MODEL instance owns them).
         tensor_parallel_size=optional_int(parameters, "tensor_parallel_size") or 1,
+        # Optional (not in the profiles): vLLM's --enforce-eager, no CUDA graphs for decode steps.
+        enforce_eager=parse_bool(parameters.get("enforce_eager", "false")),
     )
     if kv_cache_memory:
         config.kv_cache_memory = kv_cache_memory

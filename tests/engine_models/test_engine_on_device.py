@@ -85,6 +85,8 @@ def test_engine_matches_hf_greedy_in_every_regime(tiny_checkpoint: TinyCheckpoin
     one_by_one = [engine.generate([p], greedy(n))[0].token_ids for p, n in zip(prompts, MAX_TOKENS, strict=True)]
     assert one_by_one == expected, "one request at a time"
     assert [r.token_ids for r in engine.generate(prompts, params)] == expected, "all at once"
+    if DEVICE == "cuda":  # decode steps replayed captured graphs
+        assert engine.runner.decode_graphs is not None and engine.runner.decode_graphs.replays > 0
 
     # Requests arriving every other step join a batch that is already decoding.
     tokens: dict[int, list[int]] = {}
