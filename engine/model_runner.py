@@ -1,7 +1,7 @@
 """Runs one scheduled step on the model: flatten -> forward -> logits of the sampled rows -> sample.
 
 The runner owns the device, the model and the KV cache tensor
-[num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]; the block manager only hands out
+[num_layers, 2, num_blocks, num_kv_heads, block_size, head_dim]; the block manager only hands out
 indices into it. With tensor_parallel_size > 1 it holds rank 0's shard of both and drives the worker
 processes that hold the others (engine.tp_workers).
 """

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 class ModelShard:
     """The model (this rank's shard) and its KV cache
-    [num_layers, 2, num_blocks, block_size, num_kv_heads of this rank, head_dim]."""
+    [num_layers, 2, num_blocks, num_kv_heads of this rank, block_size, head_dim] (engine.kv_cache)."""
 
     def __init__(
         self, config: EngineConfig, device: torch.device, dtype: torch.dtype, group: TensorParallelGroup
@@ -55,7 +55,7 @@ class ModelShard:
     def _allocate_cache(self, num_blocks: int) -> torch.Tensor:
         spec = self.spec
         return torch.zeros(
-            (spec.num_layers, 2, num_blocks, self.block_size, self.model.num_kv_heads, spec.head_dim),
+            (spec.num_layers, 2, num_blocks, self.model.num_kv_heads, self.block_size, spec.head_dim),
             dtype=self.dtype,
             device=self.device,
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from engine.kv_cache import stores_keys_transposed
 from kernels import ops
 
 
@@ -31,8 +32,8 @@ class AttentionShape:
 @dataclass
 class PagedInputs:
     query: torch.Tensor  # [T, Hq, D]
-    key_cache: torch.Tensor  # [num_blocks, block_size, Hkv, D]
-    value_cache: torch.Tensor  # [num_blocks, block_size, Hkv, D]
+    key_cache: torch.Tensor  # [num_blocks, Hkv, block_size, D], laid out as the engine's on this device
+    value_cache: torch.Tensor  # [num_blocks, Hkv, block_size, D]
     query_start_loc: torch.Tensor  # [S + 1] int32
     seq_lens: torch.Tensor  # [S] int32
     block_tables: torch.Tensor  # [S, max_blocks] int32
@@ -48,12 +49,15 @@ def make_inputs(shape: AttentionShape, dtype: torch.dtype, device: torch.device,
     for i, n in enumerate(blocks):
         block_tables[i, :n] = pool[start: start + n]
         start += n
-    cache_shape = (sum(blocks), block_size, shape.num_kv_heads, shape.head_dim)
+    cache_shape = (sum(blocks), shape.num_kv_heads, block_size, shape.head_dim)
+    key_cache = torch.randn(cache_shape, device=device, dtype=dtype)
+    if stores_keys_transposed(device, dtype):
+        key_cache = key_cache.transpose(2, 3).contiguous().transpose(2, 3)
     q_start = torch.tensor([0, *shape.q_lens], device=device).cumsum(0).to(torch.int32)
     element = torch.tensor([], dtype=dtype).element_size()
     return PagedInputs(
         query=torch.randn(sum(shape.q_lens), shape.num_q_heads, shape.head_dim, device=device, dtype=dtype),
-        key_cache=torch.randn(cache_shape, device=device, dtype=dtype),
+        key_cache=key_cache,
         value_cache=torch.randn(cache_shape, device=device, dtype=dtype),
         query_start_loc=q_start,
         seq_lens=torch.tensor(shape.kv_lens, dtype=torch.int32, device=device),
@@ -114,7 +118,7 @@ def bench_elementwise(num_tokens: int, hidden: int, heads: tuple[int, int, int],
     key = torch.randn(num_tokens, num_kv_heads, head_dim, device=device, dtype=dtype)
     cos_sin = torch.randn(num_tokens, head_dim, device=device)
     gate_up = torch.randn(num_tokens, 2 * inter, device=device, dtype=dtype)
-    key_cache = torch.empty(num_tokens // 16 + 1, 16, num_kv_heads, head_dim, device=device, dtype=dtype)
+    key_cache = torch.empty(num_tokens // 16 + 1, num_kv_heads, 16, head_dim, device=device, dtype=dtype)
     value_cache = torch.empty_like(key_cache)
     slots = torch.randperm(num_tokens, device=device)
     cases: dict[str, Callable[[], object]] = {

@@ -36,8 +36,8 @@ def _triton(x: torch.Tensor) -> bool:
 
 def paged_attention(
     query: torch.Tensor,  # [T, Hq, D]
-    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    value_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
     query_start_loc: torch.Tensor,  # [S + 1] int32
     seq_lens: torch.Tensor,  # [S] int32: cached + this step's tokens, already in the cache
     block_tables: torch.Tensor,  # [S, max_blocks] int32
@@ -63,8 +63,8 @@ def paged_attention(
 def write_kv_cache(
     key: torch.Tensor,  # [T, Hkv, D]
     value: torch.Tensor,  # [T, Hkv, D]
-    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    value_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
     slot_mapping: torch.Tensor,  # [T] int64, -1 = skip
 ) -> None:
     """Store each token's K/V at its flat cache slot (block_id * block_size + offset), in place."""

@@ -11,6 +11,8 @@ The torch reference with the same signature is `kernels.paged_attention_ref.page
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -39,8 +41,8 @@ def _paged_attention_kernel(
     out_ptr,  # [T, Hq, D] query dtype if NUM_SPLITS == 1, else [NUM_SPLITS, T, Hq, D] float32 partials
     lse_ptr,  # [NUM_SPLITS, T, Hq] float32 log2-sum-exp2 per partial row (unused if NUM_SPLITS == 1)
     q_ptr,  # [T, Hq, D]
-    k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
-    v_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
+    k_cache_ptr,  # [num_blocks, Hkv, BLOCK_SIZE, D], any strides
+    v_cache_ptr,  # [num_blocks, Hkv, BLOCK_SIZE, D], any strides
     query_start_loc_ptr,  # [S + 1] int32
     seq_lens_ptr,  # [S] int32
     block_tables_ptr,  # [S, max_blocks] int32
@@ -49,8 +51,8 @@ def _paged_attention_kernel(
     soft_cap,  # cap on raw scaled scores (used if USE_SOFT_CAP)
     sliding_window,  # keys within this many positions of the query, itself included (if USE_WINDOW)
     stride_q_t, stride_q_h,
-    stride_k_b, stride_k_s, stride_k_h,
-    stride_v_b, stride_v_s, stride_v_h,
+    stride_k_b, stride_k_h, stride_k_s, stride_k_d,
+    stride_v_b, stride_v_h, stride_v_s, stride_v_d,
     stride_bt_s,
     stride_o_split, stride_o_t, stride_o_h,
     stride_lse_split, stride_lse_t,
@@ -110,7 +112,8 @@ def _paged_attention_kernel(
         block = tl.load(block_tables_ptr + seq * stride_bt_s + k_pos // BLOCK_SIZE, mask=k_in, other=0)
         block = block.to(tl.int64)  # block * stride overflows int32 for large pools
         slot = k_pos % BLOCK_SIZE
-        k_offs = block[None, :] * stride_k_b + slot[None, :] * stride_k_s + kv_head * stride_k_h + dims[:, None]
+        k_offs = (block[None, :] * stride_k_b + kv_head * stride_k_h + slot[None, :] * stride_k_s
+                  + dims[:, None] * stride_k_d)
         k = tl.load(k_cache_ptr + k_offs, mask=k_in[None, :] & dim_valid[:, None], other=0.0)  # [D, BLOCK_N]
         s = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
         s = s * scale
@@ -128,7 +131,8 @@ def _paged_attention_kernel(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v_offs = block[:, None] * stride_v_b + slot[:, None] * stride_v_s + kv_head * stride_v_h + dims[None, :]
+        v_offs = (block[:, None] * stride_v_b + kv_head * stride_v_h + slot[:, None] * stride_v_s
+                  + dims[None, :] * stride_v_d)
         v = tl.load(v_cache_ptr + v_offs, mask=k_in[:, None] & dim_valid[None, :], other=0.0)  # [BLOCK_N, D]
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -171,8 +175,34 @@ def _merge_splits_kernel(
              mask=dims < HEAD_DIM)
 
 
+@dataclass(frozen=True)
+class AttentionTiles:
+    """Launch shape of `_paged_attention_kernel`: `choose_tiles` picks one per step, a tuning sweep
+    (`kernels.tune_attention`) passes its own. It changes speed only, never the result beyond rounding."""
+
+    block_m: int  # rows per program (query tokens x heads of one group); raised to the group's power of two
+    block_n: int  # keys per inner iteration
+    num_warps: int
+    num_stages: int  # software-pipelining depth of the K/V loads (Triton's NVIDIA default is 3)
+
+
+def choose_tiles(num_tokens: int, num_seqs: int, group_size: int, head_dim: int) -> AttentionTiles:
+    """Decode-heavy steps use the smallest tile tl.dot allows (16 rows); prefill-heavy steps a taller one,
+    so each K/V tile loaded serves more query rows. Heads wider than 128 take 32-key tiles, others 64."""
+    block_m = 16 if num_tokens < 16 * num_seqs else 64
+    return AttentionTiles(
+        block_m=max(block_m, triton.next_power_of_2(group_size)),
+        block_n=32 if head_dim > 128 else 64,
+        num_warps=4,
+        num_stages=2,  # the H200 sweep (kernels.tune_attention): 2 beat Triton's default 3 by 2-7%
+    )
+
+
 def choose_num_splits(num_tokens: int, num_seqs: int, num_kv_heads: int, block_q: int, device: torch.device) -> int:
-    """Split the KV range only when the batch alone leaves most SMs idle (small decode batches)."""
+    """Split the KV range only when the batch alone leaves most SMs idle (small decode batches). A sweep on
+    an H200 (kernels.tune_attention) found 32 splits 1.26x faster than this choice (8) at 4 x 16k keys,
+    but the same heuristic aiming at 32 measured 1.8x slower in kernels.bench on the next run: left
+    as it was until a quieter measurement settles it."""
     programs = (num_tokens // block_q + num_seqs) * num_kv_heads
     num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     if programs >= num_sms:
@@ -182,8 +212,8 @@ def choose_num_splits(num_tokens: int, num_seqs: int, num_kv_heads: int, block_q
 
 def paged_attention_triton(
     query: torch.Tensor,  # [T, Hq, D]
-    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    value_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D], any strides (engine.kv_cache)
+    value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D], any strides
     query_start_loc: torch.Tensor,  # [S + 1] int32
     seq_lens: torch.Tensor,  # [S] int32
     block_tables: torch.Tensor,  # [S, max_blocks] int32
@@ -192,16 +222,16 @@ def paged_attention_triton(
     sliding_window: int | None = None,
     soft_cap: float | None = None,
     num_kv_splits: int | None = None,  # None: chosen from the batch size; 1 disables flash decoding
+    tiles: AttentionTiles | None = None,  # None: `choose_tiles`; set by tuning sweeps
 ) -> torch.Tensor:
     """Same contract as `paged_attention_ref`; returns [T, Hq, D] in the query's dtype."""
     num_tokens, num_q_heads, head_dim = query.shape
-    _, block_size, num_kv_heads, kv_dim = key_cache.shape
+    _, num_kv_heads, block_size, kv_dim = key_cache.shape
     num_seqs = seq_lens.shape[0]
     assert query.dim() == 3 and query.stride(-1) == 1, f"query must be [T, Hq, D] with unit last stride: {query.shape} {query.stride()}"
     assert key_cache.shape == value_cache.shape and kv_dim == head_dim, (
-        f"caches must be [num_blocks, block_size, Hkv, D={head_dim}]: key {tuple(key_cache.shape)} value {tuple(value_cache.shape)}"
+        f"caches must be [num_blocks, Hkv, block_size, D={head_dim}]: key {tuple(key_cache.shape)} value {tuple(value_cache.shape)}"
     )
-    assert key_cache.stride(-1) == 1 and value_cache.stride(-1) == 1, f"cache last stride must be 1: {key_cache.stride()}"
     assert key_cache.dtype == value_cache.dtype == query.dtype, (
         f"query/key_cache/value_cache dtypes differ: {query.dtype} {key_cache.dtype} {value_cache.dtype}"
     )
@@ -216,10 +246,12 @@ def paged_attention_triton(
     assert sliding_window is None or sliding_window > 0, f"sliding_window must be positive: {sliding_window}"
 
     group_size = num_q_heads // num_kv_heads
-    # Decode-heavy steps use the smallest tile tl.dot allows (16 rows); prefill-heavy steps a taller one,
-    # so each K/V tile loaded serves more query rows.
-    block_m = 16 if num_tokens < 16 * num_seqs else 64
-    block_m = max(block_m, triton.next_power_of_2(group_size))
+    tiles = tiles or choose_tiles(num_tokens, num_seqs, group_size, head_dim)
+    assert all(n >= 16 and n & (n - 1) == 0 for n in (tiles.block_m, tiles.block_n)), (
+        f"tile sizes must be powers of two >= 16 (tl.dot, tl.arange): {tiles}"
+    )
+    # A program holds at least one token's whole group of heads: a tile smaller than the group is widened.
+    block_m = max(tiles.block_m, triton.next_power_of_2(group_size))
     block_q = block_m // group_size
     num_splits = num_kv_splits or choose_num_splits(num_tokens, num_seqs, num_kv_heads, block_q, query.device)
     out = torch.empty_like(query)
@@ -241,15 +273,18 @@ def paged_attention_triton(
         num_seqs=num_seqs, scale=scale, soft_cap=soft_cap or 1.0,
         sliding_window=sliding_window or 0,
         stride_q_t=query.stride(0), stride_q_h=query.stride(1),
-        stride_k_b=key_cache.stride(0), stride_k_s=key_cache.stride(1), stride_k_h=key_cache.stride(2),
-        stride_v_b=value_cache.stride(0), stride_v_s=value_cache.stride(1), stride_v_h=value_cache.stride(2),
+        stride_k_b=key_cache.stride(0), stride_k_h=key_cache.stride(1),
+        stride_k_s=key_cache.stride(2), stride_k_d=key_cache.stride(3),
+        stride_v_b=value_cache.stride(0), stride_v_h=value_cache.stride(1),
+        stride_v_s=value_cache.stride(2), stride_v_d=value_cache.stride(3),
         stride_bt_s=block_tables.stride(0),
         stride_o_split=o_strides[0], stride_o_t=o_strides[1], stride_o_h=o_strides[2],
         stride_lse_split=lse_strides[0], stride_lse_t=lse_strides[1],
         GROUP_SIZE=group_size, HEAD_DIM=head_dim, HEAD_DIM_PAD=triton.next_power_of_2(head_dim),
-        BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=32 if head_dim > 128 else 64,
+        BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=tiles.block_n,
         NUM_SPLITS=num_splits, USE_SOFT_CAP=soft_cap is not None, USE_WINDOW=sliding_window is not None,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     if num_splits > 1:
         _merge_splits_kernel[(num_tokens, num_q_heads)](

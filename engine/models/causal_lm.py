@@ -7,6 +7,7 @@ from torch import nn
 
 from engine.attention_metadata import AttentionMetadata
 from engine.distributed import TensorParallelGroup
+from engine.kv_cache import layer_caches, stores_keys_transposed
 from engine.models.layers import DecoderLayer, RMSNorm, RotaryEmbedding
 from engine.models.linear import VocabParallelEmbedding
 from engine.models.sharding import head_shard
@@ -45,6 +46,7 @@ class CausalLM(nn.Module):
         self.spec = spec
         # KV heads this rank keeps in its KV cache (all of them without tensor parallelism).
         self.num_kv_heads = head_shard(spec, group.rank, group.size).num_kv_heads
+        self.keys_transposed = stores_keys_transposed(device, spec.dtype)
         self.model = DecoderModel(spec, device, group)
         # Tied checkpoints keep a single matrix: the embedding table serves as the LM head.
         self.lm_head = (
@@ -61,12 +63,13 @@ class CausalLM(nn.Module):
         attn: AttentionMetadata,
     ) -> torch.Tensor:
         """input_ids, positions [T] int64 for the step's tokens; kv_cache
-        [num_layers, 2, num_blocks, block_size, self.num_kv_heads, head_dim], written in place at
-        attn.slot_mapping. Returns the final hidden states [T, hidden_size]."""
+        [num_layers, 2, num_blocks, self.num_kv_heads, block_size, head_dim] (engine.kv_cache), written in
+        place at attn.slot_mapping. Returns the final hidden states [T, hidden_size]."""
         hidden = self.model.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
         for i, layer in enumerate(self.model.layers):
-            hidden, residual = layer(positions, hidden, residual, kv_cache[i], attn)
+            key_cache, value_cache = layer_caches(kv_cache[i], self.keys_transposed)
+            hidden, residual = layer(positions, hidden, residual, key_cache, value_cache, attn)
         assert residual is not None, "a model needs at least one layer"
         out, _ = self.model.norm.add_and_norm(hidden, residual)
         return out

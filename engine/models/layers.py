@@ -158,16 +158,17 @@ class DecoderLayer(nn.Module):
         positions: torch.Tensor,
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
-        layer_cache: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
         attn: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden is the previous sublayer's output and residual the stream before it (None at layer 0).
-        layer_cache is this layer's [2, num_blocks, block_size, num_kv_heads, head_dim] slice."""
+        The caches are this layer's [num_blocks, num_kv_heads, block_size, head_dim] (engine.kv_cache)."""
         if residual is None:
             residual = hidden
             normed = self.input_layernorm(hidden)
         else:
             normed, residual = self.input_layernorm.add_and_norm(hidden, residual)
-        hidden = self.self_attn(positions, normed, layer_cache[0], layer_cache[1], attn)
+        hidden = self.self_attn(positions, normed, key_cache, value_cache, attn)
         normed, residual = self.post_attention_layernorm.add_and_norm(hidden, residual)
         return self.mlp(normed), residual

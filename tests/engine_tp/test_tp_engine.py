@@ -56,7 +56,7 @@ def test_smollm2_tp3_matches_tp1(make_engine: EngineFactory, model_path: Path) -
     ]
     assert len(prompts[1]) > 16
     single, engine = tp_matches_tp1(make_engine, model_path, 3, prompts, [GREEDY, GREEDY])
-    assert engine.runner.kv_cache.shape[-2] == 1
+    assert engine.runner.kv_cache.shape[-3] == 1
     # kv_cache_memory covers all ranks: split KV heads leave the pool as large as with one rank.
     assert engine.runner.num_blocks == single.runner.num_blocks
     assert_workers_gone(engine, 2)
@@ -95,7 +95,7 @@ def test_tiny_qwen3_tp2_matches_tp1(make_engine: EngineFactory, tiny_qwen3: Path
     assert [value for _, value in got_logprobs] == pytest.approx(
         [value for _, value in expected_logprobs], abs=1e-4
     )
-    assert parallel.runner.kv_cache.shape[-2] == 1  # 2 KV heads split over 2 ranks
+    assert parallel.runner.kv_cache.shape[-3] == 1  # 2 KV heads split over 2 ranks
     assert parallel.runner.num_blocks == single.runner.num_blocks
     assert_workers_gone(parallel, 1)
 
@@ -106,7 +106,7 @@ def test_kv_heads_replicated_when_tp_exceeds_them(
     single, engine = tp_matches_tp1(
         make_engine, tiny_llama_one_kv_head, 2, TINY_PROMPTS * 2, [GREEDY, GREEDY, SEEDED, SEEDED]
     )
-    assert engine.runner.kv_cache.shape[-2] == 1  # each rank keeps the single KV head
+    assert engine.runner.kv_cache.shape[-3] == 1  # each rank keeps the single KV head
     # Both ranks store that head whole, so the same memory budget holds half the blocks.
     assert engine.runner.num_blocks == single.runner.num_blocks // 2
     assert_workers_gone(engine, 1)

@@ -12,8 +12,11 @@ from tests.kernels.conftest import DEVICE
 NUM_BLOCKS, BLOCK_SIZE = 32768, 16
 
 
-def make_inputs(num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """Nine tokens, two of them padding (-1), the rest spread over blocks near the top of the pool."""
+def make_inputs(
+    num_kv_heads: int, head_dim: int, dtype: torch.dtype, keys_transposed: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Nine tokens, two of them padding (-1), the rest spread over blocks near the top of the pool. With
+    keys_transposed the key cache stores its tiles as [D, block_size] (the engine's CPU layout)."""
     gen = torch.Generator().manual_seed(0)
     key = torch.randn(9, num_kv_heads, head_dim, generator=gen).to(DEVICE, dtype)
     value = torch.randn(9, num_kv_heads, head_dim, generator=gen).to(DEVICE, dtype)
@@ -21,17 +24,22 @@ def make_inputs(num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> tuple[t
     slots = [top - 1, top - 16, -1, top - 40, 17, top - 33, -1, top - 2, 0]
     slot_mapping = torch.tensor(slots, dtype=torch.int64, device=DEVICE)
     # Only the touched pages of these uninitialised pools are ever resident.
-    key_cache = torch.empty(NUM_BLOCKS, BLOCK_SIZE, num_kv_heads, head_dim, dtype=dtype, device=DEVICE)
-    return key, value, key_cache, torch.empty_like(key_cache), slot_mapping
+    value_cache = torch.empty(NUM_BLOCKS, num_kv_heads, BLOCK_SIZE, head_dim, dtype=dtype, device=DEVICE)
+    key_cache = torch.empty_like(value_cache)
+    if keys_transposed:
+        key_cache = torch.empty(NUM_BLOCKS, num_kv_heads, head_dim, BLOCK_SIZE, dtype=dtype, device=DEVICE)
+        key_cache = key_cache.transpose(2, 3)
+    return key, value, key_cache, value_cache, slot_mapping
 
 
-def test_reference_matches_per_token_copy() -> None:
-    key, value, key_cache, value_cache, slot_mapping = make_inputs(2, 64, torch.float32)
+@pytest.mark.parametrize("keys_transposed", [False, True])
+def test_reference_matches_per_token_copy(keys_transposed: bool) -> None:
+    key, value, key_cache, value_cache, slot_mapping = make_inputs(2, 64, torch.float32, keys_transposed)
     write_kv_cache_ref(key, value, key_cache, value_cache, slot_mapping)
     for t, slot in enumerate(slot_mapping.tolist()):
         if slot >= 0:
-            assert torch.equal(key_cache[slot // BLOCK_SIZE, slot % BLOCK_SIZE], key[t])
-            assert torch.equal(value_cache[slot // BLOCK_SIZE, slot % BLOCK_SIZE], value[t])
+            assert torch.equal(key_cache[slot // BLOCK_SIZE, :, slot % BLOCK_SIZE], key[t])
+            assert torch.equal(value_cache[slot // BLOCK_SIZE, :, slot % BLOCK_SIZE], value[t])
 
 
 def write_and_compare(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
@@ -43,7 +51,7 @@ def write_and_compare(key: torch.Tensor, value: torch.Tensor, key_cache: torch.T
     """
     slots = slot_mapping[slot_mapping >= 0]
     blocks = torch.unique(slots // BLOCK_SIZE)
-    expected_k, expected_v = torch.empty_like(key_cache), torch.empty_like(value_cache)
+    expected_k, expected_v = torch.empty_like(key_cache), torch.empty_like(value_cache)  # same strides
     for cache in (key_cache, value_cache, expected_k, expected_v):
         cache[blocks] = 7.0
     write_kv_cache_ref(key, value, expected_k, expected_v, slot_mapping)
@@ -57,6 +65,10 @@ def write_and_compare(key: torch.Tensor, value: torch.Tensor, key_cache: torch.T
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_triton_matches_reference(triton_backend: None, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> None:
     write_and_compare(*make_inputs(num_kv_heads, head_dim, dtype))
+
+
+def test_triton_writes_transposed_key_tiles(triton_backend: None) -> None:
+    write_and_compare(*make_inputs(3, 64, torch.float32, keys_transposed=True))
 
 
 def test_triton_reads_strided_key_value(triton_backend: None) -> None:

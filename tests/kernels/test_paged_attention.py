@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kernels import ops
 from kernels.paged_attention_ref import paged_attention_ref
-from kernels.paged_attention_triton import paged_attention_triton
+from kernels.paged_attention_triton import AttentionTiles, paged_attention_triton
 from tests.kernels.conftest import DEVICE, assert_close
 from tests.kernels.paged_batch import PagedBatch, make_paged_batch
 
@@ -54,10 +54,13 @@ SHORT_DECODE_KV_LENS = [18, 14, 17]
                          ids=["mixed", "decodes", "short-decodes"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), GQA)
+@pytest.mark.parametrize("keys_transposed", [False, True], ids=["gather", "in-place-decode"])
 def test_reference_matches_sdpa(
-    num_q_heads: int, num_kv_heads: int, head_dim: int, q_lens: list[int], kv_lens: list[int]
+    num_q_heads: int, num_kv_heads: int, head_dim: int, q_lens: list[int], kv_lens: list[int], keys_transposed: bool
 ) -> None:
-    batch = make_paged_batch(q_lens, kv_lens, num_q_heads, num_kv_heads, head_dim, torch.float32, DEVICE)
+    """With transposed key tiles (the engine's CPU layout) decodes read the cache in place."""
+    batch = make_paged_batch(q_lens, kv_lens, num_q_heads, num_kv_heads, head_dim, torch.float32, DEVICE,
+                             keys_transposed=keys_transposed)
     out = paged_attention_ref(*batch.args(), scale=head_dim**-0.5)
     starts = batch.query_start_loc.tolist()
     for i, (k, v) in enumerate(zip(batch.dense_keys, batch.dense_values, strict=True)):
@@ -72,8 +75,10 @@ def test_reference_matches_sdpa(
 
 
 @pytest.mark.parametrize(("sliding_window", "soft_cap"), [(None, None), (7, None), (None, 5.0), (20, 30.0)])
-def test_reference_window_and_soft_cap(sliding_window: int | None, soft_cap: float | None) -> None:
-    batch = make_paged_batch(MIXED_Q_LENS, MIXED_KV_LENS, 6, 2, 64, torch.float32, DEVICE)
+@pytest.mark.parametrize("keys_transposed", [False, True], ids=["gather", "in-place-decode"])
+def test_reference_window_and_soft_cap(sliding_window: int | None, soft_cap: float | None, keys_transposed: bool) -> None:
+    batch = make_paged_batch(MIXED_Q_LENS, MIXED_KV_LENS, 6, 2, 64, torch.float32, DEVICE,
+                             keys_transposed=keys_transposed)
     out = paged_attention_ref(*batch.args(), scale=0.125, sliding_window=sliding_window, soft_cap=soft_cap)
     expected = dense_attention(batch, 0.125, sliding_window, soft_cap)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
@@ -121,6 +126,16 @@ def test_triton_prefill_heavy_batch(num_q_heads: int, num_kv_heads: int) -> None
     assert_close(out, paged_attention_ref(*batch.args(), scale=0.125))
 
 
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "num_kv_splits"), [(6, 2, 1), (5, 1, 3)])
+def test_triton_explicit_tiles(num_q_heads: int, num_kv_heads: int, num_kv_splits: int) -> None:
+    """Tiles a tuning sweep may pick instead of `choose_tiles`'s 16 rows x 64 keys for this batch."""
+    batch = make_paged_batch(MIXED_Q_LENS, MIXED_KV_LENS, num_q_heads, num_kv_heads, 64, torch.float32,
+                             DEVICE)
+    tiles = AttentionTiles(block_m=32, block_n=32, num_warps=4, num_stages=1)
+    out = paged_attention_triton(*batch.args(), scale=0.125, num_kv_splits=num_kv_splits, tiles=tiles)
+    assert_close(out, paged_attention_ref(*batch.args(), scale=0.125))
+
+
 @pytest.mark.parametrize(("head_dim", "block_size"), [(80, 16), (96, 32), (64, 8)])
 def test_triton_padded_head_dim_and_block_sizes(head_dim: int, block_size: int) -> None:
     batch = make_paged_batch(MIXED_Q_LENS, MIXED_KV_LENS, 4, 2, head_dim, torch.float32, DEVICE,
@@ -137,12 +152,14 @@ def test_ops_dispatches_to_triton(triton_backend: None) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_triton_random_batches(seed: int) -> None:
+    """Seed 2 stores the key tiles transposed, as the engine's CPU cache does."""
     """Random mixes of decodes, prompts and chunks: lengths no tile size was chosen to divide."""
     gen = torch.Generator().manual_seed(seed)
     kv_lens = torch.randint(1, 100, (6,), generator=gen).tolist()
     q_lens = [1 if torch.rand(1, generator=gen) < 0.5 else int(torch.randint(1, n + 1, (1,), generator=gen))
               for n in kv_lens]
-    batch = make_paged_batch(q_lens, kv_lens, 4, 1, 64, torch.float32, DEVICE, num_blocks=2048, seed=seed)
+    batch = make_paged_batch(q_lens, kv_lens, 4, 1, 64, torch.float32, DEVICE, num_blocks=2048, seed=seed,
+                             keys_transposed=seed == 2)
     out = paged_attention_triton(*batch.args(), scale=0.125, num_kv_splits=1 + seed % 2)
     assert_close(out, paged_attention_ref(*batch.args(), scale=0.125))
 

@@ -1,0 +1,29 @@
+"""The paged KV cache tensor's layout, and the per-layer key and value caches the attention kernels read.
+
+One tensor [num_layers, 2, num_blocks, num_kv_heads, block_size, head_dim] holds every layer's keys (index
+0) and values (1). A (block, KV head) tile of block_size x head_dim elements is contiguous, so a sequence's
+rows of one head are whole tiles. The kernels take each cache as [num_blocks, num_kv_heads, block_size,
+head_dim] with any strides.
+
+Where the CPU decodes in float32 the key tiles are stored transposed ([head_dim, block_size]): its attention
+then computes scores straight from the cache instead of copying every key first
+(kernels.paged_attention_ref.reads_in_place). Elsewhere tiles are stored as they are read.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def stores_keys_transposed(device: torch.device, dtype: torch.dtype) -> bool:
+    return device.type == "cpu" and dtype == torch.float32
+
+
+def layer_caches(layer_cache: torch.Tensor, keys_transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """This layer's [2, num_blocks, Hkv, block_size, D] slice -> (key cache, value cache), both
+    [num_blocks, Hkv, block_size, D]."""
+    key_cache, value_cache = layer_cache[0], layer_cache[1]
+    if keys_transposed:
+        num_blocks, num_kv_heads, block_size, head_dim = key_cache.shape
+        key_cache = key_cache.view(num_blocks, num_kv_heads, head_dim, block_size).transpose(2, 3)
+    return key_cache, value_cache
