@@ -13,12 +13,8 @@ Everything that depends only on the step's metadata (the batches, their gather i
 `AttentionPlan`, built once per step: every layer passes the same metadata tensors, and rebuilding it
 per layer cost about a tenth of a decode step.
 
-Decode batches read the cache in place when it allows (`reads_in_place`: float32, the key cache's tiles
-stored transposed as the engine allocates them on the CPU, see engine.kv_cache): the scores are
-embedding_bag sums of key rows weighted by the query, and the output embedding_bag sums of value rows
-weighted by the probabilities. A gather copies every K/V row and SDPA reads the copy again: three passes
-over the KV where this makes two. Decoding 64 sequences of 400 tokens with SmolLM2 on 2 cores: 375 ms a
-step against 508 ms gathering. Half types keep the gather: embedding_bag would round the scores to them.
+Where the cache allows (`reads_in_place`: float32 with the key tiles stored transposed, as the engine's
+CPU cache is), decodes skip all this and read the cache itself: kernels.paged_decode_in_place.
 """
 
 from __future__ import annotations
@@ -31,12 +27,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kernels.paged_decode_in_place import InPlaceDecode, attend_in_place, plan_in_place, reads_in_place
+
 # Most K (and V) rows one decode batch gathers; a larger batch is split. Past this size batching gains
 # nothing, and it bounds the gather workspace.
 MAX_GATHER_ROWS = 1 << 16
-# Most key-row indices (one per batch row, query head, block and head dim) of one in-place decode batch:
-# bounds the index arrays of a step's plan and the per-layer copy of the query weights.
-MAX_IN_PLACE_INDICES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -75,29 +70,13 @@ class GroupPlan:
     out_rows: torch.Tensor  # token_idx[token_valid]
     mask: torch.Tensor  # [n, 1, G * Q, kv_len] bool, True = may attend
     max_q_len: int
-    in_place: InPlaceDecode | None  # decode batches of a cache that `reads_in_place`
-
-
-@dataclass(frozen=True)
-class InPlaceDecode:
-    """embedding_bag indices of a decode batch (one query token per sequence) over the cache itself.
-
-    Bags run over (sequence, query head [, block]) in the order of the query's [n, Hkv, G] rows. Key rows:
-    the transposed key tiles viewed as [num_blocks * Hkv * D, block_size] rows, one bag of D rows per
-    block gives that block's scores. Value rows: the value cache viewed as [-1, D], one bag of kv_len rows;
-    positions past a sequence's end point at its last row (weight 0, but never a stale NaN).
-    """
-
-    key_rows: torch.Tensor  # [n * Hq * num_blocks * D] int64
-    key_bags: torch.Tensor  # offsets of the key bags (every D rows)
-    value_rows: torch.Tensor  # [n * Hq * kv_len] int64
-    value_bags: torch.Tensor  # offsets of the value bags (every kv_len rows)
 
 
 @dataclass(frozen=True)
 class AttentionPlan:
     prompts: list[PromptPlan]
     groups: list[GroupPlan]
+    in_place: list[InPlaceDecode]  # decodes, when the cache `reads_in_place`
 
 
 def paged_attention_ref(
@@ -135,24 +114,10 @@ def paged_attention_ref(
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         out[prompt.start : prompt.start + prompt.length] = o[0].transpose(0, 1)
     for group in plan.groups:
-        if group.in_place is not None:
-            attend_in_place(out, query, key_cache, value_cache, group, group.in_place, scale)
-        else:
-            attend_group(out, query, key_cache, value_cache, group, scale, soft_cap)
+        attend_group(out, query, key_cache, value_cache, group, scale, soft_cap)
+    for batch in plan.in_place:
+        attend_in_place(out, query, key_cache, value_cache, batch, scale)
     return out
-
-
-def reads_in_place(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
-    """Whether decode batches can read this cache in place: float32, key tiles stored transposed
-    (positions contiguous for each head dim) and value rows contiguous."""
-    block_size, head_dim = key_cache.shape[2], key_cache.shape[3]
-    return (
-        query.dtype == key_cache.dtype == torch.float32
-        and key_cache.stride(2) == 1
-        and key_cache.stride(3) == block_size
-        and key_cache.stride(1) == block_size * head_dim
-        and value_cache.is_contiguous()
-    )
 
 
 def plan_paged_attention(
@@ -172,14 +137,18 @@ def plan_paged_attention(
     starts = query_start_loc.tolist()
     kv_lens = seq_lens.tolist()
     q_lens = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
-    max_rows = MAX_GATHER_ROWS
+    decodes = [i for i, n in enumerate(q_lens) if n == 1]
+    in_place: list[InPlaceDecode] = []
     if in_place_head_dim is not None:
-        indices_per_row = num_kv_heads * group_size * in_place_head_dim / block_size
-        max_rows = min(max_rows, int(MAX_IN_PLACE_INDICES / indices_per_row))
+        in_place = plan_in_place(
+            decodes, query_start_loc, seq_lens, block_tables, num_kv_heads, group_size, block_size,
+            in_place_head_dim, sliding_window,
+        )  # fmt: skip
+        decodes = []
     batches: list[list[int]] = []
-    for i in sorted((i for i, n in enumerate(q_lens) if n == 1), key=lambda i: -kv_lens[i]):
+    for i in sorted(decodes, key=lambda i: -kv_lens[i]):
         longest = kv_lens[batches[-1][0]] if batches else 0
-        if batches and 4 * kv_lens[i] >= 3 * longest and (len(batches[-1]) + 1) * longest <= max_rows:
+        if batches and 4 * kv_lens[i] >= 3 * longest and (len(batches[-1]) + 1) * longest <= MAX_GATHER_ROWS:
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -195,11 +164,10 @@ def plan_paged_attention(
         plan_group(
             query_start_loc, seq_lens, block_tables, torch.tensor(batch, dtype=torch.long, device=seq_lens.device),
             max(q_lens[i] for i in batch), block_size, num_tokens, num_kv_heads, group_size, sliding_window,
-            in_place_head_dim,
         )
         for batch in batches
     ]  # fmt: skip
-    return AttentionPlan(prompts, groups)
+    return AttentionPlan(prompts, groups, in_place)
 
 
 def plan_group(
@@ -213,7 +181,6 @@ def plan_group(
     num_kv_heads: int,
     group_size: int,
     sliding_window: int | None,
-    in_place_head_dim: int | None,
 ) -> GroupPlan:
     device = seq_lens.device
     starts = query_start_loc.long()[batch]
@@ -232,44 +199,13 @@ def plan_group(
         visible &= k_pos > q_pos[:, :, None] - sliding_window
     # The G query heads sharing a KV head are extra query rows (see attend_group): one mask row each.
     mask = visible.unsqueeze(1).expand(n, group_size, max_q_len, kv_len).reshape(n, 1, -1, kv_len)
-    kv = plan_kv_gather(block_tables[batch], kv_lens, kv_len, block_size, num_kv_heads)
-    in_place = None
-    if in_place_head_dim is not None and max_q_len == 1:
-        in_place = plan_in_place(block_tables[batch], kv_lens, kv, block_size, group_size, in_place_head_dim)
     return GroupPlan(
-        kv=kv,
+        kv=plan_kv_gather(block_tables[batch], kv_lens, kv_len, block_size, num_kv_heads),
         token_idx=token_idx,
         token_valid=token_valid,
         out_rows=token_idx[token_valid],
         mask=mask,
         max_q_len=max_q_len,
-        in_place=in_place,
-    )
-
-
-def plan_in_place(
-    block_tables: torch.Tensor,  # [n, >= num_blocks] int
-    kv_lens: torch.Tensor,  # [n] int64
-    kv: KVGather,  # the batch's tiles (block * Hkv + head), [n, Hkv, num_blocks] in order
-    block_size: int,
-    group_size: int,
-    head_dim: int,
-) -> InPlaceDecode:
-    n, nb, device = kv.n, kv.num_blocks, kv_lens.device
-    tiles = kv.tiles.view(n, -1, 1, nb, 1)  # [n, Hkv, 1, nb, 1]
-    num_kv_heads = tiles.shape[1]
-    key_rows = tiles * head_dim + torch.arange(head_dim, device=device)
-    key_rows = key_rows.expand(n, num_kv_heads, group_size, nb, head_dim).reshape(-1)
-    position = torch.minimum(torch.arange(kv.kv_len, device=device), kv_lens[:, None] - 1)  # [n, L]
-    blocks = block_tables.long().gather(1, position // block_size)  # [n, L]
-    heads = torch.arange(num_kv_heads, device=device)[None, :, None]
-    value_rows = (blocks[:, None, :] * num_kv_heads + heads) * block_size + (position % block_size)[:, None, :]
-    value_rows = value_rows[:, :, None, :].expand(n, num_kv_heads, group_size, kv.kv_len).reshape(-1)
-    return InPlaceDecode(
-        key_rows=key_rows,
-        key_bags=torch.arange(0, key_rows.numel(), head_dim, device=device),
-        value_rows=value_rows,
-        value_bags=torch.arange(0, value_rows.numel(), kv.kv_len, device=device),
     )
 
 
@@ -403,28 +339,3 @@ def attend_group(
     o = o.view(n, num_kv_heads, group_size, max_q_len, head_dim).permute(0, 3, 1, 2, 4)
     out[group.out_rows] = o.reshape(n, max_q_len, num_q_heads, head_dim)[group.token_valid].to(out.dtype)
 
-
-def attend_in_place(
-    out: torch.Tensor,  # [T, Hq, D], written at the batch's query rows
-    query: torch.Tensor,  # [T, Hq, D]
-    key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D], tiles stored transposed
-    value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D], contiguous
-    group: GroupPlan,
-    rows: InPlaceDecode,
-    scale: float,
-) -> None:
-    """A decode batch over the cache itself (see the module docstring): no K/V copy."""
-    _, num_kv_heads, block_size, head_dim = key_cache.shape
-    num_q_heads = query.shape[1]
-    n, nb, kv_len = group.kv.n, group.kv.num_blocks, group.kv.kv_len
-    q = query[group.out_rows].view(n, num_q_heads, 1, head_dim)  # rows [n, Hkv * G] = query heads in order
-    weights = q.expand(n, num_q_heads, nb, head_dim).reshape(-1)
-    key_table = key_cache.transpose(2, 3).reshape(-1, block_size)  # a view: the tiles are stored this way
-    scores = F.embedding_bag(rows.key_rows, key_table, rows.key_bags, mode="sum", per_sample_weights=weights)
-    scores = scores.view(n, num_kv_heads, -1, nb * block_size)[..., :kv_len].mul_(scale)
-    probs = torch.softmax(scores.masked_fill_(~group.mask, float("-inf")), dim=-1)
-    value_table = value_cache.view(-1, head_dim)
-    o = F.embedding_bag(
-        rows.value_rows, value_table, rows.value_bags, mode="sum", per_sample_weights=probs.reshape(-1)
-    )
-    out[group.out_rows] = o.view(n, num_q_heads, head_dim)
