@@ -154,6 +154,7 @@ def attend_in_place(
     plan: InPlaceDecode,
     scale: float,
 ) -> None:
+    """Attend one batch of decodes over the cache itself (see the module docstring); writes their rows of out."""
     _, _, block_size, head_dim = key_cache.shape
     num_q_heads = query.shape[1]
     n = plan.out_rows.shape[0]
