@@ -7,7 +7,7 @@ head_dim] with any strides.
 
 Where the CPU decodes in float32 the key tiles are stored transposed ([head_dim, block_size]): its attention
 then computes scores straight from the cache instead of copying every key first
-(kernels.paged_attention_ref.reads_in_place). Elsewhere tiles are stored as they are read.
+(kernels.paged_decode_in_place). Elsewhere tiles are stored as they are read.
 """
 
 from __future__ import annotations

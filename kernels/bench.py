@@ -39,6 +39,11 @@ class PagedInputs:
     block_tables: torch.Tensor  # [S, max_blocks] int32
     kv_bytes: int  # bytes of K and V the step must read at least once
 
+    def args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The positional arguments of paged_attention_ref / paged_attention_triton."""
+        return (self.query, self.key_cache, self.value_cache, self.query_start_loc, self.seq_lens,
+                self.block_tables)
+
 
 def make_inputs(shape: AttentionShape, dtype: torch.dtype, device: torch.device, block_size: int = 16) -> PagedInputs:
     """Random paged KV with each sequence's blocks shuffled through the pool, as after some churn."""
@@ -93,8 +98,7 @@ def dense_sdpa(inputs: PagedInputs, shape: AttentionShape) -> Callable[[], objec
 
 def bench_attention(shape: AttentionShape, dtype: torch.dtype, device: torch.device) -> None:
     inputs = make_inputs(shape, dtype, device)
-    args = (inputs.query, inputs.key_cache, inputs.value_cache, inputs.query_start_loc, inputs.seq_lens,
-            inputs.block_tables)
+    args = inputs.args()
     scale = shape.head_dim**-0.5
     rows = {}
     for backend in ("torch", "triton") if device.type == "cuda" else ("torch",):

@@ -96,7 +96,7 @@ def paged_attention_ref(
     num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[2]
     group_size = num_q_heads // num_kv_heads
     in_place = soft_cap is None and reads_in_place(query, key_cache, value_cache)
-    settings = (num_tokens, num_kv_heads, group_size, block_size, head_dim, sliding_window, soft_cap, in_place)
+    settings = (num_tokens, num_kv_heads, group_size, block_size, head_dim, sliding_window, soft_cap is not None, in_place)
     plan = _plans.get(
         (query_start_loc, seq_lens, block_tables),
         settings,
@@ -338,4 +338,3 @@ def attend_group(
         o = torch.matmul(torch.softmax(scores.masked_fill(~group.mask, float("-inf")), dim=-1), v.float())
     o = o.view(n, num_kv_heads, group_size, max_q_len, head_dim).permute(0, 3, 1, 2, 4)
     out[group.out_rows] = o.reshape(n, max_q_len, num_q_heads, head_dim)[group.token_valid].to(out.dtype)
-

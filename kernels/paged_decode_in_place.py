@@ -127,7 +127,7 @@ def _plan_batch(
     scores_at = places[in_bag]
     hidden = places[in_bag & ~seen]  # the tail of each last block (stale rows), outside the window
     visible = places[seen]
-    value_tiles = tables.gather(1, (position[:, 0] // block_size).clamp(max=num_blocks - 1))  # [n, nb * bs]
+    value_tiles = tables.repeat_interleave(block_size, dim=1)  # [n, width]: each position's block
     value_rows = ((value_tiles[:, None, :] * num_kv_heads + (heads // group_size)[None, :, None]) * block_size
                   + position % block_size)[seen]  # fmt: skip
     counts = seen.sum(-1).reshape(-1)  # [n * Hq]

@@ -141,22 +141,9 @@ def build_cases(quick: bool) -> list[Case]:
     ]
 
 
-def paged_args(
-    inputs: PagedInputs,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (
-        inputs.query,
-        inputs.key_cache,
-        inputs.value_cache,
-        inputs.query_start_loc,
-        inputs.seq_lens,
-        inputs.block_tables,
-    )
-
-
 def attend(inputs: PagedInputs, scale: float, config: Config) -> torch.Tensor:
     return paged_attention_triton(
-        *paged_args(inputs), scale, num_kv_splits=config.num_kv_splits, tiles=config.tiles
+        *inputs.args(), scale, num_kv_splits=config.num_kv_splits, tiles=config.tiles
     )
 
 
@@ -232,7 +219,7 @@ def reference_error(inputs: PagedInputs, scale: float, configs: dict[str, Config
     """Max |out - paged_attention_ref| per named config; a reference that fails to run is reported, not
     fatal, since the sweep's own check does not need it."""
     try:
-        ref = paged_attention_ref(*paged_args(inputs), scale=scale).float()
+        ref = paged_attention_ref(*inputs.args(), scale=scale).float()
     except Exception as exc:
         return dict.fromkeys(configs, f"paged_attention_ref failed: {failure(exc)}")
     return {
