@@ -69,18 +69,29 @@ class AsyncEngine:
     """Thread-safe front of LLMEngine for servers (the Triton llm model)."""
 
     def __init__(self, config: EngineConfig) -> None:
-        self._engine = LLMEngine(config)
         self._max_waiting = config.max_waiting_requests
         self._max_num_seqs = config.max_num_seqs
-        self.tokenizer = self._engine.tokenizer
-        self.max_model_len = self._engine.max_model_len
         self._cond = threading.Condition()
         self._inbox = _Inbox()
         # request id -> where its outputs go; guarded by _cond. An id stays here until its final output.
         self._sinks: dict[str, OutputCallback] = {}
-        self._stats = self._engine.stats()
-        self._thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
+        # The engine is built on the loop thread so that all its torch ops, loading included, run on one
+        # thread. Each thread that runs a parallel CPU op gets its own OpenMP team, and once a process
+        # holds more OpenMP threads than CPUs libgomp stops letting idle workers spin: they sleep after
+        # every op and wake late for the next. Built on the caller's thread and stepped on this one, the
+        # engine ran on ~1.5 of 2 cores.
+        built: queue.Queue[LLMEngine | BaseException] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(
+            target=self._run, args=(config, built), name="engine-loop", daemon=True
+        )
         self._thread.start()
+        engine = built.get()
+        if isinstance(engine, BaseException):
+            self._thread.join()
+            raise engine
+        self._engine = engine
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = engine.max_model_len
 
     def submit(
         self,
@@ -138,8 +149,17 @@ class AsyncEngine:
 
     # -- the loop thread ----------------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        engine = self._engine
+    def _run(self, config: EngineConfig, built: queue.Queue[LLMEngine | BaseException]) -> None:
+        try:
+            engine = LLMEngine(config)
+        except BaseException as error:  # handed to the constructor, which raises it in the caller
+            built.put(error)
+            return
+        self._stats = engine.stats()
+        built.put(engine)
+        self._loop(engine)
+
+    def _loop(self, engine: LLMEngine) -> None:
         while True:
             with self._cond:
                 while not (self._inbox.submissions or self._inbox.aborts or self._inbox.stopping) and not (

@@ -18,6 +18,7 @@ from engine import (
     RequestOutput,
     SamplingParams,
 )
+from engine import async_engine as async_engine_module
 from tests.engine.conftest import Reference
 
 
@@ -97,6 +98,41 @@ def test_submit_validates_synchronously(async_engine: AsyncEngine) -> None:
     assert [o.finished for o in stream][-1]
     with pytest.raises(StopIteration):
         stream.get(timeout=1)
+
+
+def test_the_engine_is_built_and_stepped_on_its_loop_thread(
+    model_dir: Path, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One thread for all the engine's torch work keeps one OpenMP team in the process (see AsyncEngine).
+    threads: dict[str, set[int]] = {"built": set(), "stepped": set()}
+
+    class RecordingEngine(async_engine_module.LLMEngine):
+        def __init__(self, config: EngineConfig) -> None:
+            threads["built"].add(threading.get_ident())
+            super().__init__(config)
+
+        def step(self) -> list[RequestOutput]:
+            threads["stepped"].add(threading.get_ident())
+            return super().step()
+
+    monkeypatch.setattr(async_engine_module, "LLMEngine", RecordingEngine)
+    recorded = AsyncEngine(
+        EngineConfig(model=str(model_dir), device="cpu", max_model_len=512, num_kv_blocks=32)
+    )
+    try:
+        stream = recorded.submit("one", reference.prompts[0], SamplingParams(temperature=0.0, max_tokens=3))
+        assert [o for o in stream if o.finished][0].num_output_tokens == 3
+    finally:
+        recorded.shutdown()
+    assert len(threads["built"]) == 1
+    assert threads["stepped"] == threads["built"] != {threading.get_ident()}
+
+
+def test_a_model_that_cannot_load_fails_the_constructor() -> None:
+    before = set(threading.enumerate())
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        AsyncEngine(EngineConfig(model="/nonexistent/checkpoint", device="cpu"))
+    assert set(threading.enumerate()) == before
 
 
 def test_shutdown_aborts_everything(model_dir: Path, reference: Reference) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -32,6 +33,10 @@ from triton_adapters.model_parameters import parse_model_parameters
 from triton_adapters.sequence_outputs import sequence_tensors
 
 CANCEL_POLL_SECONDS = 0.1
+# Python's GIL switch interval for this process (default 5 ms). The engine thread gives the GIL up for
+# every torch op and needs it back right after; while the sender thread builds responses, the default
+# made each of those returns wait up to 5 ms. Measured at 64 concurrent streams: 64.1 -> 83.0 tok/s.
+GIL_SWITCH_SECONDS = 0.0002
 STATS_PERIOD_SECONDS = 0.5
 
 
@@ -61,6 +66,7 @@ class ActiveRequest:
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         model_config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):
             raise pb_utils.TritonModelException("the llm model must use the decoupled transaction policy")
