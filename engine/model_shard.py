@@ -14,7 +14,7 @@ import torch
 from engine.attention_metadata import AttentionMetadata
 from engine.config import EngineConfig
 from engine.distributed import TensorParallelGroup
-from engine.models import CausalLM, load_model
+from engine.models import CausalLM, load_model, packed_gemm
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class ModelShard:
         self.group = group
         self.block_size = config.block_size
         self.model: CausalLM = load_model(config.model, dtype, device, group)
+        if device.type == "cpu" and dtype == torch.float32 and packed_gemm.available():
+            self.model.pack_weights()
         self.spec = self.model.spec
         self.num_blocks = group.all_reduce_min(config.num_kv_blocks or self._pool_blocks(config))
         if self.num_blocks < 1:

@@ -9,7 +9,7 @@ from engine.attention_metadata import AttentionMetadata
 from engine.distributed import TensorParallelGroup
 from engine.kv_cache import layer_caches, stores_keys_transposed
 from engine.models.layers import DecoderLayer, RMSNorm, RotaryEmbedding
-from engine.models.linear import VocabParallelEmbedding
+from engine.models.linear import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from engine.models.sharding import head_shard
 from engine.models.spec import ModelSpec
 
@@ -54,6 +54,17 @@ class CausalLM(nn.Module):
             if spec.flags.tie_embeddings
             else VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, spec.dtype, device, group)
         )
+
+    def pack_weights(self) -> None:
+        """Hand every projection and the LM head to MKL's packed layout (engine.models.packed_gemm): for a
+        float32 model on the CPU, once its checkpoint is loaded."""
+        for module in self.modules():
+            if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
+                module.pack()
+        if self.lm_head is None:
+            self.model.embed_tokens.pack_head(keep_table=True)
+        else:
+            self.lm_head.pack_head(keep_table=False)
 
     def forward(
         self,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.distributed import TensorParallelGroup
+from engine.models.packed_gemm import PackedWeight
 from engine.models.sharding import RowSlice, vocab_slice
 
 
@@ -60,7 +61,25 @@ def _parameter(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     return nn.Parameter(torch.empty(shape, dtype=dtype, device=device), False)
 
 
-class ColumnParallelLinear(nn.Module):
+class _Projection(nn.Module):
+    """A [out, in] weight applied as x @ weight.T, which `pack` may hand to MKL's packed layout
+    (engine.models.packed_gemm: float32 on the CPU) once the checkpoint is loaded."""
+
+    weight: nn.Parameter
+    packed: PackedWeight | None = None
+
+    def pack(self) -> None:
+        """Move the weight into its packed form; the plain copy is freed (the pack is the only one)."""
+        self.packed = PackedWeight(self.weight.data)
+        del self.weight
+
+    def project(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.packed is not None:
+            return self.packed.linear(x, bias)
+        return F.linear(x, self.weight, bias)
+
+
+class ColumnParallelLinear(_Projection):
     """Projections of the same input stacked along the output dimension (q|k|v, gate|up), so one matmul
     replaces several; this rank holds rows `slices[i]` of projection i's checkpoint matrix."""
 
@@ -79,7 +98,7 @@ class ColumnParallelLinear(nn.Module):
         self.bias = _parameter((sum(self.output_sizes),), dtype, device) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.project(x, self.bias)
 
     def load(self, param_name: str, shard: int, source: CheckpointTensor, checkpoint_name: str) -> None:
         """This rank's rows of projection number `shard` into its row block of `weight` or `bias`."""
@@ -92,7 +111,7 @@ class ColumnParallelLinear(nn.Module):
         return tuple(y.split(self.output_sizes, dim=-1))
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(_Projection):
     """y = sum over ranks of x_rank @ W[:, cols_rank].T, plus the bias once: this rank holds the input
     columns `cols` of the checkpoint matrix, matching the features the column-parallel layer before it
     produced here."""
@@ -114,8 +133,8 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.group.size == 1:
-            return F.linear(x, self.weight, self.bias)
-        y = self.group.all_reduce(F.linear(x, self.weight))
+            return self.project(x, self.bias)
+        y = self.group.all_reduce(self.project(x, None))
         # Added after the sum: adding it on every rank would count it tp times.
         return y if self.bias is None else y.add_(self.bias)
 
@@ -127,6 +146,8 @@ class RowParallelLinear(nn.Module):
 class VocabParallelEmbedding(nn.Module):
     """A [vocab_size, hidden_size] table split by rows across ranks: the token embedding, and the LM head
     (its own, or the embedding itself when tied)."""
+
+    head: PackedWeight | None = None
 
     def __init__(
         self,
@@ -156,11 +177,18 @@ class VocabParallelEmbedding(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """hidden [N, hidden_size] -> float32 logits [N, vocab_size] on rank 0; other ranks send their
         slice and get None."""
-        local = F.linear(hidden, self.weight).float()
+        local = (F.linear(hidden, self.weight) if self.head is None else self.head.linear(hidden)).float()
         if self.group.size == 1:
             return local
         full = self.group.gather_last_dim(local)
         return None if full is None else full[:, : self.vocab_size]
+
+    def pack_head(self, keep_table: bool) -> None:
+        """Pack the table for `logits` (engine.models.packed_gemm). A table that also embeds (tied) is kept
+        for lookups and so held twice; an LM head's own table is freed."""
+        self.head = PackedWeight(self.weight.data)
+        if not keep_table:
+            del self.weight
 
     def load(self, param_name: str, shard: int, source: CheckpointTensor, checkpoint_name: str) -> None:
         load_slice(self.weight.data, source, checkpoint_name, rows=self.rows)

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from engine.models import load_model
+from engine.models import CausalLM, load_model, packed_gemm
 from tests.engine_models.paged_batch import PagedSequences
 from tests.engine_models.tiny_checkpoints import TinyCheckpoint, hf_logits, random_sequences
 
 ATOL = 1e-4
+# Unpacked, and with the projections and LM head in MKL's packed layout as the CPU engine runs them.
+PACKED = pytest.mark.parametrize(
+    "packed",
+    [False, pytest.param(True, marks=pytest.mark.skipif(not packed_gemm.available(), reason="torch without MKL"))],
+    ids=["unpacked", "packed"],
+)
 
 
-def test_varlen_prefill_matches_hf(tiny_checkpoint: TinyCheckpoint) -> None:
-    model = load_model(tiny_checkpoint.path, torch.float32, torch.device("cpu"))
+def tiny_model(checkpoint: TinyCheckpoint, packed: bool) -> CausalLM:
+    model = load_model(checkpoint.path, torch.float32, torch.device("cpu"))
+    if packed:
+        model.pack_weights()
+    return model
+
+
+@PACKED
+def test_varlen_prefill_matches_hf(tiny_checkpoint: TinyCheckpoint, packed: bool) -> None:
+    model = tiny_model(tiny_checkpoint, packed)
     sequences = random_sequences([7, 1, 19, 12], model.spec.vocab_size, seed=2)
     paged = PagedSequences(model.spec, sequences, block_size=4)
     step = paged.step({i: len(s) for i, s in enumerate(sequences)})
@@ -25,10 +40,11 @@ def test_varlen_prefill_matches_hf(tiny_checkpoint: TinyCheckpoint) -> None:
         )
 
 
-def test_paged_decode_matches_hf(tiny_checkpoint: TinyCheckpoint) -> None:
+@PACKED
+def test_paged_decode_matches_hf(tiny_checkpoint: TinyCheckpoint, packed: bool) -> None:
     """Prefix prefill, then one token per step through shuffled blocks, while a late sequence prefills in
     chunks in the same steps; every new row is compared with HF's logits at that position."""
-    model = load_model(tiny_checkpoint.path, torch.float32, torch.device("cpu"))
+    model = tiny_model(tiny_checkpoint, packed)
     sequences = random_sequences([13, 9, 11], model.spec.vocab_size, seed=3)
     expected = [hf_logits(tiny_checkpoint, s) for s in sequences]
     paged = PagedSequences(model.spec, sequences, block_size=4, seed=5)
