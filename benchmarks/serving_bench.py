@@ -9,6 +9,10 @@ on the same machine: through a real tritonserver + frontend started from the rep
 profile with a driver that keeps the same number of requests in flight. Prints output tokens/s,
 requests/s, TTFT and inter-token latency p50/p99 for both, the served/engine ratios, a JSON line, and a
 PNG of throughput against concurrency. Not a test.
+
+The TTFT the served path adds is measured on its own, by a probe of 30 distinct 32-token prompts sent one
+at a time for one output token to each system: a level's TTFT p50 rests on as few requests as the level
+is wide (2 at concurrency 1) and moves by more than the path adds.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -144,6 +149,44 @@ async def run_served(base_url: str, workload: Workload, concurrency: int, system
     return RunResult(system, concurrency, seconds, list(timings))
 
 
+def probe_prompts(vocab_size: int, seed: int, count: int = 30, length: int = 32) -> list[list[int]]:
+    rng = random.Random(seed + 1)
+    return [[rng.randrange(100, vocab_size) for _ in range(length)] for _ in range(count)]
+
+
+def probe_engine(engine: LLMEngine, prompts: list[list[int]]) -> list[float]:
+    """TTFT of each prompt alone in the engine, for one output token."""
+    ttfts = []
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    for index, prompt in enumerate(prompts):
+        start = time.perf_counter()
+        engine.add_request(f"probe-{index}", prompt, params)
+        while not any(output.new_token_ids for output in engine.step()):
+            pass
+        ttfts.append(time.perf_counter() - start)
+    return ttfts
+
+
+async def probe_served(base_url: str, prompts: list[list[int]]) -> list[float]:
+    """TTFT of each prompt alone through the server: until the first streamed event carrying text."""
+    ttfts = []
+    async with httpx.AsyncClient(base_url=base_url, timeout=None) as client:
+        for prompt in prompts:
+            body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                    "ignore_eos": True, "stream": True}  # fmt: skip
+            start = time.perf_counter()
+            first: float | None = None
+            async with client.stream("POST", "/completions", json=body) as reply:
+                reply.raise_for_status()
+                async for line in reply.aiter_lines():
+                    if first is None and line.startswith("data: {") and json.loads(line[6:])["choices"]:
+                        first = time.perf_counter() - start
+            if first is None:
+                raise RuntimeError("a probe request streamed no token")
+            ttfts.append(first)
+    return ttfts
+
+
 def level_workload(workload: Workload, concurrency: int, per_level: int) -> Workload:
     """The first requests of the workload: `per_level` x concurrency of them (at least 2), at most all."""
     count = min(len(workload.prompts), max(2, per_level * concurrency))
@@ -190,6 +233,8 @@ def main() -> None:
     engine = LLMEngine(engine_config(profile, str(ROOT / "model_repository" / "llm")))
     workload = make_workload(args.num_requests, engine.runner.spec.vocab_size, args.seed)
     engine.generate([workload.prompts[0][:32]], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
+    probes = probe_prompts(engine.runner.spec.vocab_size, args.seed)
+    engine_probe = probe_engine(engine, probes)
     engine_runs = {
         level: run_engine(engine, level_workload(workload, level, args.per_level), level)
         for level in args.concurrency
@@ -204,6 +249,7 @@ def main() -> None:
             try:
                 warm = Workload([workload.prompts[0][:32]], [2])
                 asyncio.run(run_served(frontend.base_url, warm, 1))
+                served_probe = asyncio.run(probe_served(frontend.base_url, probes))
                 for level in args.concurrency:
                     served = asyncio.run(
                         run_served(frontend.base_url, level_workload(workload, level, args.per_level), level)
@@ -241,9 +287,20 @@ def main() -> None:
                 "added_ttft_p50_ms": round(added_ttft, 1),
             }
         )
+    probe = {
+        "requests": len(probes),
+        "served_ttft_p50_ms": round(percentile(served_probe, 50) * 1000, 1),
+        "engine_ttft_p50_ms": round(percentile(engine_probe, 50) * 1000, 1),
+    }
+    probe["added_ttft_p50_ms"] = round(probe["served_ttft_p50_ms"] - probe["engine_ttft_p50_ms"], 1)
+    print(
+        f"TTFT one request at a time ({len(probes)} prompts of 32 tokens, 1 output token): served p50 "
+        f"{probe['served_ttft_p50_ms']} ms, engine p50 {probe['engine_ttft_p50_ms']} ms, "
+        f"added by the served path {probe['added_ttft_p50_ms']:+.1f} ms"
+    )
     plot(results, args.plot)
     print(f"plot: {args.plot}")
-    print(json.dumps({"benchmark": "serving", "profile": PROFILE.name, "levels": report}))
+    print(json.dumps({"benchmark": "serving", "profile": PROFILE.name, "ttft_probe": probe, "levels": report}))
 
 
 if __name__ == "__main__":
