@@ -58,8 +58,11 @@ class RunResult:
     def output_tokens(self) -> int:
         return sum(len(timing.token_times) for timing in self.timings)
 
+    def ttfts(self) -> list[float]:
+        return [timing.token_times[0] - timing.sent for timing in self.timings]
+
     def summary(self) -> dict[str, float]:
-        ttfts = [timing.token_times[0] - timing.sent for timing in self.timings]
+        ttfts = self.ttfts()
         # Gaps between distinct arrivals: tokens that came in one chunk share one gap.
         gaps = [
             later - earlier
@@ -149,42 +152,11 @@ async def run_served(base_url: str, workload: Workload, concurrency: int, system
     return RunResult(system, concurrency, seconds, list(timings))
 
 
-def probe_prompts(vocab_size: int, seed: int, count: int = 30, length: int = 32) -> list[list[int]]:
+def probe_workload(vocab_size: int, seed: int, count: int = 30, length: int = 32) -> Workload:
+    """The TTFT probe: `count` distinct prompts of `length` token ids, one output token each."""
     rng = random.Random(seed + 1)
-    return [[rng.randrange(100, vocab_size) for _ in range(length)] for _ in range(count)]
-
-
-def probe_engine(engine: LLMEngine, prompts: list[list[int]]) -> list[float]:
-    """TTFT of each prompt alone in the engine, for one output token."""
-    ttfts = []
-    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
-    for index, prompt in enumerate(prompts):
-        start = time.perf_counter()
-        engine.add_request(f"probe-{index}", prompt, params)
-        while not any(output.new_token_ids for output in engine.step()):
-            pass
-        ttfts.append(time.perf_counter() - start)
-    return ttfts
-
-
-async def probe_served(base_url: str, prompts: list[list[int]]) -> list[float]:
-    """TTFT of each prompt alone through the server: until the first streamed event carrying text."""
-    ttfts = []
-    async with httpx.AsyncClient(base_url=base_url, timeout=None) as client:
-        for prompt in prompts:
-            body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
-                    "ignore_eos": True, "stream": True}  # fmt: skip
-            start = time.perf_counter()
-            first: float | None = None
-            async with client.stream("POST", "/completions", json=body) as reply:
-                reply.raise_for_status()
-                async for line in reply.aiter_lines():
-                    if first is None and line.startswith("data: {") and json.loads(line[6:])["choices"]:
-                        first = time.perf_counter() - start
-            if first is None:
-                raise RuntimeError("a probe request streamed no token")
-            ttfts.append(first)
-    return ttfts
+    prompts = [[rng.randrange(100, vocab_size) for _ in range(length)] for _ in range(count)]
+    return Workload(prompts, [1] * count)
 
 
 def level_workload(workload: Workload, concurrency: int, per_level: int) -> Workload:
@@ -233,8 +205,8 @@ def main() -> None:
     engine = LLMEngine(engine_config(profile, str(ROOT / "model_repository" / "llm")))
     workload = make_workload(args.num_requests, engine.runner.spec.vocab_size, args.seed)
     engine.generate([workload.prompts[0][:32]], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
-    probes = probe_prompts(engine.runner.spec.vocab_size, args.seed)
-    engine_probe = probe_engine(engine, probes)
+    probes = probe_workload(engine.runner.spec.vocab_size, args.seed)
+    engine_probe = run_engine(engine, probes, 1)
     engine_runs = {
         level: run_engine(engine, level_workload(workload, level, args.per_level), level)
         for level in args.concurrency
@@ -249,7 +221,7 @@ def main() -> None:
             try:
                 warm = Workload([workload.prompts[0][:32]], [2])
                 asyncio.run(run_served(frontend.base_url, warm, 1))
-                served_probe = asyncio.run(probe_served(frontend.base_url, probes))
+                served_probe = asyncio.run(run_served(frontend.base_url, probes, 1))
                 for level in args.concurrency:
                     served = asyncio.run(
                         run_served(frontend.base_url, level_workload(workload, level, args.per_level), level)
@@ -288,13 +260,13 @@ def main() -> None:
             }
         )
     probe = {
-        "requests": len(probes),
-        "served_ttft_p50_ms": round(percentile(served_probe, 50) * 1000, 1),
-        "engine_ttft_p50_ms": round(percentile(engine_probe, 50) * 1000, 1),
+        "requests": len(probes.prompts),
+        "served_ttft_p50_ms": round(percentile(served_probe.ttfts(), 50) * 1000, 1),
+        "engine_ttft_p50_ms": round(percentile(engine_probe.ttfts(), 50) * 1000, 1),
     }
     probe["added_ttft_p50_ms"] = round(probe["served_ttft_p50_ms"] - probe["engine_ttft_p50_ms"], 1)
     print(
-        f"TTFT one request at a time ({len(probes)} prompts of 32 tokens, 1 output token): served p50 "
+        f"TTFT one request at a time ({len(probes.prompts)} prompts of 32 tokens, 1 output token): served p50 "
         f"{probe['served_ttft_p50_ms']} ms, engine p50 {probe['engine_ttft_p50_ms']} ms, "
         f"added by the served path {probe['added_ttft_p50_ms']:+.1f} ms"
     )

@@ -61,10 +61,10 @@ class CausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
                 module.pack()
-        if self.lm_head is None:
-            self.model.embed_tokens.pack_head(keep_table=True)
+        if self.lm_head is None:  # tied: the table still serves the embedding lookups
+            self.model.embed_tokens.pack(keep_weight=True)
         else:
-            self.lm_head.pack_head(keep_table=False)
+            self.lm_head.pack()
 
     def forward(
         self,

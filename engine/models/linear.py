@@ -68,10 +68,12 @@ class _Projection(nn.Module):
     weight: nn.Parameter
     packed: PackedWeight | None = None
 
-    def pack(self) -> None:
-        """Move the weight into its packed form; the plain copy is freed (the pack is the only one)."""
+    def pack(self, keep_weight: bool = False) -> None:
+        """Move the weight into its packed form. The plain copy is freed unless something else still reads
+        it (a tied embedding table's lookups), in which case it is held twice."""
         self.packed = PackedWeight(self.weight.data)
-        del self.weight
+        if not keep_weight:
+            del self.weight
 
     def project(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.packed is not None:
@@ -143,11 +145,9 @@ class RowParallelLinear(_Projection):
         load_slice(dst, source, checkpoint_name, cols=self.cols if param_name == "weight" else None)
 
 
-class VocabParallelEmbedding(nn.Module):
+class VocabParallelEmbedding(_Projection):
     """A [vocab_size, hidden_size] table split by rows across ranks: the token embedding, and the LM head
     (its own, or the embedding itself when tied)."""
-
-    head: PackedWeight | None = None
 
     def __init__(
         self,
@@ -177,18 +177,11 @@ class VocabParallelEmbedding(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """hidden [N, hidden_size] -> float32 logits [N, vocab_size] on rank 0; other ranks send their
         slice and get None."""
-        local = (F.linear(hidden, self.weight) if self.head is None else self.head.linear(hidden)).float()
+        local = self.project(hidden, None).float()
         if self.group.size == 1:
             return local
         full = self.group.gather_last_dim(local)
         return None if full is None else full[:, : self.vocab_size]
-
-    def pack_head(self, keep_table: bool) -> None:
-        """Pack the table for `logits` (engine.models.packed_gemm). A table that also embeds (tied) is kept
-        for lookups and so held twice; an LM head's own table is freed."""
-        self.head = PackedWeight(self.weight.data)
-        if not keep_table:
-            del self.weight
 
     def load(self, param_name: str, shard: int, source: CheckpointTensor, checkpoint_name: str) -> None:
         load_slice(self.weight.data, source, checkpoint_name, rows=self.rows)

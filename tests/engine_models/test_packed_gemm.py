@@ -66,12 +66,12 @@ def test_a_packed_layer_frees_its_weight_and_computes_the_same() -> None:
 
 
 @pytest.mark.parametrize("keep_table", [True, False])
-def test_packed_lm_head_keeps_the_table_only_for_lookups(keep_table: bool) -> None:
+def test_packed_lm_head_keeps_the_table_only_when_asked(keep_table: bool) -> None:
     table = VocabParallelEmbedding(50, 16, torch.float32, CPU, TensorParallelGroup.single())
     table.weight.data.copy_(random(50, 16, seed=13))
     hidden, ids = random(3, 16, seed=14), torch.tensor([4, 0, 49])
     expected_logits, expected_rows = table.logits(hidden), table(ids)
-    table.pack_head(keep_table=keep_table)
+    table.pack(keep_weight=keep_table)
     logits = table.logits(hidden)
     assert logits is not None
     torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
