@@ -39,6 +39,10 @@ class EngineConfig:
     # CUDA: run every step eagerly instead of replaying captured CUDA graphs for decode steps (vLLM's
     # --enforce-eager); for debugging, or to save the seconds of capture at start.
     enforce_eager: bool = False
+    # CPU float32: the layout projections and the LM head multiply from. auto times the candidates on this
+    # CPU at load (MKL's packed GEMM wins on some, oneDNN's reordered weights on others; see
+    # engine.models.packed_gemm); plain keeps F.linear on the checkpoint's weights; mkl|onednn force one.
+    cpu_weight_format: str = "auto"
     # Seed of the engine's generator for requests without their own seed.
     seed: int = 0
     # Most requests waiting behind the running batch; beyond it submit() refuses new ones
@@ -49,6 +53,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
+        if self.cpu_weight_format not in ("auto", "plain", "mkl", "onednn"):
+            raise ValueError(f"cpu_weight_format must be auto|plain|mkl|onednn, got {self.cpu_weight_format!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be auto|cpu|cuda|cuda:N, got {self.device!r}")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size"):

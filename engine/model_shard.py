@@ -31,8 +31,8 @@ class ModelShard:
         self.group = group
         self.block_size = config.block_size
         self.model: CausalLM = load_model(config.model, dtype, device, group)
-        if device.type == "cpu" and dtype == torch.float32 and packed_gemm.available():
-            self.model.pack_weights()
+        if device.type == "cpu" and dtype == torch.float32:
+            self._prepack_weights(config.cpu_weight_format)
         self.spec = self.model.spec
         self.num_blocks = group.all_reduce_min(config.num_kv_blocks or self._pool_blocks(config))
         if self.num_blocks < 1:
@@ -46,6 +46,12 @@ class ModelShard:
             self.block_size,
             device,
         )
+
+    def _prepack_weights(self, weight_format: str) -> None:
+        if weight_format == "auto":
+            weight_format = packed_gemm.fastest_format(self.model.projection_shapes())
+        if weight_format != packed_gemm.PLAIN:
+            self.model.pack_weights(weight_format)
 
     @property
     def bytes_per_block(self) -> int:

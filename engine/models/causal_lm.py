@@ -55,16 +55,22 @@ class CausalLM(nn.Module):
             else VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, spec.dtype, device, group)
         )
 
-    def pack_weights(self) -> None:
-        """Hand every projection and the LM head to MKL's packed layout (engine.models.packed_gemm): for a
-        float32 model on the CPU, once its checkpoint is loaded."""
+    def projection_shapes(self) -> tuple[tuple[int, int], ...]:
+        """[out, in] of one decoder layer's projection weights (every layer has the same)."""
+        layer = self.model.layers[0]
+        projections = (m for m in layer.modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear)))
+        return tuple((p.weight.shape[0], p.weight.shape[1]) for p in projections)
+
+    def pack_weights(self, format_name: str) -> None:
+        """Hand every projection and the LM head to the prepacked float32 format `format_name`
+        (engine.models.packed_gemm), once the checkpoint is loaded."""
         for module in self.modules():
             if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
-                module.pack()
+                module.pack(format_name)
         if self.lm_head is None:  # tied: the table still serves the embedding lookups
-            self.model.embed_tokens.pack(keep_weight=True)
+            self.model.embed_tokens.pack(format_name, keep_weight=True)
         else:
-            self.lm_head.pack()
+            self.lm_head.pack(format_name)
 
     def forward(
         self,

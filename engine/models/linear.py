@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.distributed import TensorParallelGroup
-from engine.models.packed_gemm import PackedWeight
+from engine.models.packed_gemm import PrepackedWeight, prepack
 from engine.models.sharding import RowSlice, vocab_slice
 
 
@@ -62,16 +62,16 @@ def _parameter(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
 
 
 class _Projection(nn.Module):
-    """A [out, in] weight applied as x @ weight.T, which `pack` may hand to MKL's packed layout
+    """A [out, in] weight applied as x @ weight.T, which `pack` may hand to a GEMM library's own layout
     (engine.models.packed_gemm: float32 on the CPU) once the checkpoint is loaded."""
 
     weight: nn.Parameter
-    packed: PackedWeight | None = None
+    packed: PrepackedWeight | None = None
 
-    def pack(self, keep_weight: bool = False) -> None:
-        """Move the weight into its packed form. The plain copy is freed unless something else still reads
-        it (a tied embedding table's lookups), in which case it is held twice."""
-        self.packed = PackedWeight(self.weight.data)
+    def pack(self, format_name: str, keep_weight: bool = False) -> None:
+        """Move the weight into the prepacked format `format_name`. The plain copy is freed unless something
+        else still reads it (a tied embedding table's lookups), in which case it is held twice."""
+        self.packed = prepack(self.weight.data, format_name)
         if not keep_weight:
             del self.weight
 

@@ -1,16 +1,21 @@
-"""Float32 projections on the CPU through MKL's packed GEMM (`cblas_sgemm_pack` / `cblas_sgemm_compute`).
+"""Float32 projections on the CPU from weights prepacked once into a GEMM library's own layout.
 
-Why: at decode batch sizes torch's `F.linear` runs float32 well below what the CPU can do. The four
-projections of SmolLM2-135M's 30 layers took 56 / 105-115 ms at 8 / 64 rows against 33-35 / 85-90 ms
-with each weight packed once into MKL's internal layout, and the LM head 20.9 / 27.6 ms against
-8.7 / 21.4 (2 cores, same at 1 row and past ~100 rows). The packed size does not depend on the number
-of rows, and the rows are given at each call, so one pack serves every batch.
+Why: at decode batch sizes torch's `F.linear` runs float32 well below what the CPU can do, and which
+library does better depends on the CPU. The four projections of SmolLM2-135M's 30 layers, 2 cores:
+- Intel Xeon (AVX-512): F.linear 22 / 48-56 / 99-115 ms at 1 / 8 / 64 rows; MKL's packed GEMM
+  (`cblas_sgemm_pack` / `cblas_sgemm_compute`) 22 / 31-35 / 85-90; oneDNN slower at 1 row (28 ms).
+- AMD EPYC (Zen 4): F.linear 35 / 41 / 109 ms at 1 / 8 / 64 rows and 172 GFLOP/s at 2,048; MKL's packed
+  GEMM 29 / 55 / 121; oneDNN's reordered weights (`torch.ops.mkldnn`) 19 / 20 / 71 and 210 GFLOP/s.
+So the format is measured, not assumed: `fastest_format` times each candidate on the model's own weight
+shapes once per process, and the model packs into the winner ("plain" keeps F.linear).
 
-torch builds with MKL export these CBLAS symbols from libtorch_cpu, but torch's own op over them
+MKL: torch builds with MKL export these CBLAS symbols from libtorch_cpu, but torch's own op over them
 (`torch.ops.mkl._mkl_linear`) runs packed only for the one batch size it packed for and falls back to
-`F.linear` otherwise; hence ctypes, whose foreign calls drop the GIL as torch ops do. Where the library
-or its symbols are missing (torch without MKL, other platforms), or a packed product disagrees with
-`F.linear` on a first check, `available()` is False and layers keep `F.linear`.
+`F.linear` otherwise; hence ctypes, whose foreign calls drop the GIL as torch ops do. The packed size
+does not depend on the number of rows, and the rows are given at each call, so one pack serves every
+batch. oneDNN: a weight reordered once without a batch-size hint serves every row count as fast as one
+reordered for it. A format whose library is missing, or whose first product disagrees with `F.linear`,
+is not offered.
 """
 
 from __future__ import annotations
@@ -18,17 +23,35 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
+# F.linear on the checkpoint's own weight: the baseline every prepacked format must beat.
+PLAIN = "plain"
+
 # CBLAS enum values (mkl_cblas.h).
 _ROW_MAJOR, _NO_TRANS, _TRANS, _PACKED, _B_MATRIX = 101, 111, 112, 151, 162
 # The row count packing is told about: MKL sizes the pack without it, and any count may be computed.
 _PACK_ROWS_HINT = 64
+# Rows timed when choosing a format: decode batches, and a prefill chunk (whose time weighs most).
+_TIMED_ROWS = (1, 16, 64, 256)
+_TIMING_ROUNDS = 5
+
+
+class PrepackedWeight(Protocol):
+    out_features: int
+    in_features: int
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., in_features] float32 -> x @ weight.T + bias, [..., out_features]."""
+        ...
 
 
 def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
@@ -44,46 +67,37 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
 
 @functools.cache
 def _mkl() -> ctypes.CDLL | None:
-    """libtorch_cpu with the packed-GEMM symbols bound, or None where it has none or they misbehave."""
+    """libtorch_cpu with the packed-GEMM symbols bound, or None where it has none."""
     if not torch.backends.mkl.is_available():
         return None
     path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:
-        library = _bind(ctypes.CDLL(str(path)))
+        return _bind(ctypes.CDLL(str(path)))
     except (OSError, AttributeError):
         return None
-    if not _agrees_with_linear(library):
-        logger.warning("MKL packed GEMM disagrees with F.linear on this machine; float32 linears stay unpacked")
-        return None
-    return library
 
 
-def _agrees_with_linear(library: ctypes.CDLL) -> bool:
-    """A small packed product against F.linear: guards against an ABI that differs from the one bound
-    (64-bit integers, another enum) before any model weight goes through it."""
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(40, 24, generator=generator)
-    x = torch.randn(5, 24, generator=generator)
-    packed = PackedWeight(weight, library)
-    return torch.allclose(packed.linear(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+def _check_float32_cpu(weight: torch.Tensor) -> None:
+    if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
+        raise ValueError(f"packs 2-D float32 CPU weights, got {weight.dtype} {tuple(weight.shape)} on {weight.device}")
 
 
-def available() -> bool:
-    """Whether float32 weights can be packed in this process."""
-    return _mkl() is not None
+def _rows_of(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    if x.dtype != torch.float32:
+        raise TypeError(f"a packed float32 weight cannot multiply {x.dtype}")
+    return x.reshape(-1, in_features).contiguous()
 
 
-class PackedWeight:
-    """A float32 CPU weight [out_features, in_features] packed for `linear(x) == F.linear(x, weight)`.
-    Holds its own copy: the source tensor may be freed afterwards."""
+class MklPackedWeight:
+    """A float32 CPU weight [out_features, in_features] in MKL's packed layout, for
+    `linear(x) == F.linear(x, weight)`. Holds its own copy: the source tensor may be freed afterwards."""
 
-    def __init__(self, weight: torch.Tensor, library: ctypes.CDLL | None = None) -> None:
-        library = library or _mkl()
+    def __init__(self, weight: torch.Tensor) -> None:
+        library = _mkl()
         if library is None:
-            raise RuntimeError("MKL packed GEMM is not available in this torch build")
+            raise RuntimeError("MKL's packed GEMM is not available in this torch build")
         self._library = library
-        if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
-            raise ValueError(f"packs 2-D float32 CPU weights, got {weight.dtype} {tuple(weight.shape)} on {weight.device}")
+        _check_float32_cpu(weight)
         self.out_features, self.in_features = weight.shape
         source = weight.contiguous()
         size = self._library.cblas_sgemm_pack_get_size(
@@ -98,9 +112,7 @@ class PackedWeight:
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in_features] float32 -> x @ weight.T + bias, [..., out_features]."""
-        if x.dtype != torch.float32:
-            raise TypeError(f"a packed float32 weight cannot multiply {x.dtype}")
-        rows = x.reshape(-1, self.in_features).contiguous()
+        rows = _rows_of(x, self.in_features)
         out = torch.empty(rows.shape[0], self.out_features, dtype=torch.float32)
         if rows.shape[0] > 0:
             self._library.cblas_sgemm_compute(
@@ -111,3 +123,76 @@ class PackedWeight:
         if bias is not None:
             out.add_(bias)
         return out.view(*x.shape[:-1], self.out_features)
+
+
+class OneDnnWeight:
+    """A float32 CPU weight [out_features, in_features] reordered into oneDNN's blocked layout (an opaque
+    mkldnn tensor), for `linear(x) == F.linear(x, weight)`. Holds its own copy."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        if not torch.backends.mkldnn.is_available():
+            raise RuntimeError("oneDNN is not available in this torch build")
+        _check_float32_cpu(weight)
+        self.out_features, self.in_features = weight.shape
+        self._reordered = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., in_features] float32 -> x @ weight.T + bias, [..., out_features]."""
+        rows = _rows_of(x, self.in_features)
+        out = torch.ops.mkldnn._linear_pointwise(rows, self._reordered, bias, "none", [], "")
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+FORMATS: dict[str, Callable[[torch.Tensor], PrepackedWeight]] = {"mkl": MklPackedWeight, "onednn": OneDnnWeight}
+
+
+@functools.cache
+def available_formats() -> tuple[str, ...]:
+    """The prepacked formats this process can use: library present, and a small product agrees with
+    F.linear (guards against an ABI that differs from the one bound before any model weight goes through)."""
+    generator = torch.Generator().manual_seed(0)
+    weight, x = torch.randn(40, 24, generator=generator), torch.randn(5, 24, generator=generator)
+    usable = []
+    for name, make in FORMATS.items():
+        try:
+            agrees = torch.allclose(make(weight).linear(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+        except (RuntimeError, OSError) as error:
+            logger.info("float32 weight format %s unavailable: %s", name, error)
+            continue
+        if agrees:
+            usable.append(name)
+        else:
+            logger.warning("float32 weight format %s disagrees with F.linear on this machine; not used", name)
+    return tuple(usable)
+
+
+def prepack(weight: torch.Tensor, format_name: str) -> PrepackedWeight:
+    if format_name not in available_formats():
+        raise ValueError(f"float32 weight format {format_name!r} is not available here: {available_formats()}")
+    return FORMATS[format_name](weight)
+
+
+@functools.cache
+def fastest_format(shapes: tuple[tuple[int, int], ...]) -> str:
+    """The quickest way to multiply by weights of these [out, in] shapes on this CPU: PLAIN or an available
+    format. Times random weights (speed does not depend on the values) at decode and prefill row counts,
+    candidates interleaved, best of a few rounds each; cached per process."""
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(*shape, generator=generator) for shape in shapes]
+    inputs = [torch.randn(rows, shape[1], generator=generator) for shape in shapes for rows in _TIMED_ROWS]
+    multiply: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = {
+        PLAIN: [functools.partial(F.linear, weight=weight) for weight in weights]
+    }
+    for name in available_formats():
+        multiply[name] = [FORMATS[name](weight).linear for weight in weights]
+    best = dict.fromkeys(multiply, float("inf"))
+    for _ in range(_TIMING_ROUNDS + 1):  # the first round warms up and counts like the others
+        for name, products in multiply.items():
+            begin = time.perf_counter()
+            for index, x in enumerate(inputs):
+                products[index // len(_TIMED_ROWS)](x)
+            best[name] = min(best[name], time.perf_counter() - begin)
+    chosen = min(best, key=best.__getitem__)
+    timings = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in best.items())
+    logger.info("float32 CPU weights: %s is fastest here (%s, rows %s)", chosen, timings, _TIMED_ROWS)
+    return chosen

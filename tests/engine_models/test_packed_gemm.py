@@ -1,4 +1,5 @@
-"""MKL packed float32 weights against F.linear, and layers handing their weights over to them."""
+"""Prepacked float32 weights (MKL's packed GEMM, oneDNN's reordered layout) against F.linear, layers handing
+their weights over to them, and the per-machine choice between them."""
 
 from __future__ import annotations
 
@@ -6,75 +7,107 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine import EngineConfig
 from engine.distributed import TensorParallelGroup
 from engine.models import packed_gemm
 from engine.models.linear import ColumnParallelLinear, VocabParallelEmbedding
-from engine.models.packed_gemm import PackedWeight
 from engine.models.sharding import RowSlice
 
-pytestmark = pytest.mark.skipif(not packed_gemm.available(), reason="torch without MKL")
 CPU = torch.device("cpu")
+FORMAT = pytest.mark.parametrize(
+    "format_name",
+    [
+        pytest.param(name, marks=pytest.mark.skipif(name not in packed_gemm.available_formats(), reason="no library"))
+        for name in packed_gemm.FORMATS
+    ],
+)
 
 
 def random(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+def test_this_build_offers_a_format() -> None:
+    """torch's CPU wheels ship MKL and oneDNN: losing both would silently slow every CPU deployment."""
+    assert packed_gemm.available_formats()
+
+
+@FORMAT
 @pytest.mark.parametrize("rows", [0, 1, 2, 7, 64, 301])
-def test_one_pack_serves_every_row_count(rows: int) -> None:
+def test_one_pack_serves_every_row_count(format_name: str, rows: int) -> None:
     weight, bias = random(96, 40, seed=1), random(96, seed=2)
-    packed = PackedWeight(weight)
+    packed = packed_gemm.prepack(weight, format_name)
     x = random(rows, 40, seed=3)
     torch.testing.assert_close(packed.linear(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(packed.linear(x, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
-def test_leading_dimensions_and_strided_input() -> None:
+@FORMAT
+def test_leading_dimensions_and_strided_input(format_name: str) -> None:
     weight = random(24, 16, seed=4)
-    packed = PackedWeight(weight)
+    packed = packed_gemm.prepack(weight, format_name)
     batched = random(3, 5, 16, seed=5)
     torch.testing.assert_close(packed.linear(batched), F.linear(batched, weight), rtol=1e-5, atol=1e-5)
     strided = random(16, 9, seed=6).t()  # [9, 16], not contiguous
     torch.testing.assert_close(packed.linear(strided), F.linear(strided, weight), rtol=1e-5, atol=1e-5)
 
 
-def test_the_pack_owns_its_copy() -> None:
+@FORMAT
+def test_the_pack_owns_its_copy(format_name: str) -> None:
     weight = random(32, 8, seed=7)
     expected = F.linear(torch.ones(2, 8), weight)
-    packed = PackedWeight(weight)
+    packed = packed_gemm.prepack(weight, format_name)
     weight.zero_()
     torch.testing.assert_close(packed.linear(torch.ones(2, 8)), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_other_dtypes_are_refused() -> None:
+@FORMAT
+def test_other_dtypes_are_refused(format_name: str) -> None:
     with pytest.raises(ValueError, match="float32"):
-        PackedWeight(random(8, 8, seed=8).bfloat16())
-    packed = PackedWeight(random(8, 8, seed=9))
+        packed_gemm.prepack(random(8, 8, seed=8).bfloat16(), format_name)
+    packed = packed_gemm.prepack(random(8, 8, seed=9), format_name)
     with pytest.raises(TypeError, match="bfloat16"):
         packed.linear(torch.ones(2, 8, dtype=torch.bfloat16))
 
 
-def test_a_packed_layer_frees_its_weight_and_computes_the_same() -> None:
+def test_unknown_formats_are_refused() -> None:
+    with pytest.raises(ValueError, match="not available"):
+        packed_gemm.prepack(random(8, 8, seed=8), "blis")
+    with pytest.raises(ValueError, match="cpu_weight_format"):
+        EngineConfig(model="unused", cpu_weight_format="blis")
+
+
+@FORMAT
+def test_a_packed_layer_frees_its_weight_and_computes_the_same(format_name: str) -> None:
     layer = ColumnParallelLinear(16, [RowSlice(0, 12, 12), RowSlice(0, 20, 20)], True, torch.float32, CPU)
     layer.weight.data.copy_(random(32, 16, seed=10))
     layer.bias.data.copy_(random(32, seed=11))  # type: ignore[union-attr]
     x = random(5, 16, seed=12)
     expected = layer(x)
-    layer.pack()
+    layer.pack(format_name)
     assert "weight" not in dict(layer.named_parameters())
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@FORMAT
 @pytest.mark.parametrize("keep_table", [True, False])
-def test_packed_lm_head_keeps_the_table_only_when_asked(keep_table: bool) -> None:
+def test_packed_lm_head_keeps_the_table_only_when_asked(format_name: str, keep_table: bool) -> None:
     table = VocabParallelEmbedding(50, 16, torch.float32, CPU, TensorParallelGroup.single())
     table.weight.data.copy_(random(50, 16, seed=13))
     hidden, ids = random(3, 16, seed=14), torch.tensor([4, 0, 49])
     expected_logits, expected_rows = table.logits(hidden), table(ids)
-    table.pack(keep_weight=keep_table)
+    table.pack(format_name, keep_weight=keep_table)
     logits = table.logits(hidden)
     assert logits is not None
     torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
     assert ("weight" in dict(table.named_parameters())) == keep_table
     if keep_table:
         assert torch.equal(table(ids), expected_rows)
+
+
+def test_the_fastest_format_is_a_candidate_and_chosen_once_per_shapes() -> None:
+    shapes = ((48, 32), (32, 48))
+    chosen = packed_gemm.fastest_format(shapes)
+    assert chosen in (packed_gemm.PLAIN, *packed_gemm.available_formats())
+    assert packed_gemm.fastest_format(shapes) == chosen
+    assert packed_gemm.fastest_format.cache_info().hits >= 1

@@ -10,23 +10,26 @@ from tests.engine_models.paged_batch import PagedSequences
 from tests.engine_models.tiny_checkpoints import TinyCheckpoint, hf_logits, random_sequences
 
 ATOL = 1e-4
-# Unpacked, and with the projections and LM head in MKL's packed layout as the CPU engine runs them.
+# Plain weights, and the projections and LM head in each prepacked format the CPU engine may choose.
 PACKED = pytest.mark.parametrize(
     "packed",
-    [False, pytest.param(True, marks=pytest.mark.skipif(not packed_gemm.available(), reason="torch without MKL"))],
-    ids=["unpacked", "packed"],
+    [packed_gemm.PLAIN]
+    + [
+        pytest.param(name, marks=pytest.mark.skipif(name not in packed_gemm.available_formats(), reason="no library"))
+        for name in packed_gemm.FORMATS
+    ],
 )
 
 
-def tiny_model(checkpoint: TinyCheckpoint, packed: bool) -> CausalLM:
+def tiny_model(checkpoint: TinyCheckpoint, packed: str) -> CausalLM:
     model = load_model(checkpoint.path, torch.float32, torch.device("cpu"))
-    if packed:
-        model.pack_weights()
+    if packed != packed_gemm.PLAIN:
+        model.pack_weights(packed)
     return model
 
 
 @PACKED
-def test_varlen_prefill_matches_hf(tiny_checkpoint: TinyCheckpoint, packed: bool) -> None:
+def test_varlen_prefill_matches_hf(tiny_checkpoint: TinyCheckpoint, packed: str) -> None:
     model = tiny_model(tiny_checkpoint, packed)
     sequences = random_sequences([7, 1, 19, 12], model.spec.vocab_size, seed=2)
     paged = PagedSequences(model.spec, sequences, block_size=4)
@@ -41,7 +44,7 @@ def test_varlen_prefill_matches_hf(tiny_checkpoint: TinyCheckpoint, packed: bool
 
 
 @PACKED
-def test_paged_decode_matches_hf(tiny_checkpoint: TinyCheckpoint, packed: bool) -> None:
+def test_paged_decode_matches_hf(tiny_checkpoint: TinyCheckpoint, packed: str) -> None:
     """Prefix prefill, then one token per step through shuffled blocks, while a late sequence prefills in
     chunks in the same steps; every new row is compared with HF's logits at that position."""
     model = tiny_model(tiny_checkpoint, packed)
