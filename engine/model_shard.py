@@ -14,6 +14,7 @@ import torch
 from engine.attention_metadata import AttentionMetadata
 from engine.config import EngineConfig
 from engine.distributed import TensorParallelGroup
+from engine.host_memory import keep_freed_memory
 from engine.models import CausalLM, load_model, packed_gemm
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ class ModelShard:
         self.dtype = dtype
         self.group = group
         self.block_size = config.block_size
+        if device.type == "cpu":
+            keep_freed_memory()
         self.model: CausalLM = load_model(config.model, dtype, device, group)
         if device.type == "cpu" and dtype == torch.float32:
             self._prepack_weights(config.cpu_weight_format)

@@ -26,6 +26,8 @@ def rms_norm_ref(
     """
     summed = x if residual is None else x + residual
     h = summed.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    normed = (weight * h.to(x.dtype)).to(x.dtype)
+    normed = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    # In place: the product above is already a fresh tensor (multiplication commutes, so the values are
+    # HF's `weight * h`, rounded to x's dtype either way).
+    normed.mul_(weight)
     return normed if residual is None else (normed, summed)
