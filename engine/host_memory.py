@@ -29,7 +29,7 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process; False where the C library is not glibc
-    or refuses a setting (nothing changes then)."""
+    or refuses one of the settings."""
     if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))

@@ -31,11 +31,17 @@ class ModelShard:
         self.dtype = dtype
         self.group = group
         self.block_size = config.block_size
-        if device.type == "cpu":
-            keep_freed_memory()
         self.model: CausalLM = load_model(config.model, dtype, device, group)
         if device.type == "cpu" and dtype == torch.float32:
             self._prepack_weights(config.cpu_weight_format)
+        elif config.cpu_weight_format not in ("auto", packed_gemm.PLAIN):
+            logger.warning(
+                "cpu_weight_format=%s applies to float32 on the CPU; %s on %s keeps its weights as loaded",
+                config.cpu_weight_format, dtype, device,
+            )  # fmt: skip
+        if device.type == "cpu":
+            # After packing: the plain weights it freed go back to the kernel first.
+            keep_freed_memory()
         self.spec = self.model.spec
         self.num_blocks = group.all_reduce_min(config.num_kv_blocks or self._pool_blocks(config))
         if self.num_blocks < 1:
@@ -52,7 +58,15 @@ class ModelShard:
 
     def _prepack_weights(self, weight_format: str) -> None:
         if weight_format == "auto":
-            weight_format = packed_gemm.fastest_format(self.model.projection_shapes())
+            costs = packed_gemm.format_costs(self.model.timing_weights())
+            # Every rank packs the same way (a step waits for its slowest rank at each all-reduce), so the
+            # ranks' costs are summed before the cheapest is taken.
+            summed = self.group.all_reduce(torch.tensor(list(costs.values()), dtype=torch.float64))
+            weight_format = list(costs)[int(summed.argmin())]
+            logger.info(
+                "float32 CPU weights: %s (cost against F.linear: %s)",
+                weight_format, ", ".join(f"{name} {cost:.2f}" for name, cost in costs.items()),
+            )  # fmt: skip
         if weight_format != packed_gemm.PLAIN:
             self.model.pack_weights(weight_format)
 

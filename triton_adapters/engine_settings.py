@@ -34,6 +34,8 @@ def engine_config(
         tensor_parallel_size=optional_int(parameters, "tensor_parallel_size") or 1,
         # Optional (not in the profiles): vLLM's --enforce-eager, no CUDA graphs for decode steps.
         enforce_eager=parse_bool(parameters.get("enforce_eager", "false")),
+        # Optional (not in the profiles): force a float32 CPU weight format instead of timing them at load.
+        cpu_weight_format=parameters.get("cpu_weight_format", "auto"),
     )
     if kv_cache_memory:
         config.kv_cache_memory = kv_cache_memory

@@ -30,6 +30,10 @@ class DecoderModel(nn.Module):
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, spec.dtype, device)
 
 
+# LM head rows timed when a CPU weight format is chosen.
+_HEAD_ROWS_TIMED = 8192
+
+
 class CausalLM(nn.Module):
     """A causal LM over one varlen batch and a paged KV cache. Parameters are allocated uninitialised;
     `engine.models.load_model` fills them from the checkpoint.
@@ -55,11 +59,14 @@ class CausalLM(nn.Module):
             else VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, spec.dtype, device, group)
         )
 
-    def projection_shapes(self) -> tuple[tuple[int, int], ...]:
-        """[out, in] of one decoder layer's projection weights (every layer has the same)."""
+    def timing_weights(self) -> list[torch.Tensor]:
+        """Weights whose products stand for the whole model's when a CPU weight format is chosen (before
+        packing): one decoder layer's projections (every layer has the same) and the LM head's first
+        rows (the vocabulary size only scales its time)."""
         layer = self.model.layers[0]
-        projections = (m for m in layer.modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear)))
-        return tuple((p.weight.shape[0], p.weight.shape[1]) for p in projections)
+        projections = [m for m in layer.modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
+        head = self.model.embed_tokens if self.lm_head is None else self.lm_head
+        return [*(p.weight.data for p in projections), head.weight.data[:_HEAD_ROWS_TIMED]]
 
     def pack_weights(self, format_name: str) -> None:
         """Hand every projection and the LM head to the prepacked float32 format `format_name`

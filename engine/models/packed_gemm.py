@@ -6,8 +6,8 @@ library does better depends on the CPU. The four projections of SmolLM2-135M's 3
   (`cblas_sgemm_pack` / `cblas_sgemm_compute`) 22 / 31-35 / 85-90; oneDNN slower at 1 row (28 ms).
 - AMD EPYC (Zen 4): F.linear 35 / 41 / 109 ms at 1 / 8 / 64 rows and 172 GFLOP/s at 2,048; MKL's packed
   GEMM 29 / 55 / 121; oneDNN's reordered weights (`torch.ops.mkldnn`) 19 / 20 / 71 and 210 GFLOP/s.
-So the format is measured, not assumed: `fastest_format` times each candidate on the model's own weight
-shapes once per process, and the model packs into the winner ("plain" keeps F.linear).
+So the format is measured, not assumed: `format_costs` times each candidate on weights of the model's
+own shapes once per process, and the model packs into the cheapest ("plain" keeps F.linear).
 
 MKL: torch builds with MKL export these CBLAS symbols from libtorch_cpu, but torch's own op over them
 (`torch.ops.mkl._mkl_linear`) runs packed only for the one batch size it packed for and falls back to
@@ -24,7 +24,7 @@ import ctypes
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -40,12 +40,14 @@ PLAIN = "plain"
 _ROW_MAJOR, _NO_TRANS, _TRANS, _PACKED, _B_MATRIX = 101, 111, 112, 151, 162
 # The row count packing is told about: MKL sizes the pack without it, and any count may be computed.
 _PACK_ROWS_HINT = 64
-# Rows timed when choosing a format: decode batches, and a prefill chunk (whose time weighs most).
-_TIMED_ROWS = (1, 16, 64, 256)
+# Rows timed when choosing a format: decode batches of 1, 16 and 64, and a prefill chunk.
+TIMED_ROWS = (1, 16, 64, 256)
 _TIMING_ROUNDS = 5
 
 
 class PrepackedWeight(Protocol):
+    """A float32 [out_features, in_features] weight held in a GEMM library's own layout."""
+
     out_features: int
     in_features: int
 
@@ -79,7 +81,9 @@ def _mkl() -> ctypes.CDLL | None:
 
 def _check_float32_cpu(weight: torch.Tensor) -> None:
     if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
-        raise ValueError(f"packs 2-D float32 CPU weights, got {weight.dtype} {tuple(weight.shape)} on {weight.device}")
+        raise ValueError(
+            f"packs 2-D float32 CPU weights, got {weight.dtype} {tuple(weight.shape)} on {weight.device}"
+        )
 
 
 def _rows_of(x: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -139,11 +143,19 @@ class OneDnnWeight:
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in_features] float32 -> x @ weight.T + bias, [..., out_features]."""
         rows = _rows_of(x, self.in_features)
-        out = torch.ops.mkldnn._linear_pointwise(rows, self._reordered, bias, "none", [], "")
+        if bias is not None and bias.dtype != torch.float32:
+            raise TypeError(f"a packed float32 weight cannot add a {bias.dtype} bias")
+        # oneDNN reads the bias as dense: a strided view would be read wrongly, not refused.
+        dense_bias = None if bias is None else bias.contiguous()
+        out = torch.ops.mkldnn._linear_pointwise(rows, self._reordered, dense_bias, "none", [], "")
         return out.view(*x.shape[:-1], self.out_features)
 
 
-FORMATS: dict[str, Callable[[torch.Tensor], PrepackedWeight]] = {"mkl": MklPackedWeight, "onednn": OneDnnWeight}
+# Every prepacked format by the name `EngineConfig.cpu_weight_format` gives it.
+FORMATS: dict[str, Callable[[torch.Tensor], PrepackedWeight]] = {
+    "mkl": MklPackedWeight,
+    "onednn": OneDnnWeight,
+}
 
 
 @functools.cache
@@ -156,7 +168,7 @@ def available_formats() -> tuple[str, ...]:
     for name, make in FORMATS.items():
         try:
             agrees = torch.allclose(make(weight).linear(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
-        except (RuntimeError, OSError) as error:
+        except (RuntimeError, OSError, AttributeError) as error:
             logger.info("float32 weight format %s unavailable: %s", name, error)
             continue
         if agrees:
@@ -167,32 +179,51 @@ def available_formats() -> tuple[str, ...]:
 
 
 def prepack(weight: torch.Tensor, format_name: str) -> PrepackedWeight:
+    """A copy of the float32 CPU `weight` in the available format `format_name`."""
     if format_name not in available_formats():
-        raise ValueError(f"float32 weight format {format_name!r} is not available here: {available_formats()}")
+        raise ValueError(
+            f"float32 weight format {format_name!r} is not available here: {available_formats()}"
+        )
     return FORMATS[format_name](weight)
 
 
-@functools.cache
-def fastest_format(shapes: tuple[tuple[int, int], ...]) -> str:
-    """The quickest way to multiply by weights of these [out, in] shapes on this CPU: PLAIN or an available
-    format. Times random weights (speed does not depend on the values) at decode and prefill row counts,
-    candidates interleaved, best of a few rounds each; cached per process."""
+def format_costs(weights: Sequence[torch.Tensor]) -> dict[str, float]:
+    """What multiplying by `weights` costs on this CPU in each candidate format (PLAIN and every available
+    one), relative to F.linear: at each timed row count a format scores its time over PLAIN's, summed over
+    row counts (PLAIN scores len(TIMED_ROWS)), so prefill's larger products do not drown decode's. One
+    weight at a time is prepacked in every format and timed, candidates interleaved, best of
+    _TIMING_ROUNDS after a warm-up. Cached per process by the weights' shapes and torch's thread count:
+    the speed does not depend on the values."""
+    key = (tuple(tuple(weight.shape) for weight in weights), torch.get_num_threads())
+    if key not in _costs:
+        _costs[key] = _time_formats(weights)
+    return dict(_costs[key])
+
+
+_costs: dict[tuple[object, ...], dict[str, float]] = {}
+
+
+def _time_formats(weights: Sequence[torch.Tensor]) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
-    weights = [torch.randn(*shape, generator=generator) for shape in shapes]
-    inputs = [torch.randn(rows, shape[1], generator=generator) for shape in shapes for rows in _TIMED_ROWS]
-    multiply: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = {
-        PLAIN: [functools.partial(F.linear, weight=weight) for weight in weights]
+    names = (PLAIN, *available_formats())
+    seconds = {name: [0.0] * len(TIMED_ROWS) for name in names}
+    for weight in weights:
+        products: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+            name: FORMATS[name](weight).linear for name in names[1:]
+        }
+        products[PLAIN] = functools.partial(F.linear, weight=weight)
+        for column, rows in enumerate(TIMED_ROWS):
+            x = torch.randn(rows, weight.shape[1], generator=generator)
+            best = dict.fromkeys(names, float("inf"))
+            for round_index in range(_TIMING_ROUNDS + 1):
+                for name in names:
+                    begin = time.perf_counter()
+                    products[name](x)
+                    if round_index > 0:  # round 0 warms up
+                        best[name] = min(best[name], time.perf_counter() - begin)
+            for name in names:
+                seconds[name][column] += best[name]
+    return {
+        name: sum(own / plain for own, plain in zip(seconds[name], seconds[PLAIN], strict=True))
+        for name in names
     }
-    for name in available_formats():
-        multiply[name] = [FORMATS[name](weight).linear for weight in weights]
-    best = dict.fromkeys(multiply, float("inf"))
-    for _ in range(_TIMING_ROUNDS + 1):  # the first round warms up and counts like the others
-        for name, products in multiply.items():
-            begin = time.perf_counter()
-            for index, x in enumerate(inputs):
-                products[index // len(_TIMED_ROWS)](x)
-            best[name] = min(best[name], time.perf_counter() - begin)
-    chosen = min(best, key=best.__getitem__)
-    timings = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in best.items())
-    logger.info("float32 CPU weights: %s is fastest here (%s, rows %s)", chosen, timings, _TIMED_ROWS)
-    return chosen

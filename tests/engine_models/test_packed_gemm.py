@@ -3,24 +3,23 @@ their weights over to them, and the per-machine choice between them."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from engine import EngineConfig
 from engine.distributed import TensorParallelGroup
+from engine.model_shard import ModelShard
 from engine.models import packed_gemm
-from engine.models.linear import ColumnParallelLinear, VocabParallelEmbedding
+from engine.models.linear import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from engine.models.sharding import RowSlice
+from tests.engine_models.tiny_checkpoints import TinyCheckpoint
+from tests.engine_models.weight_formats import PREPACKED_FORMATS
 
 CPU = torch.device("cpu")
-FORMAT = pytest.mark.parametrize(
-    "format_name",
-    [
-        pytest.param(name, marks=pytest.mark.skipif(name not in packed_gemm.available_formats(), reason="no library"))
-        for name in packed_gemm.FORMATS
-    ],
-)
+FORMAT = pytest.mark.parametrize("format_name", PREPACKED_FORMATS)
 
 
 def random(*shape: int, seed: int) -> torch.Tensor:
@@ -40,6 +39,10 @@ def test_one_pack_serves_every_row_count(format_name: str, rows: int) -> None:
     x = random(rows, 40, seed=3)
     torch.testing.assert_close(packed.linear(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(packed.linear(x, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+    strided_bias = random(192, seed=2)[::2]
+    torch.testing.assert_close(
+        packed.linear(x, strided_bias), F.linear(x, weight, strided_bias), rtol=1e-5, atol=1e-5
+    )
 
 
 @FORMAT
@@ -105,9 +108,44 @@ def test_packed_lm_head_keeps_the_table_only_when_asked(format_name: str, keep_t
         assert torch.equal(table(ids), expected_rows)
 
 
-def test_the_fastest_format_is_a_candidate_and_chosen_once_per_shapes() -> None:
-    shapes = ((48, 32), (32, 48))
-    chosen = packed_gemm.fastest_format(shapes)
-    assert chosen in (packed_gemm.PLAIN, *packed_gemm.available_formats())
-    assert packed_gemm.fastest_format(shapes) == chosen
-    assert packed_gemm.fastest_format.cache_info().hits >= 1
+class SlowFormat:
+    """F.linear that sleeps first: a format no honest timing may prefer."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight.clone()
+        self.out_features, self.in_features = weight.shape
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        time.sleep(0.002)
+        return F.linear(x, self.weight, bias)
+
+
+def test_format_costs_time_every_candidate_against_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(packed_gemm.FORMATS, "slow", SlowFormat)
+    monkeypatch.setattr(packed_gemm, "available_formats", lambda: ("slow",))
+    weights = [random(40, 24, seed=15), random(24, 40, seed=16)]  # shapes no other test times
+    costs = packed_gemm.format_costs(weights)
+    assert list(costs) == [packed_gemm.PLAIN, "slow"]
+    assert costs[packed_gemm.PLAIN] == len(packed_gemm.TIMED_ROWS)
+    assert costs["slow"] > 2 * costs[packed_gemm.PLAIN]
+
+
+def projections(shard: ModelShard) -> list[ColumnParallelLinear | RowParallelLinear]:
+    return [m for m in shard.model.modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
+
+
+def test_a_cpu_shard_packs_every_projection_the_same_way(tiny_checkpoint: TinyCheckpoint) -> None:
+    def shard(weight_format: str) -> ModelShard:
+        config = EngineConfig(
+            model=str(tiny_checkpoint.path), cpu_weight_format=weight_format, num_kv_blocks=4
+        )
+        return ModelShard(config, CPU, torch.float32, TensorParallelGroup.single())
+
+    plain = shard(packed_gemm.PLAIN)
+    assert all(
+        layer.packed is None and "weight" in dict(layer.named_parameters()) for layer in projections(plain)
+    )
+    chosen = shard("auto")
+    kinds = {type(layer.packed) for layer in projections(chosen)}
+    assert len(kinds) == 1, "every layer packs into the one format chosen"
+    assert kinds <= {type(None), *(packed_gemm.FORMATS[name] for name in packed_gemm.available_formats())}

@@ -8,17 +8,11 @@ import torch
 from engine.models import CausalLM, load_model, packed_gemm
 from tests.engine_models.paged_batch import PagedSequences
 from tests.engine_models.tiny_checkpoints import TinyCheckpoint, hf_logits, random_sequences
+from tests.engine_models.weight_formats import PREPACKED_FORMATS
 
 ATOL = 1e-4
 # Plain weights, and the projections and LM head in each prepacked format the CPU engine may choose.
-PACKED = pytest.mark.parametrize(
-    "packed",
-    [packed_gemm.PLAIN]
-    + [
-        pytest.param(name, marks=pytest.mark.skipif(name not in packed_gemm.available_formats(), reason="no library"))
-        for name in packed_gemm.FORMATS
-    ],
-)
+PACKED = pytest.mark.parametrize("packed", [packed_gemm.PLAIN, *PREPACKED_FORMATS])
 
 
 def tiny_model(checkpoint: TinyCheckpoint, packed: str) -> CausalLM:

@@ -17,7 +17,7 @@ def test_the_cpu_profile_builds_the_engine_it_describes() -> None:
     assert (config.max_model_len, config.max_num_seqs, config.max_num_batched_tokens) == (8192, 256, 2048)
     assert config.kv_cache_memory == 2 * 1024**3 and config.max_waiting_requests == 512
     assert config.enable_prefix_caching and config.tensor_parallel_size == 1
-    assert not config.enforce_eager
+    assert not config.enforce_eager and config.cpu_weight_format == "auto"
 
 
 def test_gpu_instances_are_pinned_to_their_device() -> None:
@@ -27,3 +27,5 @@ def test_gpu_instances_are_pinned_to_their_device() -> None:
     assert unpinned.device == "cuda" and unpinned.tensor_parallel_size == 2
     assert unpinned.model == "/ckpt/qwen3" and unpinned.max_waiting_requests is None
     assert engine_config({**parameters, "enforce_eager": "true"}, "/repo/llm").enforce_eager
+    forced = engine_config({**parameters, "cpu_weight_format": "plain"}, "/repo/llm")
+    assert forced.cpu_weight_format == "plain"
