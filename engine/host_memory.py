@@ -4,8 +4,9 @@ Why: every layer of a prefill step allocates and frees tensors of several MB (a 
 SmolLM2's gate|up output is 25 MB). By default glibc serves blocks that large with mmap, or trims the heap
 top once more than 128 KB is free, so each one comes back as fresh pages that fault in one by one: a
 residual add + RMSNorm over 2,048 x 576 floats took 250-6,000 us instead of 390 us on this 2-core VM, and
-a 2,048-token prefill step 2.85-3.02 s instead of 2.51-2.68 s. vLLM's CPU backend asks for tcmalloc
-through LD_PRELOAD for the same reason; raising the two thresholds gets the same reuse from the
+a 2,048-token prefill step 2.85-3.02 s instead of 2.49-2.50 s (2.46-2.65 s on an engine thread of its
+own, as in the `llm` model, whose allocations come from another glibc arena). vLLM's CPU backend asks for
+tcmalloc through LD_PRELOAD for the same reason; raising the two thresholds gets the same reuse from the
 allocator already loaded, set from inside the process that needs it.
 """
 

@@ -192,11 +192,18 @@ def format_costs(weights: Sequence[torch.Tensor]) -> dict[str, float]:
     one), relative to F.linear: at each timed row count a format scores its time over PLAIN's, summed over
     row counts (PLAIN scores len(TIMED_ROWS)), so prefill's larger products do not drown decode's. One
     weight at a time is prepacked in every format and timed, candidates interleaved, best of
-    _TIMING_ROUNDS after a warm-up. Cached per process by the weights' shapes and torch's thread count:
-    the speed does not depend on the values."""
-    key = (tuple(tuple(weight.shape) for weight in weights), torch.get_num_threads())
+    _TIMING_ROUNDS after a warm-up. The products run on one thread and are timed in that thread's CPU
+    time: the `llm` model chooses while Triton loads the other models on the same cores, and wall-clock
+    timings of two-thread products taken then once ranked MKL's pack first on a CPU where it runs 1.6x
+    slower. Cached per process by the weights' shapes (the speed does not depend on the values)."""
+    key = tuple(tuple(weight.shape) for weight in weights)
     if key not in _costs:
-        _costs[key] = _time_formats(weights)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _costs[key] = _time_formats(weights)
+        finally:
+            torch.set_num_threads(threads)
     return dict(_costs[key])
 
 
@@ -217,10 +224,10 @@ def _time_formats(weights: Sequence[torch.Tensor]) -> dict[str, float]:
             best = dict.fromkeys(names, float("inf"))
             for round_index in range(_TIMING_ROUNDS + 1):
                 for name in names:
-                    begin = time.perf_counter()
+                    begin = time.thread_time()
                     products[name](x)
                     if round_index > 0:  # round 0 warms up
-                        best[name] = min(best[name], time.perf_counter() - begin)
+                        best[name] = min(best[name], time.thread_time() - begin)
             for name in names:
                 seconds[name][column] += best[name]
     return {
