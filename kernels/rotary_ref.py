@@ -27,4 +27,6 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool
     else:
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    if rot_dim == x.shape[-1]:  # every feature rotates (the usual case): no pass-through tail to join
+        return rotated.to(x.dtype)
     return torch.cat((rotated.to(x.dtype), x[..., rot_dim:]), dim=-1)
