@@ -1,9 +1,10 @@
-"""Faults: the llm model's stub process dies mid-stream, tritonserver restarts under a running frontend.
+"""Faults: the llm model's stub process dies mid-stream, tritonserver dies or restarts under a running frontend.
 In-flight requests get a clear error, /health tells the truth, and service resumes without restarting
 the frontend."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -25,8 +26,9 @@ def sdk(stack: PrivateStack) -> openai.OpenAI:
     return openai.OpenAI(base_url=stack.frontend.base_url, api_key="unused", max_retries=0, timeout=120)
 
 
-def stub_pid(triton_pid: int, model_file: str) -> int:
-    """The Python backend stub running `model_file`, among tritonserver's children."""
+def stub_pids(triton_pid: int) -> dict[int, str]:
+    """The Python backend stubs among tritonserver's children: pid -> command line."""
+    stubs = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -36,9 +38,26 @@ def stub_pid(triton_pid: int, model_file: str) -> int:
         except OSError:
             continue
         parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
-        if int(parent) == triton_pid and "triton_python_backend_stub" in cmdline and model_file in cmdline:
-            return int(entry.name)
+        if int(parent) == triton_pid and "triton_python_backend_stub" in cmdline:
+            stubs[int(entry.name)] = cmdline
+    return stubs
+
+
+def stub_pid(triton_pid: int, model_file: str) -> int:
+    """The stub running `model_file`."""
+    for pid, cmdline in stub_pids(triton_pid).items():
+        if model_file in cmdline:
+            return pid
     raise LookupError(f"no stub for {model_file} under tritonserver {triton_pid}")
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
 
 
 def wait_until(predicate, timeout: float) -> bool:
@@ -107,6 +126,40 @@ def test_tritonserver_restart_under_a_running_frontend(private_stack: PrivateSta
         )
     assert failure.value.status_code == 503
     assert health(private_stack) == 503
+    private_stack.restart_triton()
+    assert wait_until(lambda: health(private_stack) == 200, timeout=60)
+    assert chat_works(private_stack)
+
+
+def test_killed_tritonserver_takes_its_model_processes_down(private_stack: PrivateStack) -> None:
+    """tritonserver killed outright (OOM killer, SIGKILL) while streams run: Triton itself leaves the
+    Python stubs running, reparented to init, the llm one still stepping its engine. Ours end with it."""
+    triton = private_stack.triton.process.process
+    assert triton is not None
+    stream = sdk(private_stack).chat.completions.create(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        max_tokens=1000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    stubs: dict[int, str] = {}
+    with pytest.raises(openai.APIError):
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content and not stubs:
+                stubs = stub_pids(triton.pid)
+                os.kill(triton.pid, signal.SIGKILL)
+    triton.wait(timeout=10)
+    command_lines = " ".join(stubs.values())
+    assert all(model in command_lines for model in ("/llm/1/", "/preprocess/1/", "/postprocess/1/"))
+    try:
+        assert wait_until(lambda: not any(alive(pid) for pid in stubs), timeout=20), [
+            cmdline for pid, cmdline in stubs.items() if alive(pid)
+        ]
+    finally:
+        for pid in filter(alive, stubs):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # a failure must not leave an engine burning the suite's CPU
     private_stack.restart_triton()
     assert wait_until(lambda: health(private_stack) == 200, timeout=60)
     assert chat_works(private_stack)

@@ -31,6 +31,7 @@ from triton_adapters.generation_request import parse_generation_request
 from triton_adapters.llm_metrics import LLMMetrics
 from triton_adapters.model_parameters import parse_model_parameters
 from triton_adapters.sequence_outputs import sequence_tensors
+from triton_adapters.server_watch import exit_with_server
 
 CANCEL_POLL_SECONDS = 0.1
 # Python's GIL switch interval for this process (default 5 ms). The engine thread gives the GIL up for
@@ -66,6 +67,7 @@ class ActiveRequest:
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        exit_with_server()
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         model_config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):

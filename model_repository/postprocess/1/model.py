@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from triton_adapters.server_watch import exit_with_server
+
 PASS_THROUGH = (
     "output_token_ids",
     "num_input_tokens",
@@ -32,6 +34,9 @@ PASS_THROUGH = (
 
 
 class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        exit_with_server()
+
     def execute(self, requests: list) -> list:
         return [self._format(request) for request in requests]
 

@@ -7,10 +7,12 @@ import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
 from triton_adapters.model_parameters import parse_model_parameters, resolve_model_path
+from triton_adapters.server_watch import exit_with_server
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        exit_with_server()
         parameters = parse_model_parameters(args["model_config"])
         model_path = resolve_model_path(parameters["model"], args["model_repository"])
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)

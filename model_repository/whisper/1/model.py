@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 from faster_whisper import WhisperModel
 
 from triton_adapters.model_parameters import parse_model_parameters, resolve_model_path
+from triton_adapters.server_watch import exit_with_server
 from triton_adapters.speech import AudioError, decode_audio, parse_speech_request, segment_json
 
 INPUT_NAMES = ("audio", "task", "language", "prompt", "temperature", "word_timestamps")
@@ -21,6 +22,7 @@ INPUT_NAMES = ("audio", "task", "language", "prompt", "temperature", "word_times
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        exit_with_server()
         parameters = parse_model_parameters(args["model_config"])
         # Always a path: a size name such as "base" would make faster-whisper download from a hub.
         model_path = resolve_model_path(parameters["model"], args["model_repository"])
