@@ -79,6 +79,17 @@ def chat_works(stack: PrivateStack) -> bool:
     return bool(reply.choices[0].message.content)
 
 
+def long_stream(stack: PrivateStack):
+    """A streamed chat of 1,000 tokens, still running when the test breaks something."""
+    return sdk(stack).chat.completions.create(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        max_tokens=1000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+
+
 def health(stack: PrivateStack) -> int:
     return httpx.get(f"{stack.frontend.root_url}/health", timeout=10).status_code
 
@@ -87,13 +98,7 @@ def test_killed_llm_stub_fails_clearly_and_health_tells_the_truth(private_stack:
     """Triton 2.51 does not restart a decoupled model's dead stub: requests must fail fast and clearly
     (503), /health must say so (an orchestrator then restarts the server), and a restart heals it."""
     assert private_stack.triton.process.process is not None
-    stream = sdk(private_stack).chat.completions.create(
-        model=MODEL_NAME,
-        messages=[{"role": "user", "content": "Tell me a long story."}],
-        max_tokens=1000,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
+    stream = long_stream(private_stack)
     received, killed_at = "", 0.0
     with pytest.raises(openai.APIError) as failure:
         for chunk in stream:
@@ -136,13 +141,7 @@ def test_killed_tritonserver_takes_its_model_processes_down(private_stack: Priva
     Python stubs running, reparented to init, the llm one still stepping its engine. Ours end with it."""
     triton = private_stack.triton.process.process
     assert triton is not None
-    stream = sdk(private_stack).chat.completions.create(
-        model=MODEL_NAME,
-        messages=[{"role": "user", "content": "Tell me a long story."}],
-        max_tokens=1000,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
+    stream = long_stream(private_stack)
     stubs: dict[int, str] = {}
     with pytest.raises(openai.APIError):
         for chunk in stream:
