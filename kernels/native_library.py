@@ -1,0 +1,86 @@
+"""The CPU kernels written in C++ (kernels/native/*.cpp), built into one shared library and registered as
+torch operators (`torch.ops.tritonllm_cpu.*`).
+
+They are an acceleration, never a requirement: where no C++ compiler is found or the build fails,
+`load()` says so once in the log and returns False, and the torch references serve instead. The library
+is built once per source, compiler flags and torch version (its file name carries their digest), with
+the system compiler against the headers of the installed torch; `python -m kernels.native_library`
+builds it ahead of time (scripts/setup.sh), so a server does not compile while loading its model.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils import cpp_extension
+
+logger = logging.getLogger(__name__)
+
+SOURCES = sorted((Path(__file__).parent / "native").glob("*.cpp"))
+# Beside the project's other build outputs; TRITONLLM_NATIVE_BUILD_DIR moves it (a read-only install).
+BUILD_DIR = Path(os.environ.get("TRITONLLM_NATIVE_BUILD_DIR", Path(__file__).resolve().parents[1] / "build" / "native"))
+# Portable code only: the hot loops choose AVX-512, AVX2 or plain x86-64 when the library loads
+# (target_clones in the sources), so a library built on one machine runs on another.
+FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-Wno-psabi", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+
+
+class NativeBuildError(RuntimeError):
+    """The C++ kernels could not be compiled here."""
+
+
+def library_path() -> Path:
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    digest.update(" ".join([torch.__version__, *FLAGS]).encode())
+    return BUILD_DIR / f"tritonllm_cpu-{digest.hexdigest()[:16]}.so"
+
+
+def build() -> Path:
+    """The library's path, compiling it first unless this exact build exists."""
+    target = library_path()
+    if target.exists():
+        return target
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise NativeBuildError("no C++ compiler (c++ or g++) on PATH")
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    # Built under a private name and renamed: processes building at once never load a partial file.
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    command = [
+        compiler, *map(str, SOURCES), *FLAGS,
+        *(f"-I{path}" for path in cpp_extension.include_paths()),
+        *(f"-L{path}" for path in cpp_extension.library_paths()),
+        "-lc10", "-ltorch_cpu", "-o", str(partial),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise NativeBuildError(f"{compiler} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    os.replace(partial, target)
+    return target
+
+
+@functools.cache
+def load() -> bool:
+    """Whether the native kernels are registered in this process (built first if needed)."""
+    try:
+        torch.ops.load_library(str(build()))
+    except (NativeBuildError, OSError) as error:
+        logger.warning("native CPU kernels unavailable, using the torch references: %s", error)
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    if not load():
+        sys.exit(1)
+    print(library_path())

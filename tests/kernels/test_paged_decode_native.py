@@ -1,0 +1,88 @@
+"""The C++ decode attention (kernels/native/paged_decode.cpp) against dense float64 attention and against
+the torch path it replaces, on the engine's CPU cache layout (key tiles stored transposed)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from kernels import native_library, ops
+from kernels.paged_attention_ref import paged_attention_ref
+from kernels.paged_decode_native import native_decode_supported
+from tests.kernels.paged_batch import make_paged_batch
+from tests.kernels.test_paged_attention import GQA, MIXED_KV_LENS, MIXED_Q_LENS, dense_attention
+
+CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler: the torch path serves alone")  # fmt: skip
+
+# Decodes only: one token, exactly one block, one past it, block and window edges, a long one.
+DECODE_KV_LENS = [1, 16, 17, 32, 33, 129, 463, 1000]
+
+
+def test_library_builds_and_loads() -> None:
+    assert native_library.load(), "see the warning logged by kernels.native_library"
+    assert native_library.library_path().exists()
+
+
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), [*GQA, (9, 3)])
+def test_decodes_match_dense_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int) -> None:
+    """Slots past each sequence's length hold NaN (make_paged_batch): a stale row read shows up."""
+    batch = make_paged_batch([1] * len(DECODE_KV_LENS), DECODE_KV_LENS, num_q_heads, num_kv_heads, head_dim,
+                             torch.float32, CPU, block_size=block_size, keys_transposed=True)  # fmt: skip
+    assert native_decode_supported(batch.query, batch.key_cache)
+    out = paged_attention_ref(*batch.args(), scale=head_dim**-0.5, native=True)
+    torch.testing.assert_close(out, dense_attention(batch, head_dim**-0.5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sliding_window", [None, 1, 7, 16, 300, 5000])
+def test_mixed_step_and_sliding_window_match_the_torch_path(sliding_window: int | None) -> None:
+    """Prefills and chunks of the same step still run in torch; decodes in C++ match the embedding_bag path."""
+    batch = make_paged_batch(MIXED_Q_LENS + [1, 1], MIXED_KV_LENS + [300, 48], 6, 2, 64, torch.float32, CPU,
+                             keys_transposed=True)  # fmt: skip
+    native = paged_attention_ref(*batch.args(), scale=0.125, sliding_window=sliding_window, native=True)
+    torch_path = paged_attention_ref(*batch.args(), scale=0.125, sliding_window=sliding_window, native=False)
+    torch.testing.assert_close(native, torch_path, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(native, dense_attention(batch, 0.125, sliding_window), atol=1e-5, rtol=1e-5)
+
+
+def test_ops_uses_the_native_kernel_only_on_the_auto_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = make_paged_batch([1, 1], [40, 70], 4, 2, 64, torch.float32, CPU, keys_transposed=True)
+    calls: list[int] = []
+    kernel = torch.ops.tritonllm_cpu.paged_decode
+    monkeypatch.setattr(
+        "kernels.paged_decode_native.torch.ops.tritonllm_cpu.paged_decode",
+        lambda *args: calls.append(1) or kernel(*args),
+    )
+    expected = dense_attention(batch, 0.125)
+    torch.testing.assert_close(ops.paged_attention(*batch.args(), scale=0.125), expected, atol=1e-5, rtol=1e-5)
+    assert calls == [1]
+    ops.set_backend("torch")
+    try:
+        torch.testing.assert_close(ops.paged_attention(*batch.args(), scale=0.125), expected, atol=1e-5, rtol=1e-5)
+    finally:
+        ops.set_backend("auto")
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(("block_size", "head_dim"), [(8, 64), (16, 96)])
+def test_shapes_not_compiled_fall_back_to_torch(block_size: int, head_dim: int) -> None:
+    batch = make_paged_batch([1, 1], [40, 9], 4, 2, head_dim, torch.float32, CPU, block_size=block_size,
+                             keys_transposed=True)  # fmt: skip
+    assert not native_decode_supported(batch.query, batch.key_cache)
+    out = paged_attention_ref(*batch.args(), scale=0.1, native=True)
+    torch.testing.assert_close(out, dense_attention(batch, 0.1), atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_refuses_a_cache_it_cannot_read() -> None:
+    batch = make_paged_batch([1], [20], 4, 2, 64, torch.float32, CPU, keys_transposed=False)
+    out = torch.empty_like(batch.query)
+    sequences = torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="stored transposed"):
+        torch.ops.tritonllm_cpu.paged_decode(out, batch.query, batch.key_cache, batch.value_cache, sequences,
+                                             batch.query_start_loc, batch.seq_lens, batch.block_tables, 0.1, 0)  # fmt: skip
