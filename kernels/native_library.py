@@ -25,6 +25,7 @@ from torch.utils import cpp_extension
 logger = logging.getLogger(__name__)
 
 SOURCES = sorted((Path(__file__).parent / "native").glob("*.cpp"))
+HEADERS = sorted((Path(__file__).parent / "native").glob("*.h"))
 # Beside the project's other build outputs; TRITONLLM_NATIVE_BUILD_DIR moves it (a read-only install).
 BUILD_DIR = Path(os.environ.get("TRITONLLM_NATIVE_BUILD_DIR", Path(__file__).resolve().parents[1] / "build" / "native"))
 # Portable code only: the hot loops choose AVX-512, AVX2 or plain x86-64 when the library loads
@@ -38,7 +39,7 @@ class NativeBuildError(RuntimeError):
 
 def library_path() -> Path:
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
     digest.update(" ".join([torch.__version__, *FLAGS]).encode())
     return BUILD_DIR / f"tritonllm_cpu-{digest.hexdigest()[:16]}.so"

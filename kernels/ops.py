@@ -11,6 +11,7 @@ from typing import overload
 
 import torch
 
+from kernels import native_library
 from kernels.activation_ref import silu_and_mul_ref
 from kernels.cache_write_ref import write_kv_cache_ref
 from kernels.paged_attention_ref import paged_attention_ref
@@ -33,6 +34,15 @@ def set_backend(name: str) -> None:
 
 def _triton(x: torch.Tensor) -> bool:
     return _backend == "triton" or (_backend == "auto" and x.is_cuda)
+
+
+def _native(*tensors: torch.Tensor) -> bool:
+    """The C++ CPU kernels (kernels/native) take float32 CPU tensors under the auto backend, once built."""
+    return (
+        _backend == "auto"
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and native_library.load()
+    )
 
 
 def paged_attention(
@@ -77,6 +87,28 @@ def write_kv_cache(
         write_kv_cache_ref(key, value, key_cache, value_cache, slot_mapping)
 
 
+def rotary_write_kv(
+    positions: torch.Tensor,  # [T] int64
+    query: torch.Tensor,  # [T, Hq, D]
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    cos_sin_cache: torch.Tensor,  # [max_pos, rot_dim]: cos | sin
+    is_neox: bool,
+    key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    slot_mapping: torch.Tensor,  # [T] int64, -1 = skip
+) -> torch.Tensor:
+    """rotary_embedding then write_kv_cache of the rotated keys; returns the rotated query. On the CPU one
+    native pass does both (the rotated keys go straight into the cache)."""
+    if is_neox and _native(query, key, value, key_cache, value_cache) and query.stride(2) == key.stride(2) == 1:
+        return torch.ops.tritonllm_cpu.rotary_write_kv(
+            positions, query, key, value, cos_sin_cache, key_cache, value_cache, slot_mapping
+        )
+    query, key = rotary_embedding(positions, query, key, cos_sin_cache, is_neox)
+    write_kv_cache(key, value, key_cache, value_cache, slot_mapping)
+    return query
+
+
 @overload
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: None = None) -> torch.Tensor: ...
 @overload
@@ -94,6 +126,12 @@ def rms_norm(
         from kernels.rms_norm_triton import rms_norm_triton
 
         return rms_norm_triton(x, weight, eps, residual)
+    if x.dim() == 2 and x.stride(1) == 1 and _native(x, weight):
+        if residual is None:
+            return torch.ops.tritonllm_cpu.rms_norm(x, weight, eps)
+        if residual.stride(1) == 1 and _native(residual):
+            normed, summed = torch.ops.tritonllm_cpu.add_rms_norm(x, residual, weight, eps)
+            return normed, summed
     return rms_norm_ref(x, weight, eps, residual)
 
 
@@ -118,4 +156,6 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [T, 2 * I] -> [T, I]
         from kernels.activation_triton import silu_and_mul_triton
 
         return silu_and_mul_triton(x)
+    if x.dim() == 2 and x.stride(1) == 1 and _native(x):
+        return torch.ops.tritonllm_cpu.silu_and_mul(x)
     return silu_and_mul_ref(x)

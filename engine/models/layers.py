@@ -1,7 +1,7 @@
 """The decoder blocks shared by every supported family: RMSNorm, rotary, paged attention, gated MLP.
 
 Families differ only through `ArchitectureFlags`; every numeric op goes through `kernels.ops`, which picks
-the Triton kernel on CUDA and the torch reference on the CPU.
+the Triton kernel on CUDA and, on the CPU, the C++ kernel where one is built or else the torch reference.
 """
 
 from __future__ import annotations
@@ -47,11 +47,22 @@ class RotaryEmbedding(nn.Module):
         self.cos_sin_cache: torch.Tensor
         self.register_buffer("cos_sin_cache", build_cos_sin_cache(spec.rope, device), persistent=False)
 
-    def forward(
-        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotate_and_cache(
+        self,
+        positions: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> torch.Tensor:
+        """Rotates query and key by position, stores the rotated key and the value in the caches at
+        slot_mapping; returns the rotated query."""
         # Every supported family rotates halves (HF `rotate_half`), i.e. neox style.
-        return ops.rotary_embedding(positions, query, key, self.cos_sin_cache, True)
+        return ops.rotary_write_kv(
+            positions, query, key, value, self.cos_sin_cache, True, key_cache, value_cache, slot_mapping
+        )
 
 
 class Attention(nn.Module):
@@ -99,8 +110,7 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q = self._head_norm(self.q_norm, q)
             k = self._head_norm(self.k_norm, k)
-        q, k = self.rotary(positions, q, k)
-        ops.write_kv_cache(k, v, key_cache, value_cache, attn.slot_mapping)
+        q = self.rotary.rotate_and_cache(positions, q, k, v, key_cache, value_cache, attn.slot_mapping)
         out = ops.paged_attention(
             q,
             key_cache,

@@ -10,8 +10,8 @@
 //           before a sliding window) set to exactly zero;
 //   output  the probability-weighted sum of the value rows ([block_size, head_dim] tiles), written to
 //           the query heads' rows of `out`.
-// Arithmetic is on 16-float GCC vectors, compiled for AVX-512, AVX2 and plain x86-64 alike and chosen
-// when the library loads (target_clones), so the build runs on any x86-64 CPU. Block sizes of 16 or 32
+// Arithmetic is on 16-float GCC vectors (vector_math.h), compiled for AVX-512, AVX2 and plain x86-64 alike
+// and chosen when the library loads, so the build runs on any x86-64 CPU. Block sizes of 16 or 32
 // and head sizes of 64 or 128 are compiled; Python sends only those here (`supported` below).
 // The torch reference (kernels/paged_attention_ref.py) is the oracle; tests compare the two.
 
@@ -19,71 +19,15 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <atomic>
-#include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
-#define ALWAYS_INLINE __attribute__((always_inline)) inline
-#if defined(__x86_64__)
-#define CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CPU_CLONES
-#endif
+#include "vector_math.h"
 
 namespace {
 
-constexpr int64_t kLanes = 16;
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t IntVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-ALWAYS_INLINE Vec load(const float* source) {
-  Vec v;
-  std::memcpy(&v, source, sizeof v);
-  return v;
-}
-
-ALWAYS_INLINE void store(float* target, Vec v) { std::memcpy(target, &v, sizeof v); }
-
-// Tiles are scattered pages, and the hardware prefetcher starts over at every page: each block's scores
-// ask for the next block's keys and for its own values (read after the softmax, from L2 by then).
-ALWAYS_INLINE void prefetch_tile(const float* tile, int64_t floats) {
-  for (int64_t i = 0; i < floats; i += 64 / sizeof(float)) __builtin_prefetch(tile + i);
-}
-
-ALWAYS_INLINE Vec splat(float x) { return Vec{} + x; }
-
-// exp(x) for x <= 0 (scores minus their maximum): Cephes' expf polynomial after reducing x to n * ln2 + r.
-// Below -87 (where floats stop being normal) it is exactly 0, so -inf scores weigh nothing.
-ALWAYS_INLINE Vec exp_nonpositive(Vec x) {
-  const IntVec underflow = x < -87.0f;
-  x = underflow ? splat(-87.0f) : x;
-  const IntVec n = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, IntVec);  // round(x / ln2)
-  const Vec nf = __builtin_convertvector(n, Vec);
-  const Vec r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-  Vec p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const Vec two_to_n = reinterpret_cast<Vec>((n + 127) << 23);
-  return underflow ? splat(0.0f) : p * two_to_n;
-}
-
-ALWAYS_INLINE float lane_max(Vec v) {
-  float top = v[0];
-  for (int64_t i = 1; i < kLanes; ++i) top = std::max(top, v[i]);
-  return top;
-}
-
-ALWAYS_INLINE float lane_sum(Vec v) {
-  float total = 0.0f;
-  for (int64_t i = 0; i < kLanes; ++i) total += v[i];
-  return total;
-}
+using namespace vector_math;
 
 struct Item {
   const float* query;        // [group_size, head_dim]: the KV head's query heads
@@ -109,8 +53,6 @@ CPU_CLONES void attend_kv_head(const Item& item) {
   for (int64_t i = 0; i < item.group_size * kHeadDim; ++i) scaled_query[i] = item.query[i] * item.scale;
   for (int64_t b = first_block; b < end_block; ++b) {
     const float* keys = item.key_tiles + tile(b) * kHeadDim * kBlockSize;
-    if (b + 1 < end_block) prefetch_tile(item.key_tiles + tile(b + 1) * kHeadDim * kBlockSize, kHeadDim * kBlockSize);
-    prefetch_tile(item.value_tiles + tile(b) * kBlockSize * kHeadDim, kBlockSize * kHeadDim);
     for (int64_t q = 0; q < item.group_size; ++q) {
       const float* query = scaled_query + q * kHeadDim;
       Vec acc[4][block_chunks] = {};  // four partial sums: independent chains of multiply-adds
@@ -231,7 +173,7 @@ void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY(tritonllm_cpu, m) {
+TORCH_LIBRARY_FRAGMENT(tritonllm_cpu, m) {
   m.def(
       "paged_decode(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor sequences, "
       "Tensor query_start_loc, Tensor seq_lens, Tensor block_tables, float scale, int sliding_window) -> ()");

@@ -1,0 +1,189 @@
+// The small per-layer operations of the CPU path, each one pass over its rows where torch takes several
+// operators (and as many dispatches and temporaries) for it. float32 only; each mirrors its torch
+// reference, which stays the oracle in the tests:
+//   rms_norm / add_rms_norm  kernels/rms_norm_ref.py (the residual add fused in, as the decoder does)
+//   silu_and_mul             kernels/activation_ref.py
+//   rotary_write_kv          kernels/rotary_ref.py (halves, "neox") then kernels/cache_write_ref.py:
+//                            rotates the queries into a new tensor and the keys straight into the cache.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "vector_math.h"
+
+namespace {
+
+using namespace vector_math;
+
+// Rows per task: small batches (decode) run on the calling thread, where waking the pool costs more.
+int64_t grain_rows(int64_t row_floats) { return std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(row_floats, 1)); }
+
+void check_rows(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.stride(1) == 1, name,
+              " must be float32 [rows, features] with contiguous rows");
+}
+
+// out = x / sqrt(mean(x^2) + eps) * weight, one row; the sum of squares runs in 16 lanes.
+CPU_CLONES void norm_row(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ out,
+                         int64_t size, float eps) {
+  Vec squares = {};
+  int64_t i = 0;
+  for (; i + kLanes <= size; i += kLanes) {
+    const Vec v = load(x + i);
+    squares += v * v;
+  }
+  float total = lane_sum(squares);
+  for (; i < size; ++i) total += x[i] * x[i];
+  const float inverse = 1.0f / std::sqrt(total / static_cast<float>(size) + eps);
+  for (i = 0; i + kLanes <= size; i += kLanes) store(out + i, load(x + i) * inverse * load(weight + i));
+  for (; i < size; ++i) out[i] = x[i] * inverse * weight[i];
+}
+
+CPU_CLONES void add_rows(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out, int64_t size) {
+  for (int64_t i = 0; i < size; ++i) out[i] = a[i] + b[i];
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_rows(x, "x");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == x.size(1),
+              "weight must be contiguous float32 [features]");
+  const int64_t rows = x.size(0), size = x.size(1);
+  at::Tensor out = at::empty({rows, size}, x.options());
+  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      norm_row(x.data_ptr<float>() + r * x.stride(0), weight.data_ptr<float>(), out.data_ptr<float>() + r * size, size,
+               static_cast<float>(eps));
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                                                double eps) {
+  check_rows(x, "x");
+  check_rows(residual, "residual");
+  TORCH_CHECK(residual.sizes() == x.sizes(), "residual must be shaped like x");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == x.size(1),
+              "weight must be contiguous float32 [features]");
+  const int64_t rows = x.size(0), size = x.size(1);
+  at::Tensor out = at::empty({rows, size}, x.options());
+  at::Tensor summed = at::empty({rows, size}, x.options());
+  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* sum_row = summed.data_ptr<float>() + r * size;
+      add_rows(x.data_ptr<float>() + r * x.stride(0), residual.data_ptr<float>() + r * residual.stride(0), sum_row, size);
+      norm_row(sum_row, weight.data_ptr<float>(), out.data_ptr<float>() + r * size, size, static_cast<float>(eps));
+    }
+  });
+  return {out, summed};
+}
+
+// silu(gate) * up with sigmoid(g) = 1 / (1 + e) for g >= 0 and e / (1 + e) below, e = exp(-|g|) <= 1.
+CPU_CLONES void silu_mul_row(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
+                             int64_t size) {
+  int64_t i = 0;
+  for (; i + kLanes <= size; i += kLanes) {
+    const Vec g = load(gate + i);
+    const IntVec negative = g < 0.0f;
+    const Vec e = exp_nonpositive(negative ? g : -g);
+    const Vec sigmoid = (negative ? e : splat(1.0f)) / (1.0f + e);
+    store(out + i, g * sigmoid * load(up + i));
+  }
+  for (; i < size; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+at::Tensor silu_and_mul(const at::Tensor& x) {
+  check_rows(x, "x");
+  TORCH_CHECK(x.size(1) % 2 == 0, "x must hold [gate | up]: an even number of features");
+  const int64_t rows = x.size(0), size = x.size(1) / 2;
+  at::Tensor out = at::empty({rows, size}, x.options());
+  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = x.data_ptr<float>() + r * x.stride(0);
+      silu_mul_row(row, row + size, out.data_ptr<float>() + r * size, size);
+    }
+  });
+  return out;
+}
+
+// One head: the first rot_dim features rotated by halves (x1 * cos - x2 * sin, x2 * cos + x1 * sin), the
+// rest copied; `out` is written with strides (out_stride apart), which serves the transposed key tiles.
+ALWAYS_INLINE void rotate_head(const float* x, const float* cos, const float* sin, int64_t rot_dim, int64_t head_dim,
+                               float* out, int64_t out_stride) {
+  const int64_t half = rot_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = x[i], x2 = x[i + half];
+    out[i * out_stride] = x1 * cos[i] - x2 * sin[i];
+    out[(i + half) * out_stride] = x2 * cos[i] + x1 * sin[i];
+  }
+  for (int64_t i = rot_dim; i < head_dim; ++i) out[i * out_stride] = x[i];
+}
+
+at::Tensor rotary_write_kv(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
+                           const at::Tensor& value, const at::Tensor& cos_sin_cache, const at::Tensor& key_cache,
+                           const at::Tensor& value_cache, const at::Tensor& slot_mapping) {
+  for (const at::Tensor* t : {&query, &key, &value})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 3 && t->stride(2) == 1,
+                "query, key and value must be float32 [T, heads, D] with contiguous heads");
+  TORCH_CHECK(key_cache.scalar_type() == at::kFloat && value_cache.scalar_type() == at::kFloat && key_cache.dim() == 4 &&
+                  value_cache.sizes() == key_cache.sizes(),
+              "the caches must be float32 [N, Hkv, bs, D] alike");
+  TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat && cos_sin_cache.is_contiguous() && cos_sin_cache.dim() == 2,
+              "cos_sin_cache must be contiguous float32 [max_pos, rot_dim]");
+  TORCH_CHECK(positions.scalar_type() == at::kLong && slot_mapping.scalar_type() == at::kLong && positions.is_contiguous() &&
+                  slot_mapping.is_contiguous(),
+              "positions and slot_mapping must be contiguous int64");
+  const int64_t tokens = query.size(0), q_heads = query.size(1), kv_heads = key.size(1), head_dim = query.size(2);
+  const int64_t rot_dim = cos_sin_cache.size(1), block_size = key_cache.size(2);
+  TORCH_CHECK(rot_dim % 2 == 0 && rot_dim <= head_dim && key_cache.size(1) == kv_heads && key_cache.size(3) == head_dim,
+              "cache and rotary shapes do not match the heads");
+  at::Tensor out = at::empty({tokens, q_heads, head_dim}, query.options());
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+  const int64_t max_pos = cos_sin_cache.size(0);
+  at::parallel_for(0, tokens, grain_rows((q_heads + 2 * kv_heads) * head_dim), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      TORCH_CHECK(pos[t] >= 0 && pos[t] < max_pos, "position ", pos[t], " outside the rotary table");
+      const float* cos = cos_sin_cache.data_ptr<float>() + pos[t] * rot_dim;
+      const float* sin = cos + rot_dim / 2;
+      for (int64_t h = 0; h < q_heads; ++h)
+        rotate_head(query.data_ptr<float>() + t * query.stride(0) + h * query.stride(1), cos, sin, rot_dim, head_dim,
+                    out.data_ptr<float>() + (t * q_heads + h) * head_dim, 1);
+      if (slots[t] < 0) continue;  // padding: nothing cached
+      const int64_t block = slots[t] / block_size, offset = slots[t] % block_size;
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        float* key_slot = key_cache.data_ptr<float>() + block * key_cache.stride(0) + h * key_cache.stride(1) +
+                          offset * key_cache.stride(2);
+        rotate_head(key.data_ptr<float>() + t * key.stride(0) + h * key.stride(1), cos, sin, rot_dim, head_dim, key_slot,
+                    key_cache.stride(3));
+        const float* value_row = value.data_ptr<float>() + t * value.stride(0) + h * value.stride(1);
+        float* value_slot = value_cache.data_ptr<float>() + block * value_cache.stride(0) + h * value_cache.stride(1) +
+                            offset * value_cache.stride(2);
+        for (int64_t d = 0; d < head_dim; ++d) value_slot[d * value_cache.stride(3)] = value_row[d];
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(tritonllm_cpu, m) {
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def("silu_and_mul(Tensor x) -> Tensor");
+  m.def(
+      "rotary_write_kv(Tensor positions, Tensor query, Tensor key, Tensor value, Tensor cos_sin_cache, "
+      "Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor slot_mapping) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(tritonllm_cpu, CPU, m) {
+  m.impl("rms_norm", rms_norm);
+  m.impl("add_rms_norm", add_rms_norm);
+  m.impl("silu_and_mul", silu_and_mul);
+  m.impl("rotary_write_kv", rotary_write_kv);
+}
