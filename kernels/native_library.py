@@ -62,7 +62,10 @@ def build() -> Path:
         *(f"-L{path}" for path in cpp_extension.library_paths()),
         "-lc10", "-ltorch_cpu", "-o", str(partial),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except OSError as error:
+        raise NativeBuildError(f"cannot run {compiler}: {error}") from error
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise NativeBuildError(f"{compiler} failed ({result.returncode}):\n{result.stderr[-4000:]}")

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from kernels import native_library, ops
+from kernels import ops
 from kernels.paged_attention_ref import paged_attention_ref
 from kernels.paged_decode_native import native_decode_supported
 from tests.kernels.paged_batch import make_paged_batch
@@ -21,11 +21,6 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g+
 
 # Decodes only: one token, exactly one block, one past it, block and window edges, a long one.
 DECODE_KV_LENS = [1, 16, 17, 32, 33, 129, 463, 1000]
-
-
-def test_library_builds_and_loads() -> None:
-    assert native_library.load(), "see the warning logged by kernels.native_library"
-    assert native_library.library_path().exists()
 
 
 @pytest.mark.parametrize("block_size", [16, 32])
