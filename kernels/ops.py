@@ -100,7 +100,15 @@ def rotary_write_kv(
 ) -> torch.Tensor:
     """rotary_embedding then write_kv_cache of the rotated keys; returns the rotated query. On the CPU one
     native pass does both (the rotated keys go straight into the cache)."""
-    if is_neox and _native(query, key, value, key_cache, value_cache) and query.stride(2) == key.stride(2) == 1:
+    if (
+        is_neox
+        and _native(query, key, value, key_cache, value_cache, cos_sin_cache)
+        and query.stride(2) == key.stride(2) == value.stride(2) == 1
+        and cos_sin_cache.is_contiguous()
+        and positions.dtype == slot_mapping.dtype == torch.int64
+        and positions.is_contiguous()
+        and slot_mapping.is_contiguous()
+    ):
         return torch.ops.tritonllm_cpu.rotary_write_kv(
             positions, query, key, value, cos_sin_cache, key_cache, value_cache, slot_mapping
         )
@@ -129,7 +137,7 @@ def rms_norm(
     if x.dim() == 2 and x.stride(1) == 1 and _native(x, weight):
         if residual is None:
             return torch.ops.tritonllm_cpu.rms_norm(x, weight, eps)
-        if residual.stride(1) == 1 and _native(residual):
+        if residual.shape == x.shape and residual.stride(1) == 1 and _native(residual):
             normed, summed = torch.ops.tritonllm_cpu.add_rms_norm(x, residual, weight, eps)
             return normed, summed
     return rms_norm_ref(x, weight, eps, residual)

@@ -101,7 +101,9 @@ def paged_attention_ref(
     num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[2]
     group_size = num_q_heads // num_kv_heads
     in_place = soft_cap is None and reads_in_place(query, key_cache, value_cache)
-    native = native and in_place and native_decode_supported(query, key_cache)
+    native = native and in_place and native_decode_supported(query, key_cache, (query_start_loc, seq_lens, block_tables))
+    if native:
+        query = query.contiguous()  # the C++ kernel writes rows of an output shaped (and strided) like it
     settings = (num_tokens, num_kv_heads, group_size, block_size, head_dim, sliding_window, soft_cap is not None,
                 in_place, native)  # fmt: skip
     plan = _plans.get(

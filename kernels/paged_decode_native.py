@@ -13,11 +13,18 @@ import torch
 from kernels import native_library
 
 
-def native_decode_supported(query: torch.Tensor, key_cache: torch.Tensor) -> bool:
-    """Whether the library is loaded and compiled for this cache's block and head size."""
-    block_size, head_dim = key_cache.shape[2], key_cache.shape[3]
+def native_decode_supported(
+    query: torch.Tensor,  # [T, Hq, D]
+    key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    metadata: tuple[torch.Tensor, ...],  # query_start_loc, seq_lens, block_tables
+) -> bool:
+    """Whether the library is loaded and compiled for this cache's block and head size, and the step's
+    metadata is what it reads (int32, as the engine builds it). The cache layout is `reads_in_place`'s."""
+    num_blocks, num_kv_heads, block_size, head_dim = key_cache.shape
     return (
         query.device.type == "cpu"
+        and key_cache.stride(0) == num_kv_heads * block_size * head_dim
+        and all(tensor.dtype == torch.int32 for tensor in metadata)
         and native_library.load()
         and torch.ops.tritonllm_cpu.paged_decode_supports(block_size, head_dim)
     )

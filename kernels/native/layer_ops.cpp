@@ -141,13 +141,20 @@ at::Tensor rotary_write_kv(const at::Tensor& positions, const at::Tensor& query,
   const int64_t rot_dim = cos_sin_cache.size(1), block_size = key_cache.size(2);
   TORCH_CHECK(rot_dim % 2 == 0 && rot_dim <= head_dim && key_cache.size(1) == kv_heads && key_cache.size(3) == head_dim,
               "cache and rotary shapes do not match the heads");
-  at::Tensor out = at::empty({tokens, q_heads, head_dim}, query.options());
+  TORCH_CHECK(key.size(0) == tokens && value.sizes() == key.sizes() && key.size(2) == head_dim &&
+                  positions.numel() == tokens && slot_mapping.numel() == tokens,
+              "query, key, value, positions and slot_mapping must agree on tokens, heads and head_dim");
   const int64_t* pos = positions.data_ptr<int64_t>();
   const int64_t* slots = slot_mapping.data_ptr<int64_t>();
-  const int64_t max_pos = cos_sin_cache.size(0);
+  const int64_t max_pos = cos_sin_cache.size(0), num_slots = key_cache.size(0) * block_size;
+  // Checked before anything is written: a bad index must fail the call, not half-fill the cache.
+  for (int64_t t = 0; t < tokens; ++t) {
+    TORCH_CHECK(pos[t] >= 0 && pos[t] < max_pos, "position ", pos[t], " outside the rotary table");
+    TORCH_CHECK(slots[t] >= -1 && slots[t] < num_slots, "slot ", slots[t], " outside the cache");
+  }
+  at::Tensor out = at::empty({tokens, q_heads, head_dim}, query.options());
   at::parallel_for(0, tokens, grain_rows((q_heads + 2 * kv_heads) * head_dim), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      TORCH_CHECK(pos[t] >= 0 && pos[t] < max_pos, "position ", pos[t], " outside the rotary table");
       const float* cos = cos_sin_cache.data_ptr<float>() + pos[t] * rot_dim;
       const float* sin = cos + rot_dim / 2;
       for (int64_t h = 0; h < q_heads; ++h)

@@ -153,6 +153,23 @@ void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tens
   const int32_t* tables = block_tables.data_ptr<int32_t>();
   const float* queries = query.data_ptr<float>();
   float* outs = out.data_ptr<float>();
+  // Every index the kernel follows, checked before any is read: the torch reference raises on bad
+  // metadata, and this must not read past a tensor instead.
+  const int64_t num_seqs = seq_lens.numel(), num_blocks = key_cache.size(0);
+  TORCH_CHECK(query_start_loc.numel() == num_seqs + 1 && block_tables.size(0) == num_seqs,
+              "query_start_loc needs one entry more than seq_lens, block_tables one row per sequence");
+  for (int64_t i = 0; i < sequences.numel(); ++i) {
+    const int64_t seq = seqs[i];
+    TORCH_CHECK(seq >= 0 && seq < num_seqs, "decode sequence ", seq, " out of range");
+    TORCH_CHECK(starts[seq] >= 0 && starts[seq] < query.size(0), "sequence ", seq, "'s query row out of range");
+    const int64_t kv_len = lens[seq], used_blocks = (kv_len + block_size - 1) / block_size;
+    TORCH_CHECK(kv_len >= 1 && used_blocks <= block_tables.size(1), "sequence ", seq, " has ", kv_len,
+                " tokens: not between 1 and its block table's ", block_tables.size(1) * block_size);
+    for (int64_t b = 0; b < used_blocks; ++b) {
+      const int32_t block = tables[seq * block_tables.stride(0) + b];
+      TORCH_CHECK(block >= 0 && block < num_blocks, "block id ", block, " outside the cache's ", num_blocks);
+    }
+  }
 
   std::atomic<int64_t> next{0};
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), items);

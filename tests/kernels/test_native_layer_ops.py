@@ -107,3 +107,24 @@ def test_half_precision_stays_on_the_reference(native_calls: list[str]) -> None:
     x = torch.randn(4, 64, dtype=torch.bfloat16)
     torch.testing.assert_close(ops.silu_and_mul(x), silu_and_mul_ref(x))
     assert native_calls == []
+
+
+def test_rotary_write_kv_refuses_a_bad_slot_before_writing(native_calls: list[str]) -> None:
+    query = torch.randn(3, 4, 64)
+    key = torch.randn(3, 2, 64)
+    key_cache = torch.zeros(2, 2, 64, 16).transpose(2, 3)
+    value_cache = torch.zeros(2, 2, 16, 64)
+    with pytest.raises(RuntimeError, match="slot 32 outside the cache"):
+        ops.rotary_write_kv(torch.arange(3), query, key, key, torch.randn(10, 64), True, key_cache, value_cache,
+                            torch.tensor([0, 1, 32]))  # fmt: skip
+    assert native_calls == ["rotary_write_kv"]
+    assert not key_cache.any() and not value_cache.any(), "nothing may be written when a slot is bad"
+
+
+def test_rms_norm_with_a_broadcast_residual_takes_the_reference(native_calls: list[str]) -> None:
+    x, residual, weight = torch.randn(5, 64), torch.randn(1, 64), torch.randn(64)
+    normed, summed = ops.rms_norm(x, weight, 1e-6, residual)
+    expected_normed, expected_summed = rms_norm_ref(x, weight, 1e-6, residual)
+    torch.testing.assert_close(normed, expected_normed)
+    assert torch.equal(summed, expected_summed)
+    assert native_calls == []

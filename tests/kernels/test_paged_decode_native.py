@@ -30,7 +30,7 @@ def test_decodes_match_dense_attention(num_q_heads: int, num_kv_heads: int, head
     """Slots past each sequence's length hold NaN (make_paged_batch): a stale row read shows up."""
     batch = make_paged_batch([1] * len(DECODE_KV_LENS), DECODE_KV_LENS, num_q_heads, num_kv_heads, head_dim,
                              torch.float32, CPU, block_size=block_size, keys_transposed=True)  # fmt: skip
-    assert native_decode_supported(batch.query, batch.key_cache)
+    assert native_decode_supported(batch.query, batch.key_cache, batch.args()[3:])
     out = paged_attention_ref(*batch.args(), scale=head_dim**-0.5, native=True)
     torch.testing.assert_close(out, dense_attention(batch, head_dim**-0.5), atol=1e-5, rtol=1e-5)
 
@@ -69,7 +69,7 @@ def test_ops_uses_the_native_kernel_only_on_the_auto_backend(monkeypatch: pytest
 def test_shapes_not_compiled_fall_back_to_torch(block_size: int, head_dim: int) -> None:
     batch = make_paged_batch([1, 1], [40, 9], 4, 2, head_dim, torch.float32, CPU, block_size=block_size,
                              keys_transposed=True)  # fmt: skip
-    assert not native_decode_supported(batch.query, batch.key_cache)
+    assert not native_decode_supported(batch.query, batch.key_cache, batch.args()[3:])
     out = paged_attention_ref(*batch.args(), scale=0.1, native=True)
     torch.testing.assert_close(out, dense_attention(batch, 0.1), atol=1e-5, rtol=1e-5)
 
@@ -81,3 +81,31 @@ def test_kernel_refuses_a_cache_it_cannot_read() -> None:
     with pytest.raises(RuntimeError, match="stored transposed"):
         torch.ops.tritonllm_cpu.paged_decode(out, batch.query, batch.key_cache, batch.value_cache, sequences,
                                              batch.query_start_loc, batch.seq_lens, batch.block_tables, 0.1, 0)  # fmt: skip
+
+
+def test_kernel_refuses_metadata_that_points_outside_its_tensors() -> None:
+    """The reference raises on such metadata; the C++ kernel must too, before reading anything."""
+    batch = make_paged_batch([1, 1], [20, 40], 4, 2, 64, torch.float32, CPU, keys_transposed=True)
+    out = torch.empty_like(batch.query)
+    sequences = torch.tensor([0, 1])
+
+    def decode(seq_lens: torch.Tensor, block_tables: torch.Tensor) -> None:
+        torch.ops.tritonllm_cpu.paged_decode(out, batch.query, batch.key_cache, batch.value_cache, sequences,
+                                             batch.query_start_loc, seq_lens, block_tables, 0.1, 0)  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="not between 1 and its block table"):
+        decode(torch.tensor([20, 80], dtype=torch.int32), batch.block_tables)  # past its table's 3 blocks
+    with pytest.raises(RuntimeError, match="not between 1"):
+        decode(torch.tensor([0, 40], dtype=torch.int32), batch.block_tables)
+    tables = batch.block_tables.clone()
+    tables[1, 0] = batch.key_cache.shape[0]
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        decode(batch.seq_lens, tables)
+
+
+def test_a_strided_query_reads_as_a_contiguous_one() -> None:
+    batch = make_paged_batch([1, 1, 1], [20, 40, 33], 4, 2, 64, torch.float32, CPU, keys_transposed=True)
+    strided = batch.query.transpose(0, 1).contiguous().transpose(0, 1)  # same values, head-major storage
+    args = (strided, *batch.args()[1:])
+    out = paged_attention_ref(*args, scale=0.125, native=True)
+    torch.testing.assert_close(out, dense_attention(batch, 0.125), atol=1e-5, rtol=1e-5)
