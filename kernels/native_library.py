@@ -70,6 +70,11 @@ def build() -> Path:
         partial.unlink(missing_ok=True)
         raise NativeBuildError(f"{compiler} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     os.replace(partial, target)
+    # Builds of older sources go: a process that still has one loaded keeps it (the file lives on until
+    # it is unmapped), and nothing loads them again.
+    for stale in BUILD_DIR.glob("tritonllm_cpu-*.so"):
+        if stale != target:
+            stale.unlink(missing_ok=True)
     return target
 
 

@@ -42,3 +42,18 @@ def test_the_library_name_follows_the_sources_and_flags(monkeypatch: pytest.Monk
     before = native_library.library_path()
     monkeypatch.setattr(native_library, "FLAGS", [*native_library.FLAGS, "-DSOMETHING_ELSE"])
     assert native_library.library_path() != before
+
+
+def test_a_new_build_removes_the_builds_of_older_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiler = tmp_path / "fake-c++"  # "compiles" by writing the file named after -o
+    compiler.write_text('#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done\necho built > "$2"\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    (build_dir / "tritonllm_cpu-0123456789abcdef.so").write_text("older sources")
+    (build_dir / "unrelated.txt").write_text("kept")
+    monkeypatch.setattr(native_library, "BUILD_DIR", build_dir)
+    built = native_library.build()
+    assert sorted(path.name for path in build_dir.iterdir()) == sorted([built.name, "unrelated.txt"])
+    assert built.read_text() == "built\n"
