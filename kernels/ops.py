@@ -23,9 +23,9 @@ _backend = "auto"
 
 
 def set_backend(name: str) -> None:
-    """auto: Triton for CUDA tensors, otherwise torch with the native C++ decode attention where it is built
-    (kernels.native_library); torch/triton force one (triton on CPU needs TRITON_INTERPRET=1 set before the
-    first kernel call)."""
+    """auto: Triton for CUDA tensors, otherwise the native C++ kernels where they are built (kernels.native_library)
+    and the torch references for the rest; torch/triton force one (triton on CPU needs TRITON_INTERPRET=1 set
+    before the first kernel call)."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r}; expected one of {BACKENDS}")
@@ -134,7 +134,7 @@ def rms_norm(
         from kernels.rms_norm_triton import rms_norm_triton
 
         return rms_norm_triton(x, weight, eps, residual)
-    if x.dim() == 2 and x.stride(1) == 1 and _native(x, weight):
+    if x.dim() == 2 and x.stride(1) == 1 and weight.is_contiguous() and _native(x, weight):
         if residual is None:
             return torch.ops.tritonllm_cpu.rms_norm(x, weight, eps)
         if residual.shape == x.shape and residual.stride(1) == 1 and _native(residual):

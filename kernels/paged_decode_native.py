@@ -8,6 +8,8 @@ per-step index arrays. Decoding 64 sequences of 300-500 tokens with SmolLM2's he
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from kernels import native_library
@@ -16,23 +18,33 @@ from kernels import native_library
 def native_decode_supported(
     query: torch.Tensor,  # [T, Hq, D]
     key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
-    metadata: tuple[torch.Tensor, ...],  # query_start_loc, seq_lens, block_tables
+    metadata: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # query_start_loc, seq_lens, block_tables
 ) -> bool:
     """Whether the library is loaded and compiled for this cache's block and head size, and the step's
-    metadata is what it reads (int32, as the engine builds it). The cache layout is `reads_in_place`'s."""
+    metadata is what it reads (int32 with contiguous rows, as the engine builds it). The cache layout is
+    `reads_in_place`'s; the query is made contiguous by the caller."""
     num_blocks, num_kv_heads, block_size, head_dim = key_cache.shape
+    query_start_loc, seq_lens, block_tables = metadata
     return (
         query.device.type == "cpu"
         and key_cache.stride(0) == num_kv_heads * block_size * head_dim
         and all(tensor.dtype == torch.int32 for tensor in metadata)
-        and native_library.load()
-        and torch.ops.tritonllm_cpu.paged_decode_supports(block_size, head_dim)
+        and query_start_loc.is_contiguous()
+        and seq_lens.is_contiguous()
+        and block_tables.stride(1) == 1
+        and _compiled_for(block_size, head_dim)
     )
+
+
+@functools.cache
+def _compiled_for(block_size: int, head_dim: int) -> bool:
+    """Asked once per shape: every layer of every step asks again."""
+    return native_library.load() and bool(torch.ops.tritonllm_cpu.paged_decode_supports(block_size, head_dim))
 
 
 def attend_native(
     out: torch.Tensor,  # [T, Hq, D] contiguous, written at the decodes' query rows
-    query: torch.Tensor,  # [T, Hq, D]
+    query: torch.Tensor,  # [T, Hq, D] contiguous
     key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D], tiles stored transposed
     value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D], contiguous
     sequences: torch.Tensor,  # [n] int64 indices of the sequences that bring one query token
@@ -43,6 +55,6 @@ def attend_native(
     sliding_window: int | None,
 ) -> None:
     torch.ops.tritonllm_cpu.paged_decode(
-        out, query.contiguous(), key_cache, value_cache, sequences, query_start_loc.contiguous(),
-        seq_lens.contiguous(), block_tables, scale, sliding_window or 0,
+        out, query, key_cache, value_cache, sequences, query_start_loc, seq_lens, block_tables, scale,
+        sliding_window or 0,
     )  # fmt: skip

@@ -28,6 +28,11 @@ void check_rows(const at::Tensor& x, const char* name) {
               " must be float32 [rows, features] with contiguous rows");
 }
 
+void check_weight(const at::Tensor& weight, int64_t features) {
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == features,
+              "weight must be contiguous float32 [features]");
+}
+
 // out = x / sqrt(mean(x^2) + eps) * weight, one row; the sum of squares runs in 16 lanes.
 CPU_CLONES void norm_row(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ out,
                          int64_t size, float eps) {
@@ -50,8 +55,7 @@ CPU_CLONES void add_rows(const float* __restrict__ a, const float* __restrict__ 
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_rows(x, "x");
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == x.size(1),
-              "weight must be contiguous float32 [features]");
+  check_weight(weight, x.size(1));
   const int64_t rows = x.size(0), size = x.size(1);
   at::Tensor out = at::empty({rows, size}, x.options());
   at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
@@ -67,8 +71,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::T
   check_rows(x, "x");
   check_rows(residual, "residual");
   TORCH_CHECK(residual.sizes() == x.sizes(), "residual must be shaped like x");
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == x.size(1),
-              "weight must be contiguous float32 [features]");
+  check_weight(weight, x.size(1));
   const int64_t rows = x.size(0), size = x.size(1);
   at::Tensor out = at::empty({rows, size}, x.options());
   at::Tensor summed = at::empty({rows, size}, x.options());

@@ -9,6 +9,7 @@ the engine's auto backend never touches Triton there.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,11 @@ if not torch.cuda.is_available():
 from kernels import ops  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# The C++ CPU kernels (kernels/native) need a compiler; without one the torch path serves alone.
+needs_compiler = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler: the torch path serves alone"
+)
 
 # Per-dtype tolerances (atol, rtol) for Triton kernels against their float32-accumulating references.
 # bfloat16 allows two ulps: Triton's interpreter truncates float32 -> bfloat16 where GPUs round to nearest.

@@ -4,7 +4,6 @@ counts that leave a tail past the 16-float vectors, partial rotary, padding slot
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -15,9 +14,9 @@ from kernels.activation_ref import silu_and_mul_ref
 from kernels.cache_write_ref import write_kv_cache_ref
 from kernels.rms_norm_ref import rms_norm_ref
 from kernels.rotary_ref import rotary_embedding_ref
+from tests.kernels.conftest import needs_compiler
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                reason="no C++ compiler: the torch path serves alone")  # fmt: skip
+pytestmark = needs_compiler
 
 TOLERANCE = {"atol": 2e-6, "rtol": 2e-6}
 

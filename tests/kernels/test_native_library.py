@@ -3,15 +3,12 @@ torch path serving (a missing or failing compiler) with the reason in the error.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from kernels import native_library
-
-needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                    reason="no C++ compiler: the torch path serves alone")  # fmt: skip
+from tests.kernels.conftest import needs_compiler
 
 
 @needs_compiler

@@ -3,21 +3,19 @@ the torch path it replaces, on the engine's CPU cache layout (key tiles stored t
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 from kernels import ops
 from kernels.paged_attention_ref import paged_attention_ref
 from kernels.paged_decode_native import native_decode_supported
+from tests.kernels.conftest import needs_compiler
 from tests.kernels.paged_batch import make_paged_batch
 from tests.kernels.test_paged_attention import GQA, MIXED_KV_LENS, MIXED_Q_LENS, dense_attention
 
 CPU = torch.device("cpu")
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                reason="no C++ compiler: the torch path serves alone")  # fmt: skip
+pytestmark = needs_compiler
 
 # Decodes only: one token, exactly one block, one past it, block and window edges, a long one.
 DECODE_KV_LENS = [1, 16, 17, 32, 33, 129, 463, 1000]
