@@ -39,9 +39,10 @@ class EngineConfig:
     # CUDA: run every step eagerly instead of replaying captured CUDA graphs for decode steps (vLLM's
     # --enforce-eager); for debugging, or to save the seconds of capture at start.
     enforce_eager: bool = False
-    # CPU float32: the layout projections and the LM head multiply from. auto times the candidates on this
-    # CPU at load (MKL's packed GEMM wins on some, oneDNN's reordered weights on others; see
-    # engine.models.packed_gemm); plain keeps F.linear on the checkpoint's weights; mkl|onednn force one.
+    # CPU float32 and bfloat16: the layout projections and the LM head multiply from. auto times the
+    # candidates on this CPU at load (MKL's packed GEMM wins on some, oneDNN's reordered weights on others;
+    # see engine.models.packed_gemm); plain keeps F.linear on the checkpoint's weights; mkl (float32 only)
+    # or onednn force one.
     cpu_weight_format: str = "auto"
     # Seed of the engine's generator for requests without their own seed.
     seed: int = 0

@@ -32,11 +32,11 @@ class ModelShard:
         self.group = group
         self.block_size = config.block_size
         self.model: CausalLM = load_model(config.model, dtype, device, group)
-        if device.type == "cpu" and dtype == torch.float32:
+        if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
             self._prepack_weights(config.cpu_weight_format)
         elif config.cpu_weight_format not in ("auto", packed_gemm.PLAIN):
             logger.warning(
-                "cpu_weight_format=%s applies to float32 on the CPU; %s on %s keeps its weights as loaded",
+                "cpu_weight_format=%s applies to float32 and bfloat16 on the CPU; %s on %s keeps its weights as loaded",
                 config.cpu_weight_format, dtype, device,
             )  # fmt: skip
         if device.type == "cpu":
@@ -64,8 +64,8 @@ class ModelShard:
             summed = self.group.all_reduce(torch.tensor(list(costs.values()), dtype=torch.float64))
             weight_format = list(costs)[int(summed.argmin())]
             logger.info(
-                "float32 CPU weights: %s (cost against F.linear: %s)",
-                weight_format, ", ".join(f"{name} {cost:.2f}" for name, cost in costs.items()),
+                "%s CPU weights: %s (cost against F.linear: %s)",
+                self.dtype, weight_format, ", ".join(f"{name} {cost:.2f}" for name, cost in costs.items()),
             )  # fmt: skip
         if weight_format != packed_gemm.PLAIN:
             self.model.pack_weights(weight_format)

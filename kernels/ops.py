@@ -37,10 +37,13 @@ def _triton(x: torch.Tensor) -> bool:
 
 
 def _native(*tensors: torch.Tensor) -> bool:
-    """The C++ CPU kernels (kernels/native) take float32 CPU tensors under the auto backend, once built."""
+    """The C++ CPU kernels (kernels/native) take CPU tensors of one dtype, float32 or bfloat16, under the
+    auto backend, once built."""
+    dtype = tensors[0].dtype
     return (
         _backend == "auto"
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and dtype in (torch.float32, torch.bfloat16)
+        and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
         and native_library.load()
     )
 
@@ -102,8 +105,10 @@ def rotary_write_kv(
     native pass does both (the rotated keys go straight into the cache)."""
     if (
         is_neox
-        and _native(query, key, value, key_cache, value_cache, cos_sin_cache)
+        and _native(query, key, value, key_cache, value_cache)
         and query.stride(2) == key.stride(2) == value.stride(2) == 1
+        and cos_sin_cache.dtype == torch.float32
+        and cos_sin_cache.device.type == "cpu"
         and cos_sin_cache.is_contiguous()
         and positions.dtype == slot_mapping.dtype == torch.int64
         and positions.is_contiguous()
@@ -137,7 +142,7 @@ def rms_norm(
     if x.dim() == 2 and x.stride(1) == 1 and weight.is_contiguous() and _native(x, weight):
         if residual is None:
             return torch.ops.tritonllm_cpu.rms_norm(x, weight, eps)
-        if residual.shape == x.shape and residual.stride(1) == 1 and _native(residual):
+        if residual.shape == x.shape and residual.stride(1) == 1 and _native(x, residual):
             normed, summed = torch.ops.tritonllm_cpu.add_rms_norm(x, residual, weight, eps)
             return normed, summed
     return rms_norm_ref(x, weight, eps, residual)

@@ -13,9 +13,10 @@ Everything that depends only on the step's metadata (the batches, their gather i
 `AttentionPlan`, built once per step: every layer passes the same metadata tensors, and rebuilding it
 per layer cost about a tenth of a decode step.
 
-Where the cache allows (`reads_in_place`: float32 with the key tiles stored transposed, as the engine's
-CPU cache is), decodes skip all this and read the cache itself: kernels.paged_decode_in_place, or, when the
-caller asks for `native` and the C++ library is built for the cache's shape, kernels.paged_decode_native.
+Where the cache allows, decodes skip all this and read the cache itself: when the caller asks for `native`
+and the C++ library is built for the cache (float32 or bfloat16 with the key tiles stored transposed, as
+the engine's CPU cache is), kernels.paged_decode_native; otherwise, for such a float32 cache
+(`reads_in_place`), kernels.paged_decode_in_place.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ def paged_attention_ref(
     num_tokens, num_q_heads, head_dim = query.shape
     num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[2]
     group_size = num_q_heads // num_kv_heads
-    in_place = soft_cap is None and reads_in_place(query, key_cache, value_cache)
-    native = native and in_place and native_decode_supported(query, key_cache, (query_start_loc, seq_lens, block_tables))
+    metadata = (query_start_loc, seq_lens, block_tables)
+    native = native and soft_cap is None and native_decode_supported(query, key_cache, value_cache, metadata)
+    in_place = not native and soft_cap is None and reads_in_place(query, key_cache, value_cache)
     if native:
         query = query.contiguous()  # the C++ kernel writes rows of an output shaped (and strided) like it
     settings = (num_tokens, num_kv_heads, group_size, block_size, head_dim, sliding_window, soft_cap is not None,
@@ -144,7 +146,7 @@ def plan_paged_attention(
     sliding_window: int | None,
     explicit_scores: bool,  # soft-capping: no SDPA, so prompts take the masked batch path too
     in_place_head_dim: int | None = None,  # set: decode batches read the cache in place (`reads_in_place`)
-    native_decode: bool = False,  # with in_place_head_dim: the C++ kernel reads it (`native_decode_supported`)
+    native_decode: bool = False,  # decodes go to the C++ kernel (`native_decode_supported`)
 ) -> AttentionPlan:
     """The batches one step's attention runs, with their gather indices and masks."""
     starts = query_start_loc.tolist()
@@ -153,7 +155,7 @@ def plan_paged_attention(
     decodes = [i for i, n in enumerate(q_lens) if n == 1]
     in_place: list[InPlaceDecode] = []
     native = None
-    if in_place_head_dim is not None and native_decode:
+    if native_decode:
         native = torch.tensor(decodes, dtype=torch.int64, device=seq_lens.device) if decodes else None
         decodes = []
     elif in_place_head_dim is not None:

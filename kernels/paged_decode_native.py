@@ -1,5 +1,6 @@
-"""Decode attention over the paged float32 CPU cache in C++ (kernels/native/paged_decode.cpp): the CPU
-path's decodes when the native library is built, in place of `kernels.paged_decode_in_place`.
+"""Decode attention over the paged CPU cache in C++ (kernels/native/paged_decode.cpp), float32 or bfloat16:
+the CPU path's decodes when the native library is built, in place of `kernels.paged_decode_in_place`
+(float32) or gathering the K/V for SDPA (bfloat16).
 
 Both read the cache where it lies; the C++ kernel also keeps each block's scores in registers and needs no
 per-step index arrays. Decoding 64 sequences of 300-500 tokens with SmolLM2's heads on 2 cores (EPYC):
@@ -18,16 +19,24 @@ from kernels import native_library
 def native_decode_supported(
     query: torch.Tensor,  # [T, Hq, D]
     key_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
+    value_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
     metadata: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # query_start_loc, seq_lens, block_tables
 ) -> bool:
-    """Whether the library is loaded and compiled for this cache's block and head size, and the step's
-    metadata is what it reads (int32 with contiguous rows, as the engine builds it). The cache layout is
-    `reads_in_place`'s; the query is made contiguous by the caller."""
+    """Whether the library is loaded and compiled for this cache's block and head size, the query and both
+    caches are float32 or bfloat16 alike, the key tiles stored transposed and contiguous and the values
+    contiguous (the engine's CPU cache, engine.kv_cache), and the step's metadata is what it reads (int32
+    with contiguous rows, as the engine builds it). The query is made contiguous by the caller."""
     num_blocks, num_kv_heads, block_size, head_dim = key_cache.shape
     query_start_loc, seq_lens, block_tables = metadata
     return (
         query.device.type == "cpu"
+        and query.dtype == key_cache.dtype == value_cache.dtype
+        and query.dtype in (torch.float32, torch.bfloat16)
+        and key_cache.stride(2) == 1
+        and key_cache.stride(3) == block_size
+        and key_cache.stride(1) == block_size * head_dim
         and key_cache.stride(0) == num_kv_heads * block_size * head_dim
+        and value_cache.is_contiguous()
         and all(tensor.dtype == torch.int32 for tensor in metadata)
         and query_start_loc.is_contiguous()
         and seq_lens.is_contiguous()

@@ -69,7 +69,7 @@ class CausalLM(nn.Module):
         return [*(p.weight.data for p in projections), head.weight.data[:_HEAD_ROWS_TIMED]]
 
     def pack_weights(self, format_name: str) -> None:
-        """Hand every projection and the LM head to the prepacked float32 format `format_name`
+        """Hand every projection and the LM head to the prepacked CPU format `format_name`
         (engine.models.packed_gemm), once the checkpoint is loaded."""
         for module in self.modules():
             if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):

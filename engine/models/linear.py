@@ -63,7 +63,7 @@ def _parameter(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
 
 class _Projection(nn.Module):
     """A [out, in] weight applied as x @ weight.T, which `pack` may hand to a GEMM library's own layout
-    (engine.models.packed_gemm: float32 on the CPU) once the checkpoint is loaded."""
+    (engine.models.packed_gemm: float32 and bfloat16 on the CPU) once the checkpoint is loaded."""
 
     weight: nn.Parameter
     packed: PrepackedWeight | None = None

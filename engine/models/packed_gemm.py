@@ -1,11 +1,13 @@
-"""Float32 projections on the CPU from weights prepacked once into a GEMM library's own layout.
+"""Float32 and bfloat16 projections on the CPU from weights prepacked once into a GEMM library's own layout.
 
-Why: at decode batch sizes torch's `F.linear` runs float32 well below what the CPU can do, and which
-library does better depends on the CPU. The four projections of SmolLM2-135M's 30 layers, 2 cores:
+Why: at decode batch sizes torch's `F.linear` runs well below what the CPU can do, and which library
+does better depends on the CPU. The four projections of SmolLM2-135M's 30 layers in float32, 2 cores:
 - Intel Xeon (AVX-512): F.linear 22 / 48-56 / 99-115 ms at 1 / 8 / 64 rows; MKL's packed GEMM
   (`cblas_sgemm_pack` / `cblas_sgemm_compute`) 22 / 31-35 / 85-90; oneDNN slower at 1 row (28 ms).
 - AMD EPYC (Zen 4): F.linear 35 / 41 / 109 ms at 1 / 8 / 64 rows and 172 GFLOP/s at 2,048; MKL's packed
   GEMM 29 / 55 / 121; oneDNN's reordered weights (`torch.ops.mkldnn`) 19 / 20 / 71 and 210 GFLOP/s.
+In bfloat16 (Zen 4, AVX-512 BF16) oneDNN's reordered weights take 4 / 7 / 34 ms at 1 / 8 / 64 rows against
+F.linear's 10 / 14 / 45, half of float32's time (MKL's packed GEMM is float32 only).
 So the format is measured, not assumed: `format_costs` times each candidate on weights of the model's
 own shapes once per process, and the model packs into the cheapest ("plain" keeps F.linear).
 
@@ -45,14 +47,21 @@ TIMED_ROWS = (1, 16, 64, 256)
 _TIMING_ROUNDS = 5
 
 
+# The weight dtypes each prepacked format takes; the input must have the weight's dtype.
+FORMAT_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
+    "mkl": (torch.float32,),
+    "onednn": (torch.float32, torch.bfloat16),
+}
+
+
 class PrepackedWeight(Protocol):
-    """A float32 [out_features, in_features] weight held in a GEMM library's own layout."""
+    """A [out_features, in_features] weight held in a GEMM library's own layout."""
 
     out_features: int
     in_features: int
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x [..., in_features] float32 -> x @ weight.T + bias, [..., out_features]."""
+        """x [..., in_features] (the weight's dtype) -> x @ weight.T + bias, [..., out_features]."""
         ...
 
 
@@ -79,16 +88,18 @@ def _mkl() -> ctypes.CDLL | None:
         return None
 
 
-def _check_float32_cpu(weight: torch.Tensor) -> None:
-    if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
+def _check_cpu_weight(weight: torch.Tensor, format_name: str) -> None:
+    dtypes = FORMAT_DTYPES[format_name]
+    if weight.dtype not in dtypes or weight.device.type != "cpu" or weight.dim() != 2:
+        names = " or ".join(str(dtype).removeprefix("torch.") for dtype in dtypes)
         raise ValueError(
-            f"packs 2-D float32 CPU weights, got {weight.dtype} {tuple(weight.shape)} on {weight.device}"
+            f"{format_name} packs 2-D {names} CPU weights, got {weight.dtype} {tuple(weight.shape)} on {weight.device}"
         )
 
 
-def _rows_of(x: torch.Tensor, in_features: int) -> torch.Tensor:
-    if x.dtype != torch.float32:
-        raise TypeError(f"a packed float32 weight cannot multiply {x.dtype}")
+def _rows_of(x: torch.Tensor, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    if x.dtype != dtype:
+        raise TypeError(f"a packed {dtype} weight cannot multiply {x.dtype}")
     return x.reshape(-1, in_features).contiguous()
 
 
@@ -101,7 +112,7 @@ class MklPackedWeight:
         if library is None:
             raise RuntimeError("MKL's packed GEMM is not available in this torch build")
         self._library = library
-        _check_float32_cpu(weight)
+        _check_cpu_weight(weight, "mkl")
         self.out_features, self.in_features = weight.shape
         source = weight.contiguous()
         size = self._library.cblas_sgemm_pack_get_size(
@@ -116,7 +127,7 @@ class MklPackedWeight:
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in_features] float32 -> x @ weight.T + bias, [..., out_features]."""
-        rows = _rows_of(x, self.in_features)
+        rows = _rows_of(x, self.in_features, torch.float32)
         out = torch.empty(rows.shape[0], self.out_features, dtype=torch.float32)
         if rows.shape[0] > 0:
             self._library.cblas_sgemm_compute(
@@ -130,21 +141,22 @@ class MklPackedWeight:
 
 
 class OneDnnWeight:
-    """A float32 CPU weight [out_features, in_features] reordered into oneDNN's blocked layout (an opaque
-    mkldnn tensor), for `linear(x) == F.linear(x, weight)`. Holds its own copy."""
+    """A float32 or bfloat16 CPU weight [out_features, in_features] reordered into oneDNN's blocked layout
+    (an opaque mkldnn tensor), for `linear(x) == F.linear(x, weight)`. Holds its own copy."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         if not torch.backends.mkldnn.is_available():
             raise RuntimeError("oneDNN is not available in this torch build")
-        _check_float32_cpu(weight)
+        _check_cpu_weight(weight, "onednn")
         self.out_features, self.in_features = weight.shape
+        self.dtype = weight.dtype
         self._reordered = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x [..., in_features] float32 -> x @ weight.T + bias, [..., out_features]."""
-        rows = _rows_of(x, self.in_features)
-        if bias is not None and bias.dtype != torch.float32:
-            raise TypeError(f"a packed float32 weight cannot add a {bias.dtype} bias")
+        """x [..., in_features] (the weight's dtype) -> x @ weight.T + bias, [..., out_features]."""
+        rows = _rows_of(x, self.in_features, self.dtype)
+        if bias is not None and bias.dtype != self.dtype:
+            raise TypeError(f"a packed {self.dtype} weight cannot add a {bias.dtype} bias")
         # oneDNN reads the bias as dense: a strided view would be read wrongly, not refused.
         dense_bias = None if bias is None else bias.contiguous()
         out = torch.ops.mkldnn._linear_pointwise(rows, self._reordered, dense_bias, "none", [], "")
@@ -159,30 +171,38 @@ FORMATS: dict[str, Callable[[torch.Tensor], PrepackedWeight]] = {
 
 
 @functools.cache
-def available_formats() -> tuple[str, ...]:
-    """The prepacked formats this process can use: library present, and a small product agrees with
-    F.linear (guards against an ABI that differs from the one bound before any model weight goes through)."""
+def available_formats(dtype: torch.dtype = torch.float32) -> tuple[str, ...]:
+    """The prepacked formats this process can use for `dtype` weights: library present, and a small product
+    agrees with F.linear (guards against an ABI that differs from the one bound, or a CPU the library
+    mishandles, before any model weight goes through)."""
     generator = torch.Generator().manual_seed(0)
-    weight, x = torch.randn(40, 24, generator=generator), torch.randn(5, 24, generator=generator)
+    weight = torch.randn(40, 24, generator=generator).to(dtype)
+    x = torch.randn(5, 24, generator=generator).to(dtype)
+    # bfloat16 products differ from F.linear's by their rounding (both accumulate in float32).
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     usable = []
     for name, make in FORMATS.items():
-        try:
-            agrees = torch.allclose(make(weight).linear(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
-        except (RuntimeError, OSError, AttributeError) as error:
-            logger.info("float32 weight format %s unavailable: %s", name, error)
+        if dtype not in FORMAT_DTYPES[name]:
             continue
-        if agrees:
+        try:
+            product = make(weight).linear(x)
+        except (RuntimeError, OSError, AttributeError) as error:
+            logger.info("%s weight format %s unavailable: %s", dtype, name, error)
+            continue
+        if torch.allclose(product.float(), F.linear(x, weight).float(), rtol=tolerance, atol=tolerance):
             usable.append(name)
         else:
-            logger.warning("float32 weight format %s disagrees with F.linear on this machine; not used", name)
+            logger.warning("%s weight format %s disagrees with F.linear on this machine; not used", dtype, name)
     return tuple(usable)
 
 
 def prepack(weight: torch.Tensor, format_name: str) -> PrepackedWeight:
-    """A copy of the float32 CPU `weight` in the available format `format_name`."""
-    if format_name not in available_formats():
+    """A copy of the CPU `weight` in the format `format_name`, available for its dtype."""
+    if format_name not in available_formats(weight.dtype):
+        takes = ", ".join(str(dtype) for dtype in FORMAT_DTYPES.get(format_name, ()))
         raise ValueError(
-            f"float32 weight format {format_name!r} is not available here: {available_formats()}"
+            f"weight format {format_name!r} is not available for {weight.dtype} weights here (it takes: "
+            f"{takes or 'nothing, unknown'}; available: {available_formats(weight.dtype)})"
         )
     return FORMATS[format_name](weight)
 
@@ -190,13 +210,13 @@ def prepack(weight: torch.Tensor, format_name: str) -> PrepackedWeight:
 def format_costs(weights: Sequence[torch.Tensor]) -> dict[str, float]:
     """What multiplying by `weights` costs on this CPU in each candidate format (PLAIN and every available
     one), relative to F.linear: at each timed row count a format scores its time over PLAIN's, summed over
-    row counts (PLAIN scores len(TIMED_ROWS)), so prefill's larger products do not drown decode's. One
+    row counts (PLAIN scores len(TIMED_ROWS)), in the weights' dtype, so prefill's larger products do not drown decode's. One
     weight at a time is prepacked in every format and timed, candidates interleaved, best of
     _TIMING_ROUNDS after a warm-up. The products run on one thread and are timed in that thread's CPU
     time: the `llm` model chooses while Triton loads the other models on the same cores, and wall-clock
     timings of two-thread products taken then once ranked MKL's pack first on a CPU where it runs 1.6x
-    slower. Cached per process by the weights' shapes (the speed does not depend on the values)."""
-    key = tuple(tuple(weight.shape) for weight in weights)
+    slower. Cached per process by the weights' dtype and shapes (the speed does not depend on the values)."""
+    key = (weights[0].dtype, *(tuple(weight.shape) for weight in weights))
     if key not in _costs:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -212,7 +232,7 @@ _costs: dict[tuple[object, ...], dict[str, float]] = {}
 
 def _time_formats(weights: Sequence[torch.Tensor]) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
-    names = (PLAIN, *available_formats())
+    names = (PLAIN, *available_formats(weights[0].dtype))
     seconds = {name: [0.0] * len(TIMED_ROWS) for name in names}
     for weight in weights:
         products: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -220,7 +240,7 @@ def _time_formats(weights: Sequence[torch.Tensor]) -> dict[str, float]:
         }
         products[PLAIN] = functools.partial(F.linear, weight=weight)
         for column, rows in enumerate(TIMED_ROWS):
-            x = torch.randn(rows, weight.shape[1], generator=generator)
+            x = torch.randn(rows, weight.shape[1], generator=generator).to(weight.dtype)
             best = dict.fromkeys(names, float("inf"))
             for round_index in range(_TIMING_ROUNDS + 1):
                 for name in names:

@@ -1,6 +1,7 @@
 // The small per-layer operations of the CPU path, each one pass over its rows where torch takes several
-// operators (and as many dispatches and temporaries) for it. float32 only; each mirrors its torch
-// reference, which stays the oracle in the tests:
+// operators (and as many dispatches and temporaries) for it. float32 or bfloat16 tensors (computed in
+// float32, rounded to bfloat16 wherever the reference rounds); each mirrors its torch reference, which
+// stays the oracle in the tests:
 //   rms_norm / add_rms_norm  kernels/rms_norm_ref.py (the residual add fused in, as the decoder does)
 //   silu_and_mul             kernels/activation_ref.py
 //   rotary_write_kv          kernels/rotary_ref.py (halves, "neox") then kernels/cache_write_ref.py:
@@ -23,19 +24,30 @@ using namespace vector_math;
 // Rows per task: small batches (decode) run on the calling thread, where waking the pool costs more.
 int64_t grain_rows(int64_t row_floats) { return std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(row_floats, 1)); }
 
+bool is_supported(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kBFloat16; }
+
 void check_rows(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.stride(1) == 1, name,
-              " must be float32 [rows, features] with contiguous rows");
+  TORCH_CHECK(is_supported(x.scalar_type()) && x.dim() == 2 && x.stride(1) == 1, name,
+              " must be float32 or bfloat16 [rows, features] with contiguous rows");
 }
 
-void check_weight(const at::Tensor& weight, int64_t features) {
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == features,
-              "weight must be contiguous float32 [features]");
+void check_weight(const at::Tensor& weight, const at::Tensor& x) {
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() && weight.is_contiguous() && weight.numel() == x.size(1),
+              "weight must be contiguous [features] of x's dtype");
 }
 
-// out = x / sqrt(mean(x^2) + eps) * weight, one row; the sum of squares runs in 16 lanes.
-CPU_CLONES void norm_row(const float* __restrict__ x, const float* __restrict__ weight, float* __restrict__ out,
-                         int64_t size, float eps) {
+// Runs body.template operator()<T>() with T the C++ type of `dtype` (float32 or bfloat16, checked before).
+template <typename Body>
+auto with_element_type(at::ScalarType dtype, Body&& body) {
+  if (dtype == at::kFloat) return body(float{});
+  return body(c10::BFloat16{});
+}
+
+// out = round(x / sqrt(mean(x^2) + eps)) * weight, one row, rounded as the reference rounds (the normed row
+// to T, then the product); the sum of squares runs in 16 lanes.
+template <typename T>
+CPU_CLONES void norm_row(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ out, int64_t size,
+                         float eps) {
   Vec squares = {};
   int64_t i = 0;
   for (; i + kLanes <= size; i += kLanes) {
@@ -43,25 +55,31 @@ CPU_CLONES void norm_row(const float* __restrict__ x, const float* __restrict__ 
     squares += v * v;
   }
   float total = lane_sum(squares);
-  for (; i < size; ++i) total += x[i] * x[i];
+  for (; i < size; ++i) total += static_cast<float>(x[i]) * static_cast<float>(x[i]);
   const float inverse = 1.0f / std::sqrt(total / static_cast<float>(size) + eps);
-  for (i = 0; i + kLanes <= size; i += kLanes) store(out + i, load(x + i) * inverse * load(weight + i));
-  for (; i < size; ++i) out[i] = x[i] * inverse * weight[i];
+  for (i = 0; i + kLanes <= size; i += kLanes) store(out + i, round_to<T>(load(x + i) * inverse) * load(weight + i));
+  for (; i < size; ++i) out[i] = static_cast<T>(round_to<T>(static_cast<float>(x[i]) * inverse) * static_cast<float>(weight[i]));
 }
 
-CPU_CLONES void add_rows(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out, int64_t size) {
-  for (int64_t i = 0; i < size; ++i) out[i] = a[i] + b[i];
+template <typename T>
+CPU_CLONES void add_rows(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out, int64_t size) {
+  int64_t i = 0;
+  for (; i + kLanes <= size; i += kLanes) store(out + i, load(a + i) + load(b + i));
+  for (; i < size; ++i) out[i] = static_cast<T>(static_cast<float>(a[i]) + static_cast<float>(b[i]));
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_rows(x, "x");
-  check_weight(weight, x.size(1));
+  check_weight(weight, x);
   const int64_t rows = x.size(0), size = x.size(1);
   at::Tensor out = at::empty({rows, size}, x.options());
-  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      norm_row(x.data_ptr<float>() + r * x.stride(0), weight.data_ptr<float>(), out.data_ptr<float>() + r * size, size,
-               static_cast<float>(eps));
+  with_element_type(x.scalar_type(), [&](auto element) {
+    using T = decltype(element);
+    at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        norm_row<T>(x.data_ptr<T>() + r * x.stride(0), weight.data_ptr<T>(), out.data_ptr<T>() + r * size, size,
+                    static_cast<float>(eps));
+    });
   });
   return out;
 }
@@ -70,33 +88,41 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::T
                                                 double eps) {
   check_rows(x, "x");
   check_rows(residual, "residual");
-  TORCH_CHECK(residual.sizes() == x.sizes(), "residual must be shaped like x");
-  check_weight(weight, x.size(1));
+  TORCH_CHECK(residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(),
+              "residual must be shaped like x, of its dtype");
+  check_weight(weight, x);
   const int64_t rows = x.size(0), size = x.size(1);
   at::Tensor out = at::empty({rows, size}, x.options());
   at::Tensor summed = at::empty({rows, size}, x.options());
-  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      float* sum_row = summed.data_ptr<float>() + r * size;
-      add_rows(x.data_ptr<float>() + r * x.stride(0), residual.data_ptr<float>() + r * residual.stride(0), sum_row, size);
-      norm_row(sum_row, weight.data_ptr<float>(), out.data_ptr<float>() + r * size, size, static_cast<float>(eps));
-    }
+  with_element_type(x.scalar_type(), [&](auto element) {
+    using T = decltype(element);
+    at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        T* sum_row = summed.data_ptr<T>() + r * size;
+        add_rows<T>(x.data_ptr<T>() + r * x.stride(0), residual.data_ptr<T>() + r * residual.stride(0), sum_row, size);
+        norm_row<T>(sum_row, weight.data_ptr<T>(), out.data_ptr<T>() + r * size, size, static_cast<float>(eps));
+      }
+    });
   });
   return {out, summed};
 }
 
-// silu(gate) * up with sigmoid(g) = 1 / (1 + e) for g >= 0 and e / (1 + e) below, e = exp(-|g|) <= 1.
-CPU_CLONES void silu_mul_row(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
-                             int64_t size) {
+// silu(gate) * up with sigmoid(g) = 1 / (1 + e) for g >= 0 and e / (1 + e) below, e = exp(-|g|) <= 1;
+// silu's result rounded to T before the product, as the reference's two operators round.
+template <typename T>
+CPU_CLONES void silu_mul_row(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out, int64_t size) {
   int64_t i = 0;
   for (; i + kLanes <= size; i += kLanes) {
     const Vec g = load(gate + i);
     const IntVec negative = g < 0.0f;
     const Vec e = exp_nonpositive(negative ? g : -g);
     const Vec sigmoid = (negative ? e : splat(1.0f)) / (1.0f + e);
-    store(out + i, g * sigmoid * load(up + i));
+    store(out + i, round_to<T>(g * sigmoid) * load(up + i));
   }
-  for (; i < size; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  for (; i < size; ++i) {
+    const float g = static_cast<float>(gate[i]);
+    out[i] = static_cast<T>(round_to<T>(g / (1.0f + std::exp(-g))) * static_cast<float>(up[i]));
+  }
 }
 
 at::Tensor silu_and_mul(const at::Tensor& x) {
@@ -104,37 +130,75 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
   TORCH_CHECK(x.size(1) % 2 == 0, "x must hold [gate | up]: an even number of features");
   const int64_t rows = x.size(0), size = x.size(1) / 2;
   at::Tensor out = at::empty({rows, size}, x.options());
-  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* row = x.data_ptr<float>() + r * x.stride(0);
-      silu_mul_row(row, row + size, out.data_ptr<float>() + r * size, size);
-    }
+  with_element_type(x.scalar_type(), [&](auto element) {
+    using T = decltype(element);
+    at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T* row = x.data_ptr<T>() + r * x.stride(0);
+        silu_mul_row<T>(row, row + size, out.data_ptr<T>() + r * size, size);
+      }
+    });
   });
   return out;
 }
 
-// One head: the first rot_dim features rotated by halves (x1 * cos - x2 * sin, x2 * cos + x1 * sin), the
-// rest copied; `out` is written with strides (out_stride apart), which serves the transposed key tiles.
-ALWAYS_INLINE void rotate_head(const float* x, const float* cos, const float* sin, int64_t rot_dim, int64_t head_dim,
-                               float* out, int64_t out_stride) {
+// One head: the first rot_dim features rotated by halves (x1 * cos - x2 * sin, x2 * cos + x1 * sin, in
+// float32, then rounded to T), the rest copied; `out` is written with strides (out_stride apart), which
+// serves the transposed key tiles.
+template <typename T>
+ALWAYS_INLINE void rotate_head(const T* x, const float* cos, const float* sin, int64_t rot_dim, int64_t head_dim, T* out,
+                               int64_t out_stride) {
   const int64_t half = rot_dim / 2;
   for (int64_t i = 0; i < half; ++i) {
-    const float x1 = x[i], x2 = x[i + half];
-    out[i * out_stride] = x1 * cos[i] - x2 * sin[i];
-    out[(i + half) * out_stride] = x2 * cos[i] + x1 * sin[i];
+    const float x1 = static_cast<float>(x[i]), x2 = static_cast<float>(x[i + half]);
+    out[i * out_stride] = static_cast<T>(x1 * cos[i] - x2 * sin[i]);
+    out[(i + half) * out_stride] = static_cast<T>(x2 * cos[i] + x1 * sin[i]);
   }
   for (int64_t i = rot_dim; i < head_dim; ++i) out[i * out_stride] = x[i];
+}
+
+template <typename T>
+void rotate_and_write(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                      const at::Tensor& cos_sin_cache, const at::Tensor& key_cache, const at::Tensor& value_cache,
+                      const at::Tensor& slot_mapping, const at::Tensor& out) {
+  const int64_t tokens = query.size(0), q_heads = query.size(1), kv_heads = key.size(1), head_dim = query.size(2);
+  const int64_t rot_dim = cos_sin_cache.size(1), block_size = key_cache.size(2);
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+  at::parallel_for(0, tokens, grain_rows((q_heads + 2 * kv_heads) * head_dim), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* cos = cos_sin_cache.data_ptr<float>() + pos[t] * rot_dim;
+      const float* sin = cos + rot_dim / 2;
+      for (int64_t h = 0; h < q_heads; ++h)
+        rotate_head<T>(query.data_ptr<T>() + t * query.stride(0) + h * query.stride(1), cos, sin, rot_dim, head_dim,
+                       out.data_ptr<T>() + (t * q_heads + h) * head_dim, 1);
+      if (slots[t] < 0) continue;  // padding: nothing cached
+      const int64_t block = slots[t] / block_size, offset = slots[t] % block_size;
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        T* key_slot = key_cache.data_ptr<T>() + block * key_cache.stride(0) + h * key_cache.stride(1) +
+                      offset * key_cache.stride(2);
+        rotate_head<T>(key.data_ptr<T>() + t * key.stride(0) + h * key.stride(1), cos, sin, rot_dim, head_dim, key_slot,
+                       key_cache.stride(3));
+        const T* value_row = value.data_ptr<T>() + t * value.stride(0) + h * value.stride(1);
+        T* value_slot = value_cache.data_ptr<T>() + block * value_cache.stride(0) + h * value_cache.stride(1) +
+                        offset * value_cache.stride(2);
+        for (int64_t d = 0; d < head_dim; ++d) value_slot[d * value_cache.stride(3)] = value_row[d];
+      }
+    }
+  });
 }
 
 at::Tensor rotary_write_kv(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
                            const at::Tensor& value, const at::Tensor& cos_sin_cache, const at::Tensor& key_cache,
                            const at::Tensor& value_cache, const at::Tensor& slot_mapping) {
+  const at::ScalarType dtype = query.scalar_type();
+  TORCH_CHECK(is_supported(dtype), "rotary_write_kv takes float32 or bfloat16, got ", dtype);
   for (const at::Tensor* t : {&query, &key, &value})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 3 && t->stride(2) == 1,
-                "query, key and value must be float32 [T, heads, D] with contiguous heads");
-  TORCH_CHECK(key_cache.scalar_type() == at::kFloat && value_cache.scalar_type() == at::kFloat && key_cache.dim() == 4 &&
+    TORCH_CHECK(t->scalar_type() == dtype && t->dim() == 3 && t->stride(2) == 1,
+                "query, key and value must be [T, heads, D] of one dtype with contiguous heads");
+  TORCH_CHECK(key_cache.scalar_type() == dtype && value_cache.scalar_type() == dtype && key_cache.dim() == 4 &&
                   value_cache.sizes() == key_cache.sizes(),
-              "the caches must be float32 [N, Hkv, bs, D] alike");
+              "the caches must be [N, Hkv, bs, D] alike, of query's dtype");
   TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat && cos_sin_cache.is_contiguous() && cos_sin_cache.dim() == 2,
               "cos_sin_cache must be contiguous float32 [max_pos, rot_dim]");
   TORCH_CHECK(positions.scalar_type() == at::kLong && slot_mapping.scalar_type() == at::kLong && positions.is_contiguous() &&
@@ -156,26 +220,9 @@ at::Tensor rotary_write_kv(const at::Tensor& positions, const at::Tensor& query,
     TORCH_CHECK(slots[t] >= -1 && slots[t] < num_slots, "slot ", slots[t], " outside the cache");
   }
   at::Tensor out = at::empty({tokens, q_heads, head_dim}, query.options());
-  at::parallel_for(0, tokens, grain_rows((q_heads + 2 * kv_heads) * head_dim), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const float* cos = cos_sin_cache.data_ptr<float>() + pos[t] * rot_dim;
-      const float* sin = cos + rot_dim / 2;
-      for (int64_t h = 0; h < q_heads; ++h)
-        rotate_head(query.data_ptr<float>() + t * query.stride(0) + h * query.stride(1), cos, sin, rot_dim, head_dim,
-                    out.data_ptr<float>() + (t * q_heads + h) * head_dim, 1);
-      if (slots[t] < 0) continue;  // padding: nothing cached
-      const int64_t block = slots[t] / block_size, offset = slots[t] % block_size;
-      for (int64_t h = 0; h < kv_heads; ++h) {
-        float* key_slot = key_cache.data_ptr<float>() + block * key_cache.stride(0) + h * key_cache.stride(1) +
-                          offset * key_cache.stride(2);
-        rotate_head(key.data_ptr<float>() + t * key.stride(0) + h * key.stride(1), cos, sin, rot_dim, head_dim, key_slot,
-                    key_cache.stride(3));
-        const float* value_row = value.data_ptr<float>() + t * value.stride(0) + h * value.stride(1);
-        float* value_slot = value_cache.data_ptr<float>() + block * value_cache.stride(0) + h * value_cache.stride(1) +
-                            offset * value_cache.stride(2);
-        for (int64_t d = 0; d < head_dim; ++d) value_slot[d * value_cache.stride(3)] = value_row[d];
-      }
-    }
+  with_element_type(dtype, [&](auto element) {
+    rotate_and_write<decltype(element)>(positions, query, key, value, cos_sin_cache, key_cache, value_cache, slot_mapping,
+                                        out);
   });
   return out;
 }

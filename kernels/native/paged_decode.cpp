@@ -1,5 +1,5 @@
-// Decode attention straight from the paged float32 CPU cache: one pass over each sequence's keys and
-// values per layer, every query head of a KV head served by the same pass.
+// Decode attention straight from the paged CPU cache (float32 or bfloat16): one pass over each sequence's
+// keys and values per layer, every query head of a KV head served by the same pass.
 //
 // Work items are (sequence, KV head) pairs, handed out one at a time from a shared counter so that long
 // and short sequences balance across the threads of ATen's pool. Each item:
@@ -10,7 +10,9 @@
 //           before a sliding window) set to exactly zero;
 //   output  the probability-weighted sum of the value rows ([block_size, head_dim] tiles), written to
 //           the query heads' rows of `out`.
-// Arithmetic is on 16-float GCC vectors (vector_math.h), compiled for AVX-512, AVX2 and plain x86-64 alike
+// Arithmetic is on 16-float GCC vectors (vector_math.h), whatever the cache's dtype: a bfloat16 cache is
+// widened as it is read (half the bytes of float32 to stream, and no copy), and the output is rounded to
+// bfloat16 once, as SDPA's does. Compiled for AVX-512, AVX2 and plain x86-64 alike
 // and chosen when the library loads, so the build runs on any x86-64 CPU. Block sizes of 16 or 32
 // and head sizes of 64 or 128 are compiled; Python sends only those here (`supported` below).
 // The torch reference (kernels/paged_attention_ref.py) is the oracle; tests compare the two.
@@ -29,11 +31,12 @@ namespace {
 
 using namespace vector_math;
 
+template <typename T>
 struct Item {
-  const float* query;        // [group_size, head_dim]: the KV head's query heads
-  float* out;                // [group_size, head_dim]
-  const float* key_tiles;    // the key cache, [blocks, Hkv, head_dim, block_size]
-  const float* value_tiles;  // the value cache, [blocks, Hkv, block_size, head_dim]
+  const T* query;        // [group_size, head_dim]: the KV head's query heads
+  T* out;                // [group_size, head_dim]
+  const T* key_tiles;    // the key cache, [blocks, Hkv, head_dim, block_size]
+  const T* value_tiles;  // the value cache, [blocks, Hkv, block_size, head_dim]
   const int32_t* block_table;
   int64_t num_kv_heads, kv_head, group_size;
   int64_t kv_len, first_visible;  // positions first_visible .. kv_len - 1 are attended
@@ -41,35 +44,47 @@ struct Item {
   float* scores;  // scratch: group_size x (blocks in view x block_size) scores, then group_size x head_dim
 };
 
-template <int64_t kBlockSize, int64_t kHeadDim>
-CPU_CLONES void attend_kv_head(const Item& item) {
+// Heads q0 .. q0 + G - 1 of the KV head's group, every key and value row loaded (and, from bfloat16,
+// widened) once for all G of them: loads and conversions, not multiply-adds, bounded the kernel when each
+// head made its own pass. Inlined into attend_kv_head's clones, so it is compiled for each CPU level too.
+template <typename T, int64_t kBlockSize, int64_t kHeadDim, int64_t G>
+ALWAYS_INLINE void attend_heads(const Item<T>& item, int64_t q0) {
   constexpr int64_t block_chunks = kBlockSize / kLanes, dim_chunks = kHeadDim / kLanes;
   const int64_t first_block = item.first_visible / kBlockSize, end_block = (item.kv_len + kBlockSize - 1) / kBlockSize;
   const int64_t width = (end_block - first_block) * kBlockSize;  // scores per query head
   auto tile = [&](int64_t b) { return (static_cast<int64_t>(item.block_table[b]) * item.num_kv_heads + item.kv_head); };
 
   // The scaled query sits after the scores: each element then feeds a multiply-add straight from memory.
-  float* scaled_query = item.scores + item.group_size * width;
-  for (int64_t i = 0; i < item.group_size * kHeadDim; ++i) scaled_query[i] = item.query[i] * item.scale;
+  float* scaled_query = item.scores + item.group_size * width + q0 * kHeadDim;
+  for (int64_t i = 0; i < G * kHeadDim; ++i)
+    scaled_query[i] = static_cast<float>(item.query[q0 * kHeadDim + i]) * item.scale;
+  float* head_scores = item.scores + q0 * width;
   for (int64_t b = first_block; b < end_block; ++b) {
-    const float* keys = item.key_tiles + tile(b) * kHeadDim * kBlockSize;
-    for (int64_t q = 0; q < item.group_size; ++q) {
-      const float* query = scaled_query + q * kHeadDim;
-      Vec acc[4][block_chunks] = {};  // four partial sums: independent chains of multiply-adds
-      for (int64_t d = 0; d < kHeadDim; d += 4) {
-        for (int64_t u = 0; u < 4; ++u) {
-          for (int64_t c = 0; c < block_chunks; ++c) acc[u][c] += query[d + u] * load(keys + (d + u) * kBlockSize + c * kLanes);
+    const T* keys = item.key_tiles + tile(b) * kHeadDim * kBlockSize;
+    // Blocks lie anywhere in the pool, where the hardware prefetcher cannot follow: each row of the next
+    // block's tile is asked for as the same row of this one is read.
+    const T* next_keys = item.key_tiles + tile(std::min(b + 1, end_block - 1)) * kHeadDim * kBlockSize;
+    Vec acc[G][2][block_chunks] = {};  // even and odd head dims: two chains per head
+    for (int64_t d = 0; d < kHeadDim; d += 2) {
+      for (int64_t u = 0; u < 2; ++u) {
+        for (int64_t c = 0; c < block_chunks; ++c) {
+          const int64_t at = (d + u) * kBlockSize + c * kLanes;
+          if (at * sizeof(T) % 64 == 0) __builtin_prefetch(next_keys + at);
+          const Vec k = load(keys + at);
+          for (int64_t g = 0; g < G; ++g) acc[g][u][c] += scaled_query[g * kHeadDim + d + u] * k;
         }
       }
-      float* scores = item.scores + q * width + (b - first_block) * kBlockSize;
-      for (int64_t c = 0; c < block_chunks; ++c) store(scores + c * kLanes, acc[0][c] + acc[1][c] + acc[2][c] + acc[3][c]);
     }
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t c = 0; c < block_chunks; ++c)
+        store(head_scores + g * width + (b - first_block) * kBlockSize + c * kLanes, acc[g][0][c] + acc[g][1][c]);
   }
 
   const float hidden = -std::numeric_limits<float>::infinity();
   const int64_t view_start = first_block * kBlockSize;
-  for (int64_t q = 0; q < item.group_size; ++q) {
-    float* scores = item.scores + q * width;
+  float inverse[G];
+  for (int64_t g = 0; g < G; ++g) {
+    float* scores = head_scores + g * width;
     std::fill(scores, scores + (item.first_visible - view_start), hidden);
     std::fill(scores + (item.kv_len - view_start), scores + width, hidden);
     Vec top = splat(hidden);
@@ -84,77 +99,118 @@ CPU_CLONES void attend_kv_head(const Item& item) {
       store(scores + i, e);
       total += e;
     }
-    const float inverse = 1.0f / lane_sum(total);
+    inverse[g] = 1.0f / lane_sum(total);
+  }
 
-    Vec acc[2][dim_chunks] = {};  // even and odd positions: two chains
-    for (int64_t b = first_block; b < end_block; ++b) {
-      const float* values = item.value_tiles + tile(b) * kBlockSize * kHeadDim;
-      const int64_t lo = std::max(item.first_visible, b * kBlockSize), hi = std::min(item.kv_len, (b + 1) * kBlockSize);
-      int64_t position = lo;
-      for (; position + 1 < hi; position += 2) {
-        const float w0 = scores[position - view_start], w1 = scores[position + 1 - view_start];
-        const float* row = values + (position - b * kBlockSize) * kHeadDim;
-        for (int64_t c = 0; c < dim_chunks; ++c) {
-          acc[0][c] += w0 * load(row + c * kLanes);
-          acc[1][c] += w1 * load(row + kHeadDim + c * kLanes);
-        }
-      }
-      if (position < hi) {
-        const float w = scores[position - view_start];
-        const float* row = values + (position - b * kBlockSize) * kHeadDim;
-        for (int64_t c = 0; c < dim_chunks; ++c) acc[0][c] += w * load(row + c * kLanes);
+  Vec acc[G][dim_chunks] = {};
+  for (int64_t b = first_block; b < end_block; ++b) {
+    const T* values = item.value_tiles + tile(b) * kBlockSize * kHeadDim;
+    const T* next_values = item.value_tiles + tile(std::min(b + 1, end_block - 1)) * kBlockSize * kHeadDim;
+    const int64_t lo = std::max(item.first_visible, b * kBlockSize), hi = std::min(item.kv_len, (b + 1) * kBlockSize);
+    for (int64_t position = lo; position < hi; ++position) {
+      const int64_t row = (position - b * kBlockSize) * kHeadDim;
+      for (int64_t c = 0; c < dim_chunks; ++c) {
+        if ((row + c * kLanes) * sizeof(T) % 64 == 0) __builtin_prefetch(next_values + row + c * kLanes);
+        const Vec v = load(values + row + c * kLanes);
+        for (int64_t g = 0; g < G; ++g) acc[g][c] += head_scores[g * width + position - view_start] * v;
       }
     }
-    for (int64_t c = 0; c < dim_chunks; ++c) store(item.out + q * kHeadDim + c * kLanes, (acc[0][c] + acc[1][c]) * inverse);
+  }
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t c = 0; c < dim_chunks; ++c) store(item.out + (q0 + g) * kHeadDim + c * kLanes, acc[g][c] * inverse[g]);
+}
+
+template <typename T, int64_t kBlockSize, int64_t kHeadDim>
+CPU_CLONES void attend_kv_head(const Item<T>& item) {
+  // Heads per pass: the value accumulators (heads x head_dim / 16 vectors) stay within 16 of the 32 AVX-512
+  // registers.
+  constexpr int64_t max_heads = 256 / kHeadDim;
+  for (int64_t q0 = 0; q0 < item.group_size; q0 += max_heads) {
+    switch (std::min(max_heads, item.group_size - q0)) {
+      case 1: attend_heads<T, kBlockSize, kHeadDim, 1>(item, q0); break;
+      case 2: attend_heads<T, kBlockSize, kHeadDim, 2>(item, q0); break;
+      case 3: if constexpr (max_heads >= 3) attend_heads<T, kBlockSize, kHeadDim, 3>(item, q0); break;
+      default: if constexpr (max_heads >= 4) attend_heads<T, kBlockSize, kHeadDim, 4>(item, q0); break;
+    }
   }
 }
 
-using Kernel = void (*)(const Item&);
+template <typename T>
+using Kernel = void (*)(const Item<T>&);
 
-Kernel kernel_for(int64_t block_size, int64_t head_dim) {
-  if (block_size == 16 && head_dim == 64) return attend_kv_head<16, 64>;
-  if (block_size == 16 && head_dim == 128) return attend_kv_head<16, 128>;
-  if (block_size == 32 && head_dim == 64) return attend_kv_head<32, 64>;
-  if (block_size == 32 && head_dim == 128) return attend_kv_head<32, 128>;
+template <typename T>
+Kernel<T> kernel_for(int64_t block_size, int64_t head_dim) {
+  if (block_size == 16 && head_dim == 64) return attend_kv_head<T, 16, 64>;
+  if (block_size == 16 && head_dim == 128) return attend_kv_head<T, 16, 128>;
+  if (block_size == 32 && head_dim == 64) return attend_kv_head<T, 32, 64>;
+  if (block_size == 32 && head_dim == 128) return attend_kv_head<T, 32, 128>;
   return nullptr;
 }
 
-bool supported(int64_t block_size, int64_t head_dim) { return kernel_for(block_size, head_dim) != nullptr; }
+// Both dtypes are compiled for the same shapes.
+bool supported(int64_t block_size, int64_t head_dim) { return kernel_for<float>(block_size, head_dim) != nullptr; }
 
-void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
-                  const at::Tensor& value_cache, const at::Tensor& sequences, const at::Tensor& query_start_loc,
-                  const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale, int64_t sliding_window) {
-  TORCH_CHECK(query.dim() == 3 && query.is_contiguous() && query.scalar_type() == at::kFloat,
-              "query must be a contiguous float32 [T, Hq, D] tensor");
-  TORCH_CHECK(out.sizes() == query.sizes() && out.is_contiguous() && out.scalar_type() == at::kFloat,
-              "out must be a contiguous float32 tensor shaped like query");
-  TORCH_CHECK(key_cache.dim() == 4 && key_cache.scalar_type() == at::kFloat, "key_cache must be float32 [N, Hkv, bs, D]");
+template <typename T>
+void attend_all(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                const at::Tensor& value_cache, const at::Tensor& sequences, const at::Tensor& query_start_loc,
+                const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale, int64_t sliding_window) {
   const int64_t num_kv_heads = key_cache.size(1), block_size = key_cache.size(2), head_dim = key_cache.size(3);
-  const Kernel kernel = kernel_for(block_size, head_dim);
-  TORCH_CHECK(kernel != nullptr, "no native decode for block_size ", block_size, " and head_dim ", head_dim);
-  TORCH_CHECK(query.size(1) % num_kv_heads == 0 && query.size(2) == head_dim,
-              "query heads must be a multiple of the KV heads, with the cache's head_dim");
-  TORCH_CHECK(key_cache.stride(2) == 1 && key_cache.stride(3) == block_size && key_cache.stride(1) == block_size * head_dim &&
-                  key_cache.stride(0) == num_kv_heads * block_size * head_dim,
-              "key_cache tiles must be stored transposed: [N, Hkv, D, bs] contiguous");
-  TORCH_CHECK(value_cache.sizes() == key_cache.sizes() && value_cache.is_contiguous() && value_cache.scalar_type() == at::kFloat,
-              "value_cache must be a contiguous float32 tensor shaped like key_cache");
-  TORCH_CHECK(sequences.scalar_type() == at::kLong && sequences.is_contiguous(), "sequences must be contiguous int64");
-  TORCH_CHECK(query_start_loc.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt &&
-                  block_tables.scalar_type() == at::kInt && query_start_loc.is_contiguous() && seq_lens.is_contiguous() &&
-                  block_tables.dim() == 2 && block_tables.stride(1) == 1,
-              "query_start_loc, seq_lens and block_tables must be int32 with contiguous rows");
-
+  const Kernel<T> kernel = kernel_for<T>(block_size, head_dim);
   const int64_t group_size = query.size(1) / num_kv_heads;
   const int64_t items = sequences.numel() * num_kv_heads;
   const int64_t* seqs = sequences.data_ptr<int64_t>();
   const int32_t* starts = query_start_loc.data_ptr<int32_t>();
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
   const int32_t* tables = block_tables.data_ptr<int32_t>();
-  const float* queries = query.data_ptr<float>();
-  float* outs = out.data_ptr<float>();
+  const T* queries = query.data_ptr<T>();
+  T* outs = out.data_ptr<T>();
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), items);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    std::vector<float> scratch;
+    for (int64_t index = next.fetch_add(1); index < items; index = next.fetch_add(1)) {
+      const int64_t seq = seqs[index / num_kv_heads], kv_head = index % num_kv_heads;
+      const int64_t kv_len = lens[seq];
+      const int64_t first = sliding_window > 0 ? std::max<int64_t>(0, kv_len - sliding_window) : 0;
+      scratch.resize(group_size * (kv_len + 2 * block_size + head_dim));
+      const int64_t offset = starts[seq] * query.stride(0) + kv_head * group_size * head_dim;
+      kernel({queries + offset, outs + offset, key_cache.data_ptr<T>(), value_cache.data_ptr<T>(),
+              tables + seq * block_tables.stride(0), num_kv_heads, kv_head, group_size, kv_len, first,
+              static_cast<float>(scale), scratch.data()});
+    }
+  });
+}
+
+void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                  const at::Tensor& value_cache, const at::Tensor& sequences, const at::Tensor& query_start_loc,
+                  const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale, int64_t sliding_window) {
+  const at::ScalarType dtype = query.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "paged_decode takes float32 or bfloat16, got ", dtype);
+  TORCH_CHECK(query.dim() == 3 && query.is_contiguous(), "query must be a contiguous [T, Hq, D] tensor");
+  TORCH_CHECK(out.sizes() == query.sizes() && out.is_contiguous() && out.scalar_type() == dtype,
+              "out must be a contiguous tensor shaped like query, of its dtype");
+  TORCH_CHECK(key_cache.dim() == 4 && key_cache.scalar_type() == dtype, "key_cache must be [N, Hkv, bs, D] of query's dtype");
+  const int64_t num_kv_heads = key_cache.size(1), block_size = key_cache.size(2), head_dim = key_cache.size(3);
+  TORCH_CHECK(supported(block_size, head_dim), "no native decode for block_size ", block_size, " and head_dim ", head_dim);
+  TORCH_CHECK(query.size(1) % num_kv_heads == 0 && query.size(2) == head_dim,
+              "query heads must be a multiple of the KV heads, with the cache's head_dim");
+  TORCH_CHECK(key_cache.stride(2) == 1 && key_cache.stride(3) == block_size && key_cache.stride(1) == block_size * head_dim &&
+                  key_cache.stride(0) == num_kv_heads * block_size * head_dim,
+              "key_cache tiles must be stored transposed: [N, Hkv, D, bs] contiguous");
+  TORCH_CHECK(value_cache.sizes() == key_cache.sizes() && value_cache.is_contiguous() && value_cache.scalar_type() == dtype,
+              "value_cache must be a contiguous tensor shaped like key_cache, of its dtype");
+  TORCH_CHECK(sequences.scalar_type() == at::kLong && sequences.is_contiguous(), "sequences must be contiguous int64");
+  TORCH_CHECK(query_start_loc.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt &&
+                  block_tables.scalar_type() == at::kInt && query_start_loc.is_contiguous() && seq_lens.is_contiguous() &&
+                  block_tables.dim() == 2 && block_tables.stride(1) == 1,
+              "query_start_loc, seq_lens and block_tables must be int32 with contiguous rows");
+
   // Every index the kernel follows, checked before any is read: the torch reference raises on bad
   // metadata, and this must not read past a tensor instead.
+  const int64_t* seqs = sequences.data_ptr<int64_t>();
+  const int32_t* starts = query_start_loc.data_ptr<int32_t>();
+  const int32_t* lens = seq_lens.data_ptr<int32_t>();
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
   const int64_t num_seqs = seq_lens.numel(), num_blocks = key_cache.size(0);
   TORCH_CHECK(query_start_loc.numel() == num_seqs + 1 && block_tables.size(0) == num_seqs,
               "query_start_loc needs one entry more than seq_lens, block_tables one row per sequence");
@@ -170,22 +226,13 @@ void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tens
       TORCH_CHECK(block >= 0 && block < num_blocks, "block id ", block, " outside the cache's ", num_blocks);
     }
   }
-
-  std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), items);
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    std::vector<float> scratch;
-    for (int64_t index = next.fetch_add(1); index < items; index = next.fetch_add(1)) {
-      const int64_t seq = seqs[index / num_kv_heads], kv_head = index % num_kv_heads;
-      const int64_t kv_len = lens[seq];
-      const int64_t first = sliding_window > 0 ? std::max<int64_t>(0, kv_len - sliding_window) : 0;
-      scratch.resize(group_size * (kv_len + 2 * block_size + head_dim));
-      const int64_t offset = starts[seq] * query.stride(0) + kv_head * group_size * head_dim;
-      kernel({queries + offset, outs + offset, key_cache.data_ptr<float>(), value_cache.data_ptr<float>(),
-              tables + seq * block_tables.stride(0), num_kv_heads, kv_head, group_size, kv_len, first,
-              static_cast<float>(scale), scratch.data()});
-    }
-  });
+  if (dtype == at::kFloat) {
+    attend_all<float>(out, query, key_cache, value_cache, sequences, query_start_loc, seq_lens, block_tables, scale,
+                      sliding_window);
+  } else {
+    attend_all<c10::BFloat16>(out, query, key_cache, value_cache, sequences, query_start_loc, seq_lens, block_tables,
+                              scale, sliding_window);
+  }
 }
 
 }  // namespace

@@ -1,11 +1,16 @@
 // 16-float GCC vectors and the few functions of them the native CPU kernels share. The kernels compile
 // these for AVX-512, AVX2 and plain x86-64 (CPU_CLONES) and the loader picks one per CPU; helpers taking
 // vectors must be inlined into those clones (a vector argument across clones changes the ABI).
+// Tensors are float32 or bfloat16 (`load`/`store` overloads); arithmetic is always on floats, and
+// bfloat16 results are rounded to nearest even, as torch rounds them.
 #pragma once
+
+#include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #define ALWAYS_INLINE __attribute__((always_inline)) inline
 #if defined(__x86_64__)
@@ -19,6 +24,8 @@ namespace vector_math {
 constexpr int64_t kLanes = 16;
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t IntVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
+typedef uint32_t BitsVec __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+typedef uint16_t HalfBitsVec __attribute__((vector_size(kLanes * sizeof(uint16_t))));
 
 ALWAYS_INLINE Vec load(const float* source) {
   Vec v;
@@ -27,6 +34,41 @@ ALWAYS_INLINE Vec load(const float* source) {
 }
 
 ALWAYS_INLINE void store(float* target, Vec v) { std::memcpy(target, &v, sizeof v); }
+
+// A bfloat16 is the top half of a float32: widening is a shift.
+ALWAYS_INLINE Vec load(const c10::BFloat16* source) {
+  HalfBitsVec bits;
+  std::memcpy(&bits, source, sizeof bits);
+  return reinterpret_cast<Vec>(__builtin_convertvector(bits, BitsVec) << 16);
+}
+
+// Round to nearest even as c10::BFloat16 does (a NaN becomes the quiet NaN 0x7fc0).
+ALWAYS_INLINE HalfBitsVec bfloat16_bits(Vec v) {
+  const BitsVec bits = reinterpret_cast<BitsVec>(v);
+  const BitsVec rounded = (bits + (0x7fffu + ((bits >> 16) & 1u))) >> 16;
+  const IntVec nan = v != v;
+  return __builtin_convertvector(nan ? BitsVec{} + 0x7fc0u : rounded, HalfBitsVec);
+}
+
+ALWAYS_INLINE void store(c10::BFloat16* target, Vec v) {
+  const HalfBitsVec bits = bfloat16_bits(v);
+  std::memcpy(target, &bits, sizeof bits);
+}
+
+// v as a T would hold it: where torch rounds an intermediate result to the tensor's dtype, so do we.
+template <typename T>
+ALWAYS_INLINE Vec round_to(Vec v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return reinterpret_cast<Vec>(__builtin_convertvector(bfloat16_bits(v), BitsVec) << 16);
+  }
+}
+
+template <typename T>
+ALWAYS_INLINE float round_to(float x) {
+  return static_cast<float>(static_cast<T>(x));
+}
 
 ALWAYS_INLINE Vec splat(float x) { return Vec{} + x; }
 

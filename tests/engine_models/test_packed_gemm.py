@@ -1,5 +1,5 @@
-"""Prepacked float32 weights (MKL's packed GEMM, oneDNN's reordered layout) against F.linear, layers handing
-their weights over to them, and the per-machine choice between them."""
+"""Prepacked CPU weights (MKL's packed GEMM in float32, oneDNN's reordered layout in float32 and bfloat16)
+against F.linear, layers handing their weights over to them, and the per-machine choice between them."""
 
 from __future__ import annotations
 
@@ -65,10 +65,31 @@ def test_the_pack_owns_its_copy(format_name: str) -> None:
 @FORMAT
 def test_other_dtypes_are_refused(format_name: str) -> None:
     with pytest.raises(ValueError, match="float32"):
-        packed_gemm.prepack(random(8, 8, seed=8).bfloat16(), format_name)
+        packed_gemm.prepack(random(8, 8, seed=8).half(), format_name)
     packed = packed_gemm.prepack(random(8, 8, seed=9), format_name)
     with pytest.raises(TypeError, match="bfloat16"):
         packed.linear(torch.ones(2, 8, dtype=torch.bfloat16))
+
+
+def test_mkl_packs_float32_only() -> None:
+    assert "mkl" not in packed_gemm.available_formats(torch.bfloat16)
+    with pytest.raises(ValueError, match="not available"):
+        packed_gemm.prepack(random(8, 8, seed=8).bfloat16(), "mkl")
+
+
+@pytest.mark.skipif("onednn" not in packed_gemm.available_formats(torch.bfloat16), reason="no oneDNN")
+@pytest.mark.parametrize("rows", [0, 1, 7, 64, 301])
+def test_onednn_bfloat16_weights_serve_every_row_count(rows: int) -> None:
+    """Both sides accumulate in float32 and round once to bfloat16; a sum in another order may land on
+    the neighbouring bfloat16, which torch's default bfloat16 tolerance (1.6e-2 relative) covers."""
+    weight, bias = random(96, 40, seed=1).bfloat16(), random(96, seed=2).bfloat16()
+    packed = packed_gemm.prepack(weight, "onednn")
+    x = random(rows, 40, seed=3).bfloat16()
+    out = packed.linear(x, bias)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 96)
+    torch.testing.assert_close(out, F.linear(x, weight, bias))
+    with pytest.raises(TypeError, match="float32"):
+        packed.linear(x.float())
 
 
 def test_unknown_formats_are_refused() -> None:
@@ -121,7 +142,7 @@ class SlowFormat:
 
 def test_format_costs_time_every_candidate_against_plain(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(packed_gemm.FORMATS, "slow", SlowFormat)
-    monkeypatch.setattr(packed_gemm, "available_formats", lambda: ("slow",))
+    monkeypatch.setattr(packed_gemm, "available_formats", lambda dtype: ("slow",))
     weights = [random(40, 24, seed=15), random(24, 40, seed=16)]  # shapes no other test times
     costs = packed_gemm.format_costs(weights)
     assert list(costs) == [packed_gemm.PLAIN, "slow"]
@@ -148,3 +169,14 @@ def test_a_cpu_shard_packs_every_projection_the_same_way(tiny_checkpoint: TinyCh
     kinds = {type(layer.packed) for layer in projections(chosen)}
     assert len(kinds) == 1, "every layer packs into the one format chosen"
     assert kinds <= {type(None), *(packed_gemm.FORMATS[name] for name in packed_gemm.available_formats())}
+
+
+def test_a_bfloat16_cpu_shard_packs_too(tiny_checkpoint: TinyCheckpoint) -> None:
+    config = EngineConfig(model=str(tiny_checkpoint.path), num_kv_blocks=4)
+    shard = ModelShard(config, CPU, torch.bfloat16, TensorParallelGroup.single())
+    kinds = {type(layer.packed) for layer in projections(shard)}
+    assert len(kinds) == 1
+    assert kinds <= {type(None), *(packed_gemm.FORMATS[name] for name in packed_gemm.available_formats(torch.bfloat16))}
+    forced = EngineConfig(model=str(tiny_checkpoint.path), num_kv_blocks=4, cpu_weight_format="mkl")
+    with pytest.raises(ValueError, match="not available"):
+        ModelShard(forced, CPU, torch.bfloat16, TensorParallelGroup.single())

@@ -19,6 +19,10 @@ from tests.kernels.conftest import needs_compiler
 pytestmark = needs_compiler
 
 TOLERANCE = {"atol": 2e-6, "rtol": 2e-6}
+# bfloat16 results are rounded as the references round them; float32 sums in another order may still land
+# a value on the neighbouring bfloat16 (torch's default bfloat16 tolerance covers one such ulp).
+TOLERANCES = {torch.float32: TOLERANCE, torch.bfloat16: {"atol": 1e-5, "rtol": 1.6e-2}}
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 
 
 @pytest.fixture
@@ -33,37 +37,44 @@ def native_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     yield calls
 
 
+@DTYPES
 @pytest.mark.parametrize("features", [576, 100, 7])
-def test_rms_norm_with_and_without_residual(features: int, native_calls: list[str]) -> None:
+def test_rms_norm_with_and_without_residual(features: int, dtype: torch.dtype, native_calls: list[str]) -> None:
     gen = torch.Generator().manual_seed(features)
-    packed = torch.randn(9, 2 * features, generator=gen)
+    packed = torch.randn(9, 2 * features, generator=gen).to(dtype)
     x = packed[:, :features]  # rows a projection's width apart
-    residual = torch.randn(9, features, generator=gen)
-    weight = torch.randn(features, generator=gen)
-    torch.testing.assert_close(ops.rms_norm(x, weight, 1e-6), rms_norm_ref(x, weight, 1e-6), **TOLERANCE)
+    residual = torch.randn(9, features, generator=gen).to(dtype)
+    weight = torch.randn(features, generator=gen).to(dtype)
+    tolerance = TOLERANCES[dtype]
+    torch.testing.assert_close(ops.rms_norm(x, weight, 1e-6), rms_norm_ref(x, weight, 1e-6), **tolerance)
     normed, summed = ops.rms_norm(x, weight, 1e-5, residual)
     expected_normed, expected_summed = rms_norm_ref(x, weight, 1e-5, residual)
-    torch.testing.assert_close(normed, expected_normed, **TOLERANCE)
+    torch.testing.assert_close(normed, expected_normed, **tolerance)
     assert torch.equal(summed, expected_summed)
     assert native_calls == ["rms_norm", "add_rms_norm"]
 
 
+@DTYPES
 @pytest.mark.parametrize("rows", [1, 5, 300])
 @pytest.mark.parametrize("intermediate", [1536, 37])
-def test_silu_and_mul(rows: int, intermediate: int, native_calls: list[str]) -> None:
+def test_silu_and_mul(rows: int, intermediate: int, dtype: torch.dtype, native_calls: list[str]) -> None:
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 2 * intermediate, generator=gen) * 6  # gates well past +-5: both sigmoid branches
     x[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0])
-    torch.testing.assert_close(ops.silu_and_mul(x), silu_and_mul_ref(x), **TOLERANCE)
+    x = x.to(dtype)
+    torch.testing.assert_close(ops.silu_and_mul(x), silu_and_mul_ref(x), **TOLERANCES[dtype])
     assert native_calls == ["silu_and_mul"]
 
 
+@DTYPES
 @pytest.mark.parametrize("keys_transposed", [True, False], ids=["cpu-cache", "row-cache"])
 @pytest.mark.parametrize(("head_dim", "rot_dim"), [(64, 64), (128, 64)])
-def test_rotary_write_kv(head_dim: int, rot_dim: int, keys_transposed: bool, native_calls: list[str]) -> None:
+def test_rotary_write_kv(
+    head_dim: int, rot_dim: int, keys_transposed: bool, dtype: torch.dtype, native_calls: list[str]
+) -> None:
     gen = torch.Generator().manual_seed(head_dim + rot_dim)
     tokens, q_heads, kv_heads, block_size, num_blocks = 11, 6, 2, 16, 8
-    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, generator=gen)
+    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
     q, k, v = qkv.split([q_heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = q.view(tokens, q_heads, head_dim)  # views of the fused projection, as the attention layer passes
     k = k.view(tokens, kv_heads, head_dim)
@@ -73,9 +84,9 @@ def test_rotary_write_kv(head_dim: int, rot_dim: int, keys_transposed: bool, nat
     slots = torch.tensor([3, 4, 5, -1, 127, 16, 17, 18, 40, -1, 100])
 
     def caches() -> tuple[torch.Tensor, torch.Tensor]:
-        values = torch.full((num_blocks, kv_heads, block_size, head_dim), float("nan"))
+        values = torch.full((num_blocks, kv_heads, block_size, head_dim), float("nan"), dtype=dtype)
         if keys_transposed:
-            keys = torch.full((num_blocks, kv_heads, head_dim, block_size), float("nan")).transpose(2, 3)
+            keys = torch.full((num_blocks, kv_heads, head_dim, block_size), float("nan"), dtype=dtype).transpose(2, 3)
         else:
             keys = torch.full_like(values, float("nan"))
         return keys, values
@@ -85,8 +96,8 @@ def test_rotary_write_kv(head_dim: int, rot_dim: int, keys_transposed: bool, nat
     expected_q, expected_k = rotary_embedding_ref(positions, q, k, cos_sin, True)
     expected_keys, expected_values = caches()
     write_kv_cache_ref(expected_k, v, expected_keys, expected_values, slots)
-    torch.testing.assert_close(rotated, expected_q, **TOLERANCE)
-    torch.testing.assert_close(key_cache, expected_keys, equal_nan=True, **TOLERANCE)
+    torch.testing.assert_close(rotated, expected_q, **TOLERANCES[dtype])
+    torch.testing.assert_close(key_cache, expected_keys, equal_nan=True, **TOLERANCES[dtype])
     torch.testing.assert_close(value_cache, expected_values, equal_nan=True, atol=0, rtol=0)
     assert native_calls == ["rotary_write_kv"]
 
@@ -102,9 +113,11 @@ def test_the_torch_backend_skips_native_ops(native_calls: list[str]) -> None:
     assert native_calls == []
 
 
-def test_half_precision_stays_on_the_reference(native_calls: list[str]) -> None:
-    x = torch.randn(4, 64, dtype=torch.bfloat16)
+def test_float16_and_mixed_dtypes_stay_on_the_reference(native_calls: list[str]) -> None:
+    x = torch.randn(4, 64, dtype=torch.float16)
     torch.testing.assert_close(ops.silu_and_mul(x), silu_and_mul_ref(x))
+    bfloat16 = x.to(torch.bfloat16)
+    torch.testing.assert_close(ops.rms_norm(bfloat16, torch.ones(64), 1e-6), rms_norm_ref(bfloat16, torch.ones(64), 1e-6))
     assert native_calls == []
 
 

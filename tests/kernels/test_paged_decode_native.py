@@ -1,5 +1,6 @@
 """The C++ decode attention (kernels/native/paged_decode.cpp) against dense float64 attention and against
-the torch path it replaces, on the engine's CPU cache layout (key tiles stored transposed)."""
+the torch path it replaces, on the engine's CPU cache layout (key tiles stored transposed), in float32 and
+bfloat16."""
 
 from __future__ import annotations
 
@@ -21,16 +22,43 @@ pytestmark = needs_compiler
 DECODE_KV_LENS = [1, 16, 17, 32, 33, 129, 463, 1000]
 
 
+# bfloat16: the dense oracle rounds its float64 result once, the kernel its float32 one; a few ulps apart.
+TOLERANCES = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.bfloat16: {"atol": 2e-2, "rtol": 2e-2}}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("block_size", [16, 32])
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), [*GQA, (9, 3)])
-def test_decodes_match_dense_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int) -> None:
-    """Slots past each sequence's length hold NaN (make_paged_batch): a stale row read shows up."""
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), [*GQA, (9, 3), (14, 2)])
+def test_decodes_match_dense_attention(
+    num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
+) -> None:
+    """Slots past each sequence's length hold NaN (make_paged_batch): a stale row read shows up. Groups of
+    1 to 7 query heads per KV head: the kernel takes them up to 4 (head_dim 64) or 2 (128) at a time."""
     batch = make_paged_batch([1] * len(DECODE_KV_LENS), DECODE_KV_LENS, num_q_heads, num_kv_heads, head_dim,
-                             torch.float32, CPU, block_size=block_size, keys_transposed=True)  # fmt: skip
-    assert native_decode_supported(batch.query, batch.key_cache, batch.args()[3:])
+                             dtype, CPU, block_size=block_size, keys_transposed=True)  # fmt: skip
+    assert native_decode_supported(batch.query, batch.key_cache, batch.value_cache, batch.args()[3:])
     out = paged_attention_ref(*batch.args(), scale=head_dim**-0.5, native=True)
-    torch.testing.assert_close(out, dense_attention(batch, head_dim**-0.5), atol=1e-5, rtol=1e-5)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, dense_attention(batch, head_dim**-0.5), **TOLERANCES[dtype])
+
+
+def test_bfloat16_decodes_match_the_torch_path() -> None:
+    """The path it replaces in bfloat16 gathers the K/V and runs SDPA: the same values, to bfloat16's
+    rounding."""
+    batch = make_paged_batch(MIXED_Q_LENS + [1, 1, 1], MIXED_KV_LENS + [300, 48, 17], 9, 3, 64, torch.bfloat16, CPU,
+                             keys_transposed=True)  # fmt: skip
+    native = paged_attention_ref(*batch.args(), scale=0.125, native=True)
+    torch_path = paged_attention_ref(*batch.args(), scale=0.125, native=False)
+    torch.testing.assert_close(native, torch_path, **TOLERANCES[torch.bfloat16])
+
+
+def test_mixed_dtypes_are_not_the_kernels() -> None:
+    batch = make_paged_batch([1, 1], [40, 70], 4, 2, 64, torch.bfloat16, CPU, keys_transposed=True)
+    metadata = batch.args()[3:]
+    assert not native_decode_supported(batch.query.float(), batch.key_cache, batch.value_cache, metadata)
+    half = make_paged_batch([1, 1], [40, 70], 4, 2, 64, torch.float16, CPU, keys_transposed=True)
+    assert not native_decode_supported(half.query, half.key_cache, half.value_cache, metadata)
 
 
 @pytest.mark.parametrize("sliding_window", [None, 1, 7, 16, 300, 5000])
@@ -67,7 +95,7 @@ def test_ops_uses_the_native_kernel_only_on_the_auto_backend(monkeypatch: pytest
 def test_shapes_not_compiled_fall_back_to_torch(block_size: int, head_dim: int) -> None:
     batch = make_paged_batch([1, 1], [40, 9], 4, 2, head_dim, torch.float32, CPU, block_size=block_size,
                              keys_transposed=True)  # fmt: skip
-    assert not native_decode_supported(batch.query, batch.key_cache, batch.args()[3:])
+    assert not native_decode_supported(batch.query, batch.key_cache, batch.value_cache, batch.args()[3:])
     out = paged_attention_ref(*batch.args(), scale=0.1, native=True)
     torch.testing.assert_close(out, dense_attention(batch, 0.1), atol=1e-5, rtol=1e-5)
 
