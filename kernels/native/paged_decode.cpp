@@ -1,5 +1,6 @@
 // Decode attention straight from the paged CPU cache (float32 or bfloat16): one pass over each sequence's
-// keys and values per layer, every query head of a KV head served by the same pass.
+// keys and values per layer for up to 4 query heads of a KV head (2 at head_dim 128; a larger group takes
+// a second pass, from cache).
 //
 // Work items are (sequence, KV head) pairs, handed out one at a time from a shared counter so that long
 // and short sequences balance across the threads of ATen's pool. Each item:
