@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from kernels import native_library
+
 
 def stores_keys_transposed(device: torch.device, dtype: torch.dtype) -> bool:
-    return device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+    return device.type == "cpu" and dtype in native_library.DTYPES
 
 
 def layer_caches(layer_cache: torch.Tensor, keys_transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:

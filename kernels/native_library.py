@@ -24,6 +24,9 @@ from torch.utils import cpp_extension
 
 logger = logging.getLogger(__name__)
 
+# The tensor dtypes the kernels take (every tensor of a call in one of them; arithmetic in float32).
+DTYPES = (torch.float32, torch.bfloat16)
+
 SOURCES = sorted((Path(__file__).parent / "native").glob("*.cpp"))
 HEADERS = sorted((Path(__file__).parent / "native").glob("*.h"))
 # Beside the project's other build outputs; TRITONLLM_NATIVE_BUILD_DIR moves it (a read-only install).

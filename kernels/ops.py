@@ -42,7 +42,7 @@ def _native(*tensors: torch.Tensor) -> bool:
     dtype = tensors[0].dtype
     return (
         _backend == "auto"
-        and dtype in (torch.float32, torch.bfloat16)
+        and dtype in native_library.DTYPES
         and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
         and native_library.load()
     )

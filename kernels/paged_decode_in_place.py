@@ -45,17 +45,22 @@ class InPlaceDecode:
     value_bags: torch.Tensor  # [n * Hq] int64 offsets: each (sequence, query head) weighs its visible rows
 
 
-def reads_in_place(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
-    """Whether decodes can read this cache in place: float32, key tiles stored transposed (positions
-    contiguous for each head dim) and value rows contiguous."""
+def keys_transposed(key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
+    """Whether the cache has the engine's CPU layout (engine.kv_cache), which the in-place decodes here and
+    the C++ ones read: key tiles stored transposed (positions contiguous for each head dim), value rows
+    contiguous."""
     block_size, head_dim = key_cache.shape[2], key_cache.shape[3]
     return (
-        query.dtype == key_cache.dtype == torch.float32
-        and key_cache.stride(2) == 1
+        key_cache.stride(2) == 1
         and key_cache.stride(3) == block_size
         and key_cache.stride(1) == block_size * head_dim
         and value_cache.is_contiguous()
     )
+
+
+def reads_in_place(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
+    """Whether decodes can read this cache in place: float32 in the layout of `keys_transposed`."""
+    return query.dtype == key_cache.dtype == torch.float32 and keys_transposed(key_cache, value_cache)
 
 
 def plan_in_place(

@@ -24,8 +24,6 @@ using namespace vector_math;
 // Rows per task: small batches (decode) run on the calling thread, where waking the pool costs more.
 int64_t grain_rows(int64_t row_floats) { return std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(row_floats, 1)); }
 
-bool is_supported(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kBFloat16; }
-
 void check_rows(const at::Tensor& x, const char* name) {
   TORCH_CHECK(is_supported(x.scalar_type()) && x.dim() == 2 && x.stride(1) == 1, name,
               " must be float32 or bfloat16 [rows, features] with contiguous rows");
@@ -34,13 +32,6 @@ void check_rows(const at::Tensor& x, const char* name) {
 void check_weight(const at::Tensor& weight, const at::Tensor& x) {
   TORCH_CHECK(weight.scalar_type() == x.scalar_type() && weight.is_contiguous() && weight.numel() == x.size(1),
               "weight must be contiguous [features] of x's dtype");
-}
-
-// Runs body.template operator()<T>() with T the C++ type of `dtype` (float32 or bfloat16, checked before).
-template <typename Body>
-auto with_element_type(at::ScalarType dtype, Body&& body) {
-  if (dtype == at::kFloat) return body(float{});
-  return body(c10::BFloat16{});
 }
 
 // out = round(x / sqrt(mean(x^2) + eps)) * weight, one row, rounded as the reference rounds (the normed row

@@ -186,7 +186,7 @@ void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tens
                   const at::Tensor& value_cache, const at::Tensor& sequences, const at::Tensor& query_start_loc,
                   const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale, int64_t sliding_window) {
   const at::ScalarType dtype = query.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "paged_decode takes float32 or bfloat16, got ", dtype);
+  TORCH_CHECK(is_supported(dtype), "paged_decode takes float32 or bfloat16, got ", dtype);
   TORCH_CHECK(query.dim() == 3 && query.is_contiguous(), "query must be a contiguous [T, Hq, D] tensor");
   TORCH_CHECK(out.sizes() == query.sizes() && out.is_contiguous() && out.scalar_type() == dtype,
               "out must be a contiguous tensor shaped like query, of its dtype");
@@ -227,13 +227,10 @@ void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tens
       TORCH_CHECK(block >= 0 && block < num_blocks, "block id ", block, " outside the cache's ", num_blocks);
     }
   }
-  if (dtype == at::kFloat) {
-    attend_all<float>(out, query, key_cache, value_cache, sequences, query_start_loc, seq_lens, block_tables, scale,
-                      sliding_window);
-  } else {
-    attend_all<c10::BFloat16>(out, query, key_cache, value_cache, sequences, query_start_loc, seq_lens, block_tables,
-                              scale, sliding_window);
-  }
+  with_element_type(dtype, [&](auto element) {
+    attend_all<decltype(element)>(out, query, key_cache, value_cache, sequences, query_start_loc, seq_lens,
+                                  block_tables, scale, sliding_window);
+  });
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 // bfloat16 results are rounded to nearest even, as torch rounds them.
 #pragma once
 
+#include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
@@ -36,10 +37,12 @@ ALWAYS_INLINE Vec load(const float* source) {
 ALWAYS_INLINE void store(float* target, Vec v) { std::memcpy(target, &v, sizeof v); }
 
 // A bfloat16 is the top half of a float32: widening is a shift.
+ALWAYS_INLINE Vec widen(HalfBitsVec bits) { return reinterpret_cast<Vec>(__builtin_convertvector(bits, BitsVec) << 16); }
+
 ALWAYS_INLINE Vec load(const c10::BFloat16* source) {
   HalfBitsVec bits;
   std::memcpy(&bits, source, sizeof bits);
-  return reinterpret_cast<Vec>(__builtin_convertvector(bits, BitsVec) << 16);
+  return widen(bits);
 }
 
 // Round to nearest even as c10::BFloat16 does (a NaN becomes the quiet NaN 0x7fc0).
@@ -61,7 +64,7 @@ ALWAYS_INLINE Vec round_to(Vec v) {
   if constexpr (std::is_same_v<T, float>) {
     return v;
   } else {
-    return reinterpret_cast<Vec>(__builtin_convertvector(bfloat16_bits(v), BitsVec) << 16);
+    return widen(bfloat16_bits(v));
   }
 }
 
@@ -71,6 +74,16 @@ ALWAYS_INLINE float round_to(float x) {
 }
 
 ALWAYS_INLINE Vec splat(float x) { return Vec{} + x; }
+
+// The tensor dtypes the kernels take.
+inline bool is_supported(c10::ScalarType dtype) { return dtype == c10::kFloat || dtype == c10::kBFloat16; }
+
+// body(T{}) with T the C++ type of `dtype`, one the kernels take (checked before).
+template <typename Body>
+auto with_element_type(c10::ScalarType dtype, Body&& body) {
+  if (dtype == c10::kFloat) return body(float{});
+  return body(c10::BFloat16{});
+}
 
 // exp(x) for x <= 0: Cephes' expf polynomial after reducing x to n * ln2 + r. Below -87 (where floats
 // stop being normal) it is exactly 0, so -inf weighs nothing in a softmax.
