@@ -25,6 +25,7 @@ from frontend.triton_stream import (
     TritonStreams,
     bytes_tensor,
     is_final,
+    output_arrays,
     tensor,
 )
 
@@ -117,41 +118,43 @@ def build_inputs(request: GenerationInput) -> list[InferInput]:
     return inputs
 
 
-def _scalar(result: InferResult, name: str) -> Any:
-    array = result.as_numpy(name)
+def _scalar(outputs: dict[str, np.ndarray], name: str) -> Any:
+    array = outputs.get(name)
     if array is None:
         raise TritonError(f"ensemble response lacks output '{name}'")
     return array.reshape(-1)[0]
 
 
 def parse_response(result: InferResult, num_sequences: int = 1) -> GenerationChunk:
-    """One ensemble response; `final` is set from Triton's flag only when n == 1 (see generate)."""
-    finish = _scalar(result, "finish_reason")
+    """One ensemble response; `final` is set from Triton's flag only when n == 1 (see generate).
+    The logprob and sequence outputs are optional: absent when not asked (and sequence 0)."""
+    outputs = output_arrays(result)
+    finish = _scalar(outputs, "finish_reason")
     finish_reason = finish.decode("utf-8") if isinstance(finish, bytes) else str(finish)
     final_flag = is_final(result)
-    token_ids_array = result.as_numpy("output_token_ids")
-    token_ids = [] if token_ids_array is None else [int(token) for token in token_ids_array.reshape(-1)]
-    index = result.as_numpy("sequence_index")
-    cumulative = result.as_numpy("cum_log_probs")
+    token_ids_array = outputs.get("output_token_ids")
+    token_ids = [] if token_ids_array is None else token_ids_array.reshape(-1).tolist()
+    index = outputs.get("sequence_index")
+    cumulative = outputs.get("cum_log_probs")
     return GenerationChunk(
-        text=_scalar(result, "text_output").decode("utf-8"),
+        text=_scalar(outputs, "text_output").decode("utf-8"),
         token_ids=token_ids,
-        num_input_tokens=int(_scalar(result, "num_input_tokens")),
-        num_output_tokens=int(_scalar(result, "num_output_tokens")),
-        num_cached_tokens=int(_scalar(result, "num_cached_tokens")),
+        num_input_tokens=int(_scalar(outputs, "num_input_tokens")),
+        num_output_tokens=int(_scalar(outputs, "num_output_tokens")),
+        num_cached_tokens=int(_scalar(outputs, "num_cached_tokens")),
         finish_reason=finish_reason or None,
         # aio clients cannot ask for empty final responses: the last real one also names its finish reason.
         final=bool(final_flag or (finish_reason and num_sequences == 1)),
         index=0 if index is None else int(index.reshape(-1)[0]),
-        logprobs=_token_logprobs(result, token_ids),
-        prompt_logprobs=_prompt_logprobs(result),
+        logprobs=_token_logprobs(outputs, token_ids),
+        prompt_logprobs=_prompt_logprobs(outputs),
         cumulative_logprob=0.0 if cumulative is None else float(cumulative.reshape(-1)[0]),
     )
 
 
-def _json_tensor(result: InferResult, name: str) -> Any:
+def _json_tensor(outputs: dict[str, np.ndarray], name: str) -> Any:
     """A BYTES [1] JSON tensor's value; None when absent or empty (not asked)."""
-    array = result.as_numpy(name)
+    array = outputs.get(name)
     if array is None:
         return None
     raw = array.reshape(-1)[0]
@@ -163,10 +166,10 @@ def _pairs(top: list[list[float]]) -> list[tuple[int, float]]:
     return [(int(token), float(logprob)) for token, logprob in top]
 
 
-def _token_logprobs(result: InferResult, token_ids: list[int]) -> list[TokenLogprob] | None:
+def _token_logprobs(outputs: dict[str, np.ndarray], token_ids: list[int]) -> list[TokenLogprob] | None:
     """`top_log_probs` (JSON, one list per token) with `output_log_probs` (one float per token)."""
-    top = _json_tensor(result, "top_log_probs")
-    values = result.as_numpy("output_log_probs")
+    top = _json_tensor(outputs, "top_log_probs")
+    values = outputs.get("output_log_probs")
     if top is None or values is None:
         return None
     return [
@@ -175,8 +178,8 @@ def _token_logprobs(result: InferResult, token_ids: list[int]) -> list[TokenLogp
     ]
 
 
-def _prompt_logprobs(result: InferResult) -> list[TokenLogprob | None] | None:
-    entries = _json_tensor(result, "prompt_log_probs")
+def _prompt_logprobs(outputs: dict[str, np.ndarray]) -> list[TokenLogprob | None] | None:
+    entries = _json_tensor(outputs, "prompt_log_probs")
     if entries is None:
         return None
     return [

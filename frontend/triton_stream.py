@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferResult
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, triton_to_np_dtype
 
 
 class TritonError(Exception):
@@ -43,6 +43,24 @@ def tensor(name: str, array: np.ndarray, triton_dtype: str) -> InferInput:
 def bytes_tensor(name: str, value: bytes | str) -> InferInput:
     data = value.encode("utf-8") if isinstance(value, str) else value
     return tensor(name, np.array([data], dtype=np.object_), "BYTES")
+
+
+def output_arrays(result: InferResult) -> dict[str, np.ndarray]:
+    """Every output of a response by name, decoded in one pass: InferResult.as_numpy scans all the outputs
+    for each name asked, and a streamed token's response is read for about ten of them."""
+    response = result.get_response()
+    raw = response.raw_output_contents
+    arrays = {}
+    for index, output in enumerate(response.outputs):
+        if index >= len(raw):  # contents sent as typed fields, not raw bytes (Triton itself never does)
+            arrays[output.name] = result.as_numpy(output.name)
+        elif output.datatype == "BYTES":
+            arrays[output.name] = deserialize_bytes_tensor(raw[index]).reshape(output.shape)
+        else:
+            arrays[output.name] = np.frombuffer(
+                raw[index], dtype=triton_to_np_dtype(output.datatype)
+            ).reshape(output.shape)
+    return arrays
 
 
 def is_final(result: InferResult) -> bool:

@@ -160,6 +160,23 @@ def test_genai_perf_vllm_payload_streams(triton_server: TritonServer) -> None:
     assert result.num_output_tokens == 16 and result.finish_reason == "length"
 
 
+def test_outputs_with_nothing_to_say_are_left_out(triton_server: TritonServer) -> None:
+    optional = {"sequence_index", "cum_log_probs", "output_log_probs", "top_log_probs", "prompt_log_probs"}
+    story = {"text_input": "Tell me a story.", "max_tokens": 4, "stream": True, "ignore_eos": True}
+    plain = generate(triton_server.grpc_url, story)
+    assert plain.error is None and len(plain.output_names) >= 2
+    assert all(names.isdisjoint(optional) and "text_output" in names for names in plain.output_names)
+    with_logprobs = generate(triton_server.grpc_url, {**story, "return_log_probs": True})
+    assert with_logprobs.error is None
+    assert all(names & optional == {"cum_log_probs", "output_log_probs", "top_log_probs"}
+               for names in with_logprobs.output_names)  # fmt: skip
+    parallel = generate(
+        triton_server.grpc_url, {**story, "sampling_parameters": {"n": 2, "temperature": 1.0}}
+    )
+    assert parallel.error is None
+    assert all(names & optional == {"sequence_index"} for names in parallel.output_names)
+
+
 def test_non_streamed_echo_prepends_the_prompt(triton_server: TritonServer) -> None:
     prompt = "The capital of France is"
     result = generate(

@@ -26,6 +26,7 @@ INPUT_DTYPES: dict[str, Any] = {
     "min_tokens": np.int32,
     "exclude_input_in_output": np.bool_,
     "add_special_tokens": np.bool_,
+    "return_log_probs": np.bool_,
     "frequency_penalty": np.float32,
     "abort_request_id": np.object_,
     "prompt_token_ids": np.int32,
@@ -61,6 +62,8 @@ class StreamResult:
     num_input_tokens: int = 0
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
+    # Names of the outputs each response carried, in order.
+    output_names: list[set[str]] = field(default_factory=list)
     error: InferenceServerException | None = None
 
     @property
@@ -101,6 +104,7 @@ def collect(result: StreamResult, response: Any) -> None:
     result.num_input_tokens = int(response.as_numpy("num_input_tokens")[0])
     result.num_output_tokens = int(response.as_numpy("num_output_tokens")[0])
     result.num_cached_tokens = int(response.as_numpy("num_cached_tokens")[0])
+    result.output_names.append({output.name for output in response.get_response().outputs})
 
 
 def scrape_metric(metrics_text: str, name: str) -> float:

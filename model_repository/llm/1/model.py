@@ -53,6 +53,8 @@ class ActiveRequest:
     sender: Any
     # One response per engine step (True) or one response with everything (False).
     stream: bool
+    # n > 1: every response names its sequence.
+    parallel: bool
     # Prompt text to prepend to the first response ("" unless exclude_input_in_output is false).
     prompt_text: str
     # Monotonic arrival time, for time-to-first-token.
@@ -131,6 +133,7 @@ class TritonPythonModel:
             client_request_id=request.request_id(),
             sender=sender,
             stream=generation.stream,
+            parallel=generation.sampling_params.n > 1,
             prompt_text=prompt_text,
             arrival=time.monotonic(),
         )
@@ -230,7 +233,7 @@ class TritonPythonModel:
             return
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
         if state.stream:
-            state.sender.send(self._response(output, state.prompt_text), flags=flags)
+            state.sender.send(self._response(output, state), flags=flags)
             return
         held = state.held.pop(output.index, None)
         merged = output if held is None else merge_outputs(held, output)
@@ -238,26 +241,32 @@ class TritonPythonModel:
             state.held[output.index] = merged
             return
         # One response per sequence, sent when it ends; the request's last one carries FINAL.
-        state.sender.send(self._response(merged, state.prompt_text), flags=flags)
+        state.sender.send(self._response(merged, state), flags=flags)
 
     @staticmethod
-    def _response(output: RequestOutput, prompt_text: str):
+    def _response(output: RequestOutput, state: ActiveRequest):
+        """The response's tensors; those with nothing to say are left out (see sequence_outputs)."""
+
         def scalar(value: int) -> np.ndarray:
             return np.array([value], dtype=np.int32)
 
+        def text(value: str) -> np.ndarray:
+            return np.array([value.encode("utf-8")], dtype=np.object_)
+
         tensors = [
-            pb_utils.Tensor("request_id", np.array([output.request_id.encode("utf-8")], dtype=np.object_)),
-            pb_utils.Tensor("text_delta", np.array([output.text_delta.encode("utf-8")], dtype=np.object_)),
-            pb_utils.Tensor("prompt_text", np.array([prompt_text.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("request_id", text(output.request_id)),
+            pb_utils.Tensor("text_delta", text(output.text_delta)),
             pb_utils.Tensor("output_token_ids", np.asarray(output.new_token_ids, dtype=np.int32)),
             pb_utils.Tensor("num_input_tokens", scalar(output.num_prompt_tokens)),
             pb_utils.Tensor("num_output_tokens", scalar(output.num_output_tokens)),
             pb_utils.Tensor("num_cached_tokens", scalar(output.num_cached_tokens)),
-            pb_utils.Tensor(
-                "finish_reason", np.array([(output.finish_reason or "").encode("utf-8")], dtype=np.object_)
-            ),
+            pb_utils.Tensor("finish_reason", text(output.finish_reason or "")),
         ]
-        tensors.extend(pb_utils.Tensor(name, array) for name, array in sequence_tensors(output).items())
+        if state.prompt_text:
+            tensors.append(pb_utils.Tensor("prompt_text", text(state.prompt_text)))
+        tensors.extend(
+            pb_utils.Tensor(name, array) for name, array in sequence_tensors(output, state.parallel).items()
+        )
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
 

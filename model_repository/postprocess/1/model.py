@@ -3,8 +3,8 @@
 The engine detokenizes incrementally (it must, to stop on stop strings within the step they appear
 and to hold back text that could still become one), so every llm response already carries an exact
 text delta. This step therefore needs no per-request state: it prepends the prompt when the client
-asked for it (`exclude_input_in_output=false`, sent by llm only on the first response) and forwards
-the token accounting.
+asked for it (`exclude_input_in_output=false`: llm then sends `prompt_text`) and forwards the token
+accounting and whichever optional outputs the response carries.
 
 Cancellation relay: Triton 2.51 marks the ensemble steps scheduled after a client cancelled as
 cancelled, but never the llm step already running. Here each such response is seen, so postprocess
@@ -19,6 +19,7 @@ import triton_python_backend_utils as pb_utils
 
 from triton_adapters.server_watch import exit_with_server
 
+# Every llm output but those turned into text_output; the optional ones pass through when present.
 PASS_THROUGH = (
     "output_token_ids",
     "num_input_tokens",
@@ -47,11 +48,14 @@ class TritonPythonModel:
             self._relay_abort(inputs["request_id"].as_numpy())
             error = pb_utils.TritonError("request cancelled by the client", pb_utils.TritonError.CANCELLED)
             return pb_utils.InferenceResponse(output_tensors=[], error=error)
-        prompt = inputs["prompt_text"].as_numpy().reshape(-1)[0]
         delta = inputs["text_delta"].as_numpy().reshape(-1)[0]
-        text = pb_utils.Tensor("text_output", np.array([prompt + delta], dtype=np.object_))
+        prompt = inputs.get("prompt_text")
+        if prompt is not None:
+            delta = prompt.as_numpy().reshape(-1)[0] + delta
+        text = pb_utils.Tensor("text_output", np.array([delta], dtype=np.object_))
         # The pass-through inputs carry the outputs' names: they go back as they came, with no copy.
-        return pb_utils.InferenceResponse(output_tensors=[text, *(inputs[name] for name in PASS_THROUGH)])
+        passed = (inputs[name] for name in PASS_THROUGH if name in inputs)
+        return pb_utils.InferenceResponse(output_tensors=[text, *passed])
 
     @staticmethod
     def _relay_abort(request_id: np.ndarray) -> None:
