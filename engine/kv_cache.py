@@ -5,9 +5,9 @@ One tensor [num_layers, 2, num_blocks, num_kv_heads, block_size, head_dim] holds
 rows of one head are whole tiles. The kernels take each cache as [num_blocks, num_kv_heads, block_size,
 head_dim] with any strides.
 
-Where the CPU decodes in float32 or bfloat16 the key tiles are stored transposed ([head_dim, block_size]):
+Where the CPU attends in float32 or bfloat16 the key tiles are stored transposed ([head_dim, block_size]):
 its attention then computes scores straight from the cache instead of copying every key first
-(kernels.paged_decode_native, kernels.paged_decode_in_place). Elsewhere tiles are stored as they are read.
+(kernels.paged_attention_native, kernels.paged_decode_in_place). Elsewhere tiles are stored as they are read.
 """
 
 from __future__ import annotations

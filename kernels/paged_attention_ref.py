@@ -13,10 +13,11 @@ Everything that depends only on the step's metadata (the batches, their gather i
 `AttentionPlan`, built once per step: every layer passes the same metadata tensors, and rebuilding it
 per layer cost about a tenth of a decode step.
 
-Where the cache allows, decodes skip all this and read the cache itself: when the caller asks for `native`
-and the C++ library is built for the cache (float32 or bfloat16 with the key tiles stored transposed, as
-the engine's CPU cache is), kernels.paged_decode_native; otherwise, for such a float32 cache
-(`reads_in_place`), kernels.paged_decode_in_place.
+Where the cache allows, attention skips all this and reads the cache itself: when the caller asks for
+`native` and the C++ library is built for the cache (float32 or bfloat16 with the key tiles stored
+transposed, as the engine's CPU cache is), every sequence goes to kernels.paged_attention_native (decodes
+and prefills alike); otherwise, for such a float32 cache (`reads_in_place`), decodes go to
+kernels.paged_decode_in_place.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kernels.paged_attention_native import attend_native, native_attention_supported
 from kernels.paged_decode_in_place import InPlaceDecode, attend_in_place, plan_in_place, reads_in_place
-from kernels.paged_decode_native import attend_native, native_decode_supported
 
 # Most K (and V) rows one decode batch gathers; a larger batch is split. Past this size batching gains
 # nothing, and it bounds the gather workspace.
@@ -80,7 +81,10 @@ class AttentionPlan:
     prompts: list[PromptPlan]
     groups: list[GroupPlan]
     in_place: list[InPlaceDecode]  # decodes, when the cache `reads_in_place`
-    native: torch.Tensor | None  # [n] int64 decode sequences for the C++ kernel, when it serves them
+    # [n] int64 sequences for the C++ kernels, when they serve the step: those with one query token, and
+    # those with more (None where there are none).
+    native_decodes: torch.Tensor | None
+    native_prefills: torch.Tensor | None
 
 
 def paged_attention_ref(
@@ -97,12 +101,14 @@ def paged_attention_ref(
     native: bool = False,
 ) -> torch.Tensor:
     """Causal attention of each sequence's new query tokens over its whole paged KV; returns [T, Hq, D].
-    `native`: decodes may run in the C++ kernel (the engine's CPU path); off, everything is torch."""
+    `native`: the C++ kernels may serve it (the engine's CPU path); off, everything is torch."""
     num_tokens, num_q_heads, head_dim = query.shape
     num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[2]
     group_size = num_q_heads // num_kv_heads
     metadata = (query_start_loc, seq_lens, block_tables)
-    native = native and soft_cap is None and native_decode_supported(query, key_cache, value_cache, metadata)
+    native = (
+        native and soft_cap is None and native_attention_supported(query, key_cache, value_cache, metadata)
+    )
     in_place = not native and soft_cap is None and reads_in_place(query, key_cache, value_cache)
     if native:
         query = query.contiguous()  # the C++ kernel writes rows of an output shaped (and strided) like it
@@ -114,7 +120,7 @@ def paged_attention_ref(
         lambda: plan_paged_attention(
             query_start_loc, seq_lens, block_tables, block_size, num_tokens, num_kv_heads, group_size,
             sliding_window=sliding_window, explicit_scores=soft_cap is not None,
-            in_place_head_dim=head_dim if in_place else None, native_decode=native,
+            in_place_head_dim=head_dim if in_place else None, native=native,
         ),
     )  # fmt: skip
     out = torch.empty_like(query)
@@ -128,9 +134,9 @@ def paged_attention_ref(
         attend_group(out, query, key_cache, value_cache, group, scale, soft_cap)
     for batch in plan.in_place:
         attend_in_place(out, query, key_cache, value_cache, batch, scale)
-    if plan.native is not None:
-        attend_native(out, query, key_cache, value_cache, plan.native, query_start_loc, seq_lens, block_tables,
-                      scale, sliding_window)  # fmt: skip
+    if plan.native_decodes is not None or plan.native_prefills is not None:
+        attend_native(out, query, key_cache, value_cache, plan.native_decodes, plan.native_prefills,
+                      query_start_loc, seq_lens, block_tables, scale, sliding_window)  # fmt: skip
     return out
 
 
@@ -146,19 +152,19 @@ def plan_paged_attention(
     sliding_window: int | None,
     explicit_scores: bool,  # soft-capping: no SDPA, so prompts take the masked batch path too
     in_place_head_dim: int | None = None,  # set: decode batches read the cache in place (`reads_in_place`)
-    native_decode: bool = False,  # decodes go to the C++ kernel (`native_decode_supported`)
+    native: bool = False,  # every sequence goes to the C++ kernels (`native_attention_supported`)
 ) -> AttentionPlan:
     """The batches one step's attention runs, with their gather indices and masks."""
     starts = query_start_loc.tolist()
     kv_lens = seq_lens.tolist()
     q_lens = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
     decodes = [i for i, n in enumerate(q_lens) if n == 1]
+    if native:
+        prefills = [i for i, n in enumerate(q_lens) if n > 1]
+        device = seq_lens.device
+        return AttentionPlan([], [], [], _indices(decodes, device), _indices(prefills, device))
     in_place: list[InPlaceDecode] = []
-    native = None
-    if native_decode:
-        native = torch.tensor(decodes, dtype=torch.int64, device=seq_lens.device) if decodes else None
-        decodes = []
-    elif in_place_head_dim is not None:
+    if in_place_head_dim is not None:
         in_place = plan_in_place(
             decodes, query_start_loc, seq_lens, block_tables, num_kv_heads, group_size, block_size,
             in_place_head_dim, sliding_window,
@@ -186,7 +192,11 @@ def plan_paged_attention(
         )
         for batch in batches
     ]  # fmt: skip
-    return AttentionPlan(prompts, groups, in_place, native)
+    return AttentionPlan(prompts, groups, in_place, None, None)
+
+
+def _indices(sequences: list[int], device: torch.device) -> torch.Tensor | None:
+    return torch.tensor(sequences, dtype=torch.int64, device=device) if sequences else None
 
 
 def plan_group(

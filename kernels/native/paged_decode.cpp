@@ -26,6 +26,7 @@
 #include <limits>
 #include <vector>
 
+#include "paged_attention_checks.h"
 #include "vector_math.h"
 
 namespace {
@@ -185,48 +186,11 @@ void attend_all(const at::Tensor& out, const at::Tensor& query, const at::Tensor
 void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                   const at::Tensor& value_cache, const at::Tensor& sequences, const at::Tensor& query_start_loc,
                   const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale, int64_t sliding_window) {
+  paged_attention_checks::check_tensors("paged_decode", supported, out, query, key_cache, value_cache, sequences,
+                                        query_start_loc, seq_lens, block_tables);
+  paged_attention_checks::check_sequences(query, key_cache, sequences, query_start_loc, seq_lens, block_tables,
+                                          [](const int32_t*, int64_t) -> int64_t { return 1; });
   const at::ScalarType dtype = query.scalar_type();
-  TORCH_CHECK(is_supported(dtype), "paged_decode takes float32 or bfloat16, got ", dtype);
-  TORCH_CHECK(query.dim() == 3 && query.is_contiguous(), "query must be a contiguous [T, Hq, D] tensor");
-  TORCH_CHECK(out.sizes() == query.sizes() && out.is_contiguous() && out.scalar_type() == dtype,
-              "out must be a contiguous tensor shaped like query, of its dtype");
-  TORCH_CHECK(key_cache.dim() == 4 && key_cache.scalar_type() == dtype, "key_cache must be [N, Hkv, bs, D] of query's dtype");
-  const int64_t num_kv_heads = key_cache.size(1), block_size = key_cache.size(2), head_dim = key_cache.size(3);
-  TORCH_CHECK(supported(block_size, head_dim), "no native decode for block_size ", block_size, " and head_dim ", head_dim);
-  TORCH_CHECK(query.size(1) % num_kv_heads == 0 && query.size(2) == head_dim,
-              "query heads must be a multiple of the KV heads, with the cache's head_dim");
-  TORCH_CHECK(key_cache.stride(2) == 1 && key_cache.stride(3) == block_size && key_cache.stride(1) == block_size * head_dim &&
-                  key_cache.stride(0) == num_kv_heads * block_size * head_dim,
-              "key_cache tiles must be stored transposed: [N, Hkv, D, bs] contiguous");
-  TORCH_CHECK(value_cache.sizes() == key_cache.sizes() && value_cache.is_contiguous() && value_cache.scalar_type() == dtype,
-              "value_cache must be a contiguous tensor shaped like key_cache, of its dtype");
-  TORCH_CHECK(sequences.scalar_type() == at::kLong && sequences.is_contiguous(), "sequences must be contiguous int64");
-  TORCH_CHECK(query_start_loc.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt &&
-                  block_tables.scalar_type() == at::kInt && query_start_loc.is_contiguous() && seq_lens.is_contiguous() &&
-                  block_tables.dim() == 2 && block_tables.stride(1) == 1,
-              "query_start_loc, seq_lens and block_tables must be int32 with contiguous rows");
-
-  // Every index the kernel follows, checked before any is read: the torch reference raises on bad
-  // metadata, and this must not read past a tensor instead.
-  const int64_t* seqs = sequences.data_ptr<int64_t>();
-  const int32_t* starts = query_start_loc.data_ptr<int32_t>();
-  const int32_t* lens = seq_lens.data_ptr<int32_t>();
-  const int32_t* tables = block_tables.data_ptr<int32_t>();
-  const int64_t num_seqs = seq_lens.numel(), num_blocks = key_cache.size(0);
-  TORCH_CHECK(query_start_loc.numel() == num_seqs + 1 && block_tables.size(0) == num_seqs,
-              "query_start_loc needs one entry more than seq_lens, block_tables one row per sequence");
-  for (int64_t i = 0; i < sequences.numel(); ++i) {
-    const int64_t seq = seqs[i];
-    TORCH_CHECK(seq >= 0 && seq < num_seqs, "decode sequence ", seq, " out of range");
-    TORCH_CHECK(starts[seq] >= 0 && starts[seq] < query.size(0), "sequence ", seq, "'s query row out of range");
-    const int64_t kv_len = lens[seq], used_blocks = (kv_len + block_size - 1) / block_size;
-    TORCH_CHECK(kv_len >= 1 && used_blocks <= block_tables.size(1), "sequence ", seq, " has ", kv_len,
-                " tokens: not between 1 and its block table's ", block_tables.size(1) * block_size);
-    for (int64_t b = 0; b < used_blocks; ++b) {
-      const int32_t block = tables[seq * block_tables.stride(0) + b];
-      TORCH_CHECK(block >= 0 && block < num_blocks, "block id ", block, " outside the cache's ", num_blocks);
-    }
-  }
   with_element_type(dtype, [&](auto element) {
     attend_all<decltype(element)>(out, query, key_cache, value_cache, sequences, query_start_loc, seq_lens,
                                   block_tables, scale, sliding_window);
