@@ -111,7 +111,7 @@ def paged_attention_ref(
     )
     in_place = not native and soft_cap is None and reads_in_place(query, key_cache, value_cache)
     if native:
-        query = query.contiguous()  # the C++ kernel writes rows of an output shaped (and strided) like it
+        query = query.contiguous()  # the C++ kernels write rows of an output shaped (and strided) like it
     settings = (num_tokens, num_kv_heads, group_size, block_size, head_dim, sliding_window, soft_cap is not None,
                 in_place, native)  # fmt: skip
     plan = _plans.get(
@@ -134,9 +134,8 @@ def paged_attention_ref(
         attend_group(out, query, key_cache, value_cache, group, scale, soft_cap)
     for batch in plan.in_place:
         attend_in_place(out, query, key_cache, value_cache, batch, scale)
-    if plan.native_decodes is not None or plan.native_prefills is not None:
-        attend_native(out, query, key_cache, value_cache, plan.native_decodes, plan.native_prefills,
-                      query_start_loc, seq_lens, block_tables, scale, sliding_window)  # fmt: skip
+    attend_native(out, query, key_cache, value_cache, plan.native_decodes, plan.native_prefills, query_start_loc,
+                  seq_lens, block_tables, scale, sliding_window)  # fmt: skip
     return out
 
 
