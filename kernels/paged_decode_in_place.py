@@ -47,8 +47,8 @@ class InPlaceDecode:
 
 def keys_transposed(key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
     """Whether the cache has the engine's CPU layout (engine.kv_cache), which the in-place decodes here and
-    the C++ ones read: key tiles stored transposed (positions contiguous for each head dim), value rows
-    contiguous."""
+    the C++ attention kernels read: key tiles stored transposed (positions contiguous for each head dim),
+    value rows contiguous."""
     block_size, head_dim = key_cache.shape[2], key_cache.shape[3]
     return (
         key_cache.stride(2) == 1

@@ -232,7 +232,7 @@ Kernel<T> kernel_for(int64_t block_size, int64_t head_dim) {
 bool supported(int64_t block_size, int64_t head_dim) { return kernel_for<float>(block_size, head_dim) != nullptr; }
 
 struct Tile {
-  int64_t seq, kv_head, first_position, num_positions, cost;
+  int64_t seq, kv_head, query_row, first_position, num_positions, cost;  // query_row: first_position's row
 };
 
 template <typename T>
@@ -252,13 +252,15 @@ void attend_all(const at::Tensor& out, const at::Tensor& query, const at::Tensor
     for (int64_t first = 0; first < q_len; first += kTilePositions) {
       const int64_t position = kv_len - q_len + first, count = std::min(kTilePositions, q_len - first);
       const int64_t span = sliding_window > 0 ? std::min<int64_t>(position + count, sliding_window + count) : position + count;
-      for (int64_t h = 0; h < num_kv_heads; ++h) tiles.push_back({seq, h, position, count, span * count});
+      for (int64_t h = 0; h < num_kv_heads; ++h) tiles.push_back({seq, h, starts[seq] + first, position, count, span * count});
     }
   }
   // Costliest first: the last items handed out are the cheap ones, so the threads end together.
   std::stable_sort(tiles.begin(), tiles.end(), [](const Tile& a, const Tile& b) { return a.cost > b.cost; });
   const T* queries = query.data_ptr<T>();
   T* outs = out.data_ptr<T>();
+  const T* key_tiles = key_cache.data_ptr<T>();
+  const T* value_tiles = value_cache.data_ptr<T>();
   const int64_t row_stride = query.stride(0);
   const int64_t items = static_cast<int64_t>(tiles.size());
   std::atomic<int64_t> next{0};
@@ -267,9 +269,8 @@ void attend_all(const at::Tensor& out, const at::Tensor& query, const at::Tensor
     Scratch scratch;
     for (int64_t index = next.fetch_add(1); index < items; index = next.fetch_add(1)) {
       const Tile& t = tiles[index];
-      const int64_t row = starts[t.seq] + (t.first_position - (lens[t.seq] - (starts[t.seq + 1] - starts[t.seq])));
-      const int64_t offset = row * row_stride + t.kv_head * group_size * head_dim;
-      kernel({queries + offset, outs + offset, row_stride, key_cache.data_ptr<T>(), value_cache.data_ptr<T>(),
+      const int64_t offset = t.query_row * row_stride + t.kv_head * group_size * head_dim;
+      kernel({queries + offset, outs + offset, row_stride, key_tiles, value_tiles,
               tables + t.seq * block_tables.stride(0), num_kv_heads, t.kv_head, group_size, t.first_position,
               t.num_positions, sliding_window, static_cast<float>(scale)},
              scratch);
