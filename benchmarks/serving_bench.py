@@ -1,4 +1,4 @@
-"""The full served path (OpenAI frontend -> Triton ensemble -> engine) against the engine alone, side by side.
+"""The full served path (OpenAI frontend -> Triton llm model -> engine) against the engine alone, side by side.
 
     python -m benchmarks.serving_bench [--concurrency 1 4 16 64] [--plot runs/bench/concurrency.png]
 

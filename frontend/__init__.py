@@ -5,7 +5,7 @@ Layers, each calling only the next one down:
     request ids, client-disconnect cancellation. No request logic.
   * `protocol/`: pydantic request/response models, one module per API family.
   * `serving/`: one handler per endpoint family (chat, completions, models, tokenize), turning requests
-    into ensemble inputs and Triton responses into OpenAI answers or SSE streams.
+    into engine model inputs and Triton responses into OpenAI answers or SSE streams.
   * `triton_client.py`: the only module that touches tritonclient.
 Pure helpers beside them: `templating.py` (tokenizer and chat template), `tool_parsers/` and
 `reasoning.py` (incremental output parsing), `metrics.py`, `config.py` (the one typed configuration).

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = ServingContext(
         config=config,
-        triton=TritonClient(config.triton_url, config.triton_model, config.triton_abort_model),
+        triton=TritonClient(config.triton_url, config.triton_model),
         templater=ChatTemplater(config.model, config.chat_template),
         metrics=FrontendMetrics(),
         started=unix_now(),

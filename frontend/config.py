@@ -24,10 +24,9 @@ class FrontendConfig:
     served_model_names: tuple[str, ...]
     # Triton gRPC endpoint, host:port.
     triton_url: str = "127.0.0.1:8001"
-    # Triton model (the decoupled ensemble) every generation request goes to.
-    triton_model: str = "ensemble"
-    # Model that takes `abort_request_id` when a client leaves early; None for ensembles without one.
-    triton_abort_model: str | None = "llm"
+    # The decoupled engine model every generation (and abort) goes to; see triton_client for why not the
+    # ensemble.
+    triton_model: str = "llm"
     # HTTP listen address.
     host: str = "127.0.0.1"
     port: int = 9000
@@ -77,11 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--served-model-name", nargs="+", default=None, help="model ids clients use")
     parser.add_argument("--triton-url", default=os.environ.get("TRITON_GRPC_URL", "127.0.0.1:8001"))
-    parser.add_argument("--triton-model", default="ensemble")
     parser.add_argument(
-        "--triton-abort-model",
-        default="llm",
-        help="decoupled model told to abort requests whose client left ('' for none)",
+        "--triton-model", default="llm", help="decoupled engine model (input_ids in, text_delta out)"
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
@@ -149,7 +145,6 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
         served_model_names=tuple(args.served_model_name or [str(args.model)]),
         triton_url=args.triton_url,
         triton_model=args.triton_model,
-        triton_abort_model=args.triton_abort_model or None,
         host=args.host,
         port=args.port,
         max_model_len=args.max_model_len,

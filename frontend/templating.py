@@ -1,10 +1,10 @@
 """The Hugging Face tokenizer as the frontend uses it: chat templating, /tokenize and /detokenize.
 
-Chat prompts are tokenized here and reach Triton as `prompt_token_ids`, because only here is it known
-which text the template wrote and which the client sent: a special token's text inside a message (say
-"<|im_end|><|im_start|>system") must stay plain text, not become a control token that rewrites the
-conversation. Raw completions prompts go as text and parse special tokens: their caller writes the
-control tokens on purpose.
+Every prompt is tokenized here and reaches Triton as token ids. Chat prompts must be, because only here is
+it known which text the template wrote and which the client sent: a special token's text inside a message
+(say "<|im_end|><|im_start|>system") must stay plain text, not become a control token that rewrites the
+conversation. Raw completions prompts parse special tokens: their caller writes the control tokens on
+purpose.
 """
 
 from __future__ import annotations

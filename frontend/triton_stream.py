@@ -7,7 +7,6 @@ request to a decoupled model and read its responses until they see the final one
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -68,8 +67,6 @@ def is_final(result: InferResult) -> bool:
     return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
 
 
-# Triton prefixes errors from inside an ensemble with where they happened; clients need only the reason.
-_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 # How the speech model words a failure that is its own bug, not the request's fault.
 _MODEL_FAILURE_PREFIX = "speech recognition failed"
 # "Stub process ... is not healthy": the model's Python process died and Triton will not restart it.
@@ -78,7 +75,6 @@ _UNAVAILABLE_MARKERS = ("unknown model", "is not ready", "unavailable", "is not 
 
 def classify(message: str) -> TritonError:
     """A Triton failure message as the TritonError subclass that says whose fault it is."""
-    message = _ENSEMBLE_PREFIX.sub("", message)
     lowered = message.lower()
     if "queue is full" in lowered:
         return TritonOverloadedError(message)

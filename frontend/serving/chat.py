@@ -41,7 +41,7 @@ class PreparedChat:
 
     # The served model name to answer with.
     model: str
-    # What goes to the ensemble.
+    # What goes to the engine model.
     generation: GenerationInput
     # The sampling JSON and where each entry came from (for error messages).
     params: EngineParameters
@@ -128,13 +128,11 @@ class ChatHandler:
         max_tokens = request.output_token_limit()
         self._check_length(len(prompt.token_ids), max_tokens, request.truncate_prompt_tokens)
         generation = GenerationInput(
-            prompt=prompt.text,
             prompt_token_ids=prompt.token_ids,
             # Always streamed from Triton, even for non-streamed HTTP answers: Triton notices a cancelled
             # gRPC stream only when it has a response to send, so only a token-by-token stream is
             # cancelled promptly when the HTTP client leaves.
             stream=True,
-            add_special_tokens=False,
             max_tokens=max_tokens,
             sampling=params.sampling,
             priority=request.priority,

@@ -14,7 +14,6 @@ from frontend.serving.engine_params import EngineParameters, api_error, engine_p
 from frontend.serving.generation import Generation, chunks, collect, start_generation
 from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.sse import DONE, error_frame, frame
-from frontend.templating import ChatTemplater
 from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
 
 ENDPOINT = "/v1/completions"
@@ -24,17 +23,11 @@ ENDPOINT = "/v1/completions"
 class Prompt:
     """One prompt of a (possibly batched) request."""
 
+    # What echo returns: the prompt as sent, or a token-id prompt's decoding.
     text: str
-    # Text prompts get the tokenizer's special tokens; token-id prompts already have theirs.
-    add_special_tokens: bool
-    # A token-id prompt's ids, sent to Triton as they are (decoding and re-encoding may change them);
-    # its text is their decoding, for echo.
-    token_ids: list[int] | None = None
-
-    async def num_tokens(self, templater: ChatTemplater) -> int:
-        if self.token_ids is not None:
-            return len(self.token_ids)
-        return len(await asyncio.to_thread(templater.encode, self.text, self.add_special_tokens))
+    # What the engine gets: a text prompt tokenized here with the tokenizer's special tokens, a token-id
+    # prompt as sent (decoding and re-encoding may change it).
+    token_ids: list[int]
 
 
 class CompletionHandler:
@@ -61,15 +54,13 @@ class CompletionHandler:
                 params.set("prompt_logprobs", request.logprobs, origin="logprobs")
         if request.best_of is not None:
             params.set("best_of", request.best_of)
-        prompts = self._prompts(request)
-        await self._check_lengths(prompts, request.max_tokens, request.truncate_prompt_tokens)
+        prompts = await self._prompts(request)
+        self._check_lengths(prompts, request.max_tokens, request.truncate_prompt_tokens)
         inputs = [
             GenerationInput(
-                prompt=prompt.text,
                 prompt_token_ids=prompt.token_ids,
                 # Streamed from Triton even for non-streamed answers (see chat.py): prompt cancellation.
                 stream=True,
-                add_special_tokens=prompt.add_special_tokens,
                 max_tokens=request.max_tokens,
                 sampling=params.sampling,
                 priority=request.priority,
@@ -130,15 +121,14 @@ class CompletionHandler:
         """The echoed prompt's first token (its logprob entry is None: nothing predicts it)."""
         if not (request.echo and request.logprobs is not None):
             return None
-        token_ids = prompt.token_ids or self.ctx.templater.encode(prompt.text, prompt.add_special_tokens)
-        return token_ids[0] if token_ids else None
+        return prompt.token_ids[0] if prompt.token_ids else None
 
-    def _prompts(self, request: CompletionRequest) -> list[Prompt]:
+    async def _prompts(self, request: CompletionRequest) -> list[Prompt]:
         prompt = request.prompt
         if isinstance(prompt, str):
-            return [Prompt(prompt, True)]
+            return [await self._encoded(prompt)]
         if all(isinstance(item, str) for item in prompt):
-            return [Prompt(str(item), True) for item in prompt]
+            return [await self._encoded(str(item)) for item in prompt]
         if all(isinstance(item, int) for item in prompt):
             return [self._decoded(list(prompt))]  # type: ignore[arg-type]
         return [self._decoded(list(item)) for item in prompt]  # type: ignore[arg-type]
@@ -147,16 +137,19 @@ class CompletionHandler:
         vocab = self.ctx.templater.vocab_size
         if any(token < 0 or token >= vocab for token in token_ids):
             raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt")
-        return Prompt(self.ctx.templater.decode(token_ids), False, token_ids)
+        return Prompt(self.ctx.templater.decode(token_ids), token_ids)
 
-    async def _check_lengths(
+    async def _encoded(self, text: str) -> Prompt:
+        return Prompt(text, await asyncio.to_thread(self.ctx.templater.encode, text, True))
+
+    def _check_lengths(
         self, prompts: list[Prompt], max_tokens: int | None, truncate: int | None
     ) -> None:
         limit = self.ctx.config.max_model_len
         if limit is None:
             return
         for prompt in prompts:
-            count = truncated_length(await prompt.num_tokens(self.ctx.templater), truncate, limit)
+            count = truncated_length(len(prompt.token_ids), truncate, limit)
             if count >= limit or (max_tokens is not None and count + max_tokens > limit):
                 raise bad_request(
                     f"This model's maximum context length is {limit} tokens; the prompt has {count} tokens"

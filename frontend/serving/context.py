@@ -18,7 +18,7 @@ class ServingContext:
 
     # The typed CLI configuration.
     config: FrontendConfig
-    # gRPC client of the Triton ensemble.
+    # gRPC client of the Triton engine model.
     triton: TritonClient
     # The model's tokenizer and chat template.
     templater: ChatTemplater

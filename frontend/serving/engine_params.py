@@ -1,4 +1,4 @@
-"""OpenAI request fields -> the ensemble's vLLM-named sampling parameters, and Triton failures -> API errors.
+"""OpenAI request fields -> the engine model's vLLM-named sampling parameters, and Triton failures -> API errors.
 
 Everything the client asked for is forwarded, supported or not: the engine is the one authority on what it
 implements and rejects the rest by name. `origins` remembers which request field produced each engine

@@ -18,7 +18,7 @@ from frontend.triton_client import GenerationChunk, GenerationInput, TokenLogpro
 class Generation:
     """A started Triton request: its first response and the rest to come."""
 
-    # The first ensemble response (already received).
+    # The first engine model response (already received).
     first: GenerationChunk
     # The remaining responses; closing it cancels the Triton request.
     rest: AsyncGenerator[GenerationChunk, None]

@@ -1,4 +1,4 @@
-"""A Responses request -> the chat messages, the templated prompt and the ensemble request.
+"""A Responses request -> the chat messages, the templated prompt and the engine model request.
 
 The conversation is the stored history of `previous_response_id` (its inputs and outputs, recursively)
 followed by this request's items; `instructions` lead as a system message and are never inherited. Items
@@ -65,7 +65,7 @@ def with_ids(items: list[Item]) -> list[Item]:
 class PreparedResponse:
     """A validated Responses request, ready for Triton."""
 
-    # What goes to the ensemble.
+    # What goes to the engine model.
     generation: GenerationInput
     # The sampling JSON and where each entry came from (for error messages).
     params: EngineParameters
@@ -213,11 +213,9 @@ class ResponseInputBuilder:
             prompt_cache_retention=request.prompt_cache_retention,
         )
         generation = GenerationInput(
-            prompt=prompt.text,
             prompt_token_ids=prompt.token_ids,
             # Streamed from Triton even for non-streamed answers, so a cancel stops the engine promptly.
             stream=True,
-            add_special_tokens=False,
             max_tokens=request.max_output_tokens,
             sampling=params.sampling,
             cache_salt=request.prompt_cache_key,

@@ -47,7 +47,7 @@ def offline_context(model_path: Path, templater: ChatTemplater) -> ServingContex
     config = offline_config(model_path)
     return ServingContext(
         config=config,
-        triton=TritonClient(config.triton_url, config.triton_model, config.triton_abort_model),
+        triton=TritonClient(config.triton_url, config.triton_model),
         templater=templater,
         metrics=FrontendMetrics(),
         started=unix_now(),

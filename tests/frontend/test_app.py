@@ -175,7 +175,7 @@ def test_metrics_count_requests_by_endpoint_and_status(offline_client: TestClien
 def test_max_model_len_is_checked_before_triton(offline_context: ServingContext) -> None:
     config = dataclasses.replace(offline_context.config, max_model_len=20)
     # A client of its own: aio gRPC channels belong to the event loop of the TestClient that opened them.
-    triton = TritonClient(config.triton_url, config.triton_model, config.triton_abort_model)
+    triton = TritonClient(config.triton_url, config.triton_model)
     app = build_app(
         dataclasses.replace(offline_context, config=config, triton=triton, metrics=FrontendMetrics())
     )

@@ -21,7 +21,7 @@ def test_vllm_style_flags_build_one_config() -> None:
     )  # fmt: skip
     assert config.model == Path("/models/x")
     assert config.served_model_names == ("a", "b") and config.model_name == "a"
-    assert config.triton_url == "10.0.0.1:8001" and config.triton_model == "ensemble"
+    assert config.triton_url == "10.0.0.1:8001" and config.triton_model == "llm"
     assert (config.host, config.port) == ("127.0.0.1", 9000)
     assert config.max_model_len == 4096
     assert config.api_keys == ("k1", "k2")

@@ -42,7 +42,7 @@ def offline_app(model_path: Path, templater: ChatTemplater, **overrides: object)
     config = FrontendConfig(**settings)
     ctx = ServingContext(
         config=config,
-        triton=TritonClient(config.triton_url, config.triton_model, config.triton_abort_model),
+        triton=TritonClient(config.triton_url, config.triton_model),
         templater=templater,
         metrics=FrontendMetrics(),
         started=unix_now(),

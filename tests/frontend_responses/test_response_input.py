@@ -46,6 +46,10 @@ def prepare(builder: ResponseInputBuilder, **body: Any) -> PreparedResponse:
     return asyncio.run(builder.prepare(request, [], "resp_test"))
 
 
+def prompt_text(builder: ResponseInputBuilder, prepared: PreparedResponse) -> str:
+    return builder.ctx.templater.decode(prepared.generation.prompt_token_ids)
+
+
 def refusal(builder: ResponseInputBuilder, **body: Any) -> APIError:
     with pytest.raises(APIError) as caught:
         prepare(builder, **body)
@@ -54,7 +58,7 @@ def refusal(builder: ResponseInputBuilder, **body: Any) -> APIError:
 
 def test_instructions_lead_and_text_becomes_input_text(builder: ResponseInputBuilder) -> None:
     prepared = prepare(builder, instructions="Be brief.", max_output_tokens=5, prompt_cache_key="k")
-    prompt = prepared.generation.prompt
+    prompt = prompt_text(builder, prepared)
     assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>") and "user\nHi" in prompt
     assert prepared.generation.cache_salt == "k" and prepared.generation.max_tokens == 5
     [item] = prepared.input_items
@@ -99,6 +103,7 @@ def test_truncation_auto_drops_the_oldest_turns(builder: ResponseInputBuilder) -
     turns = [{"role": "user", "content": f"Turn {index}: " + "word " * 12} for index in range(6)]
     error = refusal(builder, input=turns, max_output_tokens=8)
     assert error.code == "context_length_exceeded" and error.param == "input"
-    prompt = prepare(builder, input=turns, max_output_tokens=8, truncation="auto").generation.prompt
+    prepared = prepare(builder, input=turns, max_output_tokens=8, truncation="auto")
+    prompt = prompt_text(builder, prepared)
     assert "Turn 5" in prompt and "Turn 0" not in prompt
-    assert len(builder.ctx.templater.encode(prompt, False)) + 8 <= 96
+    assert len(prepared.generation.prompt_token_ids) + 8 <= 96
