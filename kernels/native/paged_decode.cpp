@@ -33,6 +33,19 @@ namespace {
 
 using namespace vector_math;
 
+// Blocks lie anywhere in the pool, where the hardware prefetcher cannot follow, so each row of the tile
+// kPrefetchBlocks blocks ahead is asked for as the same row of this one is read, into L2 (locality 2:
+// prefetcht1). Into L1 the prefetches take the few L1 miss buffers the loads need: 64 sequences x 310
+// positions over 30 layers' caches on the EPYC, one block ahead into L1 read 20 GB/s (float32) and 17.5
+// (bfloat16), two ahead into L2 27 and 22 (three ahead: 26.5 and 21).
+constexpr int64_t kPrefetchBlocks = 2;
+constexpr int kPrefetchLocality = 2;
+
+template <typename T>
+ALWAYS_INLINE void prefetch(const T* address) {
+  __builtin_prefetch(address, 0, kPrefetchLocality);
+}
+
 template <typename T>
 struct Item {
   const T* query;        // [group_size, head_dim]: the KV head's query heads
@@ -63,15 +76,13 @@ ALWAYS_INLINE void attend_heads(const Item<T>& item, int64_t q0) {
   float* head_scores = item.scores + q0 * width;
   for (int64_t b = first_block; b < end_block; ++b) {
     const T* keys = item.key_tiles + tile(b) * kHeadDim * kBlockSize;
-    // Blocks lie anywhere in the pool, where the hardware prefetcher cannot follow: each row of the next
-    // block's tile is asked for as the same row of this one is read.
-    const T* next_keys = item.key_tiles + tile(std::min(b + 1, end_block - 1)) * kHeadDim * kBlockSize;
+    const T* ahead_keys = item.key_tiles + tile(std::min(b + kPrefetchBlocks, end_block - 1)) * kHeadDim * kBlockSize;
     Vec acc[G][2][block_chunks] = {};  // even and odd head dims: two chains per head
     for (int64_t d = 0; d < kHeadDim; d += 2) {
       for (int64_t u = 0; u < 2; ++u) {
         for (int64_t c = 0; c < block_chunks; ++c) {
           const int64_t at = (d + u) * kBlockSize + c * kLanes;
-          if (at * sizeof(T) % 64 == 0) __builtin_prefetch(next_keys + at);
+          if (at * sizeof(T) % 64 == 0) prefetch(ahead_keys + at);
           const Vec k = load(keys + at);
           for (int64_t g = 0; g < G; ++g) acc[g][u][c] += scaled_query[g * kHeadDim + d + u] * k;
         }
@@ -107,12 +118,13 @@ ALWAYS_INLINE void attend_heads(const Item<T>& item, int64_t q0) {
   Vec acc[G][dim_chunks] = {};
   for (int64_t b = first_block; b < end_block; ++b) {
     const T* values = item.value_tiles + tile(b) * kBlockSize * kHeadDim;
-    const T* next_values = item.value_tiles + tile(std::min(b + 1, end_block - 1)) * kBlockSize * kHeadDim;
+    const T* ahead_values =
+        item.value_tiles + tile(std::min(b + kPrefetchBlocks, end_block - 1)) * kBlockSize * kHeadDim;
     const int64_t lo = std::max(item.first_visible, b * kBlockSize), hi = std::min(item.kv_len, (b + 1) * kBlockSize);
     for (int64_t position = lo; position < hi; ++position) {
       const int64_t row = (position - b * kBlockSize) * kHeadDim;
       for (int64_t c = 0; c < dim_chunks; ++c) {
-        if ((row + c * kLanes) * sizeof(T) % 64 == 0) __builtin_prefetch(next_values + row + c * kLanes);
+        if ((row + c * kLanes) * sizeof(T) % 64 == 0) prefetch(ahead_values + row + c * kLanes);
         const Vec v = load(values + row + c * kLanes);
         for (int64_t g = 0; g < G; ++g) acc[g][c] += head_scores[g * width + position - view_start] * v;
       }
