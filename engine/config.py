@@ -41,8 +41,9 @@ class EngineConfig:
     enforce_eager: bool = False
     # CPU float32 and bfloat16: the layout projections and the LM head multiply from. auto times the
     # candidates on this CPU at load (MKL's packed GEMM wins on some, oneDNN's reordered weights on others;
-    # see engine.models.packed_gemm); plain keeps F.linear on the checkpoint's weights; mkl (float32 only)
-    # or onednn force one.
+    # see engine.models.packed_gemm); plain keeps F.linear on the checkpoint's weights; mkl (float32 only),
+    # onednn or onednn+decode (bfloat16 only: oneDNN plus a C++ kernel for decode batches, at twice the
+    # weight memory) force one.
     cpu_weight_format: str = "auto"
     # Seed of the engine's generator for requests without their own seed.
     seed: int = 0
@@ -54,8 +55,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
-        if self.cpu_weight_format not in ("auto", "plain", "mkl", "onednn"):
-            raise ValueError(f"cpu_weight_format must be auto|plain|mkl|onednn, got {self.cpu_weight_format!r}")
+        if self.cpu_weight_format not in ("auto", "plain", "mkl", "onednn", "onednn+decode"):
+            raise ValueError(
+                f"cpu_weight_format must be auto|plain|mkl|onednn|onednn+decode, got {self.cpu_weight_format!r}"
+            )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be auto|cpu|cuda|cuda:N, got {self.device!r}")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size"):

@@ -63,6 +63,14 @@ class ModelShard:
             # ranks' costs are summed before the cheapest is taken.
             summed = self.group.all_reduce(torch.tensor(list(costs.values()), dtype=torch.float64))
             weight_format = list(costs)[int(summed.argmin())]
+            weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            refined = packed_gemm.refine(weight_format, self.dtype, weight_bytes)
+            # Refined on every rank or on none (memory may differ between them).
+            votes = self.group.all_reduce(
+                torch.tensor([float(refined != weight_format)], dtype=torch.float64)
+            )
+            if int(votes.item()) == self.group.size:
+                weight_format = refined
             logger.info(
                 "%s CPU weights: %s (cost against F.linear: %s)",
                 self.dtype, weight_format, ", ".join(f"{name} {cost:.2f}" for name, cost in costs.items()),

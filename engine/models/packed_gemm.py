@@ -7,7 +7,12 @@ does better depends on the CPU. The four projections of SmolLM2-135M's 30 layers
 - AMD EPYC (Zen 4): F.linear 35 / 41 / 109 ms at 1 / 8 / 64 rows and 172 GFLOP/s at 2,048; MKL's packed
   GEMM 29 / 55 / 121; oneDNN's reordered weights (`torch.ops.mkldnn`) 19 / 20 / 71 and 210 GFLOP/s.
 In bfloat16 (Zen 4, AVX-512 BF16) oneDNN's reordered weights take 4 / 7 / 34 ms at 1 / 8 / 64 rows against
-F.linear's 10 / 14 / 45, half of float32's time (MKL's packed GEMM is float32 only).
+F.linear's 10 / 14 / 45, half of float32's time (MKL's packed GEMM is float32 only). At up to 16 rows a
+bfloat16 product only streams its weight, and oneDNN's blocked weights stream at ~18-20 GB/s there: the
+"onednn+decode" format keeps the plain weight too, for a C++ kernel that streams it at the machine's
+~31-33 GB/s (kernels/native/small_m_linear.cpp; all of SmolLM2-135M's 121 projections at 1 / 8 / 16 rows:
+9.1 / 11.1 / 17.4 ms against oneDNN's 14.4 / 14.8 / 18.3, and oneDNN's 28 / 49 ms beat its 33 / 58 at 32 /
+64 rows), at twice the weight memory.
 So the format is measured, not assumed: `format_costs` times each candidate on weights of the model's
 own shapes once per process, and the model packs into the cheapest ("plain" keeps F.linear).
 
@@ -33,6 +38,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from kernels import native_library
+
 logger = logging.getLogger(__name__)
 
 # F.linear on the checkpoint's own weight: the baseline every prepacked format must beat.
@@ -51,7 +58,20 @@ _TIMING_ROUNDS = 5
 FORMAT_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     "mkl": (torch.float32,),
     "onednn": (torch.float32, torch.bfloat16),
+    "onednn+decode": (torch.bfloat16,),
 }
+# Rows up to which "onednn+decode" multiplies with the C++ streaming kernel (oneDNN beyond: see above).
+DECODE_KERNEL_ROWS = 16
+# Formats that multiply as another does beyond decode batches, faster within them, for a second copy of
+# the weights: `format_costs` leaves them out and `refine` takes one over its base when the copy fits.
+# Timing cannot choose them: it multiplies one weight over and over, from cache, and their gain is in
+# streaming weights from memory (one thread, 30 distinct 3072 x 576 bfloat16 weights at 1 row: oneDNN
+# 9.05 ms, onednn+decode 5.70).
+REFINEMENTS = {"onednn": "onednn+decode"}
+# The most of the memory available at load the second copy may take.
+_REFINEMENT_MEMORY_SHARE = 0.25
+# The C++ kernel's in_features step (32 bfloat16: one 64-byte line); other weights stay with oneDNN.
+_DECODE_KERNEL_STEP = 32
 
 
 class PrepackedWeight(Protocol):
@@ -163,10 +183,39 @@ class OneDnnWeight:
         return out.view(*x.shape[:-1], self.out_features)
 
 
+class OneDnnDecodeWeight:
+    """A bfloat16 CPU weight [out_features, in_features] twice: reordered for oneDNN, which multiplies more
+    than DECODE_KERNEL_ROWS rows, and plain for the C++ kernel that streams it at up to that many
+    (kernels/native/small_m_linear.cpp, AVX512_BF16). Holds its own copies."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        if not (native_library.load() and torch.ops.tritonllm_cpu.small_m_linear_supported()):
+            raise RuntimeError(
+                "the C++ decode-batch kernel needs the native library and a CPU with AVX512_BF16"
+            )
+        _check_cpu_weight(weight, "onednn+decode")
+        self._onednn = OneDnnWeight(weight)
+        self.out_features, self.in_features = weight.shape
+        streamable = self.in_features % _DECODE_KERNEL_STEP == 0
+        self._plain = weight.contiguous().clone() if streamable else None
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., in_features] bfloat16 -> x @ weight.T + bias, [..., out_features]."""
+        rows = _rows_of(x, self.in_features, torch.bfloat16)
+        if self._plain is None or rows.shape[0] > DECODE_KERNEL_ROWS:
+            return self._onednn.linear(x, bias)
+        if bias is not None and bias.dtype != torch.bfloat16:
+            raise TypeError(f"a packed bfloat16 weight cannot add a {bias.dtype} bias")
+        dense_bias = None if bias is None else bias.contiguous()
+        out = torch.ops.tritonllm_cpu.small_m_linear(rows, self._plain, dense_bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
 # Every prepacked format by the name `EngineConfig.cpu_weight_format` gives it.
 FORMATS: dict[str, Callable[[torch.Tensor], PrepackedWeight]] = {
     "mkl": MklPackedWeight,
     "onednn": OneDnnWeight,
+    "onednn+decode": OneDnnDecodeWeight,
 }
 
 
@@ -176,8 +225,8 @@ def available_formats(dtype: torch.dtype = torch.float32) -> tuple[str, ...]:
     agrees with F.linear (guards against an ABI that differs from the one bound, or a CPU the library
     mishandles, before any model weight goes through)."""
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(40, 24, generator=generator).to(dtype)
-    x = torch.randn(5, 24, generator=generator).to(dtype)
+    weight = torch.randn(40, 64, generator=generator).to(dtype)
+    x = torch.randn(5, 64, generator=generator).to(dtype)
     # bfloat16 products differ from F.linear's by their rounding (both accumulate in float32).
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     usable = []
@@ -207,6 +256,32 @@ def prepack(weight: torch.Tensor, format_name: str) -> PrepackedWeight:
     return FORMATS[format_name](weight)
 
 
+def refine(format_name: str, dtype: torch.dtype, weight_bytes: int) -> str:
+    """`format_name`, or its refinement (REFINEMENTS) where that is available for `dtype` and a second copy
+    of `weight_bytes` takes at most a quarter of the memory available now."""
+    refined = REFINEMENTS.get(format_name)
+    if refined is None or refined not in available_formats(dtype):
+        return format_name
+    if weight_bytes > _REFINEMENT_MEMORY_SHARE * _available_memory_bytes():
+        logger.info(
+            "%s weights stay %s: a second copy (%d MB) would not fit", dtype, format_name, weight_bytes >> 20
+        )
+        return format_name
+    return refined
+
+
+def _available_memory_bytes() -> int:
+    """MemAvailable (Linux); 0 where it cannot be read, which keeps every weight single."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def format_costs(weights: Sequence[torch.Tensor]) -> dict[str, float]:
     """What multiplying by `weights` costs on this CPU in each candidate format (PLAIN and every available
     one), relative to F.linear: at each timed row count a format scores its time over PLAIN's, summed over
@@ -232,7 +307,8 @@ _costs: dict[tuple[object, ...], dict[str, float]] = {}
 
 def _time_formats(weights: Sequence[torch.Tensor]) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
-    names = (PLAIN, *available_formats(weights[0].dtype))
+    refinements = set(REFINEMENTS.values())
+    names = (PLAIN, *(name for name in available_formats(weights[0].dtype) if name not in refinements))
     seconds = {name: [0.0] * len(TIMED_ROWS) for name in names}
     for weight in weights:
         products: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

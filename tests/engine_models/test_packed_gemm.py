@@ -92,6 +92,41 @@ def test_onednn_bfloat16_weights_serve_every_row_count(rows: int) -> None:
         packed.linear(x.float())
 
 
+@pytest.mark.skipif(
+    "onednn+decode" not in packed_gemm.available_formats(torch.bfloat16), reason="no AVX512_BF16"
+)
+@pytest.mark.parametrize("rows", [0, 1, 7, 16, 17, 64])
+@pytest.mark.parametrize("in_features", [64, 40])
+def test_decode_batches_stream_the_plain_bfloat16_weight(rows: int, in_features: int) -> None:
+    """Up to DECODE_KERNEL_ROWS rows the C++ kernel multiplies (in_features a multiple of 32), oneDNN
+    beyond and for other weights; both within bfloat16 rounding of the exact product, strided bias too."""
+    weight, bias = random(96, in_features, seed=1).bfloat16(), random(192, seed=2).bfloat16()[::2]
+    packed = packed_gemm.prepack(weight, "onednn+decode")
+    x = random(2, rows, in_features, seed=3).bfloat16()
+    out = packed.linear(x, bias)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, rows, 96)
+    exact = F.linear(x.double(), weight.double(), bias.double())
+    torch.testing.assert_close(out.double(), exact, rtol=1.6e-2, atol=1e-2)
+    weight.zero_()  # the pack holds its own copies
+    torch.testing.assert_close(packed.linear(x, bias), out)
+    with pytest.raises(TypeError, match="float32"):
+        packed.linear(x.float())
+    assert "onednn+decode" not in packed_gemm.available_formats(torch.float32)
+
+
+@pytest.mark.skipif(
+    "onednn+decode" not in packed_gemm.available_formats(torch.bfloat16), reason="no AVX512_BF16"
+)
+def test_auto_refines_onednn_only_when_the_second_copy_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packed_gemm, "_available_memory_bytes", lambda: 4 << 30)
+    assert packed_gemm.refine("onednn", torch.bfloat16, 1 << 30) == "onednn+decode"
+    assert packed_gemm.refine("onednn", torch.bfloat16, 2 << 30) == "onednn"
+    assert packed_gemm.refine("onednn", torch.float32, 1 << 20) == "onednn"
+    assert packed_gemm.refine(packed_gemm.PLAIN, torch.bfloat16, 1 << 20) == packed_gemm.PLAIN
+    weights = [random(64, 64, seed=15).bfloat16()]
+    assert "onednn+decode" not in packed_gemm.format_costs(weights), "timing from cache cannot judge it"
+
+
 def test_unknown_formats_are_refused() -> None:
     with pytest.raises(ValueError, match="not available"):
         packed_gemm.prepack(random(8, 8, seed=8), "blis")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from engine.models import packed_gemm
 
@@ -11,4 +12,5 @@ PREPACKED_FORMATS = [
         name, marks=pytest.mark.skipif(name not in packed_gemm.available_formats(), reason="no library")
     )
     for name in packed_gemm.FORMATS
+    if torch.float32 in packed_gemm.FORMAT_DTYPES[name]
 ]
