@@ -33,7 +33,7 @@ class ModelShard:
         self.block_size = config.block_size
         self.model: CausalLM = load_model(config.model, dtype, device, group)
         if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
-            self._prepack_weights(config.cpu_weight_format)
+            self._prepack_weights(config.cpu_weight_format, config.kv_cache_memory)
         elif config.cpu_weight_format not in ("auto", packed_gemm.PLAIN):
             logger.warning(
                 "cpu_weight_format=%s applies to float32 and bfloat16 on the CPU; %s on %s keeps its weights as loaded",
@@ -56,16 +56,20 @@ class ModelShard:
             device,
         )
 
-    def _prepack_weights(self, weight_format: str) -> None:
+    def _prepack_weights(self, weight_format: str, kv_cache_memory: int) -> None:
         if weight_format == "auto":
             costs = packed_gemm.format_costs(self.model.timing_weights())
             # Every rank packs the same way (a step waits for its slowest rank at each all-reduce), so the
             # ranks' costs are summed before the cheapest is taken.
             summed = self.group.all_reduce(torch.tensor(list(costs.values()), dtype=torch.float64))
             weight_format = list(costs)[int(summed.argmin())]
-            weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-            refined = packed_gemm.refine(weight_format, self.dtype, weight_bytes)
-            # Refined on every rank or on none (memory may differ between them).
+            # The ranks share the host: the second copy is every rank's, beside the KV pool still to come.
+            own_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            all_bytes = int(
+                self.group.all_reduce(torch.tensor([float(own_bytes)], dtype=torch.float64)).item()
+            )
+            refined = packed_gemm.refine(weight_format, self.dtype, all_bytes, kv_cache_memory)
+            # Refined on every rank or on none (each reads the memory available at its own moment).
             votes = self.group.all_reduce(
                 torch.tensor([float(refined != weight_format)], dtype=torch.float64)
             )

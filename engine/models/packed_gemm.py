@@ -256,13 +256,14 @@ def prepack(weight: torch.Tensor, format_name: str) -> PrepackedWeight:
     return FORMATS[format_name](weight)
 
 
-def refine(format_name: str, dtype: torch.dtype, weight_bytes: int) -> str:
+def refine(format_name: str, dtype: torch.dtype, weight_bytes: int, reserved_bytes: int = 0) -> str:
     """`format_name`, or its refinement (REFINEMENTS) where that is available for `dtype` and a second copy
-    of `weight_bytes` takes at most a quarter of the memory available now."""
+    of `weight_bytes` takes at most a quarter of the memory available now less `reserved_bytes` (memory
+    still to be allocated, such as the KV pool)."""
     refined = REFINEMENTS.get(format_name)
     if refined is None or refined not in available_formats(dtype):
         return format_name
-    if weight_bytes > _REFINEMENT_MEMORY_SHARE * _available_memory_bytes():
+    if weight_bytes > _REFINEMENT_MEMORY_SHARE * (_available_memory_bytes() - reserved_bytes):
         logger.info(
             "%s weights stay %s: a second copy (%d MB) would not fit", dtype, format_name, weight_bytes >> 20
         )

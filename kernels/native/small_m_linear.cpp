@@ -8,9 +8,10 @@
 // Work: the weight's rows in tiles of kTileRows, contiguous ranges of tiles per thread (each thread streams
 // its own part of the weight, in order). A tile's rows are read from memory once, multiplied by x's rows
 // kRowsPerPass at a time (the 4 x kRowsPerPass float32 accumulators stay in registers; further passes read
-// the tile from L1), and the tile kPrefetchTiles ahead is asked for into L2 as this one is read (into L1
-// the prefetches would take the miss buffers the loads need; see paged_decode.cpp). Products accumulate in
-// float32; the bias is added in float32 and each output rounded to bfloat16 once, as oneDNN does.
+// the tile from L1 while 4 rows of K fit there: K up to ~4,000), and the tile kPrefetchTiles ahead is asked
+// for into L2 as this one is read (into L1 the prefetches would take the miss buffers the loads need; see
+// paged_decode.cpp). Products accumulate in float32; the bias is added in float32 and each output rounded
+// to bfloat16 once, as oneDNN does.
 // Needs AVX512_BF16 (`small_m_linear_supported`); the oracle is F.linear (tests/kernels).
 
 #include <ATen/Parallel.h>
@@ -57,7 +58,8 @@ BF16_TARGET inline void tile(const uint16_t* x, int64_t m0, const uint16_t* weig
   for (int64_t k = 0; k < K; k += kStep) {
     __m512bh w[R];
     for (int64_t r = 0; r < R; ++r) {
-      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(rows + (kPrefetchTiles * kTileRows + r) * K + k), _MM_HINT_T1);
+      if (prefetch)
+        _mm_prefetch(reinterpret_cast<const char*>(rows + (kPrefetchTiles * kTileRows + r) * K + k), _MM_HINT_T1);
       w[r] = (__m512bh)_mm512_loadu_si512(rows + r * K + k);
     }
     for (int64_t m = 0; m < MR; ++m) {
@@ -73,18 +75,19 @@ BF16_TARGET inline void tile(const uint16_t* x, int64_t m0, const uint16_t* weig
     }
 }
 
-// Every row of x against weight rows n0 .. n0 + R - 1: the first pass streams them (and prefetches),
-// the others find them in L1.
+// Every row of x against weight rows n0 .. n0 + R - 1: the first pass streams them (and prefetches the
+// tile ahead, where the weight has one), the others find them in L1.
 template <int64_t R>
 BF16_TARGET void all_rows(const uint16_t* x, int64_t M, const uint16_t* weight, int64_t n0, int64_t K,
                           const c10::BFloat16* bias, c10::BFloat16* out, int64_t N) {
+  const bool ahead = n0 + (kPrefetchTiles + 1) * kTileRows <= N;
   int64_t m0 = 0;
   for (; m0 + kRowsPerPass <= M; m0 += kRowsPerPass)
-    tile<kRowsPerPass, R>(x, m0, weight, n0, K, bias, out, N, m0 == 0);
+    tile<kRowsPerPass, R>(x, m0, weight, n0, K, bias, out, N, ahead && m0 == 0);
   switch (M - m0) {
-    case 1: tile<1, R>(x, m0, weight, n0, K, bias, out, N, m0 == 0); break;
-    case 2: tile<2, R>(x, m0, weight, n0, K, bias, out, N, m0 == 0); break;
-    case 3: tile<3, R>(x, m0, weight, n0, K, bias, out, N, m0 == 0); break;
+    case 1: tile<1, R>(x, m0, weight, n0, K, bias, out, N, ahead && m0 == 0); break;
+    case 2: tile<2, R>(x, m0, weight, n0, K, bias, out, N, ahead && m0 == 0); break;
+    case 3: tile<3, R>(x, m0, weight, n0, K, bias, out, N, ahead && m0 == 0); break;
     default: break;
   }
 }

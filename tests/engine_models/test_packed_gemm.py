@@ -121,6 +121,7 @@ def test_auto_refines_onednn_only_when_the_second_copy_fits(monkeypatch: pytest.
     monkeypatch.setattr(packed_gemm, "_available_memory_bytes", lambda: 4 << 30)
     assert packed_gemm.refine("onednn", torch.bfloat16, 1 << 30) == "onednn+decode"
     assert packed_gemm.refine("onednn", torch.bfloat16, 2 << 30) == "onednn"
+    assert packed_gemm.refine("onednn", torch.bfloat16, 1 << 30, reserved_bytes=1 << 30) == "onednn"
     assert packed_gemm.refine("onednn", torch.float32, 1 << 20) == "onednn"
     assert packed_gemm.refine(packed_gemm.PLAIN, torch.bfloat16, 1 << 20) == packed_gemm.PLAIN
     weights = [random(64, 64, seed=15).bfloat16()]
@@ -215,3 +216,18 @@ def test_a_bfloat16_cpu_shard_packs_too(tiny_checkpoint: TinyCheckpoint) -> None
     forced = EngineConfig(model=str(tiny_checkpoint.path), num_kv_blocks=4, cpu_weight_format="mkl")
     with pytest.raises(ValueError, match="not available"):
         ModelShard(forced, CPU, torch.bfloat16, TensorParallelGroup.single())
+
+
+@pytest.mark.skipif(
+    "onednn+decode" not in packed_gemm.available_formats(torch.bfloat16), reason="no AVX512_BF16"
+)
+@pytest.mark.parametrize(("available_bytes", "expected"), [(1 << 40, "onednn+decode"), (0, "onednn")])
+def test_auto_takes_the_decode_refinement_when_it_fits(
+    tiny_checkpoint: TinyCheckpoint, monkeypatch: pytest.MonkeyPatch, available_bytes: int, expected: str
+) -> None:
+    """oneDNN timed cheapest: auto packs every projection into its refinement only with room for it."""
+    monkeypatch.setattr(packed_gemm, "format_costs", lambda weights: {packed_gemm.PLAIN: 4.0, "onednn": 1.0})
+    monkeypatch.setattr(packed_gemm, "_available_memory_bytes", lambda: available_bytes)
+    config = EngineConfig(model=str(tiny_checkpoint.path), num_kv_blocks=4, kv_cache_memory=1 << 20)
+    shard = ModelShard(config, CPU, torch.bfloat16, TensorParallelGroup.single())
+    assert {type(layer.packed) for layer in projections(shard)} == {packed_gemm.FORMATS[expected]}
