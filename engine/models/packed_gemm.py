@@ -123,6 +123,16 @@ def _rows_of(x: torch.Tensor, in_features: int, dtype: torch.dtype) -> torch.Ten
     return x.reshape(-1, in_features).contiguous()
 
 
+def _dense_bias(bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The bias as oneDNN and the C++ kernel read it: dense (a strided view would be read wrongly, not
+    refused), of the weight's dtype."""
+    if bias is None:
+        return None
+    if bias.dtype != dtype:
+        raise TypeError(f"a packed {dtype} weight cannot add a {bias.dtype} bias")
+    return bias.contiguous()
+
+
 class MklPackedWeight:
     """A float32 CPU weight [out_features, in_features] in MKL's packed layout, for
     `linear(x) == F.linear(x, weight)`. Holds its own copy: the source tensor may be freed afterwards."""
@@ -175,11 +185,9 @@ class OneDnnWeight:
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in_features] (the weight's dtype) -> x @ weight.T + bias, [..., out_features]."""
         rows = _rows_of(x, self.in_features, self.dtype)
-        if bias is not None and bias.dtype != self.dtype:
-            raise TypeError(f"a packed {self.dtype} weight cannot add a {bias.dtype} bias")
-        # oneDNN reads the bias as dense: a strided view would be read wrongly, not refused.
-        dense_bias = None if bias is None else bias.contiguous()
-        out = torch.ops.mkldnn._linear_pointwise(rows, self._reordered, dense_bias, "none", [], "")
+        out = torch.ops.mkldnn._linear_pointwise(
+            rows, self._reordered, _dense_bias(bias, self.dtype), "none", [], ""
+        )
         return out.view(*x.shape[:-1], self.out_features)
 
 
@@ -204,10 +212,7 @@ class OneDnnDecodeWeight:
         rows = _rows_of(x, self.in_features, torch.bfloat16)
         if self._plain is None or rows.shape[0] > DECODE_KERNEL_ROWS:
             return self._onednn.linear(x, bias)
-        if bias is not None and bias.dtype != torch.bfloat16:
-            raise TypeError(f"a packed bfloat16 weight cannot add a {bias.dtype} bias")
-        dense_bias = None if bias is None else bias.contiguous()
-        out = torch.ops.tritonllm_cpu.small_m_linear(rows, self._plain, dense_bias)
+        out = torch.ops.tritonllm_cpu.small_m_linear(rows, self._plain, _dense_bias(bias, torch.bfloat16))
         return out.view(*x.shape[:-1], self.out_features)
 
 

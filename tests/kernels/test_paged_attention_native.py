@@ -4,6 +4,8 @@ transposed), in float32 and bfloat16."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -26,14 +28,23 @@ PREFILL_Q_LENS = [2, 16, 65, 100, 5, 3, 17, 64, 31]
 PREFILL_KV_LENS = [2, 16, 65, 100, 129, 40, 300, 64, 200]
 
 
+def every_compiled_shape(test: Callable[..., None]) -> Callable[..., None]:
+    """Both dtypes, every compiled block and head size, query-head groups of 1 to 8 per KV head."""
+    for mark in (
+        pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), [*GQA, (9, 3), (14, 2)]),
+        pytest.mark.parametrize("head_dim", [64, 128]),
+        pytest.mark.parametrize("block_size", [16, 32]),
+        pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"]),
+    ):
+        test = mark(test)
+    return test
+
+
 # bfloat16: the dense oracle rounds its float64 result once, the kernel its float32 one; a few ulps apart.
 TOLERANCES = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.bfloat16: {"atol": 2e-2, "rtol": 2e-2}}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("block_size", [16, 32])
-@pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), [*GQA, (9, 3), (14, 2)])
+@every_compiled_shape
 def test_decodes_match_dense_attention(
     num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
 ) -> None:
@@ -47,10 +58,7 @@ def test_decodes_match_dense_attention(
     torch.testing.assert_close(out, dense_attention(batch, head_dim**-0.5), **TOLERANCES[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("block_size", [16, 32])
-@pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), [*GQA, (9, 3), (14, 2)])
+@every_compiled_shape
 def test_prefills_match_dense_attention(
     num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
 ) -> None:
@@ -119,11 +127,15 @@ def test_ops_uses_the_native_kernels_only_on_the_auto_backend(monkeypatch: pytes
             lambda *args, name=name, kernel=kernel: calls.append(name) or kernel(*args),
         )
     expected = dense_attention(batch, 0.125)
-    torch.testing.assert_close(ops.paged_attention(*batch.args(), scale=0.125), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ops.paged_attention(*batch.args(), scale=0.125), expected, atol=1e-5, rtol=1e-5
+    )
     assert calls == ["paged_decode", "paged_prefill"]
     ops.set_backend("torch")
     try:
-        torch.testing.assert_close(ops.paged_attention(*batch.args(), scale=0.125), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            ops.paged_attention(*batch.args(), scale=0.125), expected, atol=1e-5, rtol=1e-5
+        )
     finally:
         ops.set_backend("auto")
     assert calls == ["paged_decode", "paged_prefill"]
@@ -161,7 +173,9 @@ def test_kernels_refuse_metadata_that_points_outside_their_tensors(kernel: str, 
     with pytest.raises(RuntimeError, match=f"not between its {q_lens[1]} query tokens and its block table"):
         attend(torch.tensor([20, 80], dtype=torch.int32), batch.block_tables)  # past its table's 3 blocks
     with pytest.raises(RuntimeError, match=f"not between its {q_lens[1]} query tokens"):
-        attend(torch.tensor([20, q_lens[1] - 1], dtype=torch.int32), batch.block_tables)  # fewer keys than queries
+        attend(
+            torch.tensor([20, q_lens[1] - 1], dtype=torch.int32), batch.block_tables
+        )  # fewer keys than queries
     for bad_block in (batch.key_cache.shape[0], -1):
         tables = batch.block_tables.clone()
         tables[1, 2] = bad_block
