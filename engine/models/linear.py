@@ -110,7 +110,7 @@ class ColumnParallelLinear(_Projection):
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The merged output cut back into its projections (views, not copies)."""
-        return tuple(y.split(self.output_sizes, dim=-1))
+        return tuple(y.split_with_sizes(self.output_sizes, dim=-1))
 
 
 class RowParallelLinear(_Projection):

@@ -7,12 +7,13 @@ does better depends on the CPU. The four projections of SmolLM2-135M's 30 layers
 - AMD EPYC (Zen 4): F.linear 35 / 41 / 109 ms at 1 / 8 / 64 rows and 172 GFLOP/s at 2,048; MKL's packed
   GEMM 29 / 55 / 121; oneDNN's reordered weights (`torch.ops.mkldnn`) 19 / 20 / 71 and 210 GFLOP/s.
 In bfloat16 (Zen 4, AVX-512 BF16) oneDNN's reordered weights take 4 / 7 / 34 ms at 1 / 8 / 64 rows against
-F.linear's 10 / 14 / 45, half of float32's time (MKL's packed GEMM is float32 only). At up to 16 rows a
-bfloat16 product only streams its weight, and oneDNN's blocked weights stream at ~18-20 GB/s there: the
-"onednn+decode" format keeps the plain weight too, for a C++ kernel that streams it at the machine's
-~31-33 GB/s (kernels/native/small_m_linear.cpp; all of SmolLM2-135M's 121 projections at 1 / 8 / 16 rows:
-9.1 / 11.1 / 17.4 ms against oneDNN's 14.4 / 14.8 / 18.3, and oneDNN's 28 / 49 ms beat its 33 / 58 at 32 /
-64 rows), at twice the weight memory.
+F.linear's 10 / 14 / 45, half of float32's time (MKL's packed GEMM is float32 only). At decode batch sizes
+oneDNN's bfloat16 products fall short of the machine: at 1-16 rows its blocked weights stream at ~18-20
+GB/s of ~31-33, at 32-64 rows it computes at ~300-350 GFLOP/s of ~420. The "onednn+decode" format keeps a
+second copy of the weight, packed for a C++ kernel (kernels/native/small_m_linear.cpp) that multiplies up
+to DECODE_KERNEL_ROWS rows: all of SmolLM2-135M's 121 projections, cold, at 1 / 16 / 32 / 64 / 128 rows
+8.6-8.9 / 14.7 / 24.5 / 43.5 / 82.5 ms against oneDNN's 13.5-14.2 / 17.8-18.5 / 28.0 / 47.7 / 86.7 (even at
+256 rows, and oneDNN ahead at 512), at twice the weight memory.
 So the format is measured, not assumed: `format_costs` times each candidate on weights of the model's
 own shapes once per process, and the model packs into the cheapest ("plain" keeps F.linear).
 
@@ -60,18 +61,18 @@ FORMAT_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     "onednn": (torch.float32, torch.bfloat16),
     "onednn+decode": (torch.bfloat16,),
 }
-# Rows up to which "onednn+decode" multiplies with the C++ streaming kernel (oneDNN beyond: see above).
-DECODE_KERNEL_ROWS = 16
+# Rows up to which "onednn+decode" multiplies with the C++ kernel (oneDNN beyond: see above).
+DECODE_KERNEL_ROWS = 128
 # Formats that multiply as another does beyond decode batches, faster within them, for a second copy of
 # the weights: `format_costs` leaves them out and `refine` takes one over its base when the copy fits.
-# Timing cannot choose them: it multiplies one weight over and over, from cache, and their gain is in
-# streaming weights from memory (one thread, 30 distinct 3072 x 576 bfloat16 weights at 1 row: oneDNN
-# 9.05 ms, onednn+decode 5.70).
+# The choice is the memory's, and timing could not make it anyway: it multiplies one weight over and over,
+# from cache, and at 1-16 rows the gain is in streaming weights from memory (one thread, 30 distinct
+# 3072 x 576 bfloat16 weights at 1 row: oneDNN 9.05 ms, a plain-weight kernel 5.70).
 REFINEMENTS = {"onednn": "onednn+decode"}
 # The most of the memory available at load the second copy may take.
 _REFINEMENT_MEMORY_SHARE = 0.25
-# The C++ kernel's in_features step (32 bfloat16: one 64-byte line); other weights stay with oneDNN.
-_DECODE_KERNEL_STEP = 32
+# The C++ kernel packs out_features in blocks of 16 and in_features in pairs; other weights stay with oneDNN.
+_DECODE_KERNEL_BLOCK = 16
 
 
 class PrepackedWeight(Protocol):
@@ -118,9 +119,20 @@ def _check_cpu_weight(weight: torch.Tensor, format_name: str) -> None:
 
 
 def _rows_of(x: torch.Tensor, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """x [..., in_features] as dense [rows, in_features]. The model's activations already are (a reshape
+    and a view back cost a fifth of a one-row product's time in Python)."""
     if x.dtype != dtype:
         raise TypeError(f"a packed {dtype} weight cannot multiply {x.dtype}")
+    if x.shape[-1] != in_features:
+        raise ValueError(f"a packed weight of {in_features} input features cannot multiply {tuple(x.shape)}")
+    if x.dim() == 2 and x.is_contiguous():
+        return x
     return x.reshape(-1, in_features).contiguous()
+
+
+def _shaped_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The product's [rows, out_features] with x's leading dimensions."""
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], out.shape[-1])
 
 
 def _dense_bias(bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -167,7 +179,7 @@ class MklPackedWeight:
             )  # fmt: skip
         if bias is not None:
             out.add_(bias)
-        return out.view(*x.shape[:-1], self.out_features)
+        return _shaped_like(out, x)
 
 
 class OneDnnWeight:
@@ -188,12 +200,12 @@ class OneDnnWeight:
         out = torch.ops.mkldnn._linear_pointwise(
             rows, self._reordered, _dense_bias(bias, self.dtype), "none", [], ""
         )
-        return out.view(*x.shape[:-1], self.out_features)
+        return _shaped_like(out, x)
 
 
 class OneDnnDecodeWeight:
     """A bfloat16 CPU weight [out_features, in_features] twice: reordered for oneDNN, which multiplies more
-    than DECODE_KERNEL_ROWS rows, and plain for the C++ kernel that streams it at up to that many
+    than DECODE_KERNEL_ROWS rows, and packed for the C++ kernel that multiplies up to that many
     (kernels/native/small_m_linear.cpp, AVX512_BF16). Holds its own copies."""
 
     def __init__(self, weight: torch.Tensor) -> None:
@@ -204,16 +216,16 @@ class OneDnnDecodeWeight:
         _check_cpu_weight(weight, "onednn+decode")
         self._onednn = OneDnnWeight(weight)
         self.out_features, self.in_features = weight.shape
-        streamable = self.in_features % _DECODE_KERNEL_STEP == 0
-        self._plain = weight.contiguous().clone() if streamable else None
+        packable = self.out_features % _DECODE_KERNEL_BLOCK == 0 and self.in_features % 2 == 0
+        self._packed = torch.ops.tritonllm_cpu.small_m_linear_pack(weight) if packable else None
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in_features] bfloat16 -> x @ weight.T + bias, [..., out_features]."""
         rows = _rows_of(x, self.in_features, torch.bfloat16)
-        if self._plain is None or rows.shape[0] > DECODE_KERNEL_ROWS:
+        if self._packed is None or rows.shape[0] > DECODE_KERNEL_ROWS:
             return self._onednn.linear(x, bias)
-        out = torch.ops.tritonllm_cpu.small_m_linear(rows, self._plain, _dense_bias(bias, torch.bfloat16))
-        return out.view(*x.shape[:-1], self.out_features)
+        out = torch.ops.tritonllm_cpu.small_m_linear(rows, self._packed, _dense_bias(bias, torch.bfloat16))
+        return _shaped_like(out, x)
 
 
 # Every prepacked format by the name `EngineConfig.cpu_weight_format` gives it.

@@ -95,16 +95,18 @@ def test_onednn_bfloat16_weights_serve_every_row_count(rows: int) -> None:
 @pytest.mark.skipif(
     "onednn+decode" not in packed_gemm.available_formats(torch.bfloat16), reason="no AVX512_BF16"
 )
-@pytest.mark.parametrize("rows", [0, 1, 7, 16, 17, 64])
-@pytest.mark.parametrize("in_features", [64, 40])
-def test_decode_batches_stream_the_plain_bfloat16_weight(rows: int, in_features: int) -> None:
-    """Up to DECODE_KERNEL_ROWS rows the C++ kernel multiplies (in_features a multiple of 32), oneDNN
-    beyond and for other weights; both within bfloat16 rounding of the exact product, strided bias too."""
-    weight, bias = random(96, in_features, seed=1).bfloat16(), random(192, seed=2).bfloat16()[::2]
+@pytest.mark.parametrize("rows", [0, 1, 7, 16, 64, 65])
+@pytest.mark.parametrize(("out_features", "in_features"), [(96, 64), (96, 40), (90, 40), (96, 39)])
+def test_decode_batches_take_the_packed_bfloat16_weight(rows: int, out_features: int, in_features: int) -> None:
+    """Up to DECODE_KERNEL_ROWS rows the C++ kernel multiplies (out_features a multiple of 16, in_features
+    even), oneDNN beyond and for other weights; both within bfloat16 rounding of the exact product,
+    strided bias too. (x holds 2 x rows rows.)"""
+    weight = random(out_features, in_features, seed=1).bfloat16()
+    bias = random(2 * out_features, seed=2).bfloat16()[::2]
     packed = packed_gemm.prepack(weight, "onednn+decode")
     x = random(2, rows, in_features, seed=3).bfloat16()
     out = packed.linear(x, bias)
-    assert out.dtype == torch.bfloat16 and out.shape == (2, rows, 96)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, rows, out_features)
     exact = F.linear(x.double(), weight.double(), bias.double())
     torch.testing.assert_close(out.double(), exact, rtol=1.6e-2, atol=1e-2)
     weight.zero_()  # the pack holds its own copies
