@@ -40,7 +40,8 @@ def _native(*tensors: torch.Tensor) -> bool:
     """The C++ CPU kernels (kernels/native) take CPU tensors of one dtype, float32 or bfloat16, under the
     auto backend, once built."""
     # Asked several times a layer: plain loops and `is_cpu` cost a third of a generator over `device.type`.
-    if _backend != "auto" or not native_library.load():
+    # The library is loaded last, so CUDA tensors never build it.
+    if _backend != "auto":
         return False
     dtype = tensors[0].dtype
     if dtype not in native_library.DTYPES:
@@ -48,7 +49,7 @@ def _native(*tensors: torch.Tensor) -> bool:
     for tensor in tensors:
         if not tensor.is_cpu or tensor.dtype != dtype:
             return False
-    return True
+    return native_library.load()
 
 
 def paged_attention(

@@ -52,9 +52,6 @@ class CausalLM(nn.Module):
         self.num_kv_heads = head_shard(spec, group.rank, group.size).num_kv_heads
         self.keys_transposed = stores_keys_transposed(device, spec.dtype)
         self.model = DecoderModel(spec, device, group)
-        # The KV cache tensor whose per-layer views `_views` holds (see _layer_caches).
-        self._views_of: torch.Tensor | None = None
-        self._views: list[tuple[torch.Tensor, torch.Tensor]] = []
         # Tied checkpoints keep a single matrix: the embedding table serves as the LM head.
         self.lm_head = (
             None
@@ -94,19 +91,12 @@ class CausalLM(nn.Module):
         place at attn.slot_mapping. Returns the final hidden states [T, hidden_size]."""
         hidden = self.model.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
-        for layer, (key_cache, value_cache) in zip(self.model.layers, self._layer_caches(kv_cache), strict=True):
+        for i, layer in enumerate(self.model.layers):
+            key_cache, value_cache = layer_caches(kv_cache[i], self.keys_transposed)
             hidden, residual = layer(positions, hidden, residual, key_cache, value_cache, attn)
         assert residual is not None, "a model needs at least one layer"
         out, _ = self.model.norm.add_and_norm(hidden, residual)
         return out
-
-    def _layer_caches(self, kv_cache: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each layer's (key cache, value cache) views of kv_cache, made once: the runner passes the same
-        tensor every step, and slicing it anew cost ~4 us a layer."""
-        if self._views_of is not kv_cache:
-            self._views = [layer_caches(layer_cache, self.keys_transposed) for layer_cache in kv_cache]
-            self._views_of = kv_cache
-        return self._views
 
     def gather_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """hidden [N, hidden_size] -> float32 logits [N, vocab_size] on rank 0; None on other ranks,

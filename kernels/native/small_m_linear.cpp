@@ -10,13 +10,14 @@
 // Work: blocks in tiles of kTileBlocks (64 outputs), contiguous ranges of blocks per thread (each thread
 // streams its own part of the weight, in order); a tile is multiplied by x's rows kRowsPerPass at a time
 // (6 x 4 float32 accumulators in registers, 4 weight lines and a broadcast pair a step: oneDNN's blocked
-// layout needs as much arithmetic but the earlier plain-weight kernel, dot products along K, loaded two
-// 64-byte vectors for every two products). The first pass streams the tile from memory and asks for the
+// layout needs as much arithmetic; dot products along the plain weight's K load two 64-byte vectors for
+// every two products). The first pass streams the tile from memory and asks for the
 // tile two ahead into L2 (into L1 the prefetches would take the miss buffers the loads need; see
 // paged_decode.cpp); later passes find it in L2. All 121 projections of SmolLM2-135M on the 2-core Zen 4,
 // weights cold, 1 / 16 / 32 / 64 / 128 / 256 rows: 8.6-8.9 / 14.7 / 24.5 / 43.5 / 82.5 / 163 ms against
-// oneDNN's 13.5-14.2 / 17.8-18.5 / 28.0 / 47.7 / 86.7 / 164 (the plain-weight kernel: 9.0 / 18.7 / 33.1 /
-// 58.9); at 512 rows oneDNN's 335 beats its 344.
+// oneDNN's 13.5-14.2 / 17.8-18.5 / 28.0 / 47.7 / 86.7 / 164; at 512 rows oneDNN's 335 beats its 344. A
+// tile is 128 x K bytes: measured for K up to 1,536; from K ~ 4,000 it no longer stays in a 1 MB L2 and
+// later passes would read it from memory again.
 // Products accumulate in float32; the bias is added in float32 and each output rounded to bfloat16 once
 // (to nearest even), as oneDNN does. Needs AVX512_BF16 (`small_m_linear_supported`); the oracle is
 // F.linear (tests/kernels).
@@ -91,13 +92,13 @@ BF16_TARGET inline void tile(const uint16_t* x, int64_t m0, int64_t K, const uin
   }
 }
 
-// Every row of x against blocks b0 .. b0 + R - 1 of the num_blocks: the first pass streams them (and
-// prefetches the tile ahead, where the weight has one), the others find them in L2.
+// Every row of x against blocks b0 .. b0 + R - 1 of this thread's blocks (up to `end`): the first pass
+// streams them (and prefetches the tile ahead, where this thread has one), the others find them in L2.
 template <int64_t R>
 BF16_TARGET void all_rows(const uint16_t* x, int64_t M, int64_t K, const uint16_t* packed, int64_t b0,
-                          int64_t num_blocks, const c10::BFloat16* bias, c10::BFloat16* out, int64_t N) {
+                          int64_t end, const c10::BFloat16* bias, c10::BFloat16* out, int64_t N) {
   const int64_t ahead_block = b0 + kPrefetchTiles * kTileBlocks;
-  const uint16_t* ahead = ahead_block + R <= num_blocks ? packed + ahead_block * K * kBlock : nullptr;
+  const uint16_t* ahead = ahead_block + R <= end ? packed + ahead_block * K * kBlock : nullptr;
   int64_t m0 = 0;
   for (; m0 + kRowsPerPass <= M; m0 += kRowsPerPass)
     tile<kRowsPerPass, R>(x, m0, K, packed, b0, bias, out, N, m0 == 0 ? ahead : nullptr);
@@ -126,7 +127,10 @@ void check_weight(const at::Tensor& weight) {
 at::Tensor small_m_linear_pack(const at::Tensor& weight) {
   check_weight(weight);
   const int64_t N = weight.size(0), K = weight.size(1);
-  return weight.reshape({N / kBlock, kBlock, K / 2, 2}).permute({0, 2, 1, 3}).contiguous();
+  // Always a new tensor: for some shapes the permuted view is already contiguous and would alias the weight.
+  at::Tensor packed = at::empty({N / kBlock, K / 2, kBlock, 2}, weight.options());
+  packed.copy_(weight.reshape({N / kBlock, kBlock, K / 2, 2}).permute({0, 2, 1, 3}));
+  return packed;
 }
 
 at::Tensor small_m_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias) {
@@ -153,11 +157,11 @@ at::Tensor small_m_linear(const at::Tensor& x, const at::Tensor& packed, const c
   at::parallel_for(0, num_blocks, kGrainBlocks, [&](int64_t begin, int64_t end) {
     int64_t b = begin;
     for (; b + kTileBlocks <= end; b += kTileBlocks)
-      all_rows<kTileBlocks>(xs, M, K, ws, b, num_blocks, bias_data, outs, N);
+      all_rows<kTileBlocks>(xs, M, K, ws, b, end, bias_data, outs, N);
     switch (end - b) {
-      case 1: all_rows<1>(xs, M, K, ws, b, num_blocks, bias_data, outs, N); break;
-      case 2: all_rows<2>(xs, M, K, ws, b, num_blocks, bias_data, outs, N); break;
-      case 3: all_rows<3>(xs, M, K, ws, b, num_blocks, bias_data, outs, N); break;
+      case 1: all_rows<1>(xs, M, K, ws, b, end, bias_data, outs, N); break;
+      case 2: all_rows<2>(xs, M, K, ws, b, end, bias_data, outs, N); break;
+      case 3: all_rows<3>(xs, M, K, ws, b, end, bias_data, outs, N); break;
       default: break;
     }
   });

@@ -25,7 +25,7 @@ def random(*shape: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rows", [0, 1, 2, 5, 6, 7, 12, 13, 40, 128])
-@pytest.mark.parametrize(("out_features", "in_features"), [(96, 64), (16, 2), (112, 40), (144, 1536)])
+@pytest.mark.parametrize(("out_features", "in_features"), [(96, 64), (16, 2), (112, 40), (144, 1536), (1040, 64)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_matches_a_float64_product(rows: int, out_features: int, in_features: int, with_bias: bool) -> None:
     x, weight = random(rows, in_features, seed=1), random(out_features, in_features, seed=2)
