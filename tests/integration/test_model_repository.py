@@ -306,12 +306,19 @@ def test_32_concurrent_streams_complete(triton_server: TritonServer) -> None:
 
 
 def test_custom_metrics_move(triton_server: TritonServer) -> None:
-    before = scrape_metric(metrics_text(triton_server), "llm_generation_tokens_total")
+    """Token counters follow the engine's totals (published every half second), latencies once a request."""
+    names = ("llm_generation_tokens_total", "llm_prompt_tokens_total", "llm_request_time_per_output_token_seconds_count")
+    before = {name: scrape_metric(metrics_text(triton_server), name) for name in names}
     result = generate(triton_server.grpc_url, {"text_input": "Hello", "max_tokens": 5, "ignore_eos": True})
     assert result.error is None
-    time.sleep(0.6)
-    text = metrics_text(triton_server)
-    assert scrape_metric(text, "llm_generation_tokens_total") >= before + 5
+    expected = {names[0]: before[names[0]] + 5, names[1]: before[names[1]] + 1, names[2]: before[names[2]] + 1}
+    deadline = time.monotonic() + 10.0
+    while True:
+        text = metrics_text(triton_server)
+        if all(scrape_metric(text, name) >= expected[name] for name in names) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert {name: scrape_metric(text, name) >= expected[name] for name in names} == dict.fromkeys(names, True)
     assert scrape_metric(text, "llm_time_to_first_token_seconds_count") >= 1
     assert "llm_kv_cache_usage_ratio" in text
 

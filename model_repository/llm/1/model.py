@@ -59,7 +59,8 @@ class ActiveRequest:
     prompt_text: str
     # Monotonic arrival time, for time-to-first-token.
     arrival: float
-    # Monotonic time of the previous output, for inter-token latency.
+    # Monotonic times of the first and the latest output carrying tokens, for the latency metrics.
+    first_output: float | None = None
     last_output: float | None = None
     # Non-streamed requests accumulate each sequence's outputs here (by sequence index) until it ends.
     held: dict[int, RequestOutput] = field(default_factory=dict)
@@ -160,7 +161,6 @@ class TritonPythonModel:
             overloaded = pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE)
             _send_final(sender, pb_utils.InferenceResponse(output_tensors=[], error=overloaded))
             return
-        self.metrics.prompt_tokens.increment(len(generation.prompt_token_ids))
 
     def _abort(self, request_id: str) -> None:
         """Abort the engine request with this id, or every running request the client gave this id."""
@@ -207,20 +207,20 @@ class TritonPythonModel:
             state = self.active.get(output.request_id)
         if state is None:
             return
-        now = time.monotonic()
         if output.new_token_ids:
-            self.metrics.generation_tokens.increment(len(output.new_token_ids))
-            if state.last_output is None:
+            now = time.monotonic()
+            if state.first_output is None:
+                state.first_output = now
                 self.metrics.time_to_first_token.observe(now - state.arrival)
-            else:
-                self.metrics.inter_token_latency.observe(
-                    (now - state.last_output) / len(output.new_token_ids)
-                )
             state.last_output = now
         if output.finished:
             with self.active_lock:
                 del self.active[output.request_id]
             self.metrics.count_finished(output.finish_reason or "abort")
+            if state.first_output is not None and state.last_output is not None and output.num_output_tokens > 1:
+                self.metrics.time_per_output_token.observe(
+                    (state.last_output - state.first_output) / (output.num_output_tokens - 1)
+                )
         if state.cancelled and output.finished:
             error = pb_utils.TritonError("request cancelled by the client", pb_utils.TritonError.CANCELLED)
             _send_final(state.sender, pb_utils.InferenceResponse(output_tensors=[], error=error))
