@@ -105,6 +105,8 @@ def build_inputs(request: GenerationInput) -> list[InferInput]:
         tensor("input_ids", np.asarray(request.prompt_token_ids, dtype=np.int32), "INT32"),
         tensor("stream", np.array([request.stream], dtype=np.bool_), "BOOL"),
         tensor("priority", np.array([request.priority], dtype=np.int32), "INT32"),
+        # Each output costs every hop of every streamed token; parse_response carries the counts over.
+        tensor("return_unchanged_outputs", np.array([False]), "BOOL"),
     ]
     if request.max_tokens is not None:
         inputs.append(tensor("max_tokens", np.array([request.max_tokens], dtype=np.int32), "INT32"))
@@ -117,37 +119,48 @@ def build_inputs(request: GenerationInput) -> list[InferInput]:
     return inputs
 
 
-def _scalar(outputs: dict[str, np.ndarray], name: str) -> Any:
+def _scalar(outputs: dict[str, np.ndarray], name: str, earlier: Any = None) -> Any:
     array = outputs.get(name)
-    if array is None:
+    if array is not None:
+        return array[0]
+    if earlier is None:
         raise TritonError(f"engine model response lacks output '{name}'")
-    return array.reshape(-1)[0]
+    return earlier
 
 
-def parse_response(result: InferResult, num_sequences: int = 1) -> GenerationChunk:
+def parse_response(
+    result: InferResult, num_sequences: int = 1, previous: GenerationChunk | None = None
+) -> GenerationChunk:
     """One engine model response; `final` is set from Triton's flag only when n == 1 (see generate).
-    The logprob and sequence outputs are optional: absent when not asked (and sequence 0)."""
+
+    The logprob and sequence outputs are optional: absent when not asked (and sequence 0). Asked with
+    `return_unchanged_outputs` false, a sequence's responses after its first leave out the request's
+    token counts (taken from `previous`, the stream's latest response) and an empty finish_reason.
+    """
     outputs = output_arrays(result)
-    finish = _scalar(outputs, "finish_reason")
-    finish_reason = finish.decode("utf-8") if isinstance(finish, bytes) else str(finish)
-    final_flag = is_final(result)
+    finish = outputs.get("finish_reason")
+    finish_reason = finish[0].decode("utf-8") if finish is not None else ""
     token_ids_array = outputs.get("output_token_ids")
-    token_ids = [] if token_ids_array is None else token_ids_array.reshape(-1).tolist()
+    token_ids = [] if token_ids_array is None else token_ids_array.tolist()
     index = outputs.get("sequence_index")
     cumulative = outputs.get("cum_log_probs")
     return GenerationChunk(
         text=_scalar(outputs, "text_delta").decode("utf-8"),
         token_ids=token_ids,
-        num_input_tokens=int(_scalar(outputs, "num_input_tokens")),
+        num_input_tokens=int(
+            _scalar(outputs, "num_input_tokens", None if previous is None else previous.num_input_tokens)
+        ),
         num_output_tokens=int(_scalar(outputs, "num_output_tokens")),
-        num_cached_tokens=int(_scalar(outputs, "num_cached_tokens")),
+        num_cached_tokens=int(
+            _scalar(outputs, "num_cached_tokens", None if previous is None else previous.num_cached_tokens)
+        ),
         finish_reason=finish_reason or None,
         # aio clients cannot ask for empty final responses: the last real one also names its finish reason.
-        final=bool(final_flag or (finish_reason and num_sequences == 1)),
-        index=0 if index is None else int(index.reshape(-1)[0]),
+        final=bool(is_final(result) or (finish_reason and num_sequences == 1)),
+        index=0 if index is None else int(index[0]),
         logprobs=_token_logprobs(outputs, token_ids),
         prompt_logprobs=_prompt_logprobs(outputs),
-        cumulative_logprob=0.0 if cumulative is None else float(cumulative.reshape(-1)[0]),
+        cumulative_logprob=0.0 if cumulative is None else float(cumulative[0]),
     )
 
 
@@ -156,7 +169,7 @@ def _json_tensor(outputs: dict[str, np.ndarray], name: str) -> Any:
     array = outputs.get(name)
     if array is None:
         return None
-    raw = array.reshape(-1)[0]
+    raw = array[0]
     text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     return json.loads(text) if text else None
 
@@ -173,7 +186,7 @@ def _token_logprobs(outputs: dict[str, np.ndarray], token_ids: list[int]) -> lis
         return None
     return [
         TokenLogprob(token, float(value), _pairs(pairs))
-        for token, value, pairs in zip(token_ids, values.reshape(-1).tolist(), top, strict=True)
+        for token, value, pairs in zip(token_ids, values.tolist(), top, strict=True)
     ]
 
 
@@ -233,11 +246,12 @@ class TritonClient:
             is_dead=self._engine_is_gone,
         )
         finished = False
+        previous: GenerationChunk | None = None
         # With n > 1 every sequence's last response names a finish reason; the stream ends after all n.
         num_finished = 0
         try:
             async for result in responses:
-                chunk = parse_response(result, request.num_sequences)
+                chunk = previous = parse_response(result, request.num_sequences, previous)
                 num_finished += chunk.finish_reason is not None
                 chunk.final = chunk.final or num_finished >= request.num_sequences
                 finished = chunk.final

@@ -7,6 +7,7 @@ request to a decoupled model and read its responses until they see the final one
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -45,20 +46,26 @@ def bytes_tensor(name: str, value: bytes | str) -> InferInput:
 
 
 def output_arrays(result: InferResult) -> dict[str, np.ndarray]:
-    """Every output of a response by name, decoded in one pass: InferResult.as_numpy scans all the outputs
-    for each name asked, and a streamed token's response is read for about ten of them."""
+    """Every output of a response by name, flattened, decoded in one pass: InferResult.as_numpy scans all
+    the outputs for each name asked, and a streamed token's response is read for several of them. Shapes
+    are not read (each costs a protobuf container walk): every output here is read as a flat list."""
     response = result.get_response()
     raw = response.raw_output_contents
     arrays = {}
     for index, output in enumerate(response.outputs):
+        name = output.name
         if index >= len(raw):  # contents sent as typed fields, not raw bytes (Triton itself never does)
-            arrays[output.name] = result.as_numpy(output.name)
-        elif output.datatype == "BYTES":
-            arrays[output.name] = deserialize_bytes_tensor(raw[index]).reshape(output.shape)
+            arrays[name] = result.as_numpy(name).reshape(-1)
+            continue
+        content = raw[index]
+        datatype = output.datatype
+        if datatype != "BYTES":
+            arrays[name] = np.frombuffer(content, dtype=triton_to_np_dtype(datatype))
+        elif int.from_bytes(content[:4], "little") == len(content) - 4:
+            # One element (nearly every BYTES output): its 4-byte length, then its bytes.
+            arrays[name] = np.array([content[4:]], dtype=np.object_)
         else:
-            arrays[output.name] = np.frombuffer(
-                raw[index], dtype=triton_to_np_dtype(output.datatype)
-            ).reshape(output.shape)
+            arrays[name] = deserialize_bytes_tensor(content)
     return arrays
 
 
@@ -121,39 +128,65 @@ class TritonStreams:
             responses = self.client.stream_infer(one_request())
         except InferenceServerException as error:
             raise TritonUnavailableError(str(error.message())) from None
-        iterator = aiter(responses)
-        pending: asyncio.Task[Any] | None = None
+        watch = None if is_dead is None else _StallWatch(stall_s or 0.0, is_dead, responses.cancel)
         try:
-            while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(iterator))
-                done, _ = await asyncio.wait({pending}, timeout=stall_s if is_dead else None)
-                if not done:
-                    assert is_dead is not None
-                    if await is_dead():
-                        raise TritonUnavailableError(
-                            f"model '{model}' stopped answering: its process is not healthy"
-                        )
-                    continue
-                try:
-                    result, failure = pending.result()
-                except StopAsyncIteration:
-                    raise TritonError("the Triton stream ended before the final response") from None
-                pending = None
+            async for result, failure in responses:
+                if watch is not None:
+                    watch.last_seen = time.monotonic()
                 if failure is not None:
                     raise classify(str(failure.message()))
                 yield result
+            raise TritonError("the Triton stream ended before the final response")
+        except asyncio.CancelledError:
+            # The watch cancelled the call (its pending read ends so), not the task reading it.
+            if watch is not None and watch.found_dead:
+                raise TritonUnavailableError(
+                    f"model '{model}' stopped answering: its process is not healthy"
+                ) from None
+            raise
         except grpc.RpcError as error:
             code = error.code() if hasattr(error, "code") else None
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise TritonUnavailableError(f"Triton at {self.url} is unavailable") from None
             raise classify(str(error.details() if hasattr(error, "details") else error)) from None
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
+            if watch is not None:
+                watch.stop()
             responses.cancel()
 
     async def close(self) -> None:
         if self._aio is not None:
             await self._aio.close()
             self._aio = None
+
+
+class _StallWatch:
+    """Beside a stream: once it has been silent for `stall_s`, asks `is_dead`, and cancels the call if so.
+
+    A timeout on each read would not do: cancelling a pending read cancels the gRPC call itself, and a
+    task plus a wait for every streamed token cost more than parsing the token.
+    """
+
+    def __init__(
+        self, stall_s: float, is_dead: Callable[[], Awaitable[bool]], cancel: Callable[[], Any]
+    ) -> None:
+        # Monotonic time of the latest response (or of the start, or of the latest probe that found life).
+        self.last_seen = time.monotonic()
+        self.found_dead = False
+        self._task = asyncio.get_running_loop().create_task(self._watch(stall_s, is_dead, cancel))
+
+    async def _watch(
+        self, stall_s: float, is_dead: Callable[[], Awaitable[bool]], cancel: Callable[[], Any]
+    ) -> None:
+        while True:
+            await asyncio.sleep(max(0.0, self.last_seen + stall_s - time.monotonic()))
+            if time.monotonic() - self.last_seen < stall_s:
+                continue
+            if await is_dead():
+                self.found_dead = True
+                cancel()
+                return
+            self.last_seen = time.monotonic()
+
+    def stop(self) -> None:
+        self._task.cancel()

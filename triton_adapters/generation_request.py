@@ -103,6 +103,8 @@ class GenerationRequest:
     cache_salt: str | None
     # False (TensorRT-LLM default is True for our ensemble): non-streamed text starts with the prompt.
     exclude_input_in_output: bool
+    # False: a streamed sequence's responses after its first leave out the outputs that stay the same.
+    return_unchanged_outputs: bool = True
 
 
 def _scalar(array: np.ndarray) -> Any:
@@ -197,5 +199,8 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
         cache_salt=(_scalar(inputs["cache_salt"]) or None) if "cache_salt" in inputs else None,
         exclude_input_in_output=(
             bool(_scalar(inputs["exclude_input_in_output"])) if "exclude_input_in_output" in inputs else True
+        ),
+        return_unchanged_outputs=(
+            bool(_scalar(inputs["return_unchanged_outputs"])) if "return_unchanged_outputs" in inputs else True
         ),
     )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from frontend.errors import bad_request
@@ -142,9 +143,7 @@ class CompletionHandler:
     async def _encoded(self, text: str) -> Prompt:
         return Prompt(text, await asyncio.to_thread(self.ctx.templater.encode, text, True))
 
-    def _check_lengths(
-        self, prompts: list[Prompt], max_tokens: int | None, truncate: int | None
-    ) -> None:
+    def _check_lengths(self, prompts: list[Prompt], max_tokens: int | None, truncate: int | None) -> None:
         limit = self.ctx.config.max_model_len
         if limit is None:
             return
@@ -184,15 +183,6 @@ class CompletionHandler:
         options = request.stream_options
         # vLLM's continuous_usage_stats: the usage so far on every chunk.
         continuous = options is not None and options.continuous_usage_stats
-        queue: asyncio.Queue[tuple[int, GenerationChunk | TritonError | None]] = asyncio.Queue()
-
-        async def pump(index: int, generation: Generation) -> None:
-            try:
-                async for chunk in chunks(self.ctx, generation):
-                    await queue.put((index, chunk))
-                await queue.put((index, None))
-            except TritonError as error:
-                await queue.put((index, error))
 
         def body(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> str:
             response = CompletionResponse(
@@ -206,48 +196,74 @@ class CompletionHandler:
             )
             return frame(response)
 
-        tasks = [asyncio.create_task(pump(index, generation)) for index, generation in enumerate(generations)]
         # By choice index (prompt index * n + sequence index): its latest response, and its text length
         # so far (the text_offset of its next token).
         lasts: dict[int, GenerationChunk] = {}
         offsets: dict[int, int] = {}
+        try:
+            async with aclosing(self._responses(generations)) as responses:
+                async for index, item in responses:
+                    prompt = prompts[index]
+                    choice_index = index * request.n + item.index
+                    lasts[choice_index] = item
+                    first = choice_index not in offsets
+                    text = (prompt.text if request.echo and first else "") + item.text
+                    logprobs = None
+                    if request.logprobs is not None:
+                        entries = (item.prompt_logprobs or []) if request.echo and first else []
+                        logprobs = self._formatter(request).completion(
+                            [*entries, *(item.logprobs or [])],
+                            self._first_token(prompt, request) if first else None,
+                            offsets.get(choice_index, 0),
+                        )
+                    offsets[choice_index] = offsets.get(choice_index, 0) + len(text)
+                    if text or item.finish_reason or (logprobs is not None and logprobs.tokens):
+                        choice = CompletionChoice(
+                            index=choice_index, text=text, finish_reason=item.finish_reason, logprobs=logprobs
+                        )
+                        yield body([choice], _total_usage(lasts) if continuous else None)
+            if options is not None and options.include_usage:
+                yield body([], _total_usage(lasts))
+        except TritonError as error:
+            yield error_frame(api_error(error, params, "prompt"))
+        yield DONE
+
+    async def _responses(
+        self, generations: list[Generation]
+    ) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
+        """Every prompt's responses as (prompt index, response), in the order they arrive. One prompt (the
+        usual case) is read as it is: a task and a queue hop for each of its tokens would buy nothing."""
+        if len(generations) == 1:
+            async with aclosing(chunks(self.ctx, generations[0])) as responses:
+                async for chunk in responses:
+                    yield 0, chunk
+            return
+        queue: asyncio.Queue[tuple[int, GenerationChunk | TritonError | None]] = asyncio.Queue()
+
+        async def pump(index: int, generation: Generation) -> None:
+            try:
+                async for chunk in chunks(self.ctx, generation):
+                    await queue.put((index, chunk))
+                await queue.put((index, None))
+            except TritonError as error:
+                await queue.put((index, error))
+
+        tasks = [asyncio.create_task(pump(index, generation)) for index, generation in enumerate(generations)]
         try:
             remaining = len(tasks)
             while remaining:
                 index, item = await queue.get()
                 if item is None:
                     remaining -= 1
-                    continue
-                if isinstance(item, TritonError):
-                    yield error_frame(api_error(item, params, "prompt"))
-                    break
-                prompt = prompts[index]
-                choice_index = index * request.n + item.index
-                lasts[choice_index] = item
-                first = choice_index not in offsets
-                text = (prompt.text if request.echo and first else "") + item.text
-                logprobs = None
-                if request.logprobs is not None:
-                    entries = (item.prompt_logprobs or []) if request.echo and first else []
-                    logprobs = self._formatter(request).completion(
-                        [*entries, *(item.logprobs or [])],
-                        self._first_token(prompt, request) if first else None,
-                        offsets.get(choice_index, 0),
-                    )
-                offsets[choice_index] = offsets.get(choice_index, 0) + len(text)
-                if text or item.finish_reason or (logprobs is not None and logprobs.tokens):
-                    choice = CompletionChoice(
-                        index=choice_index, text=text, finish_reason=item.finish_reason, logprobs=logprobs
-                    )
-                    yield body([choice], _total_usage(lasts) if continuous else None)
-            else:
-                if options is not None and options.include_usage:
-                    yield body([], _total_usage(lasts))
+                elif isinstance(item, TritonError):
+                    raise item
+                else:
+                    yield index, item
         finally:
+            # One failure (or the client leaving) ends the whole batch, cancelling its Triton requests.
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        yield DONE
 
 
 def _total_usage(lasts: dict[int, GenerationChunk]) -> UsageInfo:

@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aio_grpcclient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.integration.triton_requests import generate, make_inputs, scrape_metric
+from tests.integration.triton_requests import generate, make_inputs, scrape_metric, stream_outputs
 from tests.servers import TritonServer
 
 pytestmark = pytest.mark.slow
@@ -175,6 +175,38 @@ def test_outputs_with_nothing_to_say_are_left_out(triton_server: TritonServer) -
     )
     assert parallel.error is None
     assert all(names & optional == {"sequence_index"} for names in parallel.output_names)
+
+
+def test_unchanged_outputs_come_only_on_a_sequences_first_and_last_responses(
+    triton_server: TritonServer, tokenizer
+) -> None:
+    """The frontend's lean streams (return_unchanged_outputs=false) carry the same tokens and counts."""
+    request = {
+        "input_ids": tokenizer.encode("Tell me a story."),
+        "max_tokens": 6,
+        "stream": True,
+        "ignore_eos": True,
+        "temperature": 0.0,
+    }
+    full = stream_outputs(triton_server.grpc_url, request, model="llm")
+    lean = stream_outputs(triton_server.grpc_url, {**request, "return_unchanged_outputs": False}, model="llm")
+    everything = {"request_id", "text_delta", "output_token_ids", "num_input_tokens", "num_output_tokens",
+                  "num_cached_tokens", "finish_reason"}  # fmt: skip
+    assert [set(response) for response in full] == [everything] * len(full)
+    changing = {"text_delta", "output_token_ids", "num_output_tokens"}
+    assert len(lean) >= 3
+    assert [set(response) for response in lean] == [everything] + [changing] * (len(lean) - 2) + [everything]
+
+    def stream_text(responses: list[dict]) -> tuple[str, list[int], list[int]]:
+        return (
+            "".join(response["text_delta"][0].decode("utf-8") for response in responses),
+            [int(token) for response in responses for token in response["output_token_ids"]],
+            [int(response["num_output_tokens"][0]) for response in responses],
+        )
+
+    assert stream_text(lean) == stream_text(full)
+    assert lean[-1]["finish_reason"][0] == b"length"
+    assert int(lean[0]["num_input_tokens"][0]) == len(request["input_ids"])
 
 
 def test_non_streamed_echo_prepends_the_prompt(triton_server: TritonServer) -> None:

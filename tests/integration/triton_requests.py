@@ -30,6 +30,8 @@ INPUT_DTYPES: dict[str, Any] = {
     "frequency_penalty": np.float32,
     "abort_request_id": np.object_,
     "prompt_token_ids": np.int32,
+    "input_ids": np.int32,
+    "return_unchanged_outputs": np.bool_,
     "guided_decoding_guide_type": np.object_,
     "guided_decoding_guide": np.object_,
 }
@@ -92,6 +94,30 @@ def generate(
                 collect(result, response)
             if final:
                 return result
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def stream_outputs(
+    url: str, values: dict[str, Any], model: str, timeout: float = 120.0
+) -> list[dict[str, Any]]:
+    """Every response of one streamed request as output name -> flat array, until the final one."""
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        client.async_stream_infer(model, make_inputs(values), enable_empty_final_response=True)
+        outputs = []
+        while True:
+            response, error = responses.get(timeout=timeout)
+            if error is not None:
+                raise error
+            names = [output.name for output in response.get_response().outputs]
+            if names:
+                outputs.append({name: response.as_numpy(name).reshape(-1) for name in names})
+            if response.get_response().parameters["triton_final_response"].bool_param:
+                return outputs
     finally:
         client.stop_stream()
         client.close()

@@ -27,8 +27,9 @@ def test_defaults_follow_vllm() -> None:
     assert request.prompt_token_ids == [5, 6, 7]
     assert request.sampling_params.max_tokens == 16
     assert request.sampling_params.temperature == 1.0
-    assert not request.stream and request.exclude_input_in_output
+    assert not request.stream and request.exclude_input_in_output and request.return_unchanged_outputs
     assert request.priority == 0 and request.cache_salt is None
+    assert not parse_generation_request(tensors(return_unchanged_outputs=False)).return_unchanged_outputs
 
 
 def test_tensorrt_llm_tensors() -> None:

@@ -66,6 +66,10 @@ class ActiveRequest:
     held: dict[int, RequestOutput] = field(default_factory=dict)
     # Set once the client cancelled, so the abort is sent to the engine only once.
     cancelled: bool = False
+    # False: streamed responses between a sequence's first and last carry only the outputs that change.
+    return_unchanged: bool = True
+    # Sequence indices whose first response went out.
+    started: set[int] = field(default_factory=set)
 
 
 class TritonPythonModel:
@@ -137,6 +141,7 @@ class TritonPythonModel:
             parallel=generation.sampling_params.n > 1,
             prompt_text=prompt_text,
             arrival=time.monotonic(),
+            return_unchanged=generation.return_unchanged_outputs,
         )
         with self.active_lock:
             self.active[state.request_id] = state
@@ -245,7 +250,8 @@ class TritonPythonModel:
 
     @staticmethod
     def _response(output: RequestOutput, state: ActiveRequest):
-        """The response's tensors; those with nothing to say are left out (see sequence_outputs)."""
+        """The response's tensors; those with nothing to say are left out (see sequence_outputs), and so
+        are those that stay the same between a sequence's first and last responses when the client asked."""
 
         def scalar(value: int) -> np.ndarray:
             return np.array([value], dtype=np.int32)
@@ -254,16 +260,21 @@ class TritonPythonModel:
             return np.array([value.encode("utf-8")], dtype=np.object_)
 
         tensors = [
-            pb_utils.Tensor("request_id", text(output.request_id)),
             pb_utils.Tensor("text_delta", text(output.text_delta)),
             pb_utils.Tensor("output_token_ids", np.asarray(output.new_token_ids, dtype=np.int32)),
-            pb_utils.Tensor("num_input_tokens", scalar(output.num_prompt_tokens)),
             pb_utils.Tensor("num_output_tokens", scalar(output.num_output_tokens)),
-            pb_utils.Tensor("num_cached_tokens", scalar(output.num_cached_tokens)),
-            pb_utils.Tensor("finish_reason", text(output.finish_reason or "")),
         ]
-        if state.prompt_text:
-            tensors.append(pb_utils.Tensor("prompt_text", text(state.prompt_text)))
+        first = output.index not in state.started
+        state.started.add(output.index)
+        if state.return_unchanged or first or output.finish_reason is not None or output.finished:
+            tensors += [
+                pb_utils.Tensor("request_id", text(output.request_id)),
+                pb_utils.Tensor("num_input_tokens", scalar(output.num_prompt_tokens)),
+                pb_utils.Tensor("num_cached_tokens", scalar(output.num_cached_tokens)),
+                pb_utils.Tensor("finish_reason", text(output.finish_reason or "")),
+            ]
+            if state.prompt_text:
+                tensors.append(pb_utils.Tensor("prompt_text", text(state.prompt_text)))
         tensors.extend(
             pb_utils.Tensor(name, array) for name, array in sequence_tensors(output, state.parallel).items()
         )
