@@ -5,10 +5,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# vLLM's inter-token latency buckets.
+INTER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
 class FrontendMetrics:
-    """Request counts by endpoint and status, time to first token and end-to-end latency."""
+    """Request counts by endpoint and status, time to first token, inter-token and end-to-end latency."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -23,6 +25,15 @@ class FrontendMetrics:
             "Seconds from request arrival to the first generated text.",
             ["endpoint"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        # Observed here, per token as the client receives it: the llm model observes only per request
+        # (each of its metric updates is a round trip to tritonserver).
+        self.inter_token_latency = Histogram(
+            "frontend_inter_token_latency_seconds",
+            "Seconds between consecutive responses carrying tokens of one sequence.",
+            ["endpoint"],
+            buckets=INTER_TOKEN_BUCKETS,
             registry=self.registry,
         )
         self.e2e_latency = Histogram(

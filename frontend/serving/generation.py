@@ -26,6 +26,8 @@ class Generation:
     endpoint: str
     # Monotonic arrival time of the HTTP request.
     arrival: float
+    # Monotonic arrival time of the first response.
+    first_arrival: float
     # Latest response seen (for usage at the end).
     last: GenerationChunk = field(init=False)
 
@@ -47,17 +49,27 @@ async def start_generation(
     except BaseException:
         await stream.aclose()
         raise
-    ctx.metrics.time_to_first_token.labels(endpoint).observe(time.monotonic() - arrival)
-    return Generation(first, stream, endpoint, arrival)
+    first_arrival = time.monotonic()
+    ctx.metrics.time_to_first_token.labels(endpoint).observe(first_arrival - arrival)
+    return Generation(first, stream, endpoint, arrival, first_arrival)
 
 
 async def chunks(ctx: ServingContext, generation: Generation) -> AsyncGenerator[GenerationChunk, None]:
     """Every response of a started generation, the first included; the Triton stream is closed at the end."""
+    inter_token_latency = ctx.metrics.inter_token_latency.labels(generation.endpoint)
+    # By sequence index: arrival time of its latest response carrying tokens.
+    latest_tokens = {generation.first.index: generation.first_arrival} if generation.first.token_ids else {}
     async with aclosing(generation.rest) as rest:
         yield generation.first
         if not generation.first.final:
             async for chunk in rest:
                 generation.last = chunk
+                if chunk.token_ids:
+                    now = time.monotonic()
+                    previous = latest_tokens.get(chunk.index)
+                    if previous is not None:
+                        inter_token_latency.observe(now - previous)
+                    latest_tokens[chunk.index] = now
                 yield chunk
     last = generation.last
     ctx.metrics.e2e_latency.labels(generation.endpoint).observe(time.monotonic() - generation.arrival)

@@ -276,8 +276,14 @@ def test_non_streamed_disconnect_cancels_too(
     assert running_requests(triton_server) == 0
 
 
-def test_health_and_metrics(frontend_server: FrontendServer) -> None:
+def test_health_and_metrics(frontend_server: FrontendServer, client: openai.OpenAI) -> None:
     assert httpx.get(f"{frontend_server.root_url}/health").status_code == 200
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, max_tokens=4, extra_body={"ignore_eos": True}
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 4
     metrics = httpx.get(f"{frontend_server.root_url}/metrics").text
     assert 'frontend_requests_total{endpoint="/v1/chat/completions",status="200"}' in metrics
     assert 'frontend_time_to_first_token_seconds_count{endpoint="/v1/chat/completions"}' in metrics
+    inter_token = 'frontend_inter_token_latency_seconds_count{endpoint="/v1/chat/completions"} '
+    assert float(metrics.split(inter_token, 1)[1].split("\n", 1)[0]) > 0
