@@ -9,6 +9,8 @@ and the autoscaler reads a metric the llm model exports, under the name promethe
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
@@ -75,12 +77,15 @@ def test_selectors_reach_the_pods(objects: dict[str, dict[str, Any]]) -> None:
 
 
 def test_service_ports_land_on_container_ports(objects: dict[str, dict[str, Any]]) -> None:
+    """Each Service port reaches the container port of the same number (the one the docs name)."""
     declared = {
         entry["name"]: entry["containerPort"] for container in containers(objects).values() for entry in container["ports"]
     }
-    targets = {port["name"]: port["targetPort"] for port in objects["Service"]["spec"]["ports"]}
-    assert set(targets) == set(declared)
-    assert all(target in declared for target in targets.values())
+    service_ports = objects["Service"]["spec"]["ports"]
+    assert {port["name"] for port in service_ports} == set(declared)
+    for port in service_ports:
+        target = port["targetPort"]
+        assert (declared[target] if isinstance(target, str) else target) == port["port"], port
 
 
 def test_probes_use_the_servers_health_endpoints(objects: dict[str, dict[str, Any]]) -> None:
@@ -107,6 +112,21 @@ def test_the_frontend_reaches_its_own_tritonserver(objects: dict[str, dict[str, 
     assert port_number(by_name["triton"], "triton-grpc") == int(port)
 
 
+def test_streams_get_time_to_finish_when_a_pod_stops(objects: dict[str, dict[str, Any]]) -> None:
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    exit_timeout = int(argument(containers(objects)["triton"], "--exit-timeout-secs"))
+    assert 30 < exit_timeout < pod["terminationGracePeriodSeconds"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_renders_the_kustomization() -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    kinds = [document["kind"] for document in yaml.safe_load_all(rendered) if document]
+    assert sorted(kinds) == ["Deployment", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Service"]
+
+
 def test_the_pod_gets_the_gpus_its_profile_shards_over(objects: dict[str, dict[str, Any]]) -> None:
     by_name = containers(objects)
     profile_path = {entry["name"]: entry["value"] for entry in by_name["triton"]["env"]}["TRITONLLM_PROFILE"]
@@ -121,7 +141,8 @@ def test_the_pod_gets_the_gpus_its_profile_shards_over(objects: dict[str, dict[s
     for container in by_name.values():
         mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
         assert volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"] == checkpoints
-        assert profile["model"].startswith("/models/")
+    # The checkpoints the profile names are on that volume, speech recognition's included.
+    assert profile["model"].startswith("/models/") and profile["whisper_model"].startswith("/models/")
 
 
 def test_the_autoscaler_reads_a_metric_llm_exports(objects: dict[str, dict[str, Any]]) -> None:
