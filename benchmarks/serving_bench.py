@@ -89,9 +89,16 @@ def percentile(values: list[float], q: int) -> float:
 
 
 def run_engine(engine: LLMEngine, workload: Workload, concurrency: int) -> RunResult:
-    """Keep `concurrency` requests in the engine, adding the next one as soon as one finishes."""
+    """Keep `concurrency` requests in the engine, adding the next one as soon as one finishes.
+
+    A token is stamped when the text it belongs to is released, as a streaming client sees it: a step
+    whose tokens release no text yet (part of a UTF-8 character) gets no event from the frontend, so its
+    tokens reach the served side's client with the next text.
+    """
     waiting = deque(range(len(workload.prompts)))
     timings: dict[int, RequestTiming] = {}
+    # By request: tokens sampled whose text is not released yet.
+    unreleased: dict[int, int] = {}
     in_flight = 0
     start = time.perf_counter()
     while waiting or in_flight:
@@ -107,7 +114,11 @@ def run_engine(engine: LLMEngine, workload: Workload, concurrency: int) -> RunRe
         now = time.perf_counter()
         for output in outputs:
             index = int(output.request_id.removeprefix("bench-"))
-            timings[index].token_times += [now] * len(output.new_token_ids)
+            count = unreleased.pop(index, 0) + len(output.new_token_ids)
+            if output.text_delta or output.finished:
+                timings[index].token_times += [now] * count
+            else:
+                unreleased[index] = count
             in_flight -= output.finished
     return RunResult("engine", concurrency, time.perf_counter() - start, list(timings.values()))
 
