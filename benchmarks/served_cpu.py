@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.engine_bench import Workload, make_workload
 from benchmarks.serving_bench import MODEL_NAME, run_served
-from tests.servers import ROOT, ServerProcess, start_frontend, start_triton
+from tests.servers import ROOT, ServerProcess, start_frontend, start_triton, stub_pids
 
 CHECKPOINT = ROOT / "models" / MODEL_NAME
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -43,21 +43,9 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     return {int(task.name): cpu_seconds(task / "stat") for task in Path(f"/proc/{pid}/task").iterdir()}
 
 
-def child_pids(pid: int) -> list[int]:
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
-    return children
-
-
 def model_processes(triton_pid: int) -> dict[str, int]:
     """tritonserver's Python-backend stubs by model name (their first argument is the model's model.py)."""
-    stubs = {}
-    for pid in child_pids(triton_pid):
-        arguments = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-        if len(arguments) > 1 and arguments[1].endswith("model.py"):
-            stubs[Path(arguments[1]).parents[1].name] = pid
-    return stubs
+    return {Path(cmdline.split(" ")[1]).parents[1].name: pid for pid, cmdline in stub_pids(triton_pid).items()}
 
 
 def pid_of(server: ServerProcess) -> int:

@@ -33,6 +33,23 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
+def stub_pids(triton_pid: int) -> dict[int, str]:
+    """The Python backend stubs among tritonserver's children: pid -> command line."""
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        if int(parent) == triton_pid and "triton_python_backend_stub" in cmdline:
+            stubs[int(entry.name)] = cmdline
+    return stubs
+
+
 @dataclass
 class ServerProcess:
     """A child process in its own process group, with its output in a log file."""

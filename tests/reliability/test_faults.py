@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.reliability.conftest import PrivateStack
+from tests.servers import stub_pids
 
 pytestmark = pytest.mark.slow
 
@@ -24,23 +25,6 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 def sdk(stack: PrivateStack) -> openai.OpenAI:
     # No retries: the test must see each failure as the client does on its first attempt.
     return openai.OpenAI(base_url=stack.frontend.base_url, api_key="unused", max_retries=0, timeout=120)
-
-
-def stub_pids(triton_pid: int) -> dict[int, str]:
-    """The Python backend stubs among tritonserver's children: pid -> command line."""
-    stubs = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
-        if int(parent) == triton_pid and "triton_python_backend_stub" in cmdline:
-            stubs[int(entry.name)] = cmdline
-    return stubs
 
 
 def stub_pid(triton_pid: int, model_file: str) -> int:
