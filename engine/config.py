@@ -45,6 +45,9 @@ class EngineConfig:
     # onednn or onednn+decode (bfloat16 only: oneDNN plus a C++ kernel for decode batches, at twice the
     # weight memory) force one.
     cpu_weight_format: str = "auto"
+    # Tokens a streamed output gathers before AsyncEngine hands it on (vLLM's --stream-interval); a request's
+    # own stream_interval may raise it. A sequence's first and last outputs never wait. 1 = every token.
+    stream_interval: int = 1
     # Seed of the engine's generator for requests without their own seed.
     seed: int = 0
     # Most requests waiting behind the running batch; beyond it submit() refuses new ones
@@ -61,7 +64,7 @@ class EngineConfig:
             )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be auto|cpu|cuda|cuda:N, got {self.device!r}")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size", "stream_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:

@@ -59,6 +59,9 @@ class SamplingParams:
     n: int = 1
     # Sequences generated, of which the n with the highest cumulative logprob are returned; None = n.
     best_of: int | None = None
+    # Streaming: tokens gathered into each output (raises the engine's stream_interval, never lowers it);
+    # None = the engine's. Servers only (AsyncEngine): LLMEngine.step always yields every token.
+    stream_interval: int | None = None
     # Constrain the output to a JSON schema, regex, choice, grammar, ... (xgrammar); None = free text.
     structured_outputs: StructuredOutputsParams | None = None
 
@@ -130,6 +133,8 @@ class SamplingParams:
                 raise ValueError(f"{name} must be in [0, {MAX_LOGPROBS}], got {value}")
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.stream_interval is not None and self.stream_interval < 1:
+            raise ValueError(f"stream_interval must be at least 1, got {self.stream_interval}")
         if self.best_of is not None and self.best_of < self.n:
             raise ValueError(f"best_of ({self.best_of}) must be >= n ({self.n})")
 

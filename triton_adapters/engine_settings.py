@@ -36,6 +36,7 @@ def engine_config(
         enforce_eager=parse_bool(parameters.get("enforce_eager", "false")),
         # Optional (not in the profiles): force a float32 CPU weight format instead of timing them at load.
         cpu_weight_format=parameters.get("cpu_weight_format", "auto"),
+        stream_interval=int(parameters.get("stream_interval") or "1"),
     )
     if kv_cache_memory:
         config.kv_cache_memory = kv_cache_memory

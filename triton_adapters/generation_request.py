@@ -61,6 +61,7 @@ JSON_FIELDS: dict[str, type] = {
     "n": int,
     "best_of": int,
     "truncate_prompt_tokens": int,
+    "stream_interval": int,
 }
 JSON_LIST_FIELDS = ("stop", "stop_token_ids", "allowed_token_ids", "bad_words")
 # JSON objects passed through as they are (SamplingParams validates them): token id -> bias.

@@ -46,6 +46,9 @@ class SamplingRequest(BaseModel):
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # vLLM: tokens per streamed chunk; raises the server's stream_interval, never lowers it. The first and
+    # last chunks are sent at once. No effect without `stream`.
+    stream_interval: int | None = Field(default=None, ge=1)
     user: str | None = None
     # Accepted for SDK compatibility: this server keeps nothing, so `store` has no effect to refuse.
     store: bool | None = None

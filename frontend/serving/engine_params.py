@@ -35,6 +35,7 @@ FORWARDED = (
     "allowed_token_ids",
     "bad_words",
     "truncate_prompt_tokens",
+    "stream_interval",
     "structured_outputs",
     "guided_json",
     "guided_regex",

@@ -187,6 +187,36 @@ def test_bias_penalties_allowed_and_bad_words(client: openai.OpenAI, templater: 
     assert caught.value.param == "logit_bias"
 
 
+def test_stream_interval_sends_fewer_chunks_with_the_same_text_and_logprobs(client: openai.OpenAI) -> None:
+    """vLLM's per-request stream_interval: chunks of up to 4 tokens after the first one."""
+    request = {
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": "Count from one to twenty in words."}],
+        "max_tokens": 13,
+        "temperature": 0,
+        "logprobs": True,
+        "stream": True,
+    }
+
+    def tokens_per_chunk(**extra: object) -> tuple[str, list[list[str]]]:
+        text, groups = "", []
+        for chunk in client.chat.completions.create(**request, **extra):
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                if choice.logprobs is not None and choice.logprobs.content:
+                    groups.append([entry.token for entry in choice.logprobs.content])
+        return text, groups
+
+    text, single = tokens_per_chunk()
+    grouped_text, grouped = tokens_per_chunk(extra_body={"stream_interval": 4})
+    assert grouped_text == text
+    assert [token for group in grouped for token in group] == [token for group in single for token in group]
+    assert len(single) == 13 and [len(group) for group in grouped] == [1, 4, 4, 4]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=2, extra_body={"stream_interval": 0})
+    assert caught.value.param == "stream_interval"
+
+
 def test_ensemble_returns_sequences_and_tensorrt_llm_logprobs(triton_server: TritonServer) -> None:
     """Non-streamed, n=2 through sampling_parameters, TensorRT-LLM's return_log_probs: one response per
     sequence (the last FINAL), each with its index, per-token and cumulative logprobs."""

@@ -209,6 +209,34 @@ def test_unchanged_outputs_come_only_on_a_sequences_first_and_last_responses(
     assert int(lean[0]["num_input_tokens"][0]) == len(request["input_ids"])
 
 
+def test_a_stream_interval_groups_tokens_into_fewer_responses(triton_server: TritonServer, tokenizer) -> None:
+    """vLLM's per-request stream_interval in sampling_parameters: the first response at once, then one per
+    4 tokens, the same tokens and text as a token-by-token stream."""
+    request = {
+        "input_ids": tokenizer.encode("Tell me a story."),
+        "max_tokens": 10,
+        "stream": True,
+        "ignore_eos": True,
+        "temperature": 0.0,
+    }
+    single = stream_outputs(triton_server.grpc_url, request, model="llm")
+    grouped = stream_outputs(
+        triton_server.grpc_url, {**request, "sampling_parameters": {"stream_interval": 4}}, model="llm"
+    )
+    assert [len(response["output_token_ids"]) for response in single] == [1] * 10
+    assert [len(response["output_token_ids"]) for response in grouped] == [1, 4, 4, 1]
+    assert [int(response["num_output_tokens"][0]) for response in grouped] == [1, 5, 9, 10]
+
+    def text_and_tokens(responses: list[dict]) -> tuple[str, list[int]]:
+        return (
+            "".join(response["text_delta"][0].decode("utf-8") for response in responses),
+            [int(token) for response in responses for token in response["output_token_ids"]],
+        )
+
+    assert text_and_tokens(grouped) == text_and_tokens(single)
+    assert grouped[-1]["finish_reason"][0] == b"length"
+
+
 def test_non_streamed_echo_prepends_the_prompt(triton_server: TritonServer) -> None:
     prompt = "The capital of France is"
     result = generate(

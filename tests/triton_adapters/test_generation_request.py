@@ -63,11 +63,12 @@ def test_vllm_backend_json_with_string_numbers() -> None:
         "ignore_eos": "true",
         "stop": "x",
         "n": 1,
+        "stream_interval": "4",
     }
     request = parse_generation_request(tensors(sampling_parameters=json.dumps(sampling)))
     params = request.sampling_params
     assert params.max_tokens == 20 and params.temperature == 0.0 and params.top_p == pytest.approx(0.9)
-    assert params.ignore_eos and params.stop == ["x"]
+    assert params.ignore_eos and params.stop == ["x"] and params.stream_interval == 4
 
 
 def test_tensor_wins_over_json() -> None:
