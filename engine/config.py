@@ -19,6 +19,10 @@ class EngineConfig:
     device: str = "auto"
     # Tokens per KV cache block.
     block_size: int = 16
+    # auto|bfloat16 (vLLM's --kv-cache-dtype): the KV cache's element type; auto = the model's dtype.
+    # bfloat16 under a float32 model on the CPU halves the cache's memory and the bytes attention streams
+    # (computing stays float32); elsewhere only the model's own dtype is implemented.
+    kv_cache_dtype: str = "auto"
     # Longest prompt + output a request may reach; None = the model's max_position_embeddings.
     max_model_len: int | None = None
     # Most requests in the running batch at once.
@@ -58,6 +62,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
+        if self.kv_cache_dtype not in ("auto", "bfloat16"):
+            raise ValueError(f"kv_cache_dtype must be auto|bfloat16, got {self.kv_cache_dtype!r}")
         if self.cpu_weight_format not in ("auto", "plain", "mkl", "onednn", "onednn+decode"):
             raise ValueError(
                 f"cpu_weight_format must be auto|plain|mkl|onednn|onednn+decode, got {self.cpu_weight_format!r}"

@@ -17,6 +17,21 @@ import torch
 from kernels import native_library
 
 
+def resolve_cache_dtype(kv_cache_dtype: str, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The cache's element type for EngineConfig.kv_cache_dtype under a model of `dtype` on `device`; a pair
+    no attention path here reads (any other than the model's own dtype, except bfloat16 under float32 on the
+    CPU) is refused rather than quietly replaced."""
+    if kv_cache_dtype == "auto":
+        return dtype
+    cache_dtype = {"bfloat16": torch.bfloat16}[kv_cache_dtype]
+    if cache_dtype == dtype or (device.type == "cpu" and dtype == torch.float32):
+        return cache_dtype
+    raise ValueError(
+        f"kv_cache_dtype={kv_cache_dtype} under a {str(dtype).removeprefix('torch.')} model on {device.type} is not "
+        "implemented: use auto, or bfloat16 with a float32 model on the CPU"
+    )
+
+
 def stores_keys_transposed(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype in native_library.DTYPES
 

@@ -15,6 +15,7 @@ from engine.attention_metadata import AttentionMetadata
 from engine.config import EngineConfig
 from engine.distributed import TensorParallelGroup
 from engine.host_memory import keep_freed_memory
+from engine.kv_cache import resolve_cache_dtype
 from engine.models import CausalLM, load_model, packed_gemm
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class ModelShard:
     ) -> None:
         self.device = device
         self.dtype = dtype
+        self.cache_dtype = resolve_cache_dtype(config.kv_cache_dtype, dtype, device)
         self.group = group
         self.block_size = config.block_size
         self.model: CausalLM = load_model(config.model, dtype, device, group)
@@ -48,11 +50,12 @@ class ModelShard:
             raise ValueError(f"no memory left for the KV cache (computed {self.num_blocks} blocks)")
         self.kv_cache = self._allocate_cache(self.num_blocks)
         logger.info(
-            "KV cache (tensor-parallel rank %d of %d): %d blocks of %d tokens on %s",
+            "KV cache (tensor-parallel rank %d of %d): %d blocks of %d tokens, %s, on %s",
             group.rank,
             group.size,
             self.num_blocks,
             self.block_size,
+            str(self.cache_dtype).removeprefix("torch."),
             device,
         )
 
@@ -86,14 +89,14 @@ class ModelShard:
     def bytes_per_block(self) -> int:
         """KV bytes of one block on this rank (its KV heads only)."""
         spec = self.spec
-        element_size = torch.tensor([], dtype=self.dtype).element_size()
+        element_size = torch.tensor([], dtype=self.cache_dtype).element_size()
         return spec.num_layers * 2 * self.block_size * self.model.num_kv_heads * spec.head_dim * element_size
 
     def _allocate_cache(self, num_blocks: int) -> torch.Tensor:
         spec = self.spec
         return torch.zeros(
             (spec.num_layers, 2, num_blocks, self.model.num_kv_heads, self.block_size, spec.head_dim),
-            dtype=self.dtype,
+            dtype=self.cache_dtype,
             device=self.device,
         )
 

@@ -27,6 +27,12 @@ logger = logging.getLogger(__name__)
 # The tensor dtypes the kernels take (every tensor of a call in one of them; arithmetic in float32).
 DTYPES = (torch.float32, torch.bfloat16)
 
+
+def supports_cache(dtype: torch.dtype, cache_dtype: torch.dtype) -> bool:
+    """Whether the attention and cache-write kernels take a KV cache of `cache_dtype` beside activations of
+    `dtype`: the same dtype, or a bfloat16 cache under float32 (kv_cache_dtype=bfloat16)."""
+    return dtype in DTYPES and (cache_dtype == dtype or (dtype == torch.float32 and cache_dtype == torch.bfloat16))
+
 SOURCES = sorted((Path(__file__).parent / "native").glob("*.cpp"))
 HEADERS = sorted((Path(__file__).parent / "native").glob("*.h"))
 # Beside the project's other build outputs; TRITONLLM_NATIVE_BUILD_DIR moves it (a read-only install).

@@ -109,7 +109,11 @@ def rotary_write_kv(
     native pass does both (the rotated keys go straight into the cache)."""
     if (
         is_neox
-        and _native(query, key, value, key_cache, value_cache)
+        and _native(query, key, value)
+        and native_library.supports_cache(query.dtype, key_cache.dtype)
+        and key_cache.dtype == value_cache.dtype
+        and key_cache.is_cpu
+        and value_cache.is_cpu
         and query.stride(2) == key.stride(2) == value.stride(2) == 1
         and cos_sin_cache.dtype == torch.float32
         and cos_sin_cache.device.type == "cpu"

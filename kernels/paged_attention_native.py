@@ -12,6 +12,8 @@ when the native library is built.
     tokens 18.8 -> 12.2 ms; bfloat16 alike.
 
 Both read the cache where it lies, keep a block's scores in registers and need no per-step index arrays.
+Both also take a bfloat16 cache under float32 queries (EngineConfig.kv_cache_dtype): the cache is widened as
+it is read, the query, softmax and output stay float32.
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ def native_attention_supported(
     metadata: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # query_start_loc, seq_lens, block_tables
 ) -> bool:
     """Whether the library is loaded and compiled for this cache's block and head size, the query and both
-    caches are float32 or bfloat16 alike, the key tiles stored transposed and contiguous and the values
+    caches are float32 or bfloat16 alike (or the caches bfloat16 under a float32 query), the key tiles stored transposed and contiguous and the values
     contiguous (the engine's CPU cache, engine.kv_cache), and the step's metadata is what it reads (int32
     with contiguous rows, as the engine builds it). The query is made contiguous by the caller."""
     num_blocks, num_kv_heads, block_size, head_dim = key_cache.shape
     query_start_loc, seq_lens, block_tables = metadata
     return (
         query.device.type == "cpu"
-        and query.dtype == key_cache.dtype == value_cache.dtype
-        and query.dtype in native_library.DTYPES
+        and key_cache.dtype == value_cache.dtype
+        and native_library.supports_cache(query.dtype, key_cache.dtype)
         and keys_transposed(key_cache, value_cache)
         and key_cache.stride(0) == num_kv_heads * block_size * head_dim
         and all(tensor.dtype == torch.int32 for tensor in metadata)

@@ -125,8 +125,9 @@ def paged_attention_ref(
     )  # fmt: skip
     out = torch.empty_like(query)
     for prompt in plan.prompts:
-        k = gather_kv(key_cache, prompt.kv, 0)  # [1, Hkv, L, D]
-        v = gather_kv(value_cache, prompt.kv, 1)
+        # A bfloat16 cache under a float32 query (kv_cache_dtype) is widened here; `to` is free otherwise.
+        k = gather_kv(key_cache, prompt.kv, 0).to(query.dtype)  # [1, Hkv, L, D]
+        v = gather_kv(value_cache, prompt.kv, 1).to(query.dtype)
         q = query[prompt.start : prompt.start + prompt.length].transpose(0, 1).unsqueeze(0)  # [1, Hq, L, D]
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         out[prompt.start : prompt.start + prompt.length] = o[0].transpose(0, 1)
@@ -356,8 +357,8 @@ def attend_group(
     # [n, Q, Hq, D] -> [n, Hkv, G * Q, D]: the G query heads sharing a KV head become extra query rows.
     q = query[group.token_idx].view(n, max_q_len, num_kv_heads, group_size, head_dim)
     q = q.permute(0, 2, 3, 1, 4).reshape(n, num_kv_heads, group_size * max_q_len, head_dim)
-    k = gather_kv(key_cache, group.kv, 0)
-    v = gather_kv(value_cache, group.kv, 1)
+    k = gather_kv(key_cache, group.kv, 0).to(query.dtype)
+    v = gather_kv(value_cache, group.kv, 1).to(query.dtype)
     if soft_cap is None:
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, scale=scale)
     else:  # explicit float32 scores: SDPA has no soft-capping

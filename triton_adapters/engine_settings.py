@@ -25,6 +25,7 @@ def engine_config(
         dtype=parameters.get("dtype", "auto"),
         device=device,
         block_size=int(parameters.get("block_size", "16")),
+        kv_cache_dtype=parameters.get("kv_cache_dtype") or "auto",
         max_model_len=optional_int(parameters, "max_model_len"),
         max_num_seqs=int(parameters.get("max_num_seqs", "256")),
         max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", "2048")),

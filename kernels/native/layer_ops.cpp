@@ -135,20 +135,22 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
 
 // One head: the first rot_dim features rotated by halves (x1 * cos - x2 * sin, x2 * cos + x1 * sin, in
 // float32, then rounded to T), the rest copied; `out` is written with strides (out_stride apart), which
-// serves the transposed key tiles.
-template <typename T>
-ALWAYS_INLINE void rotate_head(const T* x, const float* cos, const float* sin, int64_t rot_dim, int64_t head_dim, T* out,
+// serves the transposed key tiles, and in its own type O (a bfloat16 cache under float32 activations is
+// rounded from the float32 result, as the reference's rotate-then-cast is).
+template <typename T, typename O>
+ALWAYS_INLINE void rotate_head(const T* x, const float* cos, const float* sin, int64_t rot_dim, int64_t head_dim, O* out,
                                int64_t out_stride) {
   const int64_t half = rot_dim / 2;
   for (int64_t i = 0; i < half; ++i) {
     const float x1 = static_cast<float>(x[i]), x2 = static_cast<float>(x[i + half]);
-    out[i * out_stride] = static_cast<T>(x1 * cos[i] - x2 * sin[i]);
-    out[(i + half) * out_stride] = static_cast<T>(x2 * cos[i] + x1 * sin[i]);
+    out[i * out_stride] = static_cast<O>(static_cast<T>(x1 * cos[i] - x2 * sin[i]));
+    out[(i + half) * out_stride] = static_cast<O>(static_cast<T>(x2 * cos[i] + x1 * sin[i]));
   }
-  for (int64_t i = rot_dim; i < head_dim; ++i) out[i * out_stride] = x[i];
+  for (int64_t i = rot_dim; i < head_dim; ++i) out[i * out_stride] = static_cast<O>(x[i]);
 }
 
-template <typename T>
+// T: the activations' element type; C: the cache's (T, or bfloat16 under float32 activations).
+template <typename T, typename C>
 void rotate_and_write(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                       const at::Tensor& cos_sin_cache, const at::Tensor& key_cache, const at::Tensor& value_cache,
                       const at::Tensor& slot_mapping, const at::Tensor& out) {
@@ -161,19 +163,19 @@ void rotate_and_write(const at::Tensor& positions, const at::Tensor& query, cons
       const float* cos = cos_sin_cache.data_ptr<float>() + pos[t] * rot_dim;
       const float* sin = cos + rot_dim / 2;
       for (int64_t h = 0; h < q_heads; ++h)
-        rotate_head<T>(query.data_ptr<T>() + t * query.stride(0) + h * query.stride(1), cos, sin, rot_dim, head_dim,
+        rotate_head<T, T>(query.data_ptr<T>() + t * query.stride(0) + h * query.stride(1), cos, sin, rot_dim, head_dim,
                        out.data_ptr<T>() + (t * q_heads + h) * head_dim, 1);
       if (slots[t] < 0) continue;  // padding: nothing cached
       const int64_t block = slots[t] / block_size, offset = slots[t] % block_size;
       for (int64_t h = 0; h < kv_heads; ++h) {
-        T* key_slot = key_cache.data_ptr<T>() + block * key_cache.stride(0) + h * key_cache.stride(1) +
+        C* key_slot = key_cache.data_ptr<C>() + block * key_cache.stride(0) + h * key_cache.stride(1) +
                       offset * key_cache.stride(2);
-        rotate_head<T>(key.data_ptr<T>() + t * key.stride(0) + h * key.stride(1), cos, sin, rot_dim, head_dim, key_slot,
+        rotate_head<T, C>(key.data_ptr<T>() + t * key.stride(0) + h * key.stride(1), cos, sin, rot_dim, head_dim, key_slot,
                        key_cache.stride(3));
         const T* value_row = value.data_ptr<T>() + t * value.stride(0) + h * value.stride(1);
-        T* value_slot = value_cache.data_ptr<T>() + block * value_cache.stride(0) + h * value_cache.stride(1) +
+        C* value_slot = value_cache.data_ptr<C>() + block * value_cache.stride(0) + h * value_cache.stride(1) +
                         offset * value_cache.stride(2);
-        for (int64_t d = 0; d < head_dim; ++d) value_slot[d * value_cache.stride(3)] = value_row[d];
+        for (int64_t d = 0; d < head_dim; ++d) value_slot[d * value_cache.stride(3)] = static_cast<C>(value_row[d]);
       }
     }
   });
@@ -187,9 +189,10 @@ at::Tensor rotary_write_kv(const at::Tensor& positions, const at::Tensor& query,
   for (const at::Tensor* t : {&query, &key, &value})
     TORCH_CHECK(t->scalar_type() == dtype && t->dim() == 3 && t->stride(2) == 1,
                 "query, key and value must be [T, heads, D] of one dtype with contiguous heads");
-  TORCH_CHECK(key_cache.scalar_type() == dtype && value_cache.scalar_type() == dtype && key_cache.dim() == 4 &&
+  const at::ScalarType cache_dtype = key_cache.scalar_type();
+  TORCH_CHECK(is_supported_cache(dtype, cache_dtype) && value_cache.scalar_type() == cache_dtype && key_cache.dim() == 4 &&
                   value_cache.sizes() == key_cache.sizes(),
-              "the caches must be [N, Hkv, bs, D] alike, of query's dtype");
+              "the caches must be [N, Hkv, bs, D] alike, of query's dtype or bfloat16 under a float32 query");
   TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat && cos_sin_cache.is_contiguous() && cos_sin_cache.dim() == 2,
               "cos_sin_cache must be contiguous float32 [max_pos, rot_dim]");
   TORCH_CHECK(positions.scalar_type() == at::kLong && slot_mapping.scalar_type() == at::kLong && positions.is_contiguous() &&
@@ -211,9 +214,9 @@ at::Tensor rotary_write_kv(const at::Tensor& positions, const at::Tensor& query,
     TORCH_CHECK(slots[t] >= -1 && slots[t] < num_slots, "slot ", slots[t], " outside the cache");
   }
   at::Tensor out = at::empty({tokens, q_heads, head_dim}, query.options());
-  with_element_type(dtype, [&](auto element) {
-    rotate_and_write<decltype(element)>(positions, query, key, value, cos_sin_cache, key_cache, value_cache, slot_mapping,
-                                        out);
+  with_element_types(dtype, cache_dtype, [&](auto element, auto cache_element) {
+    rotate_and_write<decltype(element), decltype(cache_element)>(positions, query, key, value, cos_sin_cache, key_cache,
+                                                                 value_cache, slot_mapping, out);
   });
   return out;
 }

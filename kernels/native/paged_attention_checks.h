@@ -18,7 +18,9 @@ inline void check_tensors(const char* kernel, bool (*supported)(int64_t, int64_t
   TORCH_CHECK(query.dim() == 3 && query.is_contiguous(), "query must be a contiguous [T, Hq, D] tensor");
   TORCH_CHECK(out.sizes() == query.sizes() && out.is_contiguous() && out.scalar_type() == dtype,
               "out must be a contiguous tensor shaped like query, of its dtype");
-  TORCH_CHECK(key_cache.dim() == 4 && key_cache.scalar_type() == dtype, "key_cache must be [N, Hkv, bs, D] of query's dtype");
+  const at::ScalarType cache_dtype = key_cache.scalar_type();
+  TORCH_CHECK(key_cache.dim() == 4 && vector_math::is_supported_cache(dtype, cache_dtype),
+              "key_cache must be [N, Hkv, bs, D] of query's dtype, or bfloat16 under a float32 query, got ", cache_dtype);
   const int64_t num_kv_heads = key_cache.size(1), block_size = key_cache.size(2), head_dim = key_cache.size(3);
   TORCH_CHECK(supported(block_size, head_dim), kernel, " is not compiled for block_size ", block_size, " and head_dim ",
               head_dim);
@@ -27,7 +29,7 @@ inline void check_tensors(const char* kernel, bool (*supported)(int64_t, int64_t
   TORCH_CHECK(key_cache.stride(2) == 1 && key_cache.stride(3) == block_size && key_cache.stride(1) == block_size * head_dim &&
                   key_cache.stride(0) == num_kv_heads * block_size * head_dim,
               "key_cache tiles must be stored transposed: [N, Hkv, D, bs] contiguous");
-  TORCH_CHECK(value_cache.sizes() == key_cache.sizes() && value_cache.is_contiguous() && value_cache.scalar_type() == dtype,
+  TORCH_CHECK(value_cache.sizes() == key_cache.sizes() && value_cache.is_contiguous() && value_cache.scalar_type() == cache_dtype,
               "value_cache must be a contiguous tensor shaped like key_cache, of its dtype");
   TORCH_CHECK(sequences.scalar_type() == at::kLong && sequences.is_contiguous(), "sequences must be contiguous int64");
   TORCH_CHECK(query_start_loc.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt &&

@@ -1,4 +1,4 @@
-// Decode attention straight from the paged CPU cache (float32 or bfloat16): one pass over each sequence's
+// Decode attention straight from the paged CPU cache (float32 or bfloat16, also under float32 queries): one pass over each sequence's
 // keys and values per layer for up to 4 query heads of a KV head (2 at head_dim 128; a larger group takes
 // a second pass, from cache).
 //
@@ -46,12 +46,13 @@ ALWAYS_INLINE void prefetch(const T* address) {
   __builtin_prefetch(address, 0, kPrefetchLocality);
 }
 
-template <typename T>
+// Q: the query's and output's element type; C: the cache's (Q, or bfloat16 under a float32 Q).
+template <typename Q, typename C>
 struct Item {
-  const T* query;        // [group_size, head_dim]: the KV head's query heads
-  T* out;                // [group_size, head_dim]
-  const T* key_tiles;    // the key cache, [blocks, Hkv, head_dim, block_size]
-  const T* value_tiles;  // the value cache, [blocks, Hkv, block_size, head_dim]
+  const Q* query;        // [group_size, head_dim]: the KV head's query heads
+  Q* out;                // [group_size, head_dim]
+  const C* key_tiles;    // the key cache, [blocks, Hkv, head_dim, block_size]
+  const C* value_tiles;  // the value cache, [blocks, Hkv, block_size, head_dim]
   const int32_t* block_table;
   int64_t num_kv_heads, kv_head, group_size;
   int64_t kv_len, first_visible;  // positions first_visible .. kv_len - 1 are attended
@@ -62,8 +63,8 @@ struct Item {
 // Heads q0 .. q0 + G - 1 of the KV head's group, every key and value row loaded (and, from bfloat16,
 // widened) once for all G of them: loads and conversions, not multiply-adds, bounded the kernel when each
 // head made its own pass. Inlined into attend_kv_head's clones, so it is compiled for each CPU level too.
-template <typename T, int64_t kBlockSize, int64_t kHeadDim, int64_t G>
-ALWAYS_INLINE void attend_heads(const Item<T>& item, int64_t q0) {
+template <typename Q, typename C, int64_t kBlockSize, int64_t kHeadDim, int64_t G>
+ALWAYS_INLINE void attend_heads(const Item<Q, C>& item, int64_t q0) {
   constexpr int64_t block_chunks = kBlockSize / kLanes, dim_chunks = kHeadDim / kLanes;
   const int64_t first_block = item.first_visible / kBlockSize, end_block = (item.kv_len + kBlockSize - 1) / kBlockSize;
   const int64_t width = (end_block - first_block) * kBlockSize;  // scores per query head
@@ -75,14 +76,14 @@ ALWAYS_INLINE void attend_heads(const Item<T>& item, int64_t q0) {
     scaled_query[i] = static_cast<float>(item.query[q0 * kHeadDim + i]) * item.scale;
   float* head_scores = item.scores + q0 * width;
   for (int64_t b = first_block; b < end_block; ++b) {
-    const T* keys = item.key_tiles + tile(b) * kHeadDim * kBlockSize;
-    const T* ahead_keys = item.key_tiles + tile(std::min(b + kPrefetchBlocks, end_block - 1)) * kHeadDim * kBlockSize;
+    const C* keys = item.key_tiles + tile(b) * kHeadDim * kBlockSize;
+    const C* ahead_keys = item.key_tiles + tile(std::min(b + kPrefetchBlocks, end_block - 1)) * kHeadDim * kBlockSize;
     Vec acc[G][2][block_chunks] = {};  // even and odd head dims: two chains per head
     for (int64_t d = 0; d < kHeadDim; d += 2) {
       for (int64_t u = 0; u < 2; ++u) {
         for (int64_t c = 0; c < block_chunks; ++c) {
           const int64_t at = (d + u) * kBlockSize + c * kLanes;
-          if (at * sizeof(T) % 64 == 0) prefetch(ahead_keys + at);
+          if (at * sizeof(C) % 64 == 0) prefetch(ahead_keys + at);
           const Vec k = load(keys + at);
           for (int64_t g = 0; g < G; ++g) acc[g][u][c] += scaled_query[g * kHeadDim + d + u] * k;
         }
@@ -117,14 +118,14 @@ ALWAYS_INLINE void attend_heads(const Item<T>& item, int64_t q0) {
 
   Vec acc[G][dim_chunks] = {};
   for (int64_t b = first_block; b < end_block; ++b) {
-    const T* values = item.value_tiles + tile(b) * kBlockSize * kHeadDim;
-    const T* ahead_values =
+    const C* values = item.value_tiles + tile(b) * kBlockSize * kHeadDim;
+    const C* ahead_values =
         item.value_tiles + tile(std::min(b + kPrefetchBlocks, end_block - 1)) * kBlockSize * kHeadDim;
     const int64_t lo = std::max(item.first_visible, b * kBlockSize), hi = std::min(item.kv_len, (b + 1) * kBlockSize);
     for (int64_t position = lo; position < hi; ++position) {
       const int64_t row = (position - b * kBlockSize) * kHeadDim;
       for (int64_t c = 0; c < dim_chunks; ++c) {
-        if ((row + c * kLanes) * sizeof(T) % 64 == 0) prefetch(ahead_values + row + c * kLanes);
+        if ((row + c * kLanes) * sizeof(C) % 64 == 0) prefetch(ahead_values + row + c * kLanes);
         const Vec v = load(values + row + c * kLanes);
         for (int64_t g = 0; g < G; ++g) acc[g][c] += head_scores[g * width + position - view_start] * v;
       }
@@ -134,50 +135,50 @@ ALWAYS_INLINE void attend_heads(const Item<T>& item, int64_t q0) {
     for (int64_t c = 0; c < dim_chunks; ++c) store(item.out + (q0 + g) * kHeadDim + c * kLanes, acc[g][c] * inverse[g]);
 }
 
-template <typename T, int64_t kBlockSize, int64_t kHeadDim>
-CPU_CLONES void attend_kv_head(const Item<T>& item) {
+template <typename Q, typename C, int64_t kBlockSize, int64_t kHeadDim>
+CPU_CLONES void attend_kv_head(const Item<Q, C>& item) {
   // Heads per pass: the value accumulators (heads x head_dim / 16 vectors) stay within 16 of the 32 AVX-512
   // registers.
   constexpr int64_t max_heads = 256 / kHeadDim;
   for (int64_t q0 = 0; q0 < item.group_size; q0 += max_heads) {
     switch (std::min(max_heads, item.group_size - q0)) {
-      case 1: attend_heads<T, kBlockSize, kHeadDim, 1>(item, q0); break;
-      case 2: attend_heads<T, kBlockSize, kHeadDim, 2>(item, q0); break;
-      case 3: if constexpr (max_heads >= 3) attend_heads<T, kBlockSize, kHeadDim, 3>(item, q0); break;
-      default: if constexpr (max_heads >= 4) attend_heads<T, kBlockSize, kHeadDim, 4>(item, q0); break;
+      case 1: attend_heads<Q, C, kBlockSize, kHeadDim, 1>(item, q0); break;
+      case 2: attend_heads<Q, C, kBlockSize, kHeadDim, 2>(item, q0); break;
+      case 3: if constexpr (max_heads >= 3) attend_heads<Q, C, kBlockSize, kHeadDim, 3>(item, q0); break;
+      default: if constexpr (max_heads >= 4) attend_heads<Q, C, kBlockSize, kHeadDim, 4>(item, q0); break;
     }
   }
 }
 
-template <typename T>
-using Kernel = void (*)(const Item<T>&);
+template <typename Q, typename C>
+using Kernel = void (*)(const Item<Q, C>&);
 
-template <typename T>
-Kernel<T> kernel_for(int64_t block_size, int64_t head_dim) {
-  if (block_size == 16 && head_dim == 64) return attend_kv_head<T, 16, 64>;
-  if (block_size == 16 && head_dim == 128) return attend_kv_head<T, 16, 128>;
-  if (block_size == 32 && head_dim == 64) return attend_kv_head<T, 32, 64>;
-  if (block_size == 32 && head_dim == 128) return attend_kv_head<T, 32, 128>;
+template <typename Q, typename C>
+Kernel<Q, C> kernel_for(int64_t block_size, int64_t head_dim) {
+  if (block_size == 16 && head_dim == 64) return attend_kv_head<Q, C, 16, 64>;
+  if (block_size == 16 && head_dim == 128) return attend_kv_head<Q, C, 16, 128>;
+  if (block_size == 32 && head_dim == 64) return attend_kv_head<Q, C, 32, 64>;
+  if (block_size == 32 && head_dim == 128) return attend_kv_head<Q, C, 32, 128>;
   return nullptr;
 }
 
-// Both dtypes are compiled for the same shapes.
-bool supported(int64_t block_size, int64_t head_dim) { return kernel_for<float>(block_size, head_dim) != nullptr; }
+// Every dtype pair is compiled for the same shapes.
+bool supported(int64_t block_size, int64_t head_dim) { return kernel_for<float, float>(block_size, head_dim) != nullptr; }
 
-template <typename T>
+template <typename Q, typename C>
 void attend_all(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                 const at::Tensor& value_cache, const at::Tensor& sequences, const at::Tensor& query_start_loc,
                 const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale, int64_t sliding_window) {
   const int64_t num_kv_heads = key_cache.size(1), block_size = key_cache.size(2), head_dim = key_cache.size(3);
-  const Kernel<T> kernel = kernel_for<T>(block_size, head_dim);
+  const Kernel<Q, C> kernel = kernel_for<Q, C>(block_size, head_dim);
   const int64_t group_size = query.size(1) / num_kv_heads;
   const int64_t items = sequences.numel() * num_kv_heads;
   const int64_t* seqs = sequences.data_ptr<int64_t>();
   const int32_t* starts = query_start_loc.data_ptr<int32_t>();
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
   const int32_t* tables = block_tables.data_ptr<int32_t>();
-  const T* queries = query.data_ptr<T>();
-  T* outs = out.data_ptr<T>();
+  const Q* queries = query.data_ptr<Q>();
+  Q* outs = out.data_ptr<Q>();
   std::atomic<int64_t> next{0};
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), items);
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
@@ -188,7 +189,7 @@ void attend_all(const at::Tensor& out, const at::Tensor& query, const at::Tensor
       const int64_t first = sliding_window > 0 ? std::max<int64_t>(0, kv_len - sliding_window) : 0;
       scratch.resize(group_size * (kv_len + 2 * block_size + head_dim));
       const int64_t offset = starts[seq] * query.stride(0) + kv_head * group_size * head_dim;
-      kernel({queries + offset, outs + offset, key_cache.data_ptr<T>(), value_cache.data_ptr<T>(),
+      kernel({queries + offset, outs + offset, key_cache.data_ptr<C>(), value_cache.data_ptr<C>(),
               tables + seq * block_tables.stride(0), num_kv_heads, kv_head, group_size, kv_len, first,
               static_cast<float>(scale), scratch.data()});
     }
@@ -202,10 +203,10 @@ void paged_decode(const at::Tensor& out, const at::Tensor& query, const at::Tens
                                         query_start_loc, seq_lens, block_tables);
   paged_attention_checks::check_sequences(query, key_cache, sequences, query_start_loc, seq_lens, block_tables,
                                           [](const int32_t*, int64_t) -> int64_t { return 1; });
-  const at::ScalarType dtype = query.scalar_type();
-  with_element_type(dtype, [&](auto element) {
-    attend_all<decltype(element)>(out, query, key_cache, value_cache, sequences, query_start_loc, seq_lens,
-                                  block_tables, scale, sliding_window);
+  with_element_types(query.scalar_type(), key_cache.scalar_type(), [&](auto element, auto cache_element) {
+    attend_all<decltype(element), decltype(cache_element)>(out, query, key_cache, value_cache, sequences,
+                                                           query_start_loc, seq_lens, block_tables, scale,
+                                                           sliding_window);
   });
 }
 

@@ -1,4 +1,5 @@
-// Prefill attention straight from the paged CPU cache (float32 or bfloat16): the query rows of every
+// Prefill attention straight from the paged CPU cache (float32 or bfloat16, also a bfloat16 cache under float32
+// queries): the query rows of every
 // sequence that brings more than one token (a whole prompt, a chunk of one, a prompt after a prefix-cache
 // hit) attend causally over the sequence's keys and values where they lie, with no gathered copy.
 //
@@ -41,13 +42,14 @@ constexpr int64_t kTilePositions = 16;
 // cover the whole chunk (6 rows x 4 vectors); 128 keys spilled them and ran at half the speed.
 constexpr int64_t kChunkKeys = 64;
 
-template <typename T>
+// Q: the query's and output's element type; C: the cache's (Q, or bfloat16 under a float32 Q).
+template <typename Q, typename C>
 struct Item {
-  const T* query;  // the tile's first position, its KV head's first query head; rows query_row_stride apart
-  T* out;          // laid out like query
+  const Q* query;  // the tile's first position, its KV head's first query head; rows query_row_stride apart
+  Q* out;          // laid out like query
   int64_t query_row_stride;
-  const T* key_tiles;    // the key cache, [blocks, Hkv, head_dim, block_size]
-  const T* value_tiles;  // the value cache, [blocks, Hkv, block_size, head_dim]
+  const C* key_tiles;    // the key cache, [blocks, Hkv, head_dim, block_size]
+  const C* value_tiles;  // the value cache, [blocks, Hkv, block_size, head_dim]
   const int32_t* block_table;
   int64_t num_kv_heads, kv_head, group_size;
   int64_t first_position, num_positions;  // the tile's query positions in the sequence
@@ -145,8 +147,8 @@ ALWAYS_INLINE void all_values(const float* probabilities, const float* rescale, 
   }
 }
 
-template <typename T, int64_t kBlockSize, int64_t kHeadDim>
-CPU_CLONES void attend_tile(const Item<T>& item, Scratch& scratch) {
+template <typename Q, typename C, int64_t kBlockSize, int64_t kHeadDim>
+CPU_CLONES void attend_tile(const Item<Q, C>& item, Scratch& scratch) {
   constexpr int64_t blocks_per_chunk = kChunkKeys / kBlockSize;
   const int64_t group = item.group_size, rows = item.num_positions * group;
   // Row r is query head r % group at position first_position + r / group.
@@ -157,7 +159,7 @@ CPU_CLONES void attend_tile(const Item<T>& item, Scratch& scratch) {
   scratch.total.assign(rows, 0.0f);
   scratch.rescale.resize(rows);
   for (int64_t r = 0; r < rows; ++r) {
-    const T* source = item.query + (r / group) * item.query_row_stride + (r % group) * kHeadDim;
+    const Q* source = item.query + (r / group) * item.query_row_stride + (r % group) * kHeadDim;
     for (int64_t d = 0; d < kHeadDim; ++d) scratch.query[r * kHeadDim + d] = static_cast<float>(source[d]) * item.scale;
   }
   const int64_t last_position = item.first_position + item.num_positions - 1;
@@ -167,14 +169,14 @@ CPU_CLONES void attend_tile(const Item<T>& item, Scratch& scratch) {
   for (int64_t chunk_start = first_key / kChunkKeys * kChunkKeys; chunk_start <= last_position; chunk_start += kChunkKeys) {
     const int64_t chunk_end = std::min(chunk_start + kChunkKeys, last_position + 1);
     const int64_t first_block = chunk_start / kBlockSize, num_blocks = (chunk_end - chunk_start + kBlockSize - 1) / kBlockSize;
-    const T* keys[blocks_per_chunk];
-    const T* values[blocks_per_chunk];
+    const C* keys[blocks_per_chunk];
+    const C* values[blocks_per_chunk];
     for (int64_t b = 0; b < num_blocks; ++b) {
       const int64_t tile = static_cast<int64_t>(item.block_table[first_block + b]) * item.num_kv_heads + item.kv_head;
       keys[b] = item.key_tiles + tile * kHeadDim * kBlockSize;
       values[b] = item.value_tiles + tile * kBlockSize * kHeadDim;
     }
-    all_scores<T, kBlockSize, kHeadDim>(scratch.query.data(), keys, num_blocks, scratch.scores.data(), rows);
+    all_scores<C, kBlockSize, kHeadDim>(scratch.query.data(), keys, num_blocks, scratch.scores.data(), rows);
     const int64_t num_keys = chunk_end - chunk_start;
     for (int64_t r = 0; r < rows; ++r) {
       float* scores = scratch.scores.data() + r * kChunkKeys;
@@ -206,41 +208,41 @@ CPU_CLONES void attend_tile(const Item<T>& item, Scratch& scratch) {
       scratch.total[r] = scratch.total[r] * scratch.rescale[r] + lane_sum(sum);
       scratch.maximum[r] = maximum;
     }
-    all_values<T, kBlockSize, kHeadDim>(scratch.scores.data(), scratch.rescale.data(), values, num_keys,
+    all_values<C, kBlockSize, kHeadDim>(scratch.scores.data(), scratch.rescale.data(), values, num_keys,
                                         scratch.output.data(), rows);
   }
   for (int64_t r = 0; r < rows; ++r) {
-    T* target = item.out + (r / group) * item.query_row_stride + (r % group) * kHeadDim;
+    Q* target = item.out + (r / group) * item.query_row_stride + (r % group) * kHeadDim;
     const float inverse = 1.0f / scratch.total[r];
     for (int64_t c = 0; c < kHeadDim; c += kLanes) store(target + c, load(scratch.output.data() + r * kHeadDim + c) * inverse);
   }
 }
 
-template <typename T>
-using Kernel = void (*)(const Item<T>&, Scratch&);
+template <typename Q, typename C>
+using Kernel = void (*)(const Item<Q, C>&, Scratch&);
 
-template <typename T>
-Kernel<T> kernel_for(int64_t block_size, int64_t head_dim) {
-  if (block_size == 16 && head_dim == 64) return attend_tile<T, 16, 64>;
-  if (block_size == 16 && head_dim == 128) return attend_tile<T, 16, 128>;
-  if (block_size == 32 && head_dim == 64) return attend_tile<T, 32, 64>;
-  if (block_size == 32 && head_dim == 128) return attend_tile<T, 32, 128>;
+template <typename Q, typename C>
+Kernel<Q, C> kernel_for(int64_t block_size, int64_t head_dim) {
+  if (block_size == 16 && head_dim == 64) return attend_tile<Q, C, 16, 64>;
+  if (block_size == 16 && head_dim == 128) return attend_tile<Q, C, 16, 128>;
+  if (block_size == 32 && head_dim == 64) return attend_tile<Q, C, 32, 64>;
+  if (block_size == 32 && head_dim == 128) return attend_tile<Q, C, 32, 128>;
   return nullptr;
 }
 
-// Both dtypes are compiled for the same shapes.
-bool supported(int64_t block_size, int64_t head_dim) { return kernel_for<float>(block_size, head_dim) != nullptr; }
+// Every dtype pair is compiled for the same shapes.
+bool supported(int64_t block_size, int64_t head_dim) { return kernel_for<float, float>(block_size, head_dim) != nullptr; }
 
 struct Tile {
   int64_t seq, kv_head, query_row, first_position, num_positions, cost;  // query_row: first_position's row
 };
 
-template <typename T>
+template <typename Q, typename C>
 void attend_all(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
                 const at::Tensor& sequences, const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
                 const at::Tensor& block_tables, double scale, int64_t sliding_window) {
   const int64_t num_kv_heads = key_cache.size(1), block_size = key_cache.size(2), head_dim = key_cache.size(3);
-  const Kernel<T> kernel = kernel_for<T>(block_size, head_dim);
+  const Kernel<Q, C> kernel = kernel_for<Q, C>(block_size, head_dim);
   const int64_t group_size = query.size(1) / num_kv_heads;
   const int64_t* seqs = sequences.data_ptr<int64_t>();
   const int32_t* starts = query_start_loc.data_ptr<int32_t>();
@@ -257,10 +259,10 @@ void attend_all(const at::Tensor& out, const at::Tensor& query, const at::Tensor
   }
   // Costliest first: the last items handed out are the cheap ones, so the threads end together.
   std::stable_sort(tiles.begin(), tiles.end(), [](const Tile& a, const Tile& b) { return a.cost > b.cost; });
-  const T* queries = query.data_ptr<T>();
-  T* outs = out.data_ptr<T>();
-  const T* key_tiles = key_cache.data_ptr<T>();
-  const T* value_tiles = value_cache.data_ptr<T>();
+  const Q* queries = query.data_ptr<Q>();
+  Q* outs = out.data_ptr<Q>();
+  const C* key_tiles = key_cache.data_ptr<C>();
+  const C* value_tiles = value_cache.data_ptr<C>();
   const int64_t row_stride = query.stride(0);
   const int64_t items = static_cast<int64_t>(tiles.size());
   std::atomic<int64_t> next{0};
@@ -285,10 +287,9 @@ void paged_prefill(const at::Tensor& out, const at::Tensor& query, const at::Ten
                                         query_start_loc, seq_lens, block_tables);
   paged_attention_checks::check_sequences(query, key_cache, sequences, query_start_loc, seq_lens, block_tables,
                                           [](const int32_t* starts, int64_t seq) -> int64_t { return starts[seq + 1] - starts[seq]; });
-  const at::ScalarType dtype = query.scalar_type();
-  with_element_type(dtype, [&](auto element) {
-    attend_all<decltype(element)>(out, query, key_cache, value_cache, sequences, query_start_loc, seq_lens, block_tables,
-                                  scale, sliding_window);
+  with_element_types(query.scalar_type(), key_cache.scalar_type(), [&](auto element, auto cache_element) {
+    attend_all<decltype(element), decltype(cache_element)>(out, query, key_cache, value_cache, sequences, query_start_loc,
+                                                           seq_lens, block_tables, scale, sliding_window);
   });
 }
 

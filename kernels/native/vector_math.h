@@ -85,6 +85,20 @@ auto with_element_type(c10::ScalarType dtype, Body&& body) {
   return body(c10::BFloat16{});
 }
 
+// The (activation, KV cache) dtype pairs the attention kernels take: one dtype, or float32 activations over a
+// bfloat16 cache (kv_cache_dtype=bfloat16 under a float32 model: half the cache bytes to stream).
+inline bool is_supported_cache(c10::ScalarType dtype, c10::ScalarType cache_dtype) {
+  return is_supported(dtype) && (cache_dtype == dtype || (dtype == c10::kFloat && cache_dtype == c10::kBFloat16));
+}
+
+// body(T{}, C{}) for a pair is_supported_cache accepts.
+template <typename Body>
+auto with_element_types(c10::ScalarType dtype, c10::ScalarType cache_dtype, Body&& body) {
+  if (dtype == c10::kBFloat16) return body(c10::BFloat16{}, c10::BFloat16{});
+  if (cache_dtype == c10::kBFloat16) return body(float{}, c10::BFloat16{});
+  return body(float{}, float{});
+}
+
 // exp(x) for x <= 0: Cephes' expf polynomial after reducing x to n * ln2 + r. Below -87 (where floats
 // stop being normal) it is exactly 0, so -inf weighs nothing in a softmax.
 ALWAYS_INLINE Vec exp_nonpositive(Vec x) {

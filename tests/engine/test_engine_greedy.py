@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from engine import LLMEngine, SamplingParams
 from tests.engine.conftest import SYSTEM_MAX_TOKENS, SYSTEM_TEXT, EngineFactory, Reference
 
@@ -80,3 +82,22 @@ def test_chunked_prefill_with_small_budget(make_engine: EngineFactory, reference
     results = chunked.generate(reference.prompts, [greedy(n) for n in reference.max_tokens])
     assert [r.token_ids for r in results] == reference.outputs
     assert_blocks_all_free(chunked)
+
+
+def test_a_bfloat16_kv_cache_halves_its_bytes_and_keeps_the_greedy_outputs(
+    make_engine: EngineFactory, reference: Reference
+) -> None:
+    """kv_cache_dtype=bfloat16 under the float32 model (vLLM's --kv-cache-dtype): the same memory holds twice
+    the blocks, and these short greedy continuations are still float32's, token for token, with prefix-cache
+    hits (the system prompts) and decodes batched with prefills."""
+    float32_block = 30 * 2 * 16 * 3 * 64 * 4  # layers x (K, V) x block_size x KV heads x head_dim x bytes
+    memory = 32 * float32_block
+    wide = make_engine(kv_cache_memory=memory)
+    narrow = make_engine(kv_cache_memory=memory, kv_cache_dtype="bfloat16")
+    assert narrow.runner.kv_cache.dtype == torch.bfloat16
+    assert (wide.stats().kv_blocks_total, narrow.stats().kv_blocks_total) == (32, 64)
+    results = narrow.generate(reference.prompts, [greedy(n) for n in reference.max_tokens])
+    assert [r.token_ids for r in results] == reference.outputs
+    system = narrow.generate(reference.system_prompts, greedy(SYSTEM_MAX_TOKENS))
+    assert [r.token_ids for r in system] == reference.system_outputs
+    assert_blocks_all_free(narrow)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from engine import InvalidRequestError, LLMEngine, SamplingParams
+from engine import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
+from engine.kv_cache import resolve_cache_dtype
 from tests.engine.conftest import Reference
 
 
@@ -136,3 +138,14 @@ def test_failed_step_aborts_its_requests_and_engine_keeps_serving(
         [reference.prompts[0]], SamplingParams(temperature=0.0, max_tokens=reference.max_tokens[0])
     )
     assert result.token_ids == reference.outputs[0]
+
+
+def test_kv_cache_dtypes_without_a_kernel_are_refused() -> None:
+    assert resolve_cache_dtype("auto", torch.float16, torch.device("cuda")) == torch.float16
+    assert resolve_cache_dtype("bfloat16", torch.float32, torch.device("cpu")) == torch.bfloat16
+    assert resolve_cache_dtype("bfloat16", torch.bfloat16, torch.device("cuda")) == torch.bfloat16
+    for dtype, device in ((torch.float32, "cuda"), (torch.float16, "cuda"), (torch.float16, "cpu")):
+        with pytest.raises(ValueError, match="kv_cache_dtype=bfloat16 under a"):
+            resolve_cache_dtype("bfloat16", dtype, torch.device(device))
+    with pytest.raises(ValueError, match="kv_cache_dtype must be auto|bfloat16"):
+        EngineConfig(model="unused", kv_cache_dtype="fp8")

@@ -34,7 +34,9 @@ class PagedSequences:
         block_size: int,
         seed: int = 0,
         device: torch.device = CPU,
+        cache_dtype: torch.dtype | None = None,
     ) -> None:
+        """`cache_dtype`: the KV cache's element type (EngineConfig.kv_cache_dtype); None = the model's."""
         self.sequences = sequences
         self.device = device
         self.block_size = block_size
@@ -50,7 +52,7 @@ class PagedSequences:
             spec.num_kv_heads,
             block_size,
             spec.head_dim,
-            dtype=spec.dtype,
+            dtype=cache_dtype or spec.dtype,
             device=device,
         )
         self.num_computed = [0] * len(sequences)

@@ -66,12 +66,23 @@ def test_silu_and_mul(rows: int, intermediate: int, dtype: torch.dtype, native_c
     assert native_calls == ["silu_and_mul"]
 
 
-@DTYPES
+@pytest.mark.parametrize(
+    ("dtype", "cache_dtype"),
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16)],
+    ids=["float32", "bfloat16", "bfloat16-cache"],
+)
 @pytest.mark.parametrize("keys_transposed", [True, False], ids=["cpu-cache", "row-cache"])
 @pytest.mark.parametrize(("head_dim", "rot_dim"), [(64, 64), (128, 64)])
 def test_rotary_write_kv(
-    head_dim: int, rot_dim: int, keys_transposed: bool, dtype: torch.dtype, native_calls: list[str]
+    head_dim: int,
+    rot_dim: int,
+    keys_transposed: bool,
+    dtype: torch.dtype,
+    cache_dtype: torch.dtype,
+    native_calls: list[str],
 ) -> None:
+    """The rotated keys and the values land in the cache rounded to its dtype (a bfloat16 cache under float32
+    activations: kv_cache_dtype), exactly where the reference's rotate-then-write puts them."""
     gen = torch.Generator().manual_seed(head_dim + rot_dim)
     tokens, q_heads, kv_heads, block_size, num_blocks = 11, 6, 2, 16, 8
     qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
@@ -84,9 +95,10 @@ def test_rotary_write_kv(
     slots = torch.tensor([3, 4, 5, -1, 127, 16, 17, 18, 40, -1, 100])
 
     def caches() -> tuple[torch.Tensor, torch.Tensor]:
-        values = torch.full((num_blocks, kv_heads, block_size, head_dim), float("nan"), dtype=dtype)
+        values = torch.full((num_blocks, kv_heads, block_size, head_dim), float("nan"), dtype=cache_dtype)
         if keys_transposed:
-            keys = torch.full((num_blocks, kv_heads, head_dim, block_size), float("nan"), dtype=dtype).transpose(2, 3)
+            keys = torch.full((num_blocks, kv_heads, head_dim, block_size), float("nan"), dtype=cache_dtype)
+            keys = keys.transpose(2, 3)
         else:
             keys = torch.full_like(values, float("nan"))
         return keys, values
@@ -97,7 +109,7 @@ def test_rotary_write_kv(
     expected_keys, expected_values = caches()
     write_kv_cache_ref(expected_k, v, expected_keys, expected_values, slots)
     torch.testing.assert_close(rotated, expected_q, **TOLERANCES[dtype])
-    torch.testing.assert_close(key_cache, expected_keys, equal_nan=True, **TOLERANCES[dtype])
+    torch.testing.assert_close(key_cache, expected_keys, equal_nan=True, **TOLERANCES[cache_dtype])
     torch.testing.assert_close(value_cache, expected_values, equal_nan=True, atol=0, rtol=0)
     assert native_calls == ["rotary_write_kv"]
 

@@ -4,6 +4,7 @@ transposed), in float32 and bfloat16."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -97,12 +98,35 @@ def test_bfloat16_decodes_match_the_torch_path() -> None:
     torch.testing.assert_close(native, torch_path, **TOLERANCES[torch.bfloat16])
 
 
-def test_mixed_dtypes_are_not_the_kernels() -> None:
+def test_only_a_bfloat16_cache_under_float32_queries_mixes_dtypes() -> None:
     batch = make_paged_batch([1, 1], [40, 70], 4, 2, 64, torch.bfloat16, CPU, keys_transposed=True)
     metadata = batch.args()[3:]
-    assert not native_attention_supported(batch.query.float(), batch.key_cache, batch.value_cache, metadata)
+    assert native_attention_supported(batch.query.float(), batch.key_cache, batch.value_cache, metadata)
+    wide = make_paged_batch([1, 1], [40, 70], 4, 2, 64, torch.float32, CPU, keys_transposed=True)
+    assert not native_attention_supported(wide.query.bfloat16(), wide.key_cache, wide.value_cache, metadata)
+    assert not native_attention_supported(wide.query, wide.key_cache, batch.value_cache, metadata)
     half = make_paged_batch([1, 1], [40, 70], 4, 2, 64, torch.float16, CPU, keys_transposed=True)
     assert not native_attention_supported(half.query, half.key_cache, half.value_cache, metadata)
+
+
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim"), [(9, 3, 64), (8, 1, 128)])
+@pytest.mark.parametrize("sliding_window", [None, 16])
+def test_a_bfloat16_cache_under_float32_queries_matches_dense_attention(
+    num_q_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None
+) -> None:
+    """kv_cache_dtype=bfloat16 under a float32 model: the kernels widen the cache as they read it and keep
+    the query and output in float32, so they match float64 attention over the same bfloat16 K/V to float32
+    precision; the torch path (gathered K/V widened for SDPA) agrees."""
+    batch = make_paged_batch(MIXED_Q_LENS + [1, 1, 1], MIXED_KV_LENS + [300, 48, 17], num_q_heads, num_kv_heads,
+                             head_dim, torch.bfloat16, CPU, keys_transposed=True)  # fmt: skip
+    batch = dataclasses.replace(batch, query=batch.query.float())
+    scale = head_dim**-0.5
+    native = paged_attention_ref(*batch.args(), scale=scale, sliding_window=sliding_window, native=True)
+    torch_path = paged_attention_ref(*batch.args(), scale=scale, sliding_window=sliding_window, native=False)
+    assert native.dtype == torch_path.dtype == torch.float32
+    expected = dense_attention(batch, scale, sliding_window)
+    torch.testing.assert_close(native, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch_path, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("sliding_window", [None, 1, 7, 16, 300, 5000])
