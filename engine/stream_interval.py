@@ -40,6 +40,8 @@ class StreamCoalescer:
         interval = self.effective_interval(requested)
         if interval > 1:
             self._requests[request_id] = _Coalesced(interval)
+        else:  # an earlier request of this id whose final output never came through (a failed step) is gone
+            self._requests.pop(request_id, None)
 
     def coalesce(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
         """The outputs to deliver now, in step order; the rest are held for a later step."""

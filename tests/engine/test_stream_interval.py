@@ -126,6 +126,20 @@ def test_abort_and_engine_errors_deliver_what_was_held_with_them() -> None:
     assert coalescer.coalesce([output("aborted", [3])])[0].new_token_ids == [3]
 
 
+def test_a_reused_id_never_inherits_an_unfinished_requests_state() -> None:
+    """A request whose final output was lost (a failed engine step) leaves its state behind; the next request
+    of that id starts afresh, whatever its interval."""
+    coalescer = StreamCoalescer(engine_interval=1)
+    coalescer.add("reused", 4)
+    assert len(coalescer.coalesce([output("reused", [1])])) == 1
+    assert coalescer.coalesce([output("reused", [2])]) == []
+    coalescer.add("reused", None)
+    assert [item.new_token_ids for item in coalescer.coalesce([output("reused", [7]), output("reused", [8])])] == [
+        [7],
+        [8],
+    ]
+
+
 @pytest.fixture(scope="module")
 def interval_engine(model_dir: Path) -> Iterator[AsyncEngine]:
     engine = AsyncEngine(
