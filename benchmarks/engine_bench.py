@@ -8,7 +8,8 @@ submitted at once. Baselines: HF `generate` one request at a time, and HF static
 baselines run on a subset of the workload and are reported per output token, which extrapolates
 to the whole workload. TTFT: a 1,000-token prompt, first on a cold cache, then repeated (hit).
 Structured outputs: decode step time at batch 16, unconstrained and with every row under a JSON schema
-(the bitmask fill and its application are the difference). Prints a table and one JSON line. Not a test.
+(the bitmask fill and its application are the difference). On the CPU in float32 the engine workload runs
+again with a bfloat16 KV cache (--also-kv-cache-dtype). Prints a table and one JSON line. Not a test.
 """
 
 from __future__ import annotations
@@ -191,6 +192,12 @@ def main() -> None:
         "the CPU's bf16 matmuls); 'none' skips it",
     )
     parser.add_argument(
+        "--also-kv-cache-dtype",
+        default="bfloat16",
+        help="CPU float32: run the engine workload once more with the KV cache in this dtype (half the bytes "
+        "attention reads); 'none' skips it",
+    )
+    parser.add_argument(
         "--also-eager",
         action="store_true",
         help="CUDA: run the engine workload once more without CUDA graphs (enforce_eager), for their gain",
@@ -217,6 +224,16 @@ def main() -> None:
         engine = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=other_dtype, max_model_len=2048))
         other_elapsed, other_tokens = bench_engine(engine, workload)
         other_tokens_per_s = other_tokens / other_elapsed
+    kv_dtype = args.also_kv_cache_dtype
+    kv_tokens_per_s = 0.0
+    if kv_dtype != "none" and device.type == "cpu" and dtype == torch.float32:
+        engine.shutdown()
+        engine = LLMEngine(
+            EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_model_len=2048,
+                         kv_cache_dtype=kv_dtype)
+        )  # fmt: skip
+        kv_elapsed, kv_tokens = bench_engine(engine, workload)
+        kv_tokens_per_s = kv_tokens / kv_elapsed
     eager_tokens_per_s = 0.0
     if args.also_eager and device.type == "cuda":
         engine.shutdown()
@@ -242,6 +259,8 @@ def main() -> None:
         "engine_eager_tokens_per_s": round(eager_tokens_per_s, 1),
         "engine_other_dtype": other_dtype,
         "engine_other_dtype_tokens_per_s": round(other_tokens_per_s, 1),
+        "engine_kv_cache_dtype": kv_dtype if kv_tokens_per_s else None,
+        "engine_kv_cache_dtype_tokens_per_s": round(kv_tokens_per_s, 1),
         "hf_single_tokens_per_s": round(hf["hf_single_tokens_per_s"], 1),
         "hf_single_requests_measured": int(hf["hf_single_requests"]),
         "hf_static16_tokens_per_s": round(hf.get("hf_static16_tokens_per_s", 0.0), 1),
@@ -260,6 +279,9 @@ def main() -> None:
     print(f"{'engine (continuous batching)':<40}{result['engine_tokens_per_s']:>14}")
     if other_dtype:
         print(f"{'engine, ' + other_dtype:<40}{result['engine_other_dtype_tokens_per_s']:>14}")
+    if kv_tokens_per_s:
+        label = f"engine, {kv_dtype} KV cache"
+        print(f"{label:<40}{result['engine_kv_cache_dtype_tokens_per_s']:>14}")
     if eager_tokens_per_s:
         print(f"{'engine, eager (no CUDA graphs)':<40}{result['engine_eager_tokens_per_s']:>14}")
     print(f"{'HF one at a time':<40}{result['hf_single_tokens_per_s']:>14}")
