@@ -212,19 +212,21 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model, turn sampled tokens into outputs."""
         self._admit_compiled()
-        outputs, self._pending = self._pending, []
         scheduled = self.scheduler.schedule()
         if not scheduled.chunks:
             self.structured.wait_for_compile(COMPILE_WAIT_SECONDS)
-            return outputs
+            return self._take_pending()
         try:
             sampled = [chunk.request for chunk in scheduled.chunks if chunk.sample]
             result = self.runner.run(scheduled, lambda: self.structured.fill_bitmask(sampled))
         except Exception as error:  # a failed step must not take the engine down: fail its requests
             logger.exception("engine step failed; aborting %d requests", len(scheduled.chunks))
-            return outputs + self._fail(scheduled, f"{type(error).__name__}: {error}")
+            return self._fail(scheduled, f"{type(error).__name__}: {error}")
         self.scheduler.commit(scheduled)
-        return outputs + self._process(scheduled, result)
+        processed = self._process(scheduled, result)
+        # Taken last: if anything above raises, the final outputs queued by aborts wait for the next step
+        # instead of being lost (their requests are gone from the engine, so nothing else would end them).
+        return self._take_pending() + processed
 
     def _process(self, scheduled: SchedulerOutput, result: RunnerOutput) -> list[RequestOutput]:
         outputs: list[RequestOutput] = []
@@ -279,9 +281,14 @@ class LLMEngine:
             self.abort_request(request.output_id, error)
 
     def _fail(self, scheduled: SchedulerOutput, error: str) -> list[RequestOutput]:
-        """Abort every request with a sequence in the failed step (all sequences of a group)."""
+        """Abort every request with a sequence in the failed step (all sequences of a group); returns every
+        queued final output, theirs included."""
         for request_id in dict.fromkeys(chunk.request.output_id for chunk in scheduled.chunks):
             self.abort_request(request_id, error)
+        return self._take_pending()
+
+    def _take_pending(self) -> list[RequestOutput]:
+        """The final outputs that aborts queued since the last step returned them."""
         outputs, self._pending = self._pending, []
         return outputs
 

@@ -89,6 +89,39 @@ def test_abort_mid_stream_frees_blocks_and_ends_stream(
     async_engine.abort("abort-me")  # after the end too
 
 
+def test_an_abort_still_ends_its_stream_when_the_next_step_raises(
+    async_engine: AsyncEngine, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The abort's final output waits in the engine while the step after it fails (here the scheduler,
+    once): the stream still ends, and the engine keeps serving."""
+    inner = async_engine._engine
+    schedule = inner.scheduler.schedule
+    raised: list[bool] = []
+
+    def fails_once_after_the_abort() -> object:
+        if not raised and "abort-then-fail" not in inner.unfinished_request_ids():
+            raised.append(True)
+            raise RuntimeError("a scheduler bug")
+        return schedule()
+
+    outputs: queue.Queue[RequestOutput] = queue.Queue()
+    async_engine.submit(
+        "abort-then-fail", reference.prompts[7], SamplingParams(temperature=0.0, max_tokens=200), on_output=outputs.put
+    )
+    assert outputs.get(timeout=60).new_token_ids
+    monkeypatch.setattr(inner.scheduler, "schedule", fails_once_after_the_abort)
+    async_engine.abort("abort-then-fail")
+    while not (output := outputs.get(timeout=60)).finished:
+        pass
+    assert raised and output.finish_reason == "abort"
+    monkeypatch.undo()
+    wait_for_free_blocks(async_engine)
+    params = SamplingParams(temperature=0.0, max_tokens=reference.max_tokens[0])
+    assert [t for o in async_engine.submit("after-fail", reference.prompts[0], params) for t in o.new_token_ids] == (
+        reference.outputs[0]
+    )
+
+
 def test_submit_validates_synchronously(async_engine: AsyncEngine) -> None:
     with pytest.raises(InvalidRequestError, match="empty"):
         async_engine.submit("empty", [], SamplingParams())
