@@ -8,7 +8,8 @@ on the same machine: through a real tritonserver + frontend started from the rep
 (streamed /v1/completions with token-id prompts), and through an in-process engine built from the same
 profile with a driver that keeps the same number of requests in flight. Prints output tokens/s,
 requests/s, TTFT and inter-token latency p50/p99 for both, the served/engine ratios, a JSON line, and a
-PNG of throughput against concurrency. Not a test.
+PNG of throughput against concurrency; then the highest level served once more with a per-request
+stream_interval (4 tokens a chunk by default), for what fewer messages buy. Not a test.
 
 The TTFT the served path adds is measured on its own, by a probe of 30 distinct 32-token prompts sent one
 at a time for one output token to each system: a level's TTFT p50 rests on as few requests as the level
@@ -123,8 +124,15 @@ def run_engine(engine: LLMEngine, workload: Workload, concurrency: int) -> RunRe
     return RunResult("engine", concurrency, time.perf_counter() - start, list(timings.values()))
 
 
-async def run_served(base_url: str, workload: Workload, concurrency: int, system: str = "served") -> RunResult:
-    """Stream /v1/completions (of any OpenAI-compatible server) with `concurrency` requests open at a time."""
+async def run_served(
+    base_url: str,
+    workload: Workload,
+    concurrency: int,
+    system: str = "served",
+    extra_body: dict[str, object] | None = None,
+) -> RunResult:
+    """Stream /v1/completions (of any OpenAI-compatible server) with `concurrency` requests open at a time;
+    `extra_body` adds fields to every request (vLLM's stream_interval, cache_salt, ...)."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(client: httpx.AsyncClient, index: int) -> RequestTiming:
@@ -137,6 +145,7 @@ async def run_served(base_url: str, workload: Workload, concurrency: int, system
             "stream": True,
             "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         }
+        body.update(extra_body or {})
         async with gate:
             timing = RequestTiming(time.perf_counter())
             seen = 0
@@ -207,6 +216,12 @@ def main() -> None:
     parser.add_argument("--per-level", type=int, default=1, help="requests per level = this x concurrency")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=4,
+        help="the highest level once more, served with this stream_interval per request (0 skips it)",
+    )
+    parser.add_argument(
         "--plot", type=Path, default=ROOT / "runs" / "bench" / "throughput_vs_concurrency.png"
     )
     args = parser.parse_args()
@@ -238,6 +253,16 @@ def main() -> None:
                         run_served(frontend.base_url, level_workload(workload, level, args.per_level), level)
                     )
                     results.append((served, engine_runs[level]))
+                grouped = None
+                if args.stream_interval:
+                    # The same requests as the top level, from a cold cache (their own cache_salt): no
+                    # prompt is a hit, where the top level found the levels before it cached.
+                    top = max(args.concurrency)
+                    extra = {"stream_interval": args.stream_interval, "cache_salt": "stream-interval-level"}
+                    grouped = asyncio.run(
+                        run_served(frontend.base_url, level_workload(workload, top, args.per_level), top,
+                                   f"interval {args.stream_interval}", extra_body=extra)
+                    )  # fmt: skip
             finally:
                 frontend.process.stop()
         finally:
@@ -270,6 +295,17 @@ def main() -> None:
                 "added_ttft_p50_ms": round(added_ttft, 1),
             }
         )
+    grouped_report = None
+    if grouped is not None:
+        s = grouped.summary()
+        ratio = s["output_tokens_per_s"] / engine_runs[grouped.concurrency].summary()["output_tokens_per_s"]
+        print(
+            f"{grouped.concurrency:>11} streams, stream_interval {args.stream_interval}: served "
+            f"{s['output_tokens_per_s']} tok/s, {ratio:.3f} of the engine (ITL p50 {s['itl_p50_ms']} ms: one "
+            f"chunk per {args.stream_interval} tokens)"
+        )
+        grouped_report = {"concurrency": grouped.concurrency, "stream_interval": args.stream_interval,
+                          "served": s, "served_over_engine_throughput": round(ratio, 3)}  # fmt: skip
     probe = {
         "requests": len(probes.prompts),
         "served_ttft_p50_ms": round(percentile(served_probe.ttfts(), 50) * 1000, 1),
@@ -283,7 +319,8 @@ def main() -> None:
     )
     plot(results, args.plot)
     print(f"plot: {args.plot}")
-    print(json.dumps({"benchmark": "serving", "profile": PROFILE.name, "ttft_probe": probe, "levels": report}))
+    print(json.dumps({"benchmark": "serving", "profile": PROFILE.name, "ttft_probe": probe, "levels": report,
+                      "stream_interval_level": grouped_report}))  # fmt: skip
 
 
 if __name__ == "__main__":
