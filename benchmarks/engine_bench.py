@@ -175,6 +175,12 @@ def bench_structured(engine: LLMEngine, vocab_size: int, steps: int, seed: int) 
     return plain, constrained, mask_only
 
 
+def build_engine(args: argparse.Namespace, **overrides: Any) -> LLMEngine:
+    """The engine the command line asks for, with `overrides` of its EngineConfig (another dtype, ...)."""
+    settings = {"model": args.model, "device": args.device, "dtype": args.dtype, "max_model_len": 2048}
+    return LLMEngine(EngineConfig(**{**settings, **overrides}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
@@ -208,7 +214,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    engine = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_model_len=2048))
+    engine = build_engine(args)
     device, dtype = engine.runner.device, engine.runner.dtype
     vocab_size = engine.runner.spec.vocab_size
     workload = make_workload(args.num_requests, vocab_size, args.seed)
@@ -221,17 +227,14 @@ def main() -> None:
     other_tokens_per_s = 0.0
     if other_dtype:
         engine.shutdown()
-        engine = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=other_dtype, max_model_len=2048))
+        engine = build_engine(args, dtype=other_dtype)
         other_elapsed, other_tokens = bench_engine(engine, workload)
         other_tokens_per_s = other_tokens / other_elapsed
     kv_dtype = args.also_kv_cache_dtype
     kv_tokens_per_s = 0.0
     if kv_dtype != "none" and device.type == "cpu" and dtype == torch.float32:
         engine.shutdown()
-        engine = LLMEngine(
-            EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_model_len=2048,
-                         kv_cache_dtype=kv_dtype)
-        )  # fmt: skip
+        engine = build_engine(args, kv_cache_dtype=kv_dtype)
         kv_elapsed, kv_tokens = bench_engine(engine, workload)
         kv_tokens_per_s = kv_tokens / kv_elapsed
     eager_tokens_per_s = 0.0
@@ -240,9 +243,7 @@ def main() -> None:
         del engine  # its KV pool must go before the next one sizes its own
         gc.collect()
         torch.cuda.empty_cache()
-        engine = LLMEngine(
-            EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_model_len=2048, enforce_eager=True)
-        )
+        engine = build_engine(args, enforce_eager=True)
         eager_elapsed, eager_tokens = bench_engine(engine, workload)
         eager_tokens_per_s = eager_tokens / eager_elapsed
 

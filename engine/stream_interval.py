@@ -19,8 +19,6 @@ class _Coalesced:
     """One request whose interval is above 1."""
 
     interval: int
-    # Sequence indices that have sent their first output.
-    started: set[int] = field(default_factory=set)
     # Merged outputs not sent yet, by sequence index.
     held: dict[int, RequestOutput] = field(default_factory=dict)
 
@@ -56,8 +54,9 @@ class StreamCoalescer:
             held = state.held.pop(output.index, None)
             merged = output if held is None else merge_outputs(held, output)
             ends = merged.finish_reason is not None or merged.finished or merged.error is not None
-            if ends or output.index not in state.started or len(merged.new_token_ids) >= state.interval:
-                state.started.add(output.index)
+            # Nothing of the sequence sent yet: the output holds every token it has (vLLM's first output).
+            first = merged.num_output_tokens == len(merged.new_token_ids)
+            if ends or first or len(merged.new_token_ids) >= state.interval:
                 ready.append(merged)
             else:
                 state.held[output.index] = merged

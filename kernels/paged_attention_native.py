@@ -33,9 +33,10 @@ def native_attention_supported(
     metadata: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # query_start_loc, seq_lens, block_tables
 ) -> bool:
     """Whether the library is loaded and compiled for this cache's block and head size, the query and both
-    caches are float32 or bfloat16 alike (or the caches bfloat16 under a float32 query), the key tiles stored transposed and contiguous and the values
-    contiguous (the engine's CPU cache, engine.kv_cache), and the step's metadata is what it reads (int32
-    with contiguous rows, as the engine builds it). The query is made contiguous by the caller."""
+    caches are float32 or bfloat16 alike (or the caches bfloat16 under a float32 query), the key tiles
+    stored transposed and contiguous and the values contiguous (the engine's CPU cache, engine.kv_cache),
+    and the step's metadata is what it reads (int32 with contiguous rows, as the engine builds it). The
+    query is made contiguous by the caller."""
     num_blocks, num_kv_heads, block_size, head_dim = key_cache.shape
     query_start_loc, seq_lens, block_tables = metadata
     return (

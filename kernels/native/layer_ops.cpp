@@ -134,17 +134,17 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
 }
 
 // One head: the first rot_dim features rotated by halves (x1 * cos - x2 * sin, x2 * cos + x1 * sin, in
-// float32, then rounded to T), the rest copied; `out` is written with strides (out_stride apart), which
-// serves the transposed key tiles, and in its own type O (a bfloat16 cache under float32 activations is
-// rounded from the float32 result, as the reference's rotate-then-cast is).
+// float32, then rounded once to the output's type O: T, or a bfloat16 cache under float32 activations, as
+// the reference's rotate-then-cast rounds it), the rest copied; `out` is written with strides (out_stride
+// apart), which serves the transposed key tiles.
 template <typename T, typename O>
 ALWAYS_INLINE void rotate_head(const T* x, const float* cos, const float* sin, int64_t rot_dim, int64_t head_dim, O* out,
                                int64_t out_stride) {
   const int64_t half = rot_dim / 2;
   for (int64_t i = 0; i < half; ++i) {
     const float x1 = static_cast<float>(x[i]), x2 = static_cast<float>(x[i + half]);
-    out[i * out_stride] = static_cast<O>(static_cast<T>(x1 * cos[i] - x2 * sin[i]));
-    out[(i + half) * out_stride] = static_cast<O>(static_cast<T>(x2 * cos[i] + x1 * sin[i]));
+    out[i * out_stride] = static_cast<O>(x1 * cos[i] - x2 * sin[i]);
+    out[(i + half) * out_stride] = static_cast<O>(x2 * cos[i] + x1 * sin[i]);
   }
   for (int64_t i = rot_dim; i < head_dim; ++i) out[i * out_stride] = static_cast<O>(x[i]);
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,15 @@ import pytest
 from engine import AsyncEngine, EngineConfig, RequestOutput, SamplingParams
 from engine.stream_interval import StreamCoalescer
 from tests.engine.conftest import Reference
+
+# Tokens each (request id, sequence index) has produced so far, as the engine counts them: a sequence's
+# outputs carry the running total (num_output_tokens), and a finished request's ids start again at zero.
+_produced: collections.Counter[tuple[str, int]] = collections.Counter()
+
+
+@pytest.fixture(autouse=True)
+def fresh_counts() -> None:
+    _produced.clear()
 
 
 def output(
@@ -22,13 +32,18 @@ def output(
     finished: bool = False,
     error: str | None = None,
 ) -> RequestOutput:
+    _produced[request_id, index] += len(tokens)
+    total = _produced[request_id, index]
+    if finished:
+        for key in [key for key in _produced if key[0] == request_id]:
+            del _produced[key]
     return RequestOutput(
         request_id=request_id,
         index=index,
         new_token_ids=tokens,
         text_delta="".join(f"<{token}>" for token in tokens),
         num_prompt_tokens=5,
-        num_output_tokens=0,
+        num_output_tokens=total,
         num_cached_tokens=0,
         finished=finished,
         finish_reason=finish_reason,
