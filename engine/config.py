@@ -46,7 +46,7 @@ class EngineConfig:
     # CPU float32 and bfloat16: the layout projections and the LM head multiply from. auto times the
     # candidates on this CPU at load (MKL's packed GEMM wins on some, oneDNN's reordered weights on others;
     # see engine.models.packed_gemm); plain keeps F.linear on the checkpoint's weights; mkl (float32 only),
-    # onednn or onednn+decode (bfloat16 only: oneDNN plus a C++ kernel for decode batches, at twice the
+    # onednn or onednn+decode (AVX-512 CPUs: oneDNN plus a C++ kernel for decode batches, at twice the
     # weight memory) force one.
     cpu_weight_format: str = "auto"
     # Tokens a streamed output gathers before AsyncEngine hands it on (vLLM's --stream-interval); a request's

@@ -13,7 +13,9 @@ GB/s of ~31-33, at 32-64 rows it computes at ~300-350 GFLOP/s of ~420. The "oned
 second copy of the weight, packed for a C++ kernel (kernels/native/small_m_linear.cpp) that multiplies up
 to DECODE_KERNEL_ROWS rows: all of SmolLM2-135M's 121 projections, cold, at 1 / 16 / 32 / 64 / 128 rows
 8.6-8.9 / 14.7 / 24.5 / 43.5 / 82.5 ms against oneDNN's 13.5-14.2 / 17.8-18.5 / 28.0 / 47.7 / 86.7 (even at
-256 rows, and oneDNN ahead at 512), at twice the weight memory.
+256 rows, and oneDNN ahead at 512), at twice the weight memory. In float32 the same kernel (FMAs) beats
+oneDNN on the Zen 5 EPYC up to 512 rows: 13.4 / 19.1 / 50.4 / 90.8 / 349.8 ms at 1 / 16 / 64 / 128 / 512
+against 15.1 / 19.9 / 58.9 / 113.0 / 445.6 (oneDNN ahead at 1,024).
 So the format is measured, not assumed: `format_costs` times each candidate on weights of the model's
 own shapes once per process, and the model packs into the cheapest ("plain" keeps F.linear).
 
@@ -59,10 +61,10 @@ _TIMING_ROUNDS = 5
 FORMAT_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     "mkl": (torch.float32,),
     "onednn": (torch.float32, torch.bfloat16),
-    "onednn+decode": (torch.bfloat16,),
+    "onednn+decode": (torch.float32, torch.bfloat16),
 }
-# Rows up to which "onednn+decode" multiplies with the C++ kernel (oneDNN beyond: see above).
-DECODE_KERNEL_ROWS = 128
+# Rows up to which "onednn+decode" multiplies with the C++ kernel, by dtype (oneDNN beyond: see above).
+DECODE_KERNEL_ROWS = {torch.float32: 512, torch.bfloat16: 128}
 # Formats that multiply as another does beyond decode batches, faster within them, for a second copy of
 # the weights: `format_costs` leaves them out and `refine` takes one over its base when the copy fits.
 # The choice is the memory's, and timing could not make it anyway: it multiplies one weight over and over,
@@ -203,27 +205,30 @@ class OneDnnWeight:
 
 
 class OneDnnDecodeWeight:
-    """A bfloat16 CPU weight [out_features, in_features] twice: reordered for oneDNN, which multiplies more
-    than DECODE_KERNEL_ROWS rows, and packed for the C++ kernel that multiplies up to that many
-    (kernels/native/small_m_linear.cpp, AVX512_BF16). Holds its own copies."""
+    """A float32 or bfloat16 CPU weight [out_features, in_features] twice: reordered for oneDNN, which
+    multiplies more than DECODE_KERNEL_ROWS rows, and packed for the C++ kernel that multiplies up to that
+    many (kernels/native/small_m_linear.cpp; AVX-512, and AVX512_BF16 for bfloat16). Holds its own copies."""
 
     def __init__(self, weight: torch.Tensor) -> None:
-        if not (native_library.load() and torch.ops.tritonllm_cpu.small_m_linear_supported()):
+        if not (native_library.load() and torch.ops.tritonllm_cpu.small_m_linear_supported(weight.dtype)):
             raise RuntimeError(
-                "the C++ decode-batch kernel needs the native library and a CPU with AVX512_BF16"
+                "the C++ decode-batch kernel needs the native library and a CPU with AVX-512 (and AVX512_BF16"
+                " for bfloat16)"
             )
         _check_cpu_weight(weight, "onednn+decode")
         self._onednn = OneDnnWeight(weight)
+        self.dtype = weight.dtype
         self.out_features, self.in_features = weight.shape
-        packable = self.out_features % _DECODE_KERNEL_BLOCK == 0 and self.in_features % 2 == 0
+        features_per_step = 2 if weight.dtype == torch.bfloat16 else 1
+        packable = self.out_features % _DECODE_KERNEL_BLOCK == 0 and self.in_features % features_per_step == 0
         self._packed = torch.ops.tritonllm_cpu.small_m_linear_pack(weight) if packable else None
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x [..., in_features] bfloat16 -> x @ weight.T + bias, [..., out_features]."""
-        rows = _rows_of(x, self.in_features, torch.bfloat16)
-        if self._packed is None or rows.shape[0] > DECODE_KERNEL_ROWS:
+        """x [..., in_features] (the weight's dtype) -> x @ weight.T + bias, [..., out_features]."""
+        rows = _rows_of(x, self.in_features, self.dtype)
+        if self._packed is None or rows.shape[0] > DECODE_KERNEL_ROWS[self.dtype]:
             return self._onednn.linear(x, bias)
-        out = torch.ops.tritonllm_cpu.small_m_linear(rows, self._packed, _dense_bias(bias, torch.bfloat16))
+        out = torch.ops.tritonllm_cpu.small_m_linear(rows, self._packed, _dense_bias(bias, self.dtype))
         return _shaped_like(out, x)
 
 

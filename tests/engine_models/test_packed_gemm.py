@@ -92,28 +92,35 @@ def test_onednn_bfloat16_weights_serve_every_row_count(rows: int) -> None:
         packed.linear(x.float())
 
 
-@pytest.mark.skipif(
-    "onednn+decode" not in packed_gemm.available_formats(torch.bfloat16), reason="no AVX512_BF16"
-)
-@pytest.mark.parametrize("rows", [0, 1, 7, 16, 64, 65])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        pytest.param(dtype, marks=pytest.mark.skipif(
+            "onednn+decode" not in packed_gemm.available_formats(dtype), reason=f"no decode kernel for {dtype} here"
+        ))
+        for dtype in (torch.float32, torch.bfloat16)
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("rows", [0, 1, 7, 16, 64, 65, 129, 513])
 @pytest.mark.parametrize(("out_features", "in_features"), [(96, 64), (96, 40), (90, 40), (96, 39)])
-def test_decode_batches_take_the_packed_bfloat16_weight(rows: int, out_features: int, in_features: int) -> None:
+def test_decode_batches_take_the_packed_weight(dtype: torch.dtype, rows: int, out_features: int, in_features: int) -> None:
     """Up to DECODE_KERNEL_ROWS rows the C++ kernel multiplies (out_features a multiple of 16, in_features
-    even), oneDNN beyond and for other weights; both within bfloat16 rounding of the exact product,
-    strided bias too. (x holds 2 x rows rows.)"""
-    weight = random(out_features, in_features, seed=1).bfloat16()
-    bias = random(2 * out_features, seed=2).bfloat16()[::2]
+    even in bfloat16), oneDNN beyond and for other weights; both within the dtype's rounding of the exact
+    product, strided bias too. (x holds 2 x rows rows.)"""
+    weight = random(out_features, in_features, seed=1).to(dtype)
+    bias = random(2 * out_features, seed=2).to(dtype)[::2]
     packed = packed_gemm.prepack(weight, "onednn+decode")
-    x = random(2, rows, in_features, seed=3).bfloat16()
+    x = random(2, rows, in_features, seed=3).to(dtype)
     out = packed.linear(x, bias)
-    assert out.dtype == torch.bfloat16 and out.shape == (2, rows, out_features)
+    assert out.dtype == dtype and out.shape == (2, rows, out_features)
     exact = F.linear(x.double(), weight.double(), bias.double())
-    torch.testing.assert_close(out.double(), exact, rtol=1.6e-2, atol=1e-2)
+    tolerance = 1e-4 if dtype == torch.float32 else 1.6e-2
+    torch.testing.assert_close(out.double(), exact, rtol=tolerance, atol=tolerance)
     weight.zero_()  # the pack holds its own copies
     torch.testing.assert_close(packed.linear(x, bias), out)
-    with pytest.raises(TypeError, match="float32"):
-        packed.linear(x.float())
-    assert "onednn+decode" not in packed_gemm.available_formats(torch.float32)
+    other = torch.bfloat16 if dtype == torch.float32 else torch.float32
+    with pytest.raises(TypeError, match=str(dtype).removeprefix("torch.")):
+        packed.linear(x.to(other))
 
 
 @pytest.mark.skipif(
@@ -124,7 +131,7 @@ def test_auto_refines_onednn_only_when_the_second_copy_fits(monkeypatch: pytest.
     assert packed_gemm.refine("onednn", torch.bfloat16, 1 << 30) == "onednn+decode"
     assert packed_gemm.refine("onednn", torch.bfloat16, 2 << 30) == "onednn"
     assert packed_gemm.refine("onednn", torch.bfloat16, 1 << 30, reserved_bytes=1 << 30) == "onednn"
-    assert packed_gemm.refine("onednn", torch.float32, 1 << 20) == "onednn"
+    assert packed_gemm.refine("mkl", torch.float32, 1 << 20) == "mkl"
     assert packed_gemm.refine(packed_gemm.PLAIN, torch.bfloat16, 1 << 20) == packed_gemm.PLAIN
     weights = [random(64, 64, seed=15).bfloat16()]
     assert "onednn+decode" not in packed_gemm.format_costs(weights), "timing from cache cannot judge it"
