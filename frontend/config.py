@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from frontend.response_store import default_store_url, sqlite_path
+from frontend.response_store import check_store_url, default_store_url
 
 TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral", "pythonic")
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--response-store",
         default=default_store_url(),
-        help="Responses API store, sqlite:///PATH (default: $TRITONLLM_RESPONSE_STORE, else the state dir)",
+        help="Responses API store: sqlite:///PATH (one host), or postgresql://USER:PASSWORD@HOST:PORT/DB shared "
+        "by replicas (default: $TRITONLLM_RESPONSE_STORE, else sqlite in the state dir)",
     )
     parser.add_argument(
         "--triton-speech-model", default="whisper", help="Triton speech model behind /v1/audio/*"
@@ -132,7 +133,7 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
         parser.error("--enable-auto-tool-choice requires --tool-call-parser")
     model = Path(args.model)
     try:
-        sqlite_path(args.response_store)
+        check_store_url(args.response_store)
     except ValueError as error:
         parser.error(str(error))
     api_keys = tuple(args.api_key or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else []))

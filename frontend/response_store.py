@@ -1,8 +1,8 @@
 """Persistence of the Responses API: responses, their input items, status transitions and stream events.
 
 `ResponseStore` is the interface; `open_store(url)` picks the implementation by URL scheme. SQLite (stdlib
-`sqlite3`, one file, WAL) is the default and fits one host; a store shared by several frontend hosts
-(`postgresql://`, `redis://`) implements the same interface. The store speaks JSON-ready dicts and knows
+`sqlite3`, one file, WAL) is the default and fits one host; PostgreSQL (`postgresql://`,
+frontend.response_store_postgres) is shared by frontend replicas on any number of hosts. The store speaks JSON-ready dicts and knows
 nothing of HTTP or of how a response is generated.
 """
 
@@ -15,12 +15,14 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 JSON = dict[str, Any]
+# libpq's URL schemes.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 @dataclass
@@ -110,7 +112,144 @@ CREATE TABLE IF NOT EXISTS stream_events (
 """
 
 
-class SQLiteResponseStore(ResponseStore):
+class SqlResponseStore(ResponseStore):
+    """The store in SQL that SQLite and PostgreSQL both run (`?` marks a parameter; `_statement` turns it
+    into the driver's marker). Subclasses own the connection: `_transaction` for writes, `_reading` for
+    reads."""
+
+    # What orders a response's status transitions.
+    _TRANSITION_ORDER = "rowid"
+
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """One atomic transaction on a DB-API connection, committed on exit, rolled back on an error."""
+
+    @abstractmethod
+    def _reading(self) -> AbstractContextManager[Any]:
+        """A DB-API connection for reads."""
+
+    def _statement(self, sql: str) -> str:
+        return sql
+
+    def _execute(self, db: Any, sql: str, parameters: tuple[Any, ...] = ()) -> Any:
+        return db.execute(self._statement(sql), parameters)
+
+    def _execute_many(self, db: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        cursor = db.cursor()
+        try:
+            cursor.executemany(self._statement(sql), rows)
+        finally:
+            cursor.close()
+
+    def create(
+        self, response: JSON, input_items: list[JSON], previous_response_id: str | None, owner: str | None
+    ) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            self._execute(
+                db,
+                "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    response["id"],
+                    True,
+                    response["status"],
+                    previous_response_id,
+                    json.dumps(response),
+                    now,
+                    owner,
+                ),
+            )
+            self._execute_many(
+                db,
+                "INSERT INTO input_items (response_id, position, body) VALUES (?, ?, ?)",
+                [(response["id"], index, json.dumps(item)) for index, item in enumerate(input_items)],
+            )
+            self._execute(
+                db,
+                "INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, ?)",
+                (response["id"], response["status"], now),
+            )
+
+    def remember_unstored(self, response_id: str, owner: str | None) -> None:
+        with self._transaction() as db:
+            self._execute(
+                db,
+                "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at, owner)"
+                " VALUES (?, ?, NULL, NULL, '{}', ?, ?)",
+                (response_id, False, time.time(), owner),
+            )
+
+    def update(self, response: JSON, events: list[JSON] | None = None) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            updated = self._execute(
+                db,
+                "UPDATE responses SET status = ?, body = ?, updated_at = ? WHERE id = ?",
+                (response["status"], json.dumps(response), now, response["id"]),
+            ).rowcount
+            if not updated:
+                # Deleted while it was being generated: it stays deleted.
+                return
+            self._execute(
+                db,
+                "INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, ?)",
+                (response["id"], response["status"], now),
+            )
+            if events is not None:
+                self._execute(db, "DELETE FROM stream_events WHERE response_id = ?", (response["id"],))
+                self._execute_many(
+                    db,
+                    "INSERT INTO stream_events (response_id, sequence_number, body) VALUES (?, ?, ?)",
+                    [(response["id"], event["sequence_number"], json.dumps(event)) for event in events],
+                )
+
+    def get(self, response_id: str) -> StoredResponse | None:
+        with self._reading() as db:
+            row = self._execute(
+                db,
+                "SELECT stored, body, previous_response_id, owner FROM responses WHERE id = ?",
+                (response_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(response_id, bool(row[0]), json.loads(row[1]), row[2], row[3])
+
+    def input_items(self, response_id: str) -> list[JSON]:
+        with self._reading() as db:
+            rows = self._execute(
+                db, "SELECT body FROM input_items WHERE response_id = ? ORDER BY position", (response_id,)
+            ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def events(self, response_id: str, starting_after: int) -> list[JSON]:
+        with self._reading() as db:
+            rows = self._execute(
+                db,
+                "SELECT body FROM stream_events WHERE response_id = ? AND sequence_number > ?"
+                " ORDER BY sequence_number",
+                (response_id, starting_after),
+            ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def statuses(self, response_id: str) -> list[str]:
+        with self._reading() as db:
+            rows = self._execute(
+                db,
+                f"SELECT status FROM status_transitions WHERE response_id = ? ORDER BY {self._TRANSITION_ORDER}",
+                (response_id,),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def delete(self, response_id: str) -> bool:
+        with self._transaction() as db:
+            deleted = self._execute(db, "DELETE FROM responses WHERE id = ?", (response_id,)).rowcount
+            for table in ("input_items", "status_transitions", "stream_events"):
+                self._execute(db, f"DELETE FROM {table} WHERE response_id = ?", (response_id,))
+        return deleted > 0
+
+
+class SQLiteResponseStore(SqlResponseStore):
     """One SQLite file shared by the threads of this process (and by other processes on the same host)."""
 
     def __init__(self, path: str) -> None:
@@ -137,92 +276,11 @@ class SQLiteResponseStore(ResponseStore):
                 raise
             self._db.execute("COMMIT")
 
-    def create(
-        self, response: JSON, input_items: list[JSON], previous_response_id: str | None, owner: str | None
-    ) -> None:
-        now = time.time()
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at, owner)"
-                " VALUES (?, 1, ?, ?, ?, ?, ?)",
-                (response["id"], response["status"], previous_response_id, json.dumps(response), now, owner),
-            )
-            db.executemany(
-                "INSERT INTO input_items (response_id, position, body) VALUES (?, ?, ?)",
-                [(response["id"], index, json.dumps(item)) for index, item in enumerate(input_items)],
-            )
-            db.execute(
-                "INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, ?)",
-                (response["id"], response["status"], now),
-            )
-
-    def remember_unstored(self, response_id: str, owner: str | None) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at, owner)"
-                " VALUES (?, 0, NULL, NULL, '{}', ?, ?)",
-                (response_id, time.time(), owner),
-            )
-
-    def update(self, response: JSON, events: list[JSON] | None = None) -> None:
-        now = time.time()
-        with self._transaction() as db:
-            updated = db.execute(
-                "UPDATE responses SET status = ?, body = ?, updated_at = ? WHERE id = ?",
-                (response["status"], json.dumps(response), now, response["id"]),
-            ).rowcount
-            if not updated:
-                # Deleted while it was being generated: it stays deleted.
-                return
-            db.execute(
-                "INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, ?)",
-                (response["id"], response["status"], now),
-            )
-            if events is not None:
-                db.execute("DELETE FROM stream_events WHERE response_id = ?", (response["id"],))
-                db.executemany(
-                    "INSERT INTO stream_events (response_id, sequence_number, body) VALUES (?, ?, ?)",
-                    [(response["id"], event["sequence_number"], json.dumps(event)) for event in events],
-                )
-
-    def get(self, response_id: str) -> StoredResponse | None:
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        # No transaction: BEGIN IMMEDIATE would take the write lock that other processes' readers wait on.
         with self._lock:
-            row = self._db.execute(
-                "SELECT stored, body, previous_response_id, owner FROM responses WHERE id = ?", (response_id,)
-            ).fetchone()
-        if row is None:
-            return None
-        return StoredResponse(response_id, bool(row[0]), json.loads(row[1]), row[2], row[3])
-
-    def input_items(self, response_id: str) -> list[JSON]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT body FROM input_items WHERE response_id = ? ORDER BY position", (response_id,)
-            ).fetchall()
-        return [json.loads(row[0]) for row in rows]
-
-    def events(self, response_id: str, starting_after: int) -> list[JSON]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT body FROM stream_events WHERE response_id = ? AND sequence_number > ?"
-                " ORDER BY sequence_number",
-                (response_id, starting_after),
-            ).fetchall()
-        return [json.loads(row[0]) for row in rows]
-
-    def statuses(self, response_id: str) -> list[str]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT status FROM status_transitions WHERE response_id = ? ORDER BY rowid", (response_id,)
-            ).fetchall()
-        return [row[0] for row in rows]
-
-    def delete(self, response_id: str) -> bool:
-        with self._transaction() as db:
-            deleted = db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount
-            for table in ("input_items", "status_transitions", "stream_events"):
-                db.execute(f"DELETE FROM {table} WHERE response_id = ?", (response_id,))
-        return deleted > 0
+            yield self._db
 
     def close(self) -> None:
         with self._lock:
@@ -239,13 +297,6 @@ def default_store_url() -> str:
 
 def sqlite_path(url: str) -> str:
     """SQLAlchemy's spelling: `sqlite:///relative.db`, `sqlite:////absolute.db`, `sqlite://` in memory."""
-    if not url.startswith("sqlite://"):
-        scheme = url.split("://", 1)[0] if "://" in url else url
-        raise ValueError(
-            f"unsupported response store {scheme!r}: only sqlite:///PATH is built in "
-            "(a shared store such as postgresql:// or redis:// implements "
-            "frontend.response_store.ResponseStore)"
-        )
     rest = url[len("sqlite://") :]
     if rest == "":
         return ":memory:"
@@ -254,5 +305,23 @@ def sqlite_path(url: str) -> str:
     return rest[1:]
 
 
+def check_store_url(url: str) -> None:
+    """Raises ValueError for a URL `open_store` cannot open (checked before anything starts)."""
+    if url.startswith("sqlite://"):
+        sqlite_path(url)
+    elif not url.startswith(POSTGRES_SCHEMES):
+        scheme = url.split("://", 1)[0] if "://" in url else url
+        raise ValueError(
+            f"unsupported response store {scheme!r}: use sqlite:///PATH (one host) or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DB (shared by replicas)"
+        )
+
+
 def open_store(url: str) -> ResponseStore:
-    return SQLiteResponseStore(sqlite_path(url))
+    check_store_url(url)
+    if url.startswith("sqlite://"):
+        return SQLiteResponseStore(sqlite_path(url))
+    # Imported here: that module builds on this one's interface.
+    from frontend.response_store_postgres import PostgresResponseStore
+
+    return PostgresResponseStore(url)

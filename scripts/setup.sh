@@ -16,8 +16,9 @@ VENV=.venv
 PYTHON=${PYTHON:-python3.11}
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-# 1. System packages: libb64 for perf_analyzer; espeak-ng and sox synthesize speech for the audio tests.
-APT_PACKAGES=(libb64-0d espeak-ng sox)
+# 1. System packages: libb64 for perf_analyzer; espeak-ng and sox synthesize speech for the audio tests;
+#    postgresql: a private server for the tests of the shared Responses API store.
+APT_PACKAGES=(libb64-0d espeak-ng sox postgresql)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -1,22 +1,34 @@
-"""The SQLite response store: atomic writes, status history, events, deletion, restart, URL parsing."""
+"""The response stores, SQLite and PostgreSQL alike: atomic writes, status history, events, deletion,
+reopening; PostgreSQL's sharing between replicas and its reconnection; URL parsing."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from frontend.config import config_from_args
-from frontend.response_store import SQLiteResponseStore, open_store, sqlite_path
+from frontend.response_store import SQLiteResponseStore, check_store_url, open_store, sqlite_path
+from tests.postgres import PostgresServer
 
 
 def response(status: str, **extra: object) -> dict:
     return {"id": "resp_1", "status": status, "output": [], **extra}
 
 
-def test_round_trip_survives_reopening(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'nested' / 'responses.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty store of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'nested' / 'responses.db'}"
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    return postgres.new_database(f"store_{abs(hash(request.node.name)):x}")
+
+
+def test_round_trip_survives_reopening(store_url: str) -> None:
+    url = store_url
     store = open_store(url)
     items = [{"type": "message", "id": "msg_1", "role": "user", "content": "hi"}]
     store.create(response("queued"), items, previous_response_id="resp_0", owner="tenant-a")
@@ -38,24 +50,24 @@ def test_round_trip_survives_reopening(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
-    store = SQLiteResponseStore(str(tmp_path / "responses.db"))
+def test_failed_transaction_leaves_nothing(store_url: str) -> None:
+    store = open_store(store_url)
     store.create(response("completed"), [], None, None)
-    with pytest.raises(Exception, match="UNIQUE"):
+    with pytest.raises(Exception, match="(?i)unique"):
         store.create(response("completed"), [{"type": "message"}], None, None)
     assert store.input_items("resp_1") == [] and store.statuses("resp_1") == ["completed"]
 
 
-def test_a_response_deleted_while_generating_stays_deleted() -> None:
-    store = open_store("sqlite://")
+def test_a_response_deleted_while_generating_stays_deleted(store_url: str) -> None:
+    store = open_store(store_url)
     store.create(response("in_progress"), [], None, None)
     store.delete("resp_1")
     store.update(response("completed"), [{"type": "response.completed", "sequence_number": 0}])
     assert store.get("resp_1") is None and store.statuses("resp_1") == [] and store.events("resp_1", -1) == []
 
 
-def test_unstored_responses_are_remembered_without_content() -> None:
-    store = open_store("sqlite://")
+def test_unstored_responses_are_remembered_without_content(store_url: str) -> None:
+    store = open_store(store_url)
     store.remember_unstored("resp_2", "tenant-b")
     found = store.get("resp_2")
     assert found is not None and not found.stored and found.body == {} and found.owner == "tenant-b"
@@ -81,9 +93,29 @@ def test_store_urls() -> None:
     assert sqlite_path("sqlite:////var/lib/x.db") == "/var/lib/x.db"
     assert sqlite_path("sqlite:///relative.db") == "relative.db"
     assert sqlite_path("sqlite://") == ":memory:"
-    for url in ("postgresql://db/responses", "redis://cache", "sqlite:///"):
+    for url in ("sqlite:///x.db", "postgresql://user:secret@db:5432/responses", "postgres://db/responses"):
+        check_store_url(url)
+    for url in ("redis://cache", "sqlite:///", "mysql://db/responses"):
         with pytest.raises(ValueError):
-            sqlite_path(url)
+            check_store_url(url)
+
+
+def test_postgresql_is_shared_by_replicas_and_outlives_a_server_restart(postgres: PostgresServer) -> None:
+    url = postgres.new_database("shared")
+    # Two replicas opening the same empty database at once: one creates the tables, the other waits.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(open_store, [url, url])
+    first.create(response("in_progress"), [{"type": "message"}], None, "tenant-a")
+    found = second.get("resp_1")
+    assert found is not None and found.owner == "tenant-a" and second.input_items("resp_1") == [{"type": "message"}]
+    postgres.stop()
+    postgres.start()
+    # Both replicas' connections died with the server: each opens a new one and the calls go through.
+    second.update(response("completed"))
+    assert first.statuses("resp_1") == ["in_progress", "completed"]
+    assert first.delete("resp_1") and second.get("resp_1") is None
+    first.close()
+    second.close()
 
 
 def test_response_store_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -95,3 +127,5 @@ def test_response_store_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert config_from_args(["--model", "m"]).response_store == f"sqlite:///{tmp_path}/tritonllm/responses.db"
     with pytest.raises(SystemExit):
         config_from_args(["--model", "m", "--response-store", "redis://cache"])
+    shared = "postgresql://tritonllm@db:5432/responses"
+    assert config_from_args(["--model", "m", "--response-store", shared]).response_store == shared
