@@ -13,9 +13,12 @@ GB/s of ~31-33, at 32-64 rows it computes at ~300-350 GFLOP/s of ~420. The "oned
 second copy of the weight, packed for a C++ kernel (kernels/native/small_m_linear.cpp) that multiplies up
 to DECODE_KERNEL_ROWS rows: all of SmolLM2-135M's 121 projections, cold, at 1 / 16 / 32 / 64 / 128 rows
 8.6-8.9 / 14.7 / 24.5 / 43.5 / 82.5 ms against oneDNN's 13.5-14.2 / 17.8-18.5 / 28.0 / 47.7 / 86.7 (even at
-256 rows, and oneDNN ahead at 512), at twice the weight memory. In float32 the same kernel (FMAs) beats
-oneDNN on the Zen 5 EPYC up to 512 rows: 13.4 / 19.1 / 50.4 / 90.8 / 349.8 ms at 1 / 16 / 64 / 128 / 512
-against 15.1 / 19.9 / 58.9 / 113.0 / 445.6 (oneDNN ahead at 1,024).
+256 rows, and oneDNN ahead at 512), at twice the weight memory. In float32 the same kernel (FMAs)
+takes 12.9 / 45.0 / 89.4 / 339.6 ms at 1 / 64 / 128 / 512 rows on the Zen 5 EPYC against oneDNN's 14.4 / 47.5 /
+89.2 / 316.2 on idle cores, but 349.8 against 445.6 at 512 rows beside another process's bursts: its
+threads share out tiles as they go, oneDNN's split is fixed and waits for a preempted thread. A server's
+cores are shared with its other processes, so float32 takes the kernel up to 512 rows (served at 64
+streams: 342.9 tok/s against 325.0 with oneDNN alone).
 So the format is measured, not assumed: `format_costs` times each candidate on weights of the model's
 own shapes once per process, and the model packs into the cheapest ("plain" keeps F.linear).
 
