@@ -78,6 +78,19 @@ class ResponseStore(ABC):
         """Remove a response and everything stored with it; False if there was none."""
 
     @abstractmethod
+    def append_events(self, response_id: str, events: list[JSON]) -> None:
+        """Store stream events of a response still running, for followers on other replicas; events
+        already stored are left as they are, and a deleted response gets none."""
+
+    @abstractmethod
+    def request_cancel(self, response_id: str) -> None:
+        """Ask the replica running a background response to cancel it."""
+
+    @abstractmethod
+    def cancel_requested(self, response_ids: list[str]) -> list[str]:
+        """Those of `response_ids` whose cancellation has been asked for."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -89,7 +102,8 @@ CREATE TABLE IF NOT EXISTS responses (
     previous_response_id TEXT,
     body TEXT NOT NULL,
     updated_at REAL NOT NULL,
-    owner TEXT
+    owner TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS input_items (
     response_id TEXT NOT NULL,
@@ -248,6 +262,31 @@ class SqlResponseStore(ResponseStore):
                 self._execute(db, f"DELETE FROM {table} WHERE response_id = ?", (response_id,))
         return deleted > 0
 
+    def append_events(self, response_id: str, events: list[JSON]) -> None:
+        with self._transaction() as db:
+            if self._execute(db, "SELECT 1 FROM responses WHERE id = ?", (response_id,)).fetchone() is None:
+                return
+            self._execute_many(
+                db,
+                "INSERT INTO stream_events (response_id, sequence_number, body) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(response_id, event["sequence_number"], json.dumps(event)) for event in events],
+            )
+
+    def request_cancel(self, response_id: str) -> None:
+        with self._transaction() as db:
+            self._execute(db, "UPDATE responses SET cancel_requested = ? WHERE id = ?", (True, response_id))
+
+    def cancel_requested(self, response_ids: list[str]) -> list[str]:
+        if not response_ids:
+            return []
+        marks = ", ".join(["?"] * len(response_ids))
+        with self._reading() as db:
+            rows = self._execute(
+                db, f"SELECT id FROM responses WHERE cancel_requested = ? AND id IN ({marks})", (True, *response_ids)
+            ).fetchall()
+        return [row[0] for row in rows]
+
 
 class SQLiteResponseStore(SqlResponseStore):
     """One SQLite file shared by the threads of this process (and by other processes on the same host)."""
@@ -264,6 +303,8 @@ class SQLiteResponseStore(SqlResponseStore):
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
         if "owner" not in columns:  # a store written before tenants existed: its rows have no owner
             self._db.execute("ALTER TABLE responses ADD COLUMN owner TEXT")
+        if "cancel_requested" not in columns:  # nor before cancels crossed replicas
+            self._db.execute("ALTER TABLE responses ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

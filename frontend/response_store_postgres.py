@@ -26,7 +26,8 @@ _SCHEMA = (
         previous_response_id TEXT,
         body TEXT NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL,
-        owner TEXT
+        owner TEXT,
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
     )""",
     """CREATE TABLE IF NOT EXISTS input_items (
         response_id TEXT NOT NULL,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -32,7 +33,7 @@ from frontend.protocol.responses_stream import (
     StreamEvent,
 )
 from frontend.reasoning import reasoning_parser
-from frontend.response_store import ResponseStore, StoredResponse
+from frontend.response_store import JSON, ResponseStore, StoredResponse
 from frontend.serving.chat_output import ChatOutputProcessor
 from frontend.serving.context import ServingContext
 from frontend.serving.engine_params import api_error
@@ -48,6 +49,12 @@ from frontend.triton_client import GenerationChunk, TritonError
 ENDPOINT = "/v1/responses"
 # Statuses after which nothing changes any more.
 FINAL = ("completed", "incomplete", "failed", "cancelled")
+# Following or cancelling a background response that another replica runs goes through the shared store:
+# how often it is read, how long a follower waits for news before giving up (the replica running it may
+# have died), and how long a cancel waits for the running replica to record it.
+FOLLOW_POLL_SECONDS = 0.2
+FOLLOW_IDLE_SECONDS = 120.0
+CANCEL_WAIT_SECONDS = 10.0
 
 
 def new_response_id() -> str:
@@ -70,7 +77,7 @@ class ResponsesHandler:
         self.ctx = ctx
         self.store = store
         self.inputs = ResponseInputBuilder(ctx)
-        self.runs = BackgroundRuns()
+        self.runs = BackgroundRuns(store)
 
     async def close(self) -> None:
         """At shutdown: background responses still running are stored as cancelled, then the store closes."""
@@ -243,9 +250,27 @@ class ResponsesHandler:
             async for event in run.follow(starting_after):
                 yield event_frame(event)
         else:
-            for event in await asyncio.to_thread(self.store.events, response_id, starting_after):
+            async for event in self._follow_store(response_id, starting_after):
                 yield event_frame(event)
         yield DONE
+
+    async def _follow_store(self, response_id: str, starting_after: int) -> AsyncIterator[JSON]:
+        """The stored events after `starting_after`: of an ended response, or of one another replica is
+        running, polled until it ends (or nothing has come for FOLLOW_IDLE_SECONDS: its replica died)."""
+        position = starting_after
+        idle_since = time.monotonic()
+        while True:
+            # The status first: a response that has ended had all its events stored with its last status.
+            found = await asyncio.to_thread(self.store.get, response_id)
+            for event in await asyncio.to_thread(self.store.events, response_id, position):
+                position = event["sequence_number"]
+                idle_since = time.monotonic()
+                yield event
+            if found is None or found.body.get("status") in FINAL:
+                return
+            if time.monotonic() - idle_since > FOLLOW_IDLE_SECONDS:
+                return
+            await asyncio.sleep(FOLLOW_POLL_SECONDS)
 
     # ---- stored responses ---------------------------------------------------------------------------------
 
@@ -313,6 +338,13 @@ class ResponsesHandler:
             raise bad_request("only background responses can be cancelled", param="response_id")
         if await self.runs.cancel(response_id):
             found = await self._stored(response_id)
+        elif found.body.get("status") not in FINAL:
+            # Running on another replica (a shared store): ask it, and wait for it to store the cancellation.
+            await asyncio.to_thread(self.store.request_cancel, response_id)
+            deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+            while found.body.get("status") not in FINAL and time.monotonic() < deadline:
+                await asyncio.sleep(FOLLOW_POLL_SECONDS)
+                found = await self._stored(response_id)
         return ResponseObject.model_validate(found.body)
 
     async def input_items(

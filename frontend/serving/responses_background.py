@@ -1,17 +1,28 @@
 """Background responses (`background=true`): the task generating each one and the events it has emitted.
 
 A run's events stay in memory while it runs, so `GET /v1/responses/{id}?stream=true&starting_after=N`
-followers receive everything after N and then follow live; once the run ends its events are in the store
-and followers read them from there. Cancelling a run cancels its task, which closes the Triton stream.
+followers on this replica receive everything after N and then follow live. Cancelling a run cancels its
+task, which closes the Triton stream. Other replicas sharing the store see a run through it: a watcher
+stores each run's new events every WATCH_SECONDS (their followers poll for them) and cancels the runs whose
+cancellation another replica asked for (`ResponseStore.request_cancel`). Once a run ends all its events
+are in the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from frontend.response_store import ResponseStore
+
+logger = logging.getLogger(__name__)
+
 JSON = dict[str, Any]
+# How often runs' new events reach the store and other replicas' cancel requests are looked for: what a
+# follower or a cancel on another replica waits at most, beyond its own polling.
+WATCH_SECONDS = 0.5
 
 
 class BackgroundRun:
@@ -19,6 +30,8 @@ class BackgroundRun:
 
     def __init__(self) -> None:
         self.events: list[JSON] = []
+        # How many of the events the watcher has stored.
+        self.shared = 0
         self.done = False
         # Replaced after every change; followers wait on the one current when they looked.
         self._changed = asyncio.Event()
@@ -52,8 +65,10 @@ class BackgroundRun:
 class BackgroundRuns:
     """The background responses this process is generating, by response id."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: ResponseStore) -> None:
+        self._store = store
         self._runs: dict[str, BackgroundRun] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     def start(
         self, response_id: str, work: Callable[[BackgroundRun], Coroutine[Any, Any, None]]
@@ -69,7 +84,26 @@ class BackgroundRuns:
                 self._runs.pop(response_id, None)
 
         run.task = asyncio.get_running_loop().create_task(supervised())
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
         return run
+
+    async def _watch(self) -> None:
+        """While runs are in flight: share their new events and act on cancels asked for elsewhere."""
+        while self._runs:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                for response_id, run in list(self._runs.items()):
+                    new = run.events[run.shared :]
+                    if new:
+                        await asyncio.to_thread(self._store.append_events, response_id, new)
+                        run.shared += len(new)
+                asked = await asyncio.to_thread(self._store.cancel_requested, list(self._runs))
+            except Exception:  # the store unreachable for a moment: the runs go on, the next round retries
+                logger.exception("sharing background runs through the store failed")
+                continue
+            for response_id in asked:
+                await self.cancel(response_id)
 
     def get(self, response_id: str) -> BackgroundRun | None:
         return self._runs.get(response_id)
@@ -86,3 +120,6 @@ class BackgroundRuns:
     async def cancel_all(self) -> None:
         for response_id in list(self._runs):
             await self.cancel(response_id)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)

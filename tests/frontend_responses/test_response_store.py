@@ -73,6 +73,26 @@ def test_unstored_responses_are_remembered_without_content(store_url: str) -> No
     assert found is not None and not found.stored and found.body == {} and found.owner == "tenant-b"
 
 
+def test_running_responses_share_events_and_cancel_requests(store_url: str) -> None:
+    """What a replica running a background response tells the others through the store."""
+    store = open_store(store_url)
+    store.create(response("in_progress"), [], None, None)
+    first = [{"type": "response.created", "sequence_number": 0}, {"type": "x", "sequence_number": 1}]
+    store.append_events("resp_1", first)
+    store.append_events("resp_1", [*first[1:], {"type": "y", "sequence_number": 2}])  # one already stored
+    assert [event["sequence_number"] for event in store.events("resp_1", -1)] == [0, 1, 2]
+    assert store.cancel_requested(["resp_1", "resp_unknown"]) == [] and store.cancel_requested([]) == []
+    store.request_cancel("resp_1")
+    assert store.cancel_requested(["resp_1", "resp_unknown"]) == ["resp_1"]
+    # The final update replaces the shared events with the whole log.
+    store.update(response("cancelled"), [*first, {"type": "response.cancelled", "sequence_number": 2}])
+    assert [event["type"] for event in store.events("resp_1", 0)] == ["x", "response.cancelled"]
+    store.delete("resp_1")
+    store.append_events("resp_1", first)  # deleted meanwhile: nothing comes back
+    assert store.events("resp_1", -1) == []
+    store.close()
+
+
 def test_a_store_from_before_tenants_gains_the_owner_column(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as old:
@@ -85,6 +105,7 @@ def test_a_store_from_before_tenants_gains_the_owner_column(tmp_path: Path) -> N
     store = SQLiteResponseStore(str(path))
     found = store.get("resp_old")
     assert found is not None and found.owner is None and found.body == {"id": "resp_old"}
+    assert store.cancel_requested(["resp_old"]) == []
     store.create(response("completed"), [], None, "tenant-a")
     assert (store.get("resp_1") or found).owner == "tenant-a"
 

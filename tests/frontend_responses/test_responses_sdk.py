@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from typing import Any
 
 import openai
 import pytest
@@ -34,6 +35,27 @@ WEATHER_TOOL = {
 def running_requests(triton_server: TritonServer) -> float:
     with urllib.request.urlopen(triton_server.metrics_url, timeout=5) as response:
         return scrape_metric(response.read().decode(), "llm_num_requests_running")
+
+
+def engine_goes_idle(triton_server: TritonServer, seconds: float = 10.0) -> bool:
+    """Whether the engine is running no request within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while running_requests(triton_server) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running_requests(triton_server) == 0
+
+
+def start_long_background(creator: openai.OpenAI, follower: openai.OpenAI) -> tuple[str, Any]:
+    """A background response of up to 2,000 tokens made on `creator`, and `follower`'s stream of it once
+    a first text delta has come."""
+    long = creator.responses.create(
+        model=MODEL_NAME, input="Tell me a very long story.", max_output_tokens=2000, background=True
+    )
+    stream = follower.responses.retrieve(long.id, stream=True)
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            break
+    return long.id, stream
 
 
 def test_create_retrieve_and_input_items(client: openai.OpenAI) -> None:
@@ -157,22 +179,13 @@ def test_background_resume_and_cancel(client: openai.OpenAI, triton_server: Trit
     assert [event.sequence_number for event in streamed] == list(range(len(streamed)))
     assert streamed[-1].type in ("response.completed", "response.incomplete")
 
-    long = client.responses.create(
-        model=MODEL_NAME, input="Tell me a very long story.", max_output_tokens=2000, background=True
-    )
-    stream = client.responses.retrieve(long.id, stream=True)
-    for event in stream:
-        if event.type == "response.output_text.delta":
-            break
-    cancelled = client.responses.cancel(long.id)
+    long_id, stream = start_long_background(client, client)
+    cancelled = client.responses.cancel(long_id)
     stream.close()
     assert cancelled.status == "cancelled"
-    assert client.responses.retrieve(long.id).status == "cancelled"
+    assert client.responses.retrieve(long_id).status == "cancelled"
     # The engine stopped generating it (the Triton stream was cancelled and the request aborted).
-    deadline = time.monotonic() + 10.0
-    while running_requests(triton_server) > 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert running_requests(triton_server) == 0
+    assert engine_goes_idle(triton_server)
     foreground = client.responses.create(model=MODEL_NAME, input="Hi", max_output_tokens=2)
     with pytest.raises(openai.BadRequestError, match="background"):
         client.responses.cancel(foreground.id)

@@ -1,54 +1,90 @@
 """Two frontend replicas behind one PostgreSQL response store: what one creates, the other retrieves,
-continues, lists and deletes (the OpenAI SDK against real frontends and a real tritonserver)."""
+continues, lists and deletes; a background response one runs, the other streams live and cancels (the
+OpenAI SDK against real frontends and a real tritonserver)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 
 from tests.frontend.conftest import MODEL_NAME
+from tests.frontend_responses.test_responses_sdk import QUESTION, engine_goes_idle, start_long_background
 from tests.postgres import PostgresServer
 from tests.servers import TritonServer, start_frontend
 
 pytestmark = pytest.mark.slow
 
 
-def test_replicas_share_their_responses(
-    model_path: Path, triton_server: TritonServer, postgres: PostgresServer, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def replicas(
+    model_path: Path,
+    triton_server: TritonServer,
+    postgres: PostgresServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[openai.OpenAI, openai.OpenAI]]:
+    """Two frontends on one PostgreSQL database, and an SDK client on each."""
     store_url = postgres.new_database("replicas")
-    replicas = [
-        start_frontend(
-            model_path, triton_server, tmp_path, api_key=None, extra_args=("--response-store", store_url),
-            log_name=f"replica-{index}.log",
-        )
-        for index in range(2)
-    ]  # fmt: skip
+    logs = tmp_path_factory.mktemp("replicas")
+    servers = []
     try:
+        for index in range(2):
+            servers.append(
+                start_frontend(
+                    model_path, triton_server, logs, api_key=None, extra_args=("--response-store", store_url),
+                    log_name=f"replica-{index}.log",
+                )
+            )  # fmt: skip
         first, second = (
-            openai.OpenAI(base_url=replica.base_url, api_key="none", max_retries=0) for replica in replicas
+            openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0) for server in servers
         )
-        created = first.responses.create(
-            model=MODEL_NAME, input="Name a color.", instructions="Answer in one word.", max_output_tokens=4
-        )
-        assert second.responses.retrieve(created.id).output_text == created.output_text
-        assert [item.id for item in second.responses.input_items.list(created.id)] == [
-            item.id for item in first.responses.input_items.list(created.id)
-        ]
-        # The other replica rebuilds the conversation from the shared store.
-        continued = second.responses.create(
-            model=MODEL_NAME, input="And another?", previous_response_id=created.id, max_output_tokens=4
-        )
-        assert continued.previous_response_id == created.id
-        alone = second.responses.create(model=MODEL_NAME, input="And another?", max_output_tokens=1)
-        assert continued.usage is not None and alone.usage is not None
-        assert continued.usage.input_tokens > alone.usage.input_tokens + 5  # the first turn came along
-        assert first.responses.retrieve(continued.id).output_text == continued.output_text
-        second.responses.delete(created.id)
-        with pytest.raises(openai.NotFoundError):
-            first.responses.retrieve(created.id)
+        yield first, second
     finally:
-        for replica in replicas:
-            replica.process.stop()
+        for server in servers:
+            server.process.stop()
+
+
+def test_replicas_share_their_responses(replicas: tuple[openai.OpenAI, openai.OpenAI]) -> None:
+    first, second = replicas
+    created = first.responses.create(
+        model=MODEL_NAME, input="Name a color.", instructions="Answer in one word.", max_output_tokens=4
+    )
+    assert second.responses.retrieve(created.id).output_text == created.output_text
+    assert [item.id for item in second.responses.input_items.list(created.id)] == [
+        item.id for item in first.responses.input_items.list(created.id)
+    ]
+    # The other replica rebuilds the conversation from the shared store.
+    continued = second.responses.create(
+        model=MODEL_NAME, input="And another?", previous_response_id=created.id, max_output_tokens=4
+    )
+    assert continued.previous_response_id == created.id
+    alone = second.responses.create(model=MODEL_NAME, input="And another?", max_output_tokens=1)
+    assert continued.usage is not None and alone.usage is not None
+    assert continued.usage.input_tokens > alone.usage.input_tokens + 5  # the first turn came along
+    assert first.responses.retrieve(continued.id).output_text == continued.output_text
+    second.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        first.responses.retrieve(created.id)
+
+
+def test_a_background_response_is_followed_and_cancelled_from_the_other_replica(
+    replicas: tuple[openai.OpenAI, openai.OpenAI], triton_server: TritonServer
+) -> None:
+    first, second = replicas
+    short = first.responses.create(model=MODEL_NAME, input=QUESTION, max_output_tokens=6, background=True)
+    # Streamed live from the replica that is not running it, from the store.
+    followed = list(second.responses.retrieve(short.id, stream=True, starting_after=0))
+    assert [event.sequence_number for event in followed] == list(range(1, len(followed) + 1))
+    assert followed[-1].type in ("response.completed", "response.incomplete")
+    text = "".join(event.delta for event in followed if event.type == "response.output_text.delta")
+    assert text == first.responses.retrieve(short.id).output_text
+
+    long_id, stream = start_long_background(first, second)
+    cancelled = second.responses.cancel(long_id)
+    stream.close()
+    assert cancelled.status == "cancelled"
+    assert first.responses.retrieve(long_id).status == "cancelled"
+    # The replica running it stopped it: the engine has nothing left to generate.
+    assert engine_goes_idle(triton_server)
