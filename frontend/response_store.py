@@ -38,6 +38,8 @@ class StoredResponse:
     previous_response_id: str | None
     # Tenant that created it (frontend.tenancy), None when API keys were not isolated.
     owner: str | None = None
+    # When it was last written or kept alive (`keep_alive`), by the writer's clock.
+    updated_at: float = 0.0
 
 
 class ResponseStore(ABC):
@@ -87,8 +89,13 @@ class ResponseStore(ABC):
         """Ask the replica running a background response to cancel it."""
 
     @abstractmethod
-    def cancel_requested(self, response_ids: list[str]) -> list[str]:
-        """Those of `response_ids` whose cancellation has been asked for."""
+    def stopped_elsewhere(self, response_ids: list[str]) -> list[str]:
+        """Those of `response_ids` whose cancellation another replica asked for, or that it deleted."""
+
+    @abstractmethod
+    def keep_alive(self, response_ids: list[str]) -> None:
+        """Mark responses as still being generated (their `updated_at` moves): followers on other replicas
+        tell a running response from one whose replica died."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -133,6 +140,9 @@ class SqlResponseStore(ResponseStore):
 
     # What orders a response's status transitions.
     _TRANSITION_ORDER = "rowid"
+    # What keeps a row from being deleted between reading it and writing beside it in one transaction
+    # (SQLite's write transactions already hold the whole database).
+    _ROW_SHARE_LOCK = ""
 
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[Any]:
@@ -222,12 +232,12 @@ class SqlResponseStore(ResponseStore):
         with self._reading() as db:
             row = self._execute(
                 db,
-                "SELECT stored, body, previous_response_id, owner FROM responses WHERE id = ?",
+                "SELECT stored, body, previous_response_id, owner, updated_at FROM responses WHERE id = ?",
                 (response_id,),
             ).fetchone()
         if row is None:
             return None
-        return StoredResponse(response_id, bool(row[0]), json.loads(row[1]), row[2], row[3])
+        return StoredResponse(response_id, bool(row[0]), json.loads(row[1]), row[2], row[3], row[4])
 
     def input_items(self, response_id: str) -> list[JSON]:
         with self._reading() as db:
@@ -264,7 +274,10 @@ class SqlResponseStore(ResponseStore):
 
     def append_events(self, response_id: str, events: list[JSON]) -> None:
         with self._transaction() as db:
-            if self._execute(db, "SELECT 1 FROM responses WHERE id = ?", (response_id,)).fetchone() is None:
+            exists = self._execute(
+                db, f"SELECT 1 FROM responses WHERE id = ?{self._ROW_SHARE_LOCK}", (response_id,)
+            )
+            if exists.fetchone() is None:
                 return
             self._execute_many(
                 db,
@@ -277,15 +290,31 @@ class SqlResponseStore(ResponseStore):
         with self._transaction() as db:
             self._execute(db, "UPDATE responses SET cancel_requested = ? WHERE id = ?", (True, response_id))
 
-    def cancel_requested(self, response_ids: list[str]) -> list[str]:
+    def stopped_elsewhere(self, response_ids: list[str]) -> list[str]:
         if not response_ids:
             return []
-        marks = ", ".join(["?"] * len(response_ids))
         with self._reading() as db:
             rows = self._execute(
-                db, f"SELECT id FROM responses WHERE cancel_requested = ? AND id IN ({marks})", (True, *response_ids)
+                db,
+                f"SELECT id, cancel_requested FROM responses WHERE id IN ({self._marks(response_ids)})",
+                tuple(response_ids),
             ).fetchall()
-        return [row[0] for row in rows]
+        running = {row[0] for row in rows if not row[1]}
+        return [response_id for response_id in response_ids if response_id not in running]
+
+    def keep_alive(self, response_ids: list[str]) -> None:
+        if not response_ids:
+            return
+        with self._transaction() as db:
+            self._execute(
+                db,
+                f"UPDATE responses SET updated_at = ? WHERE id IN ({self._marks(response_ids)})",
+                (time.time(), *response_ids),
+            )
+
+    @staticmethod
+    def _marks(values: list[str]) -> str:
+        return ", ".join(["?"] * len(values))
 
 
 class SQLiteResponseStore(SqlResponseStore):

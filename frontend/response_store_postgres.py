@@ -56,6 +56,7 @@ class PostgresResponseStore(SqlResponseStore):
     """One PostgreSQL database shared by the threads of this process and by every other replica."""
 
     _TRANSITION_ORDER = "position"
+    _ROW_SHARE_LOCK = " FOR SHARE"
 
     def __init__(self, url: str, connect_timeout: float = 10.0) -> None:
         self._url = url
@@ -69,9 +70,20 @@ class PostgresResponseStore(SqlResponseStore):
                 db.execute(statement)
 
     def _connect(self) -> psycopg.Connection:
-        # Autocommit: the transaction() blocks below are the only transactions, never an implicit one left open.
+        # Autocommit: the transaction() blocks below are the only transactions, never an implicit one left
+        # open. Some store writes run on the frontend's event loop (a response cancelled mid-stream is saved
+        # as its generator closes), so a silent network or a stuck server must fail them within seconds:
+        # TCP keepalives and a user timeout on the socket, a statement timeout on the server.
         return psycopg.connect(
-            self._url, autocommit=True, connect_timeout=max(1, round(self._connect_timeout))
+            self._url,
+            autocommit=True,
+            connect_timeout=max(1, round(self._connect_timeout)),
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+            tcp_user_timeout=15_000,
+            options="-c statement_timeout=10000",
         )
 
     @contextmanager

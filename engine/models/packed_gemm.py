@@ -77,6 +77,9 @@ REFINEMENTS = {"onednn": "onednn+decode"}
 _REFINEMENT_MEMORY_SHARE = 0.25
 # The C++ kernel packs out_features in blocks of 16 and in_features in pairs; other weights stay with oneDNN.
 _DECODE_KERNEL_BLOCK = 16
+# The most in_features it takes: a tile of 64 outputs x in_features must stay in a 1 MB L2 while every
+# pass of 6 rows reads it (measured up to 1,536; 64 x 2,048 float32 is half of it).
+_DECODE_KERNEL_MAX_IN_FEATURES = {torch.float32: 2048, torch.bfloat16: 4096}
 
 
 class PrepackedWeight(Protocol):
@@ -223,7 +226,11 @@ class OneDnnDecodeWeight:
         self.dtype = weight.dtype
         self.out_features, self.in_features = weight.shape
         features_per_step = 2 if weight.dtype == torch.bfloat16 else 1
-        packable = self.out_features % _DECODE_KERNEL_BLOCK == 0 and self.in_features % features_per_step == 0
+        packable = (
+            self.out_features % _DECODE_KERNEL_BLOCK == 0
+            and self.in_features % features_per_step == 0
+            and self.in_features <= _DECODE_KERNEL_MAX_IN_FEATURES[self.dtype]
+        )
         self._packed = torch.ops.tritonllm_cpu.small_m_linear_pack(weight) if packable else None
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

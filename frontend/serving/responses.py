@@ -50,10 +50,10 @@ ENDPOINT = "/v1/responses"
 # Statuses after which nothing changes any more.
 FINAL = ("completed", "incomplete", "failed", "cancelled")
 # Following or cancelling a background response that another replica runs goes through the shared store:
-# how often it is read, how long a follower waits for news before giving up (the replica running it may
-# have died), and how long a cancel waits for the running replica to record it.
+# how often it is read; how long its `updated_at` may stand still (the running replica moves it every
+# WATCH_SECONDS) before a follower takes that replica for dead; how long a cancel waits for it to be stored.
 FOLLOW_POLL_SECONDS = 0.2
-FOLLOW_IDLE_SECONDS = 120.0
+STALE_SECONDS = 15.0
 CANCEL_WAIT_SECONDS = 10.0
 
 
@@ -256,19 +256,21 @@ class ResponsesHandler:
 
     async def _follow_store(self, response_id: str, starting_after: int) -> AsyncIterator[JSON]:
         """The stored events after `starting_after`: of an ended response, or of one another replica is
-        running, polled until it ends (or nothing has come for FOLLOW_IDLE_SECONDS: its replica died)."""
+        running, polled until it ends or its replica stops keeping it alive for STALE_SECONDS (the
+        writer's `updated_at` is only compared with itself: replicas' clocks may differ)."""
         position = starting_after
-        idle_since = time.monotonic()
+        last_update, seen_moving = None, time.monotonic()
         while True:
             # The status first: a response that has ended had all its events stored with its last status.
             found = await asyncio.to_thread(self.store.get, response_id)
             for event in await asyncio.to_thread(self.store.events, response_id, position):
                 position = event["sequence_number"]
-                idle_since = time.monotonic()
                 yield event
             if found is None or found.body.get("status") in FINAL:
                 return
-            if time.monotonic() - idle_since > FOLLOW_IDLE_SECONDS:
+            if found.updated_at != last_update:
+                last_update, seen_moving = found.updated_at, time.monotonic()
+            elif time.monotonic() - seen_moving > STALE_SECONDS:
                 return
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
 

@@ -2,10 +2,11 @@
 
 A run's events stay in memory while it runs, so `GET /v1/responses/{id}?stream=true&starting_after=N`
 followers on this replica receive everything after N and then follow live. Cancelling a run cancels its
-task, which closes the Triton stream. Other replicas sharing the store see a run through it: a watcher
-stores each run's new events every WATCH_SECONDS (their followers poll for them) and cancels the runs whose
-cancellation another replica asked for (`ResponseStore.request_cancel`). Once a run ends all its events
-are in the store.
+task, which closes the Triton stream. Other replicas sharing the store see a run through it: every
+WATCH_SECONDS a watcher stores each run's new events (their followers poll for them), keeps the runs alive
+in the store (`keep_alive`: followers elsewhere tell a running response from one whose replica died) and
+cancels the runs another replica asked to cancel or deleted. Once a run ends all its events are in the
+store.
 """
 
 from __future__ import annotations
@@ -89,20 +90,26 @@ class BackgroundRuns:
         return run
 
     async def _watch(self) -> None:
-        """While runs are in flight: share their new events and act on cancels asked for elsewhere."""
+        """While runs are in flight: share their new events, keep them alive, act on what other replicas did."""
         while self._runs:
             await asyncio.sleep(WATCH_SECONDS)
-            try:
-                for response_id, run in list(self._runs.items()):
-                    new = run.events[run.shared :]
-                    if new:
+            for response_id, run in list(self._runs.items()):
+                new = run.events[run.shared :]
+                if new:
+                    # One run's failure must not hold up the others' events nor the cancels below.
+                    try:
                         await asyncio.to_thread(self._store.append_events, response_id, new)
-                        run.shared += len(new)
-                asked = await asyncio.to_thread(self._store.cancel_requested, list(self._runs))
+                    except Exception:
+                        logger.exception("sharing the events of background response %s failed", response_id)
+                        continue
+                    run.shared += len(new)
+            try:
+                await asyncio.to_thread(self._store.keep_alive, list(self._runs))
+                stopped = await asyncio.to_thread(self._store.stopped_elsewhere, list(self._runs))
             except Exception:  # the store unreachable for a moment: the runs go on, the next round retries
-                logger.exception("sharing background runs through the store failed")
+                logger.exception("checking background responses in the store failed")
                 continue
-            for response_id in asked:
+            for response_id in stopped:
                 await self.cancel(response_id)
 
     def get(self, response_id: str) -> BackgroundRun | None:

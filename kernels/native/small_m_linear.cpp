@@ -150,9 +150,11 @@ void multiply(const T* x, int64_t M, int64_t K, const T* packed, int64_t num_blo
     const int64_t stride = at::get_num_threads();
     for (int64_t t = next_tile.fetch_add(1); t < num_tiles; t = next_tile.fetch_add(1)) {
       const int64_t b0 = t * kTileBlocks, blocks = std::min(kTileBlocks, num_blocks - b0);
-      // With every thread taking tiles in turn, this thread's next ones are likely `stride` apart.
+      // With every thread taking tiles in turn, this thread's next ones are likely `stride` apart. Only a
+      // whole tile is prefetched: the lines asked for follow this tile's block count.
       const int64_t ahead_tile = t + kPrefetchTiles * stride;
-      const T* ahead = ahead_tile < num_tiles ? packed + ahead_tile * kTileBlocks * K * kBlock : nullptr;
+      const bool ahead_whole = (ahead_tile + 1) * kTileBlocks <= num_blocks;
+      const T* ahead = ahead_whole ? packed + ahead_tile * kTileBlocks * K * kBlock : nullptr;
       switch (blocks) {
         case 1: all_rows<T, 1>(x, M, K, packed, b0, bias, out, N, ahead); break;
         case 2: all_rows<T, 2>(x, M, K, packed, b0, bias, out, N, ahead); break;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -81,9 +82,14 @@ def test_running_responses_share_events_and_cancel_requests(store_url: str) -> N
     store.append_events("resp_1", first)
     store.append_events("resp_1", [*first[1:], {"type": "y", "sequence_number": 2}])  # one already stored
     assert [event["sequence_number"] for event in store.events("resp_1", -1)] == [0, 1, 2]
-    assert store.cancel_requested(["resp_1", "resp_unknown"]) == [] and store.cancel_requested([]) == []
+    # Gone (deleted by another replica) or asked to cancel: the running replica stops it.
+    assert store.stopped_elsewhere(["resp_1", "resp_gone"]) == ["resp_gone"] and store.stopped_elsewhere([]) == []
     store.request_cancel("resp_1")
-    assert store.cancel_requested(["resp_1", "resp_unknown"]) == ["resp_1"]
+    assert store.stopped_elsewhere(["resp_1", "resp_gone"]) == ["resp_1", "resp_gone"]
+    before = (store.get("resp_1") or pytest.fail("stored")).updated_at
+    time.sleep(0.01)
+    store.keep_alive(["resp_1", "resp_gone"])
+    assert (store.get("resp_1") or pytest.fail("stored")).updated_at > before
     # The final update replaces the shared events with the whole log.
     store.update(response("cancelled"), [*first, {"type": "response.cancelled", "sequence_number": 2}])
     assert [event["type"] for event in store.events("resp_1", 0)] == ["x", "response.cancelled"]
@@ -105,7 +111,7 @@ def test_a_store_from_before_tenants_gains_the_owner_column(tmp_path: Path) -> N
     store = SQLiteResponseStore(str(path))
     found = store.get("resp_old")
     assert found is not None and found.owner is None and found.body == {"id": "resp_old"}
-    assert store.cancel_requested(["resp_old"]) == []
+    assert store.stopped_elsewhere(["resp_old"]) == []
     store.create(response("completed"), [], None, "tenant-a")
     assert (store.get("resp_1") or found).owner == "tenant-a"
 

@@ -1,6 +1,6 @@
 """Two frontend replicas behind one PostgreSQL response store: what one creates, the other retrieves,
-continues, lists and deletes; a background response one runs, the other streams live and cancels (the
-OpenAI SDK against real frontends and a real tritonserver)."""
+continues, lists and deletes; a background response one runs, the other streams live, cancels or
+deletes (the OpenAI SDK against real frontends and a real tritonserver)."""
 
 from __future__ import annotations
 
@@ -88,3 +88,11 @@ def test_a_background_response_is_followed_and_cancelled_from_the_other_replica(
     assert first.responses.retrieve(long_id).status == "cancelled"
     # The replica running it stopped it: the engine has nothing left to generate.
     assert engine_goes_idle(triton_server)
+
+    # Deleted on the other replica: the one running it stops generating it too.
+    doomed_id, stream = start_long_background(first, second)
+    stream.close()
+    second.responses.delete(doomed_id)
+    assert engine_goes_idle(triton_server)
+    with pytest.raises(openai.NotFoundError):
+        first.responses.retrieve(doomed_id)
