@@ -2,8 +2,8 @@
 
 `ResponseStore` is the interface; `open_store(url)` picks the implementation by URL scheme. SQLite (stdlib
 `sqlite3`, one file, WAL) is the default and fits one host; PostgreSQL (`postgresql://`,
-frontend.response_store_postgres) is shared by frontend replicas on any number of hosts. The store speaks JSON-ready dicts and knows
-nothing of HTTP or of how a response is generated.
+frontend.response_store_postgres) is shared by frontend replicas on any number of hosts. The store speaks
+JSON-ready dicts and knows nothing of HTTP or of how a response is generated.
 """
 
 from __future__ import annotations

@@ -16,11 +16,10 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from frontend.response_store import ResponseStore
+from frontend.response_store import JSON, ResponseStore
 
 logger = logging.getLogger(__name__)
 
-JSON = dict[str, Any]
 # How often runs' new events reach the store and other replicas' cancel requests are looked for: what a
 # follower or a cancel on another replica waits at most, beyond its own polling.
 WATCH_SECONDS = 0.5

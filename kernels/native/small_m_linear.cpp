@@ -169,10 +169,13 @@ void multiply(const T* x, int64_t M, int64_t K, const T* packed, int64_t num_blo
 
 bool is_packable(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kBFloat16; }
 
+// kStep of a packable dtype, at run time.
+int64_t features_per_step(at::ScalarType dtype) { return dtype == at::kFloat ? kStep<float> : kStep<uint16_t>; }
+
 void check_weight(const at::Tensor& weight) {
   TORCH_CHECK(is_packable(weight.scalar_type()) && weight.dim() == 2,
               "small_m_linear packs a 2-D float32 or bfloat16 weight");
-  const int64_t step = weight.scalar_type() == at::kFloat ? 1 : 2;
+  const int64_t step = features_per_step(weight.scalar_type());
   TORCH_CHECK(weight.size(0) % kBlock == 0 && weight.size(1) % step == 0, "small_m_linear needs out_features divisible by ",
               kBlock, (step == 2 ? " and even in_features" : ""), ", got ", weight.sizes());
 }
@@ -180,7 +183,7 @@ void check_weight(const at::Tensor& weight) {
 // weight [N, K] -> [N / 16, K / S, 16, S], the layout above (S: 1 for float32, 2 for bfloat16).
 at::Tensor small_m_linear_pack(const at::Tensor& weight) {
   check_weight(weight);
-  const int64_t N = weight.size(0), K = weight.size(1), step = weight.scalar_type() == at::kFloat ? 1 : 2;
+  const int64_t N = weight.size(0), K = weight.size(1), step = features_per_step(weight.scalar_type());
   // Always a new tensor: for some shapes the permuted view is already contiguous and would alias the weight.
   at::Tensor packed = at::empty({N / kBlock, K / step, kBlock, step}, weight.options());
   packed.copy_(weight.reshape({N / kBlock, kBlock, K / step, step}).permute({0, 2, 1, 3}));
@@ -194,7 +197,7 @@ at::Tensor small_m_linear(const at::Tensor& x, const at::Tensor& packed, const c
               x.scalar_type(), " and ", dtype);
   TORCH_CHECK(supported_cpu(dtype == at::kBFloat16), "small_m_linear needs a CPU with AVX-512",
               (dtype == at::kBFloat16 ? " and AVX512_BF16" : ""));
-  const int64_t step = dtype == at::kFloat ? 1 : 2;
+  const int64_t step = features_per_step(dtype);
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be contiguous [M, K]");
   TORCH_CHECK(packed.dim() == 4 && packed.is_contiguous() && packed.size(2) == kBlock && packed.size(3) == step,
               "the weight must come from small_m_linear_pack");
