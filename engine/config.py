@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The names engine.kv_cache.CACHE_DTYPES maps to element types, and auto (the model's dtype).
+KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
+
 
 @dataclass
 class EngineConfig:
@@ -19,9 +22,10 @@ class EngineConfig:
     device: str = "auto"
     # Tokens per KV cache block.
     block_size: int = 16
-    # auto|bfloat16 (vLLM's --kv-cache-dtype): the KV cache's element type; auto = the model's dtype.
-    # bfloat16 under a float32 model on the CPU halves the cache's memory and the bytes attention streams
-    # (computing stays float32); elsewhere only the model's own dtype is implemented.
+    # auto|bfloat16|fp8|fp8_e4m3|fp8_e5m2 (vLLM's --kv-cache-dtype): the KV cache's element type; auto =
+    # the model's dtype. bfloat16 under a float32 model on the CPU halves the cache's memory and the bytes
+    # attention streams, fp8 (e4m3; unscaled, saturating) quarters them on the CPU and halves a 16-bit
+    # model's on Ada/Hopper GPUs; computing stays in the model's dtype (engine.kv_cache).
     kv_cache_dtype: str = "auto"
     # Longest prompt + output a request may reach; None = the model's max_position_embeddings.
     max_model_len: int | None = None
@@ -62,8 +66,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
-        if self.kv_cache_dtype not in ("auto", "bfloat16"):
-            raise ValueError(f"kv_cache_dtype must be auto|bfloat16, got {self.kv_cache_dtype!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be {'|'.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
         if self.cpu_weight_format not in ("auto", "plain", "mkl", "onednn", "onednn+decode"):
             raise ValueError(
                 f"cpu_weight_format must be auto|plain|mkl|onednn|onednn+decode, got {self.cpu_weight_format!r}"

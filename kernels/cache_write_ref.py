@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.native_library import FP8_DTYPES
+
 
 def write_kv_cache_ref(
     key: torch.Tensor,  # [T, Hkv, D]
@@ -17,5 +19,15 @@ def write_kv_cache_ref(
     slots = slot_mapping[keep]
     block_size = key_cache.shape[2]
     blocks, offsets = slots // block_size, slots % block_size
-    key_cache[blocks, :, offsets] = key[keep].to(key_cache.dtype)  # token t's [Hkv, D] rows
-    value_cache[blocks, :, offsets] = value[keep].to(value_cache.dtype)
+    key_cache[blocks, :, offsets] = to_cache_dtype(key[keep], key_cache.dtype)  # token t's [Hkv, D] rows
+    value_cache[blocks, :, offsets] = to_cache_dtype(value[keep], value_cache.dtype)
+
+
+def to_cache_dtype(x: torch.Tensor, cache_dtype: torch.dtype) -> torch.Tensor:
+    """x as a cache of `cache_dtype` stores it: rounded to nearest, and into an fp8 cache saturated at the
+    format's largest finite value first (vLLM's fp8 cache writes saturate too; torch alone would give e5m2
+    an infinity), NaN kept."""
+    if cache_dtype in FP8_DTYPES:
+        largest = torch.finfo(cache_dtype).max
+        x = x.clamp(-largest, largest)
+    return x.to(cache_dtype)

@@ -10,6 +10,7 @@ builds it ahead of time (scripts/setup.sh), so a server does not compile while l
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import logging
@@ -26,12 +27,17 @@ logger = logging.getLogger(__name__)
 
 # The tensor dtypes the kernels take (every tensor of a call in one of them; arithmetic in float32).
 DTYPES = (torch.float32, torch.bfloat16)
+# The KV cache may also be fp8 (EngineConfig.kv_cache_dtype), under activations of either.
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def supports_cache(dtype: torch.dtype, cache_dtype: torch.dtype) -> bool:
     """Whether the attention and cache-write kernels take a KV cache of `cache_dtype` beside activations of
-    `dtype`: the same dtype, or a bfloat16 cache under float32 (kv_cache_dtype=bfloat16)."""
-    return dtype in DTYPES and (cache_dtype == dtype or (dtype == torch.float32 and cache_dtype == torch.bfloat16))
+    `dtype`: the same dtype, a bfloat16 cache under float32, or an fp8 cache under either (kv_cache_dtype)."""
+    return dtype in DTYPES and (
+        cache_dtype == dtype or (dtype == torch.float32 and cache_dtype == torch.bfloat16) or cache_dtype in FP8_DTYPES
+    )
+
 
 SOURCES = sorted((Path(__file__).parent / "native").glob("*.cpp"))
 HEADERS = sorted((Path(__file__).parent / "native").glob("*.h"))
@@ -39,7 +45,7 @@ HEADERS = sorted((Path(__file__).parent / "native").glob("*.h"))
 BUILD_DIR = Path(os.environ.get("TRITONLLM_NATIVE_BUILD_DIR", Path(__file__).resolve().parents[1] / "build" / "native"))
 # Portable code only: the hot loops choose AVX-512, AVX2 or plain x86-64 when the library loads
 # (target_clones in the sources), so a library built on one machine runs on another.
-FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-Wno-psabi", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+FLAGS = ["-O3", "-std=c++17", "-fPIC", "-fopenmp", "-Wno-psabi", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
 
 
 class NativeBuildError(RuntimeError):
@@ -55,7 +61,8 @@ def library_path() -> Path:
 
 
 def build() -> Path:
-    """The library's path, compiling it first unless this exact build exists."""
+    """The library's path, compiling it first unless this exact build exists. Each source compiles in its own
+    process, all at once (the attention kernels' instantiations take minutes alone), then one link."""
     target = library_path()
     if target.exists():
         return target
@@ -63,21 +70,28 @@ def build() -> Path:
     if compiler is None:
         raise NativeBuildError("no C++ compiler (c++ or g++) on PATH")
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    # Built under a private name and renamed: processes building at once never load a partial file.
+    # Built under private names and renamed: processes building at once never load a partial file.
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    command = [
-        compiler, *map(str, SOURCES), *FLAGS,
-        *(f"-I{path}" for path in cpp_extension.include_paths()),
-        *(f"-L{path}" for path in cpp_extension.library_paths()),
-        "-lc10", "-ltorch_cpu", "-o", str(partial),
-    ]  # fmt: skip
+    objects = [partial.with_name(f"{partial.name}.{source.stem}.o") for source in SOURCES]
+    includes = [f"-I{path}" for path in cpp_extension.include_paths()]
     try:
-        result = subprocess.run(command, capture_output=True, text=True)
-    except OSError as error:
-        raise NativeBuildError(f"cannot run {compiler}: {error}") from error
-    if result.returncode != 0:
+        with concurrent.futures.ThreadPoolExecutor(len(SOURCES)) as pool:
+            compiled = pool.map(
+                lambda job: _run(compiler, [compiler, "-c", str(job[0]), *FLAGS, *includes, "-o", str(job[1])]),
+                zip(SOURCES, objects, strict=True),
+            )
+            list(compiled)
+        _run(compiler, [
+            compiler, *map(str, objects), "-shared", *FLAGS,
+            *(f"-L{path}" for path in cpp_extension.library_paths()),
+            "-lc10", "-ltorch_cpu", "-o", str(partial),
+        ])  # fmt: skip
+    except NativeBuildError:
         partial.unlink(missing_ok=True)
-        raise NativeBuildError(f"{compiler} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        raise
+    finally:
+        for obj in objects:
+            obj.unlink(missing_ok=True)
     os.replace(partial, target)
     # Builds of older sources go: a process that still has one loaded keeps it (the file lives on until
     # it is unmapped), and nothing loads them again.
@@ -85,6 +99,15 @@ def build() -> Path:
         if stale != target:
             stale.unlink(missing_ok=True)
     return target
+
+
+def _run(compiler: str, command: list[str]) -> None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except OSError as error:
+        raise NativeBuildError(f"cannot run {compiler}: {error}") from error
+    if result.returncode != 0:
+        raise NativeBuildError(f"{compiler} failed ({result.returncode}):\n{result.stderr[-4000:]}")
 
 
 @functools.cache

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kernels import native_library
 from kernels.paged_attention_native import attend_native, native_attention_supported
 from kernels.paged_decode_in_place import InPlaceDecode, attend_in_place, plan_in_place, reads_in_place
 
@@ -125,7 +126,8 @@ def paged_attention_ref(
     )  # fmt: skip
     out = torch.empty_like(query)
     for prompt in plan.prompts:
-        # A bfloat16 cache under a float32 query (kv_cache_dtype) is widened here; `to` is free otherwise.
+        # A bfloat16 cache under a float32 query, or an fp8 cache (kv_cache_dtype), is widened here; `to` is
+        # free otherwise.
         k = gather_kv(key_cache, prompt.kv, 0).to(query.dtype)  # [1, Hkv, L, D]
         v = gather_kv(value_cache, prompt.kv, 1).to(query.dtype)
         q = query[prompt.start : prompt.start + prompt.length].transpose(0, 1).unsqueeze(0)  # [1, Hq, L, D]
@@ -336,7 +338,8 @@ def gather_kv(cache: torch.Tensor, plan: KVGather, which: int) -> torch.Tensor:
         rows = _workspace.get(which + 2, rows.numel(), cache.dtype, cache.device).view(-1, block_size, head_dim)
         rows.copy_(transposed)
     rows = rows.view(-1, head_dim)
-    rows.index_fill_(0, plan.stale_rows, 0)
+    # index_fill has no fp8 kernel; zero is all zero bits in these formats, so their rows are filled as bytes.
+    (rows.view(torch.uint8) if rows.dtype in native_library.FP8_DTYPES else rows).index_fill_(0, plan.stale_rows, 0)
     return rows.view(plan.n, num_kv_heads, plan.num_blocks * block_size, head_dim)[:, :, : plan.kv_len]
 
 

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.native_library import FP8_DTYPES
+
 _MAX_SPLITS = 16
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
@@ -115,6 +117,7 @@ def _paged_attention_kernel(
         k_offs = (block[None, :] * stride_k_b + kv_head * stride_k_h + slot[None, :] * stride_k_s
                   + dims[:, None] * stride_k_d)
         k = tl.load(k_cache_ptr + k_offs, mask=k_in[None, :] & dim_valid[:, None], other=0.0)  # [D, BLOCK_N]
+        k = k.to(q.dtype)  # an fp8 cache (kv_cache_dtype) is widened to the query's dtype; free otherwise
         s = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
         s = s * scale
         if USE_SOFT_CAP:
@@ -134,6 +137,7 @@ def _paged_attention_kernel(
         v_offs = (block[:, None] * stride_v_b + kv_head * stride_v_h + slot[:, None] * stride_v_s
                   + dims[None, :] * stride_v_d)
         v = tl.load(v_cache_ptr + v_offs, mask=k_in[:, None] & dim_valid[None, :], other=0.0)  # [BLOCK_N, D]
+        v = v.to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -232,8 +236,8 @@ def paged_attention_triton(
     assert key_cache.shape == value_cache.shape and kv_dim == head_dim, (
         f"caches must be [num_blocks, Hkv, block_size, D={head_dim}]: key {tuple(key_cache.shape)} value {tuple(value_cache.shape)}"
     )
-    assert key_cache.dtype == value_cache.dtype == query.dtype, (
-        f"query/key_cache/value_cache dtypes differ: {query.dtype} {key_cache.dtype} {value_cache.dtype}"
+    assert key_cache.dtype == value_cache.dtype and key_cache.dtype in (query.dtype, *FP8_DTYPES), (
+        f"the caches must be of the query's dtype or fp8 alike: {query.dtype} {key_cache.dtype} {value_cache.dtype}"
     )
     assert num_q_heads % num_kv_heads == 0, f"Hq={num_q_heads} is not a multiple of Hkv={num_kv_heads}"
     assert query_start_loc.shape == (num_seqs + 1,) and block_tables.shape[0] == num_seqs, (

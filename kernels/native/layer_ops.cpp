@@ -134,8 +134,8 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
 }
 
 // One head: the first rot_dim features rotated by halves (x1 * cos - x2 * sin, x2 * cos + x1 * sin, in
-// float32, then rounded once to the output's type O: T, or a bfloat16 cache under float32 activations, as
-// the reference's rotate-then-cast rounds it), the rest copied; `out` is written with strides (out_stride
+// float32), rounded to the activations' type T, then stored as O holds it (T, or the cache's type), as the
+// reference's rotate-then-write rounds it; the rest copied. `out` is written with strides (out_stride
 // apart), which serves the transposed key tiles.
 template <typename T, typename O>
 ALWAYS_INLINE void rotate_head(const T* x, const float* cos, const float* sin, int64_t rot_dim, int64_t head_dim, O* out,
@@ -143,13 +143,13 @@ ALWAYS_INLINE void rotate_head(const T* x, const float* cos, const float* sin, i
   const int64_t half = rot_dim / 2;
   for (int64_t i = 0; i < half; ++i) {
     const float x1 = static_cast<float>(x[i]), x2 = static_cast<float>(x[i + half]);
-    out[i * out_stride] = static_cast<O>(x1 * cos[i] - x2 * sin[i]);
-    out[(i + half) * out_stride] = static_cast<O>(x2 * cos[i] + x1 * sin[i]);
+    out[i * out_stride] = to_cache<O>(round_to<T>(x1 * cos[i] - x2 * sin[i]));
+    out[(i + half) * out_stride] = to_cache<O>(round_to<T>(x2 * cos[i] + x1 * sin[i]));
   }
-  for (int64_t i = rot_dim; i < head_dim; ++i) out[i * out_stride] = static_cast<O>(x[i]);
+  for (int64_t i = rot_dim; i < head_dim; ++i) out[i * out_stride] = to_cache<O>(static_cast<float>(x[i]));
 }
 
-// T: the activations' element type; C: the cache's (T, or bfloat16 under float32 activations).
+// T: the activations' element type; C: the cache's (T, bfloat16 under float32 activations, or fp8).
 template <typename T, typename C>
 void rotate_and_write(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                       const at::Tensor& cos_sin_cache, const at::Tensor& key_cache, const at::Tensor& value_cache,
@@ -175,7 +175,8 @@ void rotate_and_write(const at::Tensor& positions, const at::Tensor& query, cons
         const T* value_row = value.data_ptr<T>() + t * value.stride(0) + h * value.stride(1);
         C* value_slot = value_cache.data_ptr<C>() + block * value_cache.stride(0) + h * value_cache.stride(1) +
                         offset * value_cache.stride(2);
-        for (int64_t d = 0; d < head_dim; ++d) value_slot[d * value_cache.stride(3)] = static_cast<C>(value_row[d]);
+        for (int64_t d = 0; d < head_dim; ++d)
+          value_slot[d * value_cache.stride(3)] = to_cache<C>(static_cast<float>(value_row[d]));
       }
     }
   });
@@ -192,7 +193,7 @@ at::Tensor rotary_write_kv(const at::Tensor& positions, const at::Tensor& query,
   const at::ScalarType cache_dtype = key_cache.scalar_type();
   TORCH_CHECK(is_supported_cache(dtype, cache_dtype) && value_cache.scalar_type() == cache_dtype && key_cache.dim() == 4 &&
                   value_cache.sizes() == key_cache.sizes(),
-              "the caches must be [N, Hkv, bs, D] alike, of query's dtype or bfloat16 under a float32 query");
+              "the caches must be [N, Hkv, bs, D] alike, of query's dtype, bfloat16 under a float32 query, or fp8");
   TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat && cos_sin_cache.is_contiguous() && cos_sin_cache.dim() == 2,
               "cos_sin_cache must be contiguous float32 [max_pos, rot_dim]");
   TORCH_CHECK(positions.scalar_type() == at::kLong && slot_mapping.scalar_type() == at::kLong && positions.is_contiguous() &&

@@ -20,7 +20,7 @@ inline void check_tensors(const char* kernel, bool (*supported)(int64_t, int64_t
               "out must be a contiguous tensor shaped like query, of its dtype");
   const at::ScalarType cache_dtype = key_cache.scalar_type();
   TORCH_CHECK(key_cache.dim() == 4 && vector_math::is_supported_cache(dtype, cache_dtype),
-              "key_cache must be [N, Hkv, bs, D] of query's dtype, or bfloat16 under a float32 query, got ", cache_dtype);
+              "key_cache must be [N, Hkv, bs, D] of query's dtype, bfloat16 under a float32 query, or fp8, got ", cache_dtype);
   const int64_t num_kv_heads = key_cache.size(1), block_size = key_cache.size(2), head_dim = key_cache.size(3);
   TORCH_CHECK(supported(block_size, head_dim), kernel, " is not compiled for block_size ", block_size, " and head_dim ",
               head_dim);

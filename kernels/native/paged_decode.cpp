@@ -1,6 +1,6 @@
-// Decode attention straight from the paged CPU cache (float32 or bfloat16, also under float32 queries): one pass over each sequence's
-// keys and values per layer for up to 4 query heads of a KV head (2 at head_dim 128; a larger group takes
-// a second pass, from cache).
+// Decode attention straight from the paged CPU cache (float32 or bfloat16, also under float32 queries, or
+// fp8 under either): one pass over each sequence's keys and values per layer for up to 4 query heads of a
+// KV head (2 at head_dim 128; a larger group takes a second pass, from cache).
 //
 // Work items are (sequence, KV head) pairs, handed out one at a time from a shared counter so that long
 // and short sequences balance across the threads of ATen's pool. Each item:
@@ -11,9 +11,9 @@
 //           before a sliding window) set to exactly zero;
 //   output  the probability-weighted sum of the value rows ([block_size, head_dim] tiles), written to
 //           the query heads' rows of `out`.
-// Arithmetic is on 16-float GCC vectors (vector_math.h), whatever the cache's dtype: a bfloat16 cache is
-// widened as it is read (half the bytes of float32 to stream, and no copy), and the output is rounded to
-// bfloat16 once, as SDPA's does. Compiled for AVX-512, AVX2 and plain x86-64 alike
+// Arithmetic is on 16-float GCC vectors (vector_math.h), whatever the cache's dtype: a bfloat16 or fp8
+// cache is widened as it is read (a half or a quarter of float32's bytes to stream, and no copy), and the
+// output is rounded to bfloat16 once, as SDPA's does. Compiled for AVX-512, AVX2 and plain x86-64 alike
 // and chosen when the library loads, so the build runs on any x86-64 CPU. Block sizes of 16 or 32
 // and head sizes of 64 or 128 are compiled; Python sends only those here (`supported` below).
 // The torch reference (kernels/paged_attention_ref.py) is the oracle; tests compare the two.
@@ -46,7 +46,7 @@ ALWAYS_INLINE void prefetch(const T* address) {
   __builtin_prefetch(address, 0, kPrefetchLocality);
 }
 
-// Q: the query's and output's element type; C: the cache's (Q, or bfloat16 under a float32 Q).
+// Q: the query's and output's element type; C: the cache's (Q, bfloat16 under a float32 Q, or fp8).
 template <typename Q, typename C>
 struct Item {
   const Q* query;        // [group_size, head_dim]: the KV head's query heads

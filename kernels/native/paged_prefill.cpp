@@ -1,5 +1,5 @@
 // Prefill attention straight from the paged CPU cache (float32 or bfloat16, also a bfloat16 cache under float32
-// queries): the query rows of every
+// queries, or an fp8 cache under either): the query rows of every
 // sequence that brings more than one token (a whole prompt, a chunk of one, a prompt after a prefix-cache
 // hit) attend causally over the sequence's keys and values where they lie, with no gathered copy.
 //
@@ -42,7 +42,7 @@ constexpr int64_t kTilePositions = 16;
 // cover the whole chunk (6 rows x 4 vectors); 128 keys spilled them and ran at half the speed.
 constexpr int64_t kChunkKeys = 64;
 
-// Q: the query's and output's element type; C: the cache's (Q, or bfloat16 under a float32 Q).
+// Q: the query's and output's element type; C: the cache's (Q, bfloat16 under a float32 Q, or fp8).
 template <typename Q, typename C>
 struct Item {
   const Q* query;  // the tile's first position, its KV head's first query head; rows query_row_stride apart

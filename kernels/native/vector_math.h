@@ -1,12 +1,15 @@
 // 16-float GCC vectors and the few functions of them the native CPU kernels share. The kernels compile
 // these for AVX-512, AVX2 and plain x86-64 (CPU_CLONES) and the loader picks one per CPU; helpers taking
 // vectors must be inlined into those clones (a vector argument across clones changes the ABI).
-// Tensors are float32 or bfloat16 (`load`/`store` overloads); arithmetic is always on floats, and
-// bfloat16 results are rounded to nearest even, as torch rounds them.
+// Tensors are float32 or bfloat16 (`load`/`store` overloads), KV caches also fp8 (e4m3fn or e5m2: `load`
+// widens, `to_cache` narrows); arithmetic is always on floats, and bfloat16 results are rounded to nearest
+// even, as torch rounds them.
 #pragma once
 
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Float8_e4m3fn.h>
+#include <c10/util/Float8_e5m2.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -27,6 +30,7 @@ typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t IntVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
 typedef uint32_t BitsVec __attribute__((vector_size(kLanes * sizeof(uint32_t))));
 typedef uint16_t HalfBitsVec __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+typedef uint8_t ByteVec __attribute__((vector_size(kLanes * sizeof(uint8_t))));
 
 ALWAYS_INLINE Vec load(const float* source) {
   Vec v;
@@ -43,6 +47,38 @@ ALWAYS_INLINE Vec load(const c10::BFloat16* source) {
   HalfBitsVec bits;
   std::memcpy(&bits, source, sizeof bits);
   return widen(bits);
+}
+
+// An fp8 number (kExponentBits, bias kBias, 7 - kExponentBits mantissa bits) widened with integer
+// arithmetic: its exponent and mantissa bits moved under float32's, the exponent rebiased; a subnormal
+// is read as the smallest normal with the same mantissa, less that normal's leading 1 (an exact float
+// subtraction). Float arithmetic on float32 subnormals instead (shifting the bits in place and
+// multiplying by 2^(127 - kBias)) ran a third slower on real K/V, where a few percent of values (40% of
+// SmolLM2's first-layer values) are fp8 subnormals. NaN, and e5m2's infinity, read as finite numbers:
+// the cache writes saturate (`to_cache`), so only a NaN activation stores one.
+template <int kExponentBits, int kBias>
+ALWAYS_INLINE Vec widen_fp8(ByteVec bytes) {
+  // Through 16 bits: GCC 12 widens 8 -> 32 bits one byte at a time through general registers (4x slower
+  // than a float32 cache), 8 -> 16 -> 32 with vector zero-extensions.
+  const BitsVec bits = __builtin_convertvector(__builtin_convertvector(bytes, HalfBitsVec), BitsVec);
+  const BitsVec magnitude = (bits & 0x7fu) << (23 - (7 - kExponentBits));
+  const BitsVec subnormal = reinterpret_cast<BitsVec>(magnitude < (1u << 23));
+  const BitsVec normal = magnitude + ((127u - kBias) << 23) + (subnormal & (1u << 23));
+  const BitsVec leading_one = subnormal & ((128u - kBias) << 23);  // 2^(1 - kBias) where subnormal, else 0.0
+  const Vec value = reinterpret_cast<Vec>(normal) - reinterpret_cast<Vec>(leading_one);
+  return reinterpret_cast<Vec>(reinterpret_cast<BitsVec>(value) | ((bits & 0x80u) << 24));
+}
+
+ALWAYS_INLINE Vec load(const c10::Float8_e4m3fn* source) {
+  ByteVec bytes;
+  std::memcpy(&bytes, source, sizeof bytes);
+  return widen_fp8<4, 7>(bytes);
+}
+
+ALWAYS_INLINE Vec load(const c10::Float8_e5m2* source) {
+  ByteVec bytes;
+  std::memcpy(&bytes, source, sizeof bytes);
+  return widen_fp8<5, 15>(bytes);
 }
 
 // Round to nearest even as c10::BFloat16 does (a NaN becomes the quiet NaN 0x7fc0).
@@ -85,18 +121,38 @@ auto with_element_type(c10::ScalarType dtype, Body&& body) {
   return body(c10::BFloat16{});
 }
 
-// The (activation, KV cache) dtype pairs the attention kernels take: one dtype, or float32 activations over a
-// bfloat16 cache (kv_cache_dtype=bfloat16 under a float32 model: half the cache bytes to stream).
+// The (activation, KV cache) dtype pairs the attention kernels take: one dtype, float32 activations over a
+// bfloat16 cache, or either over an fp8 cache (EngineConfig.kv_cache_dtype: a half or a quarter of the
+// cache bytes to stream).
+inline bool is_fp8(c10::ScalarType dtype) { return dtype == c10::kFloat8_e4m3fn || dtype == c10::kFloat8_e5m2; }
+
 inline bool is_supported_cache(c10::ScalarType dtype, c10::ScalarType cache_dtype) {
-  return is_supported(dtype) && (cache_dtype == dtype || (dtype == c10::kFloat && cache_dtype == c10::kBFloat16));
+  return is_supported(dtype) &&
+         (cache_dtype == dtype || (dtype == c10::kFloat && cache_dtype == c10::kBFloat16) || is_fp8(cache_dtype));
 }
 
 // body(T{}, C{}) for a pair is_supported_cache accepts.
 template <typename Body>
 auto with_element_types(c10::ScalarType dtype, c10::ScalarType cache_dtype, Body&& body) {
-  if (dtype == c10::kBFloat16) return body(c10::BFloat16{}, c10::BFloat16{});
-  if (cache_dtype == c10::kBFloat16) return body(float{}, c10::BFloat16{});
-  return body(float{}, float{});
+  return with_element_type(dtype, [&](auto element) {
+    using T = decltype(element);
+    if (cache_dtype == c10::kFloat8_e4m3fn) return body(T{}, c10::Float8_e4m3fn{});
+    if (cache_dtype == c10::kFloat8_e5m2) return body(T{}, c10::Float8_e5m2{});
+    if (cache_dtype == c10::kBFloat16) return body(T{}, c10::BFloat16{});
+    return body(T{}, T{});
+  });
+}
+
+// x as a cache of C stores it: fp8 saturates at its largest finite value (as vLLM's fp8 cache writes do;
+// c10's conversion would give e5m2 an infinity), NaN stays NaN.
+template <typename C>
+ALWAYS_INLINE C to_cache(float x) {
+  if constexpr (std::is_same_v<C, c10::Float8_e4m3fn> || std::is_same_v<C, c10::Float8_e5m2>) {
+    constexpr float kLargest = std::is_same_v<C, c10::Float8_e4m3fn> ? 448.0f : 57344.0f;
+    return static_cast<C>(std::min(std::max(x, -kLargest), kLargest));
+  } else {
+    return static_cast<C>(x);
+  }
 }
 
 // exp(x) for x <= 0: Cephes' expf polynomial after reducing x to n * ln2 + r. Below -87 (where floats

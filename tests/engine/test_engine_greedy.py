@@ -101,3 +101,23 @@ def test_a_bfloat16_kv_cache_halves_its_bytes_and_keeps_the_greedy_outputs(
     system = narrow.generate(reference.system_prompts, greedy(SYSTEM_MAX_TOKENS))
     assert [r.token_ids for r in system] == reference.system_outputs
     assert_blocks_all_free(narrow)
+
+
+def test_an_fp8_kv_cache_quarters_its_bytes(make_engine: EngineFactory, reference: Reference) -> None:
+    """kv_cache_dtype=fp8 (e4m3) under the float32 model: four times the blocks in the same memory, requests
+    batched with prefix-cache hits all finish and free their blocks, and each continuation starts with
+    float32's first token. Later tokens may part from float32's: fp8 moves the logits several times more
+    than a bfloat16 model does (tests/engine_models/test_smollm2.py checks them against HF over the same
+    rounded K/V)."""
+    float32_block = 30 * 2 * 16 * 3 * 64 * 4  # layers x (K, V) x block_size x KV heads x head_dim x bytes
+    engine = make_engine(kv_cache_memory=32 * float32_block, kv_cache_dtype="fp8")
+    assert engine.runner.kv_cache.dtype == torch.float8_e4m3fn
+    assert engine.stats().kv_blocks_total == 128
+    results = engine.generate(reference.prompts, [greedy(n) for n in reference.max_tokens])
+    assert [len(r.token_ids) for r in results] == reference.max_tokens
+    assert [r.token_ids[0] for r in results] == [tokens[0] for tokens in reference.outputs]
+    for _ in range(2):  # the second time from the prefix cache
+        system = engine.generate(reference.system_prompts, greedy(SYSTEM_MAX_TOKENS))
+        assert [r.token_ids[0] for r in system] == [tokens[0] for tokens in reference.system_outputs]
+    assert engine.stats().prefix_cache_hit_tokens > 0
+    assert_blocks_all_free(engine)

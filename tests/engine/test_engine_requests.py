@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -140,12 +142,22 @@ def test_failed_step_aborts_its_requests_and_engine_keeps_serving(
     assert result.token_ids == reference.outputs[0]
 
 
-def test_kv_cache_dtypes_without_a_kernel_are_refused() -> None:
+def test_kv_cache_dtypes_without_a_kernel_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_cache_dtype("auto", torch.float16, torch.device("cuda")) == torch.float16
     assert resolve_cache_dtype("bfloat16", torch.float32, torch.device("cpu")) == torch.bfloat16
     assert resolve_cache_dtype("bfloat16", torch.bfloat16, torch.device("cuda")) == torch.bfloat16
     for dtype, device in ((torch.float32, "cuda"), (torch.float16, "cuda"), (torch.float16, "cpu")):
         with pytest.raises(ValueError, match="kv_cache_dtype=bfloat16 under a"):
             resolve_cache_dtype("bfloat16", dtype, torch.device(device))
-    with pytest.raises(ValueError, match="kv_cache_dtype must be auto|bfloat16"):
-        EngineConfig(model="unused", kv_cache_dtype="fp8")
+    for dtype in (torch.float32, torch.bfloat16):
+        assert resolve_cache_dtype("fp8", dtype, torch.device("cpu")) == torch.float8_e4m3fn
+        assert resolve_cache_dtype("fp8_e4m3", dtype, torch.device("cpu")) == torch.float8_e4m3fn
+        assert resolve_cache_dtype("fp8_e5m2", dtype, torch.device("cpu")) == torch.float8_e5m2
+    # On CUDA, from compute capability 8.9 (Ada, Hopper) on; not on an A100 (8.0).
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert resolve_cache_dtype("fp8", torch.bfloat16, torch.device("cuda")) == torch.float8_e4m3fn
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    with pytest.raises(ValueError, match="kv_cache_dtype=fp8_e5m2 on cuda needs compute capability 8.9"):
+        resolve_cache_dtype("fp8_e5m2", torch.bfloat16, torch.device("cuda"))
+    with pytest.raises(ValueError, match=re.escape("kv_cache_dtype must be auto|bfloat16|fp8|fp8_e4m3|fp8_e5m2, got 'int8'")):
+        EngineConfig(model="unused", kv_cache_dtype="int8")

@@ -22,6 +22,10 @@ TOLERANCE = {"atol": 2e-6, "rtol": 2e-6}
 # bfloat16 results are rounded as the references round them; float32 sums in another order may still land
 # a value on the neighbouring bfloat16 (torch's default bfloat16 tolerance covers one such ulp).
 TOLERANCES = {torch.float32: TOLERANCE, torch.bfloat16: {"atol": 1e-5, "rtol": 1.6e-2}}
+# fp8 caches are written from the activations rounded as the reference rounds them, then narrowed by c10's own
+# conversion after the same saturation: bit for bit.
+EXACT = {"atol": 0.0, "rtol": 0.0}
+TOLERANCES |= {torch.float8_e4m3fn: EXACT, torch.float8_e5m2: EXACT}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 
 
@@ -68,8 +72,17 @@ def test_silu_and_mul(rows: int, intermediate: int, dtype: torch.dtype, native_c
 
 @pytest.mark.parametrize(
     ("dtype", "cache_dtype"),
-    [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16)],
-    ids=["float32", "bfloat16", "bfloat16-cache"],
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.bfloat16),
+        (torch.float32, torch.float8_e4m3fn),
+        (torch.bfloat16, torch.float8_e4m3fn),
+        (torch.float32, torch.float8_e5m2),
+        (torch.bfloat16, torch.float8_e5m2),
+    ],
+    ids=["float32", "bfloat16", "bfloat16-cache", "fp8e4m3-cache", "bfloat16-fp8e4m3-cache", "fp8e5m2-cache",
+         "bfloat16-fp8e5m2-cache"],
 )
 @pytest.mark.parametrize("keys_transposed", [True, False], ids=["cpu-cache", "row-cache"])
 @pytest.mark.parametrize(("head_dim", "rot_dim"), [(64, 64), (128, 64)])
@@ -82,10 +95,13 @@ def test_rotary_write_kv(
     native_calls: list[str],
 ) -> None:
     """The rotated keys and the values land in the cache rounded to its dtype (a bfloat16 cache under float32
-    activations: kv_cache_dtype), exactly where the reference's rotate-then-write puts them."""
+    activations, or an fp8 cache: kv_cache_dtype), exactly where the reference's rotate-then-write puts them;
+    into fp8 saturated (values scaled past both formats' largest finite numbers)."""
     gen = torch.Generator().manual_seed(head_dim + rot_dim)
     tokens, q_heads, kv_heads, block_size, num_blocks = 11, 6, 2, 16, 8
-    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
+    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, generator=gen)
+    qkv[:3] *= 1e5  # past e4m3's 448 and e5m2's 57344
+    qkv = qkv.to(dtype)
     q, k, v = qkv.split([q_heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = q.view(tokens, q_heads, head_dim)  # views of the fused projection, as the attention layer passes
     k = k.view(tokens, kv_heads, head_dim)

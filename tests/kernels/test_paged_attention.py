@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,6 +106,21 @@ BF16_NEEDS_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="inter
 @pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=BF16_NEEDS_GPU)])
 def test_triton_half_precision(dtype: torch.dtype, num_kv_splits: int) -> None:
     batch = make_paged_batch(MIXED_Q_LENS, MIXED_KV_LENS, 6, 2, 64, dtype, DEVICE)
+    out = paged_attention_triton(*batch.args(), scale=0.125, num_kv_splits=num_kv_splits)
+    assert out.dtype == dtype
+    assert_close(out, paged_attention_ref(*batch.args(), scale=0.125))
+
+
+@pytest.mark.parametrize("num_kv_splits", [1, 3])
+@pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=BF16_NEEDS_GPU)]
+)
+def test_triton_reads_fp8_caches(dtype: torch.dtype, cache_dtype: torch.dtype, num_kv_splits: int) -> None:
+    """kv_cache_dtype=fp8: tiles are widened to the query's dtype as they load; the reference widens the
+    gathered K/V the same way."""
+    batch = make_paged_batch(MIXED_Q_LENS, MIXED_KV_LENS, 6, 2, 64, cache_dtype, DEVICE)
+    batch = dataclasses.replace(batch, query=batch.query.to(dtype))
     out = paged_attention_triton(*batch.args(), scale=0.125, num_kv_splits=num_kv_splits)
     assert out.dtype == dtype
     assert_close(out, paged_attention_ref(*batch.args(), scale=0.125))

@@ -98,7 +98,7 @@ def test_bfloat16_decodes_match_the_torch_path() -> None:
     torch.testing.assert_close(native, torch_path, **TOLERANCES[torch.bfloat16])
 
 
-def test_only_a_bfloat16_cache_under_float32_queries_mixes_dtypes() -> None:
+def test_caches_narrower_than_the_query_are_bfloat16_under_float32_or_fp8() -> None:
     batch = make_paged_batch([1, 1], [40, 70], 4, 2, 64, torch.bfloat16, CPU, keys_transposed=True)
     metadata = batch.args()[3:]
     assert native_attention_supported(batch.query.float(), batch.key_cache, batch.value_cache, metadata)
@@ -107,26 +107,46 @@ def test_only_a_bfloat16_cache_under_float32_queries_mixes_dtypes() -> None:
     assert not native_attention_supported(wide.query, wide.key_cache, batch.value_cache, metadata)
     half = make_paged_batch([1, 1], [40, 70], 4, 2, 64, torch.float16, CPU, keys_transposed=True)
     assert not native_attention_supported(half.query, half.key_cache, half.value_cache, metadata)
+    assert not native_attention_supported(half.query.float(), half.key_cache, half.value_cache, metadata)
+    for fp8 in (torch.float8_e4m3fn, torch.float8_e5m2):
+        narrow = make_paged_batch([1, 1], [40, 70], 4, 2, 64, fp8, CPU, keys_transposed=True)
+        for query in (narrow.query.float(), narrow.query.bfloat16()):
+            assert native_attention_supported(query, narrow.key_cache, narrow.value_cache, metadata)
+        assert not native_attention_supported(narrow.query.half(), narrow.key_cache, narrow.value_cache, metadata)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "cache_dtype"),
+    [
+        (torch.float32, torch.bfloat16),
+        (torch.float32, torch.float8_e4m3fn),
+        (torch.float32, torch.float8_e5m2),
+        (torch.bfloat16, torch.float8_e4m3fn),
+        (torch.bfloat16, torch.float8_e5m2),
+    ],
+)
 @pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim"), [(9, 3, 64), (8, 1, 128)])
 @pytest.mark.parametrize("sliding_window", [None, 16])
-def test_a_bfloat16_cache_under_float32_queries_matches_dense_attention(
-    num_q_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None
+def test_a_narrower_cache_matches_dense_attention_over_the_same_values(
+    dtype: torch.dtype, cache_dtype: torch.dtype, num_q_heads: int, num_kv_heads: int, head_dim: int,
+    sliding_window: int | None,
 ) -> None:
-    """kv_cache_dtype=bfloat16 under a float32 model: the kernels widen the cache as they read it and keep
-    the query and output in float32, so they match float64 attention over the same bfloat16 K/V to float32
-    precision; the torch path (gathered K/V widened for SDPA) agrees."""
+    """kv_cache_dtype=bfloat16 under a float32 model, or fp8 under either: the kernels widen the cache as they
+    read it (fp8 by bit arithmetic, vector_math.h) and keep the query, softmax and output in the model's
+    dtype, so they match float64 attention over the same rounded K/V to that dtype's precision; the torch
+    path (gathered K/V widened for SDPA) agrees. Stale slots past each sequence hold NaN, in fp8 too."""
     batch = make_paged_batch(MIXED_Q_LENS + [1, 1, 1], MIXED_KV_LENS + [300, 48, 17], num_q_heads, num_kv_heads,
-                             head_dim, torch.bfloat16, CPU, keys_transposed=True)  # fmt: skip
-    batch = dataclasses.replace(batch, query=batch.query.float())
+                             head_dim, cache_dtype, CPU, keys_transposed=True)  # fmt: skip
+    batch = dataclasses.replace(batch, query=batch.query.to(dtype))
     scale = head_dim**-0.5
     native = paged_attention_ref(*batch.args(), scale=scale, sliding_window=sliding_window, native=True)
     torch_path = paged_attention_ref(*batch.args(), scale=scale, sliding_window=sliding_window, native=False)
-    assert native.dtype == torch_path.dtype == torch.float32
+    assert native.dtype == torch_path.dtype == dtype
     expected = dense_attention(batch, scale, sliding_window)
-    torch.testing.assert_close(native, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(torch_path, expected, atol=1e-5, rtol=1e-5)
+    # bfloat16: the kernels round once, SDPA's bfloat16 path rounds its intermediates too.
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1.6e-2, "rtol": 1.6e-2}
+    torch.testing.assert_close(native, expected, **tolerance)
+    torch.testing.assert_close(torch_path, expected, **tolerance)
 
 
 @pytest.mark.parametrize("sliding_window", [None, 1, 7, 16, 300, 5000])

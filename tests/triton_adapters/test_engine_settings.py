@@ -33,3 +33,4 @@ def test_gpu_instances_are_pinned_to_their_device() -> None:
     assert unpinned.stream_interval == 1
     assert engine_config({**parameters, "stream_interval": "4"}, "/repo/llm").stream_interval == 4
     assert engine_config({**parameters, "kv_cache_dtype": "bfloat16"}, "/repo/llm").kv_cache_dtype == "bfloat16"
+    assert engine_config({**parameters, "kv_cache_dtype": "fp8"}, "/repo/llm").kv_cache_dtype == "fp8"
