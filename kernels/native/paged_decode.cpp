@@ -60,6 +60,65 @@ struct Item {
   float* scores;  // scratch: group_size x (blocks in view x block_size) scores, then group_size x head_dim
 };
 
+// fp8 tiles are read a cache line (64 bytes, 16 lanes of 4) at a time, each lane's k-th byte widened after a
+// shift (vector_math.h load_packed): reading 16 bytes and zero-extending them took 8 shuffles a vector, and
+// left the kernel no faster than over a float32 cache. So a key line holds kDimsPerLine head dims of every
+// position of the block, lane j dim j / kLanesPerDim and positions 4 (j % kLanesPerDim) .. + 3; byte k
+// of the lanes is multiplied by the query elements of their dims, and the lanes of one position summed once
+// per block. A value line holds 64 dims of one position, lane j dims 4j .. 4j + 3.
+template <int64_t kBlockSize>
+struct PackedKeys {
+  static constexpr int64_t kLanesPerDim = kBlockSize / 4, kDimsPerLine = kLanes / kLanesPerDim;
+};
+
+typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
+
+ALWAYS_INLINE Vec8 add_halves(Vec v) {
+  return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+// The scores of one block's kBlockSize positions, written in position order from sums[k] (position 4i + k
+// in the lanes i % kLanesPerDim of sums[k], for each of the line's dims).
+template <int64_t kBlockSize>
+ALWAYS_INLINE void store_packed_scores(const Vec (&sums)[4], float* scores) {
+  if constexpr (kBlockSize == 16) {
+    Vec4 s[4];
+    for (int64_t k = 0; k < 4; ++k) {
+      const Vec8 half = add_halves(sums[k]);
+      s[k] = __builtin_shufflevector(half, half, 0, 1, 2, 3) + __builtin_shufflevector(half, half, 4, 5, 6, 7);
+    }
+    const Vec8 s01 = __builtin_shufflevector(s[0], s[1], 0, 4, 1, 5, 2, 6, 3, 7);
+    const Vec8 s23 = __builtin_shufflevector(s[2], s[3], 0, 4, 1, 5, 2, 6, 3, 7);
+    store(scores, __builtin_shufflevector(s01, s23, 0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+  } else {
+    static_assert(kBlockSize == 32);
+    Vec8 s[4];
+    for (int64_t k = 0; k < 4; ++k) s[k] = add_halves(sums[k]);
+    const Vec s01 = __builtin_shufflevector(s[0], s[1], 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    const Vec s23 = __builtin_shufflevector(s[2], s[3], 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    store(scores, __builtin_shufflevector(s01, s23, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23));
+    store(scores + kLanes, __builtin_shufflevector(s01, s23, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31));
+  }
+}
+
+// Scores of one block for G heads from an fp8 key tile; query_lanes[g][line]: the scaled query elements of
+// the line's dims, each repeated over its lanes.
+template <typename C, int64_t kBlockSize, int64_t kHeadDim, int64_t G>
+ALWAYS_INLINE void packed_key_scores(const C* keys, const C* ahead_keys, const Vec (*query_lanes)[kHeadDim / PackedKeys<kBlockSize>::kDimsPerLine],
+                                     float* scores, int64_t width) {
+  Vec sums[G][4] = {};
+  for (int64_t line = 0; line < kHeadDim / PackedKeys<kBlockSize>::kDimsPerLine; ++line) {
+    prefetch(ahead_keys + line * 64);
+    const BitsVec packed = load_packed(keys + line * 64);
+    for (int64_t k = 0; k < 4; ++k) {
+      const Vec x = widen_fp8<C>(packed << (24 - 8 * k));
+      for (int64_t g = 0; g < G; ++g) sums[g][k] += query_lanes[g][line] * x;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) store_packed_scores<kBlockSize>(sums[g], scores + g * width);
+}
+
 // Heads q0 .. q0 + G - 1 of the KV head's group, every key and value row loaded (and, from bfloat16,
 // widened) once for all G of them: loads and conversions, not multiply-adds, bounded the kernel when each
 // head made its own pass. Inlined into attend_kv_head's clones, so it is compiled for each CPU level too.
@@ -75,9 +134,23 @@ ALWAYS_INLINE void attend_heads(const Item<Q, C>& item, int64_t q0) {
   for (int64_t i = 0; i < G * kHeadDim; ++i)
     scaled_query[i] = static_cast<float>(item.query[q0 * kHeadDim + i]) * item.scale;
   float* head_scores = item.scores + q0 * width;
+  // Over fp8: the scaled query elements of each key line's dims, each repeated over its lanes (PackedKeys).
+  using Packed = PackedKeys<kBlockSize>;
+  constexpr int64_t key_lines = kHeadDim / Packed::kDimsPerLine;
+  Vec query_lanes[is_fp8_type<C> ? G : 1][key_lines];
+  if constexpr (is_fp8_type<C>)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t line = 0; line < key_lines; ++line)
+        for (int64_t j = 0; j < kLanes; ++j)
+          query_lanes[g][line][j] = scaled_query[g * kHeadDim + line * Packed::kDimsPerLine + j / Packed::kLanesPerDim];
   for (int64_t b = first_block; b < end_block; ++b) {
     const C* keys = item.key_tiles + tile(b) * kHeadDim * kBlockSize;
     const C* ahead_keys = item.key_tiles + tile(std::min(b + kPrefetchBlocks, end_block - 1)) * kHeadDim * kBlockSize;
+    if constexpr (is_fp8_type<C>) {
+      packed_key_scores<C, kBlockSize, kHeadDim, G>(keys, ahead_keys, query_lanes, head_scores + (b - first_block) * kBlockSize,
+                                                   width);
+      continue;
+    }
     Vec acc[G][2][block_chunks] = {};  // even and odd head dims: two chains per head
     for (int64_t d = 0; d < kHeadDim; d += 2) {
       for (int64_t u = 0; u < 2; ++u) {
@@ -116,6 +189,7 @@ ALWAYS_INLINE void attend_heads(const Item<Q, C>& item, int64_t q0) {
     inverse[g] = 1.0f / lane_sum(total);
   }
 
+  // Over fp8, lane j of acc[g][line * 4 + k] sums dim line * 64 + 4j + k (a value line's byte k of each lane).
   Vec acc[G][dim_chunks] = {};
   for (int64_t b = first_block; b < end_block; ++b) {
     const C* values = item.value_tiles + tile(b) * kBlockSize * kHeadDim;
@@ -124,15 +198,33 @@ ALWAYS_INLINE void attend_heads(const Item<Q, C>& item, int64_t q0) {
     const int64_t lo = std::max(item.first_visible, b * kBlockSize), hi = std::min(item.kv_len, (b + 1) * kBlockSize);
     for (int64_t position = lo; position < hi; ++position) {
       const int64_t row = (position - b * kBlockSize) * kHeadDim;
-      for (int64_t c = 0; c < dim_chunks; ++c) {
-        if ((row + c * kLanes) * sizeof(C) % 64 == 0) prefetch(ahead_values + row + c * kLanes);
-        const Vec v = load(values + row + c * kLanes);
-        for (int64_t g = 0; g < G; ++g) acc[g][c] += head_scores[g * width + position - view_start] * v;
+      if constexpr (is_fp8_type<C>) {
+        for (int64_t line = 0; line < kHeadDim / 64; ++line) {
+          prefetch(ahead_values + row + line * 64);
+          const BitsVec packed = load_packed(values + row + line * 64);
+          for (int64_t k = 0; k < 4; ++k) {
+            const Vec v = widen_fp8<C>(packed << (24 - 8 * k));
+            for (int64_t g = 0; g < G; ++g) acc[g][line * 4 + k] += head_scores[g * width + position - view_start] * v;
+          }
+        }
+      } else {
+        for (int64_t c = 0; c < dim_chunks; ++c) {
+          if ((row + c * kLanes) * sizeof(C) % 64 == 0) prefetch(ahead_values + row + c * kLanes);
+          const Vec v = load(values + row + c * kLanes);
+          for (int64_t g = 0; g < G; ++g) acc[g][c] += head_scores[g * width + position - view_start] * v;
+        }
       }
     }
   }
-  for (int64_t g = 0; g < G; ++g)
+  for (int64_t g = 0; g < G; ++g) {
+    if constexpr (is_fp8_type<C>) {  // back to dim order, once per head
+      alignas(64) float dims[kHeadDim];
+      for (int64_t c = 0; c < dim_chunks; ++c)
+        for (int64_t j = 0; j < kLanes; ++j) dims[c / 4 * 64 + 4 * j + c % 4] = acc[g][c][j];
+      for (int64_t c = 0; c < dim_chunks; ++c) acc[g][c] = load(dims + c * kLanes);
+    }
     for (int64_t c = 0; c < dim_chunks; ++c) store(item.out + (q0 + g) * kHeadDim + c * kLanes, acc[g][c] * inverse[g]);
+  }
 }
 
 template <typename Q, typename C, int64_t kBlockSize, int64_t kHeadDim>

@@ -49,36 +49,56 @@ ALWAYS_INLINE Vec load(const c10::BFloat16* source) {
   return widen(bits);
 }
 
-// An fp8 number (kExponentBits, bias kBias, 7 - kExponentBits mantissa bits) widened with integer
-// arithmetic: its exponent and mantissa bits moved under float32's, the exponent rebiased; a subnormal
-// is read as the smallest normal with the same mantissa, less that normal's leading 1 (an exact float
-// subtraction). Float arithmetic on float32 subnormals instead (shifting the bits in place and
-// multiplying by 2^(127 - kBias)) ran a third slower on real K/V, where a few percent of values (40% of
-// SmolLM2's first-layer values) are fp8 subnormals. NaN, and e5m2's infinity, read as finite numbers:
-// the cache writes saturate (`to_cache`), so only a NaN activation stores one.
-template <int kExponentBits, int kBias>
-ALWAYS_INLINE Vec widen_fp8(ByteVec bytes) {
-  // Through 16 bits: GCC 12 widens 8 -> 32 bits one byte at a time through general registers (4x slower
-  // than a float32 cache), 8 -> 16 -> 32 with vector zero-extensions.
-  const BitsVec bits = __builtin_convertvector(__builtin_convertvector(bytes, HalfBitsVec), BitsVec);
-  const BitsVec magnitude = (bits & 0x7fu) << (23 - (7 - kExponentBits));
+// fp8 formats: exponent bits and bias (the other 7 - kExponentBits bits are mantissa).
+template <typename C>
+struct Fp8Format;
+template <>
+struct Fp8Format<c10::Float8_e4m3fn> {
+  static constexpr uint32_t kExponentBits = 4, kBias = 7;
+};
+template <>
+struct Fp8Format<c10::Float8_e5m2> {
+  static constexpr uint32_t kExponentBits = 5, kBias = 15;
+};
+
+template <typename C>
+constexpr bool is_fp8_type = std::is_same_v<C, c10::Float8_e4m3fn> || std::is_same_v<C, c10::Float8_e5m2>;
+
+// The fp8 numbers in the top byte of each lane (bits 31..24; the bits below are ignored) as floats, with
+// integer arithmetic: the sign stays at bit 31, the exponent and mantissa bits move under float32's and
+// the exponent is rebiased; a subnormal is read as the smallest normal with its mantissa, less that
+// normal's leading 1 (an exact float subtraction). Float arithmetic on float32 subnormals instead
+// (the bits shifted into place, multiplied by 2^(127 - bias)) ran a third slower on real K/V, where a few
+// percent of values (40% of SmolLM2's first-layer values) are fp8 subnormals. NaN, and e5m2's infinity,
+// read as finite numbers: the cache writes saturate (`to_cache`), so only a NaN activation stores one.
+template <typename C>
+ALWAYS_INLINE Vec widen_fp8(BitsVec top) {
+  constexpr uint32_t kExponentBits = Fp8Format<C>::kExponentBits, kBias = Fp8Format<C>::kBias;
+  const BitsVec magnitude = (top >> (8 - kExponentBits)) & (0x7fu << (16 + kExponentBits));
   const BitsVec subnormal = reinterpret_cast<BitsVec>(magnitude < (1u << 23));
   const BitsVec normal = magnitude + ((127u - kBias) << 23) + (subnormal & (1u << 23));
-  const BitsVec leading_one = subnormal & ((128u - kBias) << 23);  // 2^(1 - kBias) where subnormal, else 0.0
+  const BitsVec leading_one = subnormal & ((128u - kBias) << 23);  // 2^(1 - bias) where subnormal, else 0.0
   const Vec value = reinterpret_cast<Vec>(normal) - reinterpret_cast<Vec>(leading_one);
-  return reinterpret_cast<Vec>(reinterpret_cast<BitsVec>(value) | ((bits & 0x80u) << 24));
+  return reinterpret_cast<Vec>(reinterpret_cast<BitsVec>(value) | (top & 0x80000000u));
 }
 
-ALWAYS_INLINE Vec load(const c10::Float8_e4m3fn* source) {
+// 16 consecutive fp8 numbers. Through 16 bits: GCC 12 widens 8 -> 32 bits one byte at a time through
+// general registers, 8 -> 16 -> 32 with vector zero-extensions (still 8 shuffles: the decode kernel reads
+// fp8 tiles 64 bytes at a time instead, `load_packed`).
+template <typename C, typename = std::enable_if_t<is_fp8_type<C>>>
+ALWAYS_INLINE Vec load(const C* source) {
   ByteVec bytes;
   std::memcpy(&bytes, source, sizeof bytes);
-  return widen_fp8<4, 7>(bytes);
+  return widen_fp8<C>(__builtin_convertvector(__builtin_convertvector(bytes, HalfBitsVec), BitsVec) << 24);
 }
 
-ALWAYS_INLINE Vec load(const c10::Float8_e5m2* source) {
-  ByteVec bytes;
-  std::memcpy(&bytes, source, sizeof bytes);
-  return widen_fp8<5, 15>(bytes);
+// 64 bytes as 16 lanes of 4 bytes each: byte k of every lane is widened by widen_fp8<C>(packed << (24 - 8k)),
+// a shift where `load` needs 8 shuffles.
+template <typename C>
+ALWAYS_INLINE BitsVec load_packed(const C* source) {
+  BitsVec packed;
+  std::memcpy(&packed, source, sizeof packed);
+  return packed;
 }
 
 // Round to nearest even as c10::BFloat16 does (a NaN becomes the quiet NaN 0x7fc0).
@@ -147,7 +167,7 @@ auto with_element_types(c10::ScalarType dtype, c10::ScalarType cache_dtype, Body
 // c10's conversion would give e5m2 an infinity), NaN stays NaN.
 template <typename C>
 ALWAYS_INLINE C to_cache(float x) {
-  if constexpr (std::is_same_v<C, c10::Float8_e4m3fn> || std::is_same_v<C, c10::Float8_e5m2>) {
+  if constexpr (is_fp8_type<C>) {
     constexpr float kLargest = std::is_same_v<C, c10::Float8_e4m3fn> ? 448.0f : 57344.0f;
     return static_cast<C>(std::min(std::max(x, -kLargest), kLargest));
   } else {

@@ -127,16 +127,18 @@ def test_caches_narrower_than_the_query_are_bfloat16_under_float32_or_fp8() -> N
 )
 @pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim"), [(9, 3, 64), (8, 1, 128)])
 @pytest.mark.parametrize("sliding_window", [None, 16])
+@pytest.mark.parametrize("block_size", [16, 32])
 def test_a_narrower_cache_matches_dense_attention_over_the_same_values(
     dtype: torch.dtype, cache_dtype: torch.dtype, num_q_heads: int, num_kv_heads: int, head_dim: int,
-    sliding_window: int | None,
+    sliding_window: int | None, block_size: int,
 ) -> None:
     """kv_cache_dtype=bfloat16 under a float32 model, or fp8 under either: the kernels widen the cache as they
     read it (fp8 by bit arithmetic, vector_math.h) and keep the query, softmax and output in the model's
     dtype, so they match float64 attention over the same rounded K/V to that dtype's precision; the torch
-    path (gathered K/V widened for SDPA) agrees. Stale slots past each sequence hold NaN, in fp8 too."""
+    path (gathered K/V widened for SDPA) agrees. Stale slots past each sequence hold NaN, in fp8 too. Both
+    block sizes: the fp8 decode reads a key line as 4 head dims x 16 positions, or 2 x 32."""
     batch = make_paged_batch(MIXED_Q_LENS + [1, 1, 1], MIXED_KV_LENS + [300, 48, 17], num_q_heads, num_kv_heads,
-                             head_dim, cache_dtype, CPU, keys_transposed=True)  # fmt: skip
+                             head_dim, cache_dtype, CPU, block_size=block_size, keys_transposed=True)  # fmt: skip
     batch = dataclasses.replace(batch, query=batch.query.to(dtype))
     scale = head_dim**-0.5
     native = paged_attention_ref(*batch.args(), scale=scale, sliding_window=sliding_window, native=True)
