@@ -18,9 +18,21 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    """`count` distinct ports free now: all bound at once while chosen, since the kernel may hand a port it
+    just handed out (and saw closed) to the next bind (tritonserver refused to start once when its http and
+    metrics ports came out equal)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return tuple(int(sock.getsockname()[1]) for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
@@ -125,7 +137,7 @@ def start_triton(
     repository: Path, log_dir: Path, timeout: float = 240.0, ports: tuple[int, int, int] | None = None
 ) -> TritonServer:
     """Start tritonserver on `ports` (http, grpc, metrics) or free ones, and wait until it is ready."""
-    http_port, grpc_port, metrics_port = ports or (free_port(), free_port(), free_port())
+    http_port, grpc_port, metrics_port = ports or free_ports(3)
     process = ServerProcess(
         name="tritonserver",
         command=[

@@ -13,7 +13,7 @@ import yaml
 
 from ensemble_configs.render import render_repository
 from tests.integration.triton_requests import scrape_metric
-from tests.servers import ROOT, FrontendServer, TritonServer, free_port, start_frontend, start_triton
+from tests.servers import ROOT, FrontendServer, TritonServer, free_ports, start_frontend, start_triton
 
 # Two running sequences and two waiting ones: the fifth concurrent request is refused.
 SMALL_PROFILE = {
@@ -57,7 +57,7 @@ def render_small_repository(output: Path) -> Path:
 def private_stack(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateStack]:
     folder = tmp_path_factory.mktemp("private-stack")
     repository = render_small_repository(folder)
-    ports = (free_port(), free_port(), free_port())
+    ports = free_ports(3)
     triton = start_triton(repository, folder, ports=ports)
     try:
         frontend = start_frontend(model_path, triton, folder, api_key=None)
