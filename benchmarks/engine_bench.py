@@ -8,8 +8,9 @@ submitted at once. Baselines: HF `generate` one request at a time, and HF static
 baselines run on a subset of the workload and are reported per output token, which extrapolates
 to the whole workload. TTFT: a 1,000-token prompt, first on a cold cache, then repeated (hit).
 Structured outputs: decode step time at batch 16, unconstrained and with every row under a JSON schema
-(the bitmask fill and its application are the difference). On the CPU in float32 the engine workload runs
-again with a bfloat16 and an fp8 KV cache (--also-kv-cache-dtype). Prints a table and one JSON line. Not a test.
+(the bitmask fill and its application are the difference). The engine workload runs again over each KV
+cache dtype of --also-kv-cache-dtype that differs from the model's (float32 on the CPU: bfloat16 and fp8;
+a 16-bit model on an Ada or Hopper GPU: fp8). Prints a table and one JSON line. Not a test.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.kv_cache import resolve_cache_dtype
 from engine.structured_output import StructuredOutputsParams
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "SmolLM2-135M-Instruct"
@@ -175,6 +177,21 @@ def bench_structured(engine: LLMEngine, vocab_size: int, steps: int, seed: int) 
     return plain, constrained, mask_only
 
 
+def other_cache_dtypes(args: argparse.Namespace, dtype: torch.dtype, device: torch.device) -> list[str]:
+    """The --also-kv-cache-dtype names that give this model another cache dtype on this device; those the
+    engine refuses here (say fp8 on an older GPU) are named and skipped."""
+    names = []
+    for name in args.also_kv_cache_dtype.split(","):
+        if name in ("", "none"):
+            continue
+        try:
+            if resolve_cache_dtype(name, dtype, device) != dtype:
+                names.append(name)
+        except ValueError as error:
+            print(f"skipping the {name} KV cache: {error}")
+    return names
+
+
 def build_engine(args: argparse.Namespace, **overrides: Any) -> LLMEngine:
     """The engine the command line asks for, with `overrides` of its EngineConfig (another dtype, ...)."""
     settings = {"model": args.model, "device": args.device, "dtype": args.dtype, "max_model_len": 2048}
@@ -200,8 +217,9 @@ def main() -> None:
     parser.add_argument(
         "--also-kv-cache-dtype",
         default="bfloat16,fp8",
-        help="CPU float32: run the engine workload once more with the KV cache in each of these dtypes "
-        "(comma-separated; bfloat16 halves the bytes attention reads, fp8 quarters them); 'none' skips it",
+        help="run the engine workload once more with the KV cache in each of these dtypes that differs from "
+        "the model's and runs on this device (comma-separated; bfloat16 under a float32 model on the CPU halves "
+        "the bytes attention reads, fp8 quarters them, or halves a 16-bit model's on CUDA); 'none' skips it",
     )
     parser.add_argument(
         "--also-eager",
@@ -224,28 +242,24 @@ def main() -> None:
     plain_step, json_step, mask_time = bench_structured(engine, vocab_size, args.structured_steps, args.seed + 2)
     hf = bench_hf(args.model, workload, device, dtype, args.hf_single, args.hf_batches)
     other_dtype = None if args.also_dtype in ("none", str(dtype).removeprefix("torch.")) else args.also_dtype
-    other_tokens_per_s = 0.0
-    if other_dtype:
-        engine.shutdown()
-        engine = build_engine(args, dtype=other_dtype)
-        other_elapsed, other_tokens = bench_engine(engine, workload)
-        other_tokens_per_s = other_tokens / other_elapsed
-    kv_tokens_per_s: dict[str, float] = {}
-    if device.type == "cpu" and dtype == torch.float32:
-        for kv_dtype in [name for name in args.also_kv_cache_dtype.split(",") if name not in ("", "none")]:
-            engine.shutdown()
-            engine = build_engine(args, kv_cache_dtype=kv_dtype)
-            kv_elapsed, kv_tokens = bench_engine(engine, workload)
-            kv_tokens_per_s[kv_dtype] = round(kv_tokens / kv_elapsed, 1)
-    eager_tokens_per_s = 0.0
+    # The same workload again on other engines, one at a time: another dtype, other KV cache dtypes, eager.
+    variants: list[tuple[str, dict[str, Any]]] = [("dtype", {"dtype": other_dtype})] if other_dtype else []
+    variants += [(f"kv:{name}", {"kv_cache_dtype": name}) for name in other_cache_dtypes(args, dtype, device)]
     if args.also_eager and device.type == "cuda":
+        variants.append(("eager", {"enforce_eager": True}))
+    variant_tokens_per_s: dict[str, float] = {}
+    for label, overrides in variants:
         engine.shutdown()
-        del engine  # its KV pool must go before the next one sizes its own
+        del engine  # on CUDA its KV pool must go before the next one sizes its own
         gc.collect()
-        torch.cuda.empty_cache()
-        engine = build_engine(args, enforce_eager=True)
-        eager_elapsed, eager_tokens = bench_engine(engine, workload)
-        eager_tokens_per_s = eager_tokens / eager_elapsed
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        engine = build_engine(args, **overrides)
+        variant_elapsed, variant_tokens = bench_engine(engine, workload)
+        variant_tokens_per_s[label] = round(variant_tokens / variant_elapsed, 1)
+    kv_tokens_per_s = {
+        label.removeprefix("kv:"): rate for label, rate in variant_tokens_per_s.items() if label.startswith("kv:")
+    }
 
     result = {
         "device": str(device),
@@ -257,9 +271,9 @@ def main() -> None:
         "engine_seconds": round(elapsed, 2),
         "engine_tokens_per_s": round(tokens / elapsed, 1),
         "engine_preemptions": engine_stats.num_preemptions,
-        "engine_eager_tokens_per_s": round(eager_tokens_per_s, 1),
+        "engine_eager_tokens_per_s": variant_tokens_per_s.get("eager", 0.0),
         "engine_other_dtype": other_dtype,
-        "engine_other_dtype_tokens_per_s": round(other_tokens_per_s, 1),
+        "engine_other_dtype_tokens_per_s": variant_tokens_per_s.get("dtype", 0.0),
         "engine_kv_cache_dtype_tokens_per_s": kv_tokens_per_s,
         "hf_single_tokens_per_s": round(hf["hf_single_tokens_per_s"], 1),
         "hf_single_requests_measured": int(hf["hf_single_requests"]),
@@ -281,7 +295,7 @@ def main() -> None:
         print(f"{'engine, ' + other_dtype:<40}{result['engine_other_dtype_tokens_per_s']:>14}")
     for kv_dtype, kv_rate in kv_tokens_per_s.items():
         print(f"{'engine, ' + kv_dtype + ' KV cache':<40}{kv_rate:>14}")
-    if eager_tokens_per_s:
+    if "eager" in variant_tokens_per_s:
         print(f"{'engine, eager (no CUDA graphs)':<40}{result['engine_eager_tokens_per_s']:>14}")
     print(f"{'HF one at a time':<40}{result['hf_single_tokens_per_s']:>14}")
     print(f"{'HF static batches of 16':<40}{result['hf_static16_tokens_per_s']:>14}")

@@ -36,7 +36,7 @@ stage kernel_bench 90 python3 -m kernels.bench
 make_model="[[ -f '$model/config.json' ]] || python3 -m benchmarks.random_checkpoint --shape qwen3-1.7b \
   --tokenizer '$tokenizer' --output '$model'"
 stage engine_bench 200 bash -c "$make_model && python3 -m benchmarks.engine_bench --model '$model' --device cuda \
-  --also-dtype none --also-eager"
+  --also-dtype none --also-eager --also-kv-cache-dtype fp8"
 stage tune_attention 200 python3 -m kernels.tune_attention --json-out "$out/tune_attention.json"
 stage grammar_fill 60 python3 -m benchmarks.grammar_fill --tokenizer "$tokenizer"
 stage step_profile 150 bash -c "$make_model && python3 -m benchmarks.step_profile --model '$model' --device cuda"
