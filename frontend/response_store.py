@@ -12,7 +12,6 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -38,7 +37,7 @@ class StoredResponse:
     previous_response_id: str | None
     # Tenant that created it (frontend.tenancy), None when API keys were not isolated.
     owner: str | None = None
-    # When it was last written or kept alive (`keep_alive`), by the writer's clock.
+    # When it was last written or kept alive (`keep_alive`), in seconds by the store's own clock.
     updated_at: float = 0.0
 
 
@@ -58,7 +57,7 @@ class ResponseStore(ABC):
     @abstractmethod
     def update(self, response: JSON, events: list[JSON] | None = None) -> None:
         """Replace a response's body (recording its status transition) and optionally its stream events;
-        a response deleted meanwhile stays deleted."""
+        a response deleted meanwhile stays deleted, and one ended as abandoned stays ended."""
 
     @abstractmethod
     def get(self, response_id: str) -> StoredResponse | None: ...
@@ -90,12 +89,21 @@ class ResponseStore(ABC):
 
     @abstractmethod
     def stopped_elsewhere(self, response_ids: list[str]) -> list[str]:
-        """Those of `response_ids` whose cancellation another replica asked for, or that it deleted."""
+        """Those of `response_ids` whose cancellation another replica asked for, that it deleted, or that it
+        ended as abandoned."""
 
     @abstractmethod
     def keep_alive(self, response_ids: list[str]) -> None:
         """Mark responses as still being generated (their `updated_at` moves): followers on other replicas
         tell a running response from one whose replica died."""
+
+    @abstractmethod
+    def end_abandoned(self, response: JSON, final_events: list[JSON], idle_seconds: float) -> bool:
+        """Store `response` (a final status) over a queued or running one that nobody has written or kept
+        alive for `idle_seconds` by the store's clock (its replica died), with `final_events` appended
+        after its stored events (numbered on from them). False, and nothing written, when it is not such a
+        response (still kept alive, ended, deleted). The replica that ran it, should it come back, finds
+        it stopped (`stopped_elsewhere`) and its writes ignored."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -110,7 +118,8 @@ CREATE TABLE IF NOT EXISTS responses (
     body TEXT NOT NULL,
     updated_at REAL NOT NULL,
     owner TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    abandoned INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS input_items (
     response_id TEXT NOT NULL,
@@ -143,6 +152,9 @@ class SqlResponseStore(ResponseStore):
     # What keeps a row from being deleted between reading it and writing beside it in one transaction
     # (SQLite's write transactions already hold the whole database).
     _ROW_SHARE_LOCK = ""
+    # The store's clock in seconds since the epoch, as SQL: `updated_at` is written and compared by it, so
+    # replicas on hosts whose clocks differ agree on how long a response has been idle.
+    _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[Any]:
@@ -168,21 +180,12 @@ class SqlResponseStore(ResponseStore):
     def create(
         self, response: JSON, input_items: list[JSON], previous_response_id: str | None, owner: str | None
     ) -> None:
-        now = time.time()
         with self._transaction() as db:
             self._execute(
                 db,
                 "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at, owner)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    response["id"],
-                    True,
-                    response["status"],
-                    previous_response_id,
-                    json.dumps(response),
-                    now,
-                    owner,
-                ),
+                f" VALUES (?, ?, ?, ?, ?, {self._NOW}, ?)",
+                (response["id"], True, response["status"], previous_response_id, json.dumps(response), owner),
             )
             self._execute_many(
                 db,
@@ -191,8 +194,8 @@ class SqlResponseStore(ResponseStore):
             )
             self._execute(
                 db,
-                "INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, ?)",
-                (response["id"], response["status"], now),
+                f"INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, {self._NOW})",
+                (response["id"], response["status"]),
             )
 
     def remember_unstored(self, response_id: str, owner: str | None) -> None:
@@ -200,25 +203,24 @@ class SqlResponseStore(ResponseStore):
             self._execute(
                 db,
                 "INSERT INTO responses (id, stored, status, previous_response_id, body, updated_at, owner)"
-                " VALUES (?, ?, NULL, NULL, '{}', ?, ?)",
-                (response_id, False, time.time(), owner),
+                f" VALUES (?, ?, NULL, NULL, '{{}}', {self._NOW}, ?)",
+                (response_id, False, owner),
             )
 
     def update(self, response: JSON, events: list[JSON] | None = None) -> None:
-        now = time.time()
         with self._transaction() as db:
             updated = self._execute(
                 db,
-                "UPDATE responses SET status = ?, body = ?, updated_at = ? WHERE id = ?",
-                (response["status"], json.dumps(response), now, response["id"]),
+                f"UPDATE responses SET status = ?, body = ?, updated_at = {self._NOW} WHERE id = ? AND NOT abandoned",
+                (response["status"], json.dumps(response), response["id"]),
             ).rowcount
             if not updated:
-                # Deleted while it was being generated: it stays deleted.
+                # Deleted while it was being generated, or ended elsewhere as abandoned: it stays so.
                 return
             self._execute(
                 db,
-                "INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, ?)",
-                (response["id"], response["status"], now),
+                f"INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, {self._NOW})",
+                (response["id"], response["status"]),
             )
             if events is not None:
                 self._execute(db, "DELETE FROM stream_events WHERE response_id = ?", (response["id"],))
@@ -275,7 +277,7 @@ class SqlResponseStore(ResponseStore):
     def append_events(self, response_id: str, events: list[JSON]) -> None:
         with self._transaction() as db:
             exists = self._execute(
-                db, f"SELECT 1 FROM responses WHERE id = ?{self._ROW_SHARE_LOCK}", (response_id,)
+                db, f"SELECT 1 FROM responses WHERE id = ? AND NOT abandoned{self._ROW_SHARE_LOCK}", (response_id,)
             )
             if exists.fetchone() is None:
                 return
@@ -296,10 +298,10 @@ class SqlResponseStore(ResponseStore):
         with self._reading() as db:
             rows = self._execute(
                 db,
-                f"SELECT id, cancel_requested FROM responses WHERE id IN ({self._marks(response_ids)})",
+                f"SELECT id, cancel_requested, abandoned FROM responses WHERE id IN ({self._marks(response_ids)})",
                 tuple(response_ids),
             ).fetchall()
-        running = {row[0] for row in rows if not row[1]}
+        running = {row[0] for row in rows if not row[1] and not row[2]}
         return [response_id for response_id in response_ids if response_id not in running]
 
     def keep_alive(self, response_ids: list[str]) -> None:
@@ -308,9 +310,38 @@ class SqlResponseStore(ResponseStore):
         with self._transaction() as db:
             self._execute(
                 db,
-                f"UPDATE responses SET updated_at = ? WHERE id IN ({self._marks(response_ids)})",
-                (time.time(), *response_ids),
+                f"UPDATE responses SET updated_at = {self._NOW} WHERE id IN ({self._marks(response_ids)})",
+                tuple(response_ids),
             )
+
+    def end_abandoned(self, response: JSON, final_events: list[JSON], idle_seconds: float) -> bool:
+        with self._transaction() as db:
+            ended = self._execute(
+                db,
+                f"UPDATE responses SET status = ?, body = ?, updated_at = {self._NOW}, abandoned = ?"
+                f" WHERE id = ? AND status IN ('queued', 'in_progress') AND updated_at < {self._NOW} - ?",
+                (response["status"], json.dumps(response), True, response["id"], idle_seconds),
+            ).rowcount
+            if not ended:
+                return False
+            self._execute(
+                db,
+                f"INSERT INTO status_transitions (response_id, status, at) VALUES (?, ?, {self._NOW})",
+                (response["id"], response["status"]),
+            )
+            last = self._execute(
+                db, "SELECT MAX(sequence_number) FROM stream_events WHERE response_id = ?", (response["id"],)
+            ).fetchone()[0]
+            first = 0 if last is None else last + 1
+            self._execute_many(
+                db,
+                "INSERT INTO stream_events (response_id, sequence_number, body) VALUES (?, ?, ?)",
+                [
+                    (response["id"], number, json.dumps({**event, "sequence_number": number}))
+                    for number, event in enumerate(final_events, start=first)
+                ],
+            )
+        return True
 
     @staticmethod
     def _marks(values: list[str]) -> str:
@@ -334,6 +365,8 @@ class SQLiteResponseStore(SqlResponseStore):
             self._db.execute("ALTER TABLE responses ADD COLUMN owner TEXT")
         if "cancel_requested" not in columns:  # nor before cancels crossed replicas
             self._db.execute("ALTER TABLE responses ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+        if "abandoned" not in columns:  # nor before abandoned responses were ended
+            self._db.execute("ALTER TABLE responses ADD COLUMN abandoned INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

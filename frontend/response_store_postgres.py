@@ -29,6 +29,8 @@ _SCHEMA = (
         owner TEXT,
         cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
     )""",
+    # Databases written before abandoned responses were ended lack the column.
+    "ALTER TABLE responses ADD COLUMN IF NOT EXISTS abandoned BOOLEAN NOT NULL DEFAULT FALSE",
     """CREATE TABLE IF NOT EXISTS input_items (
         response_id TEXT NOT NULL,
         position INTEGER NOT NULL,
@@ -57,6 +59,7 @@ class PostgresResponseStore(SqlResponseStore):
 
     _TRANSITION_ORDER = "position"
     _ROW_SHARE_LOCK = " FOR SHARE"
+    _NOW = "extract(epoch FROM clock_timestamp())::double precision"
 
     def __init__(self, url: str, connect_timeout: float = 10.0) -> None:
         self._url = url

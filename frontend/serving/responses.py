@@ -40,7 +40,7 @@ from frontend.serving.engine_params import api_error
 from frontend.serving.generation import Generation, chunks, start_generation
 from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.responses_background import BackgroundRun, BackgroundRuns
-from frontend.serving.responses_events import ResponseEvents
+from frontend.serving.responses_events import ResponseEvents, end_abandoned
 from frontend.serving.responses_input import PreparedResponse, ResponseInputBuilder
 from frontend.serving.sse import DONE
 from frontend.tenancy import current_tenant, visible_to_current_tenant
@@ -55,6 +55,11 @@ FINAL = ("completed", "incomplete", "failed", "cancelled")
 FOLLOW_POLL_SECONDS = 0.2
 STALE_SECONDS = 15.0
 CANCEL_WAIT_SECONDS = 10.0
+# A response nobody has kept alive for STALE_SECONDS by the store's clock is abandoned (its replica died):
+# the replica that finds it ends it, failed. A cancel ends it once it misses this long of keep-alives
+# (WATCH_SECONDS apart): cancelling a live run that the same check takes for dead only does sooner what
+# was asked.
+CANCEL_IDLE_SECONDS = 2.0
 
 
 def new_response_id() -> str:
@@ -271,7 +276,10 @@ class ResponsesHandler:
             if found.updated_at != last_update:
                 last_update, seen_moving = found.updated_at, time.monotonic()
             elif time.monotonic() - seen_moving > STALE_SECONDS:
-                return
+                # Its replica stopped keeping it alive: end it here, and stream the events that end it.
+                if not await self._end_if_abandoned(found, "failed", STALE_SECONDS):
+                    return
+                continue
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
 
     # ---- stored responses ---------------------------------------------------------------------------------
@@ -323,6 +331,8 @@ class ResponsesHandler:
     ) -> ResponseObject | AsyncIterator[str]:
         found = await self._stored(response_id)
         if not stream:
+            if await self._end_if_abandoned(found, "failed", STALE_SECONDS):
+                found = await self._stored(response_id)
             return ResponseObject.model_validate(found.body)
         if not found.body.get("background"):
             raise bad_request("only background responses can be streamed again", param="stream")
@@ -341,13 +351,25 @@ class ResponsesHandler:
         if await self.runs.cancel(response_id):
             found = await self._stored(response_id)
         elif found.body.get("status") not in FINAL:
-            # Running on another replica (a shared store): ask it, and wait for it to store the cancellation.
+            # Running on another replica (a shared store): ask it, and wait for it to store the cancellation,
+            # or end it here once that replica is found gone.
             await asyncio.to_thread(self.store.request_cancel, response_id)
             deadline = time.monotonic() + CANCEL_WAIT_SECONDS
             while found.body.get("status") not in FINAL and time.monotonic() < deadline:
                 await asyncio.sleep(FOLLOW_POLL_SECONDS)
+                await self._end_if_abandoned(found, "cancelled", CANCEL_IDLE_SECONDS)
                 found = await self._stored(response_id)
         return ResponseObject.model_validate(found.body)
+
+    async def _end_if_abandoned(self, found: StoredResponse, status: str, idle_seconds: float) -> bool:
+        """End a background response as `status` in the store if no replica has kept it alive for
+        `idle_seconds`; whether it did. Never one this replica runs."""
+        if not found.body.get("background") or found.body.get("status") in FINAL or self.runs.get(found.id) is not None:
+            return False
+        response = ResponseObject.model_validate(found.body)
+        events = [event.model_dump(mode="json") for event in end_abandoned(response, status)]
+        body = response.model_dump(mode="json")
+        return await asyncio.to_thread(self.store.end_abandoned, body, events, idle_seconds)
 
     async def input_items(
         self,

@@ -268,3 +268,25 @@ class ResponseEvents:
         """The client cancelled: the open item stays incomplete, no further events."""
         self._close("incomplete")
         self.response.status = "cancelled"
+
+
+# What a background response says when the replica generating it stopped (crashed, was killed) before it
+# ended, and another replica found it abandoned in the shared store.
+ABANDONED_MESSAGE = "The server generating this background response stopped before it finished."
+
+
+def end_abandoned(response: ResponseObject, status: str) -> list[StreamEvent]:
+    """An abandoned background response ended where its last stored state left it (`status`: failed or
+    cancelled; an item still open stays incomplete), and the stream events that end it, to be numbered
+    after the stored ones: `error` then `response.failed`, as `ResponseEvents.fail` ends a response; none for
+    a cancellation, as `ResponseEvents.cancel`."""
+    for item in response.output:
+        if getattr(item, "status", None) == "in_progress":
+            item.status = "incomplete"  # type: ignore[union-attr]
+    response.status = status  # type: ignore[assignment]
+    if status != "failed":
+        return []
+    response.error = ResponseError(code="server_error", message=ABANDONED_MESSAGE)
+    error = ErrorEvent(type="error", sequence_number=0, code="server_error", message=ABANDONED_MESSAGE, param=None)
+    ended = LifecycleEvent(type="response.failed", sequence_number=0, response=response.model_copy(deep=True))
+    return [error, ended]

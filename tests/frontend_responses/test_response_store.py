@@ -99,6 +99,40 @@ def test_running_responses_share_events_and_cancel_requests(store_url: str) -> N
     store.close()
 
 
+def test_an_abandoned_response_is_ended_once_idle_and_stays_ended(store_url: str) -> None:
+    """A running response nobody keeps alive is ended by the store's clock; its replica, should it come back,
+    finds it stopped and its writes ignored."""
+    store = open_store(store_url)
+    store.create(response("in_progress"), [], None, None)
+    store.append_events("resp_1", [{"type": "response.created", "sequence_number": 0}])
+    ending = [{"type": "error", "sequence_number": -1}, {"type": "response.failed", "sequence_number": -1}]
+    assert not store.end_abandoned(response("failed"), ending, idle_seconds=30.0)  # kept alive just now
+    time.sleep(0.3)
+    store.keep_alive(["resp_1"])
+    assert not store.end_abandoned(response("failed"), ending, idle_seconds=0.2)  # alive again
+    time.sleep(0.3)
+    assert store.end_abandoned(response("failed"), ending, idle_seconds=0.2)
+    assert not store.end_abandoned(response("cancelled"), [], idle_seconds=0.0)  # already ended
+    assert (store.get("resp_1") or pytest.fail("stored")).body["status"] == "failed"
+    assert store.statuses("resp_1") == ["in_progress", "failed"]
+    assert [(event["type"], event["sequence_number"]) for event in store.events("resp_1", -1)] == [
+        ("response.created", 0), ("error", 1), ("response.failed", 2),
+    ]  # fmt: skip
+    assert store.stopped_elsewhere(["resp_1"]) == ["resp_1"]
+    store.append_events("resp_1", [{"type": "x", "sequence_number": 3}])
+    store.update(response("completed"), [])
+    assert (store.get("resp_1") or pytest.fail("stored")).body["status"] == "failed"
+    assert len(store.events("resp_1", -1)) == 3
+    # Only queued or running responses are ever ended so, and only those stored.
+    store.create(response("completed", id="resp_2"), [], None, None)
+    store.remember_unstored("resp_3", None)
+    time.sleep(0.05)
+    assert not store.end_abandoned(response("failed", id="resp_2"), [], idle_seconds=0.0)
+    assert not store.end_abandoned(response("failed", id="resp_3"), [], idle_seconds=0.0)
+    assert not store.end_abandoned(response("failed", id="resp_gone"), [], idle_seconds=0.0)
+    store.close()
+
+
 def test_a_store_from_before_tenants_gains_the_owner_column(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as old:
@@ -112,6 +146,7 @@ def test_a_store_from_before_tenants_gains_the_owner_column(tmp_path: Path) -> N
     found = store.get("resp_old")
     assert found is not None and found.owner is None and found.body == {"id": "resp_old"}
     assert store.stopped_elsewhere(["resp_old"]) == []
+    assert not store.end_abandoned({"id": "resp_old", "status": "failed"}, [], idle_seconds=0.0)
     store.create(response("completed"), [], None, "tenant-a")
     assert (store.get("resp_1") or found).owner == "tenant-a"
 

@@ -4,12 +4,16 @@ deletes (the OpenAI SDK against real frontends and a real tritonserver)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 
+from frontend.serving.responses import CANCEL_WAIT_SECONDS, STALE_SECONDS
 from tests.frontend.conftest import MODEL_NAME
 from tests.frontend_responses.test_responses_sdk import QUESTION, engine_goes_idle, start_long_background
 from tests.postgres import PostgresServer
@@ -19,14 +23,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
+def store_url(postgres: PostgresServer) -> str:
+    return postgres.new_database("replicas")
+
+
+@pytest.fixture(scope="module")
 def replicas(
-    model_path: Path,
-    triton_server: TritonServer,
-    postgres: PostgresServer,
-    tmp_path_factory: pytest.TempPathFactory,
+    model_path: Path, triton_server: TritonServer, store_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[openai.OpenAI, openai.OpenAI]]:
     """Two frontends on one PostgreSQL database, and an SDK client on each."""
-    store_url = postgres.new_database("replicas")
     logs = tmp_path_factory.mktemp("replicas")
     servers = []
     try:
@@ -96,3 +101,43 @@ def test_a_background_response_is_followed_and_cancelled_from_the_other_replica(
     assert engine_goes_idle(triton_server)
     with pytest.raises(openai.NotFoundError):
         first.responses.retrieve(doomed_id)
+
+
+def test_responses_of_a_replica_that_died_are_ended_by_the_others(
+    replicas: tuple[openai.OpenAI, openai.OpenAI],
+    store_url: str,
+    model_path: Path,
+    triton_server: TritonServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A replica killed mid-run (SIGKILL: it stores nothing more) leaves its background responses in progress
+    in the store. The others end them once nobody keeps them alive: a cancel within seconds, anything else as
+    failed after STALE_SECONDS, streaming the events that end it to a follower."""
+    first, second = replicas
+    doomed = start_frontend(
+        model_path, triton_server, tmp_path_factory.mktemp("doomed"), api_key=None,
+        extra_args=("--response-store", store_url), log_name="doomed.log",
+    )  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=doomed.base_url, api_key="none", max_retries=0)
+        failing_id, stream = start_long_background(client, first)
+        stream.close()
+        cancelled_id, stream = start_long_background(client, first)
+        stream.close()
+    finally:
+        assert doomed.process.process is not None
+        os.killpg(doomed.process.process.pid, signal.SIGKILL)
+        doomed.process.process.wait()
+    killed = time.monotonic()
+    assert second.responses.cancel(cancelled_id).status == "cancelled"
+    assert time.monotonic() - killed < CANCEL_WAIT_SECONDS
+    assert first.responses.retrieve(failing_id).status == "in_progress"  # not yet taken for abandoned
+
+    ending = list(second.responses.retrieve(failing_id, stream=True, starting_after=0))
+    assert [event.type for event in ending[-2:]] == ["error", "response.failed"]
+    assert time.monotonic() - killed > STALE_SECONDS
+    failed = first.responses.retrieve(failing_id)
+    assert failed.status == "failed" and failed.error is not None and failed.error.code == "server_error"
+    assert first.responses.retrieve(cancelled_id).status == "cancelled"
+    # Its gRPC streams died with it: tritonserver cancelled them and the engine stopped generating.
+    assert engine_goes_idle(triton_server)
