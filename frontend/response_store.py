@@ -39,6 +39,8 @@ class StoredResponse:
     owner: str | None = None
     # When it was last written or kept alive (`keep_alive`), in seconds by the store's own clock.
     updated_at: float = 0.0
+    # How long before this read that was, by the same clock.
+    idle_seconds: float = 0.0
 
 
 class ResponseStore(ABC):
@@ -234,12 +236,13 @@ class SqlResponseStore(ResponseStore):
         with self._reading() as db:
             row = self._execute(
                 db,
-                "SELECT stored, body, previous_response_id, owner, updated_at FROM responses WHERE id = ?",
+                "SELECT stored, body, previous_response_id, owner, updated_at,"
+                f" {self._NOW} - updated_at FROM responses WHERE id = ?",
                 (response_id,),
             ).fetchone()
         if row is None:
             return None
-        return StoredResponse(response_id, bool(row[0]), json.loads(row[1]), row[2], row[3], row[4])
+        return StoredResponse(response_id, bool(row[0]), json.loads(row[1]), row[2], row[3], row[4], row[5])
 
     def input_items(self, response_id: str) -> list[JSON]:
         with self._reading() as db:

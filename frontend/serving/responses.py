@@ -364,7 +364,12 @@ class ResponsesHandler:
     async def _end_if_abandoned(self, found: StoredResponse, status: str, idle_seconds: float) -> bool:
         """End a background response as `status` in the store if no replica has kept it alive for
         `idle_seconds`; whether it did. Never one this replica runs."""
-        if not found.body.get("background") or found.body.get("status") in FINAL or self.runs.get(found.id) is not None:
+        if (
+            not found.body.get("background")
+            or found.body.get("status") in FINAL
+            or found.idle_seconds <= idle_seconds  # kept alive: no write (pollers GET running responses)
+            or self.runs.get(found.id) is not None
+        ):
             return False
         response = ResponseObject.model_validate(found.body)
         events = [event.model_dump(mode="json") for event in end_abandoned(response, status)]

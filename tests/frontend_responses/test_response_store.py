@@ -111,6 +111,7 @@ def test_an_abandoned_response_is_ended_once_idle_and_stays_ended(store_url: str
     store.keep_alive(["resp_1"])
     assert not store.end_abandoned(response("failed"), ending, idle_seconds=0.2)  # alive again
     time.sleep(0.3)
+    assert (store.get("resp_1") or pytest.fail("stored")).idle_seconds >= 0.25
     assert store.end_abandoned(response("failed"), ending, idle_seconds=0.2)
     assert not store.end_abandoned(response("cancelled"), [], idle_seconds=0.0)  # already ended
     assert (store.get("resp_1") or pytest.fail("stored")).body["status"] == "failed"
