@@ -27,10 +27,9 @@ _SCHEMA = (
         body TEXT NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL,
         owner TEXT,
-        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+        abandoned BOOLEAN NOT NULL DEFAULT FALSE
     )""",
-    # Databases written before abandoned responses were ended lack the column.
-    "ALTER TABLE responses ADD COLUMN IF NOT EXISTS abandoned BOOLEAN NOT NULL DEFAULT FALSE",
     """CREATE TABLE IF NOT EXISTS input_items (
         response_id TEXT NOT NULL,
         position INTEGER NOT NULL,
@@ -71,6 +70,14 @@ class PostgresResponseStore(SqlResponseStore):
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             for statement in _SCHEMA:
                 db.execute(statement)
+            # Databases written before abandoned responses were ended lack the column. Asked first: ALTER
+            # TABLE locks the table against every other replica's reads, even when it changes nothing.
+            columns = db.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'responses'"
+                " AND table_schema = current_schema()"
+            ).fetchall()
+            if ("abandoned",) not in columns:
+                db.execute("ALTER TABLE responses ADD COLUMN abandoned BOOLEAN NOT NULL DEFAULT FALSE")
 
     def _connect(self) -> psycopg.Connection:
         # Autocommit: the transaction() blocks below are the only transactions, never an implicit one left

@@ -62,7 +62,8 @@ def library_path() -> Path:
 
 def build() -> Path:
     """The library's path, compiling it first unless this exact build exists. Each source compiles in its own
-    process, all at once (the attention kernels' instantiations take minutes alone), then one link."""
+    process, as many at once as there are cores (the attention kernels' instantiations take minutes alone),
+    then one link."""
     target = library_path()
     if target.exists():
         return target
@@ -75,7 +76,8 @@ def build() -> Path:
     objects = [partial.with_name(f"{partial.name}.{source.stem}.o") for source in SOURCES]
     includes = [f"-I{path}" for path in cpp_extension.include_paths()]
     try:
-        with concurrent.futures.ThreadPoolExecutor(len(SOURCES)) as pool:
+        # No more compilers at once than cores: each takes up to a GB or two.
+        with concurrent.futures.ThreadPoolExecutor(min(len(SOURCES), os.cpu_count() or 1)) as pool:
             compiled = pool.map(
                 lambda job: _run(compiler, [compiler, "-c", str(job[0]), *FLAGS, *includes, "-o", str(job[1])]),
                 zip(SOURCES, objects, strict=True),

@@ -57,9 +57,9 @@ STALE_SECONDS = 15.0
 CANCEL_WAIT_SECONDS = 10.0
 # A response nobody has kept alive for STALE_SECONDS by the store's clock is abandoned (its replica died):
 # the replica that finds it ends it, failed. A cancel ends it once it misses this long of keep-alives
-# (WATCH_SECONDS apart): cancelling a live run that the same check takes for dead only does sooner what
-# was asked.
-CANCEL_IDLE_SECONDS = 2.0
+# (WATCH_SECONDS apart, 10 missed): sooner than STALE_SECONDS since it only does what was asked, but long
+# enough that a live replica, which would keep the partial output, answers first.
+CANCEL_IDLE_SECONDS = 5.0
 
 
 def new_response_id() -> str:
@@ -261,10 +261,9 @@ class ResponsesHandler:
 
     async def _follow_store(self, response_id: str, starting_after: int) -> AsyncIterator[JSON]:
         """The stored events after `starting_after`: of an ended response, or of one another replica is
-        running, polled until it ends or its replica stops keeping it alive for STALE_SECONDS (the
-        writer's `updated_at` is only compared with itself: replicas' clocks may differ)."""
+        running, polled until it ends. One that replica stopped keeping alive for STALE_SECONDS (by the
+        store's clock) is ended here as abandoned, or by whoever got there first, and its ending streamed."""
         position = starting_after
-        last_update, seen_moving = None, time.monotonic()
         while True:
             # The status first: a response that has ended had all its events stored with its last status.
             found = await asyncio.to_thread(self.store.get, response_id)
@@ -273,13 +272,10 @@ class ResponsesHandler:
                 yield event
             if found is None or found.body.get("status") in FINAL:
                 return
-            if found.updated_at != last_update:
-                last_update, seen_moving = found.updated_at, time.monotonic()
-            elif time.monotonic() - seen_moving > STALE_SECONDS:
-                # Its replica stopped keeping it alive: end it here, and stream the events that end it.
-                if not await self._end_if_abandoned(found, "failed", STALE_SECONDS):
-                    return
-                continue
+            if found.idle_seconds > STALE_SECONDS:
+                # Ended here, or already by another replica: the next read streams its ending either way
+                # (and a replica that came back to life is followed on).
+                await self._end_if_abandoned(found, "failed", STALE_SECONDS)
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
 
     # ---- stored responses ---------------------------------------------------------------------------------

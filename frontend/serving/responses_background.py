@@ -92,6 +92,11 @@ class BackgroundRuns:
         """While runs are in flight: share their new events, keep them alive, act on what other replicas did."""
         while self._runs:
             await asyncio.sleep(WATCH_SECONDS)
+            # Kept alive first: sharing many runs' events must not delay it past what others take for death.
+            try:
+                await asyncio.to_thread(self._store.keep_alive, list(self._runs))
+            except Exception:  # the store unreachable for a moment: the runs go on, the next round retries
+                logger.exception("keeping background responses alive in the store failed")
             for response_id, run in list(self._runs.items()):
                 new = run.events[run.shared :]
                 if new:
@@ -103,7 +108,6 @@ class BackgroundRuns:
                         continue
                     run.shared += len(new)
             try:
-                await asyncio.to_thread(self._store.keep_alive, list(self._runs))
                 stopped = await asyncio.to_thread(self._store.stopped_elsewhere, list(self._runs))
             except Exception:  # the store unreachable for a moment: the runs go on, the next round retries
                 logger.exception("checking background responses in the store failed")

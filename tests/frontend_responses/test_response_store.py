@@ -8,6 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from frontend.config import config_from_args
@@ -150,6 +151,23 @@ def test_a_store_from_before_tenants_gains_the_owner_column(tmp_path: Path) -> N
     assert not store.end_abandoned({"id": "resp_old", "status": "failed"}, [], idle_seconds=0.0)
     store.create(response("completed"), [], None, "tenant-a")
     assert (store.get("resp_1") or found).owner == "tenant-a"
+
+
+def test_a_postgresql_store_from_before_abandoned_responses_gains_the_column(postgres: PostgresServer) -> None:
+    url = postgres.new_database("before_abandoned")
+    with psycopg.connect(url, autocommit=True) as old:
+        old.execute(
+            "CREATE TABLE responses (id TEXT PRIMARY KEY, stored BOOLEAN NOT NULL, status TEXT,"
+            " previous_response_id TEXT, body TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL, owner TEXT,"
+            " cancel_requested BOOLEAN NOT NULL DEFAULT FALSE)"
+        )
+        old.execute("INSERT INTO responses VALUES ('resp_1', TRUE, 'in_progress', NULL, '{}', 0, NULL, FALSE)")
+    store = open_store(url)
+    assert store.stopped_elsewhere(["resp_1"]) == []
+    assert store.end_abandoned(response("failed"), [], idle_seconds=60.0)  # written at the epoch
+    assert store.stopped_elsewhere(["resp_1"]) == ["resp_1"]
+    store.close()
+    open_store(url).close()  # the column is there now: nothing to add
 
 
 def test_store_urls() -> None:
