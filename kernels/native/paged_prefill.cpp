@@ -66,17 +66,13 @@ struct Scratch {
   std::vector<float> keys, values;            // an fp8 chunk's tiles, widened
 };
 
-// The chunk's tiles as float32 in `wide` (num_blocks x tile_size), pointed at by `rows`: an fp8 tile is
-// widened once per chunk, then read by every register tile of rows like a float32 cache's. Widened in each
-// register tile's loads instead, the 8 shuffles a vector cost more than the multiply-adds they fed (2.3x
-// the float32 kernel's time).
+// An fp8 tile as float32 in `wide`: widened once per chunk, then read by every register tile of rows like a
+// float32 cache's. Widened in each register tile's loads instead, the 8 shuffles a vector cost more than the
+// multiply-adds they fed (2.3x the float32 kernel's time).
 template <typename C, int64_t kTileSize>
-ALWAYS_INLINE void widen_tiles(const C* const* tiles, int64_t num_blocks, std::vector<float>& wide, const float** rows) {
-  wide.resize(num_blocks * kTileSize);
-  for (int64_t b = 0; b < num_blocks; ++b) {
-    for (int64_t i = 0; i < kTileSize; i += kLanes) store(wide.data() + b * kTileSize + i, load(tiles[b] + i));
-    rows[b] = wide.data() + b * kTileSize;
-  }
+ALWAYS_INLINE const float* widen_tile(const C* tile, float* wide) {
+  for (int64_t i = 0; i < kTileSize; i += kLanes) store(wide + i, load(tile + i));
+  return wide;
 }
 
 // Scores of rows r0 .. r0 + R - 1 against the chunk's keys (kChunkKeys / kBlockSize key tiles): every key
@@ -163,7 +159,13 @@ ALWAYS_INLINE void all_values(const float* probabilities, const float* rescale, 
 
 template <typename Q, typename C, int64_t kBlockSize, int64_t kHeadDim>
 CPU_CLONES void attend_tile(const Item<Q, C>& item, Scratch& scratch) {
-  constexpr int64_t blocks_per_chunk = kChunkKeys / kBlockSize;
+  constexpr int64_t blocks_per_chunk = kChunkKeys / kBlockSize, kTileSize = kHeadDim * kBlockSize;
+  // What the register tiles read: the cache where it lies, or an fp8 chunk's tiles widened into scratch.
+  using Rows = std::conditional_t<is_fp8_type<C>, float, C>;
+  if constexpr (is_fp8_type<C>) {
+    scratch.keys.resize(blocks_per_chunk * kTileSize);
+    scratch.values.resize(blocks_per_chunk * kTileSize);
+  }
   const int64_t group = item.group_size, rows = item.num_positions * group;
   // Row r is query head r % group at position first_position + r / group.
   scratch.query.resize(rows * kHeadDim);
@@ -183,22 +185,21 @@ CPU_CLONES void attend_tile(const Item<Q, C>& item, Scratch& scratch) {
   for (int64_t chunk_start = first_key / kChunkKeys * kChunkKeys; chunk_start <= last_position; chunk_start += kChunkKeys) {
     const int64_t chunk_end = std::min(chunk_start + kChunkKeys, last_position + 1);
     const int64_t first_block = chunk_start / kBlockSize, num_blocks = (chunk_end - chunk_start + kBlockSize - 1) / kBlockSize;
-    const C* keys[blocks_per_chunk];
-    const C* values[blocks_per_chunk];
+    const Rows* keys[blocks_per_chunk];
+    const Rows* values[blocks_per_chunk];
     for (int64_t b = 0; b < num_blocks; ++b) {
       const int64_t tile = static_cast<int64_t>(item.block_table[first_block + b]) * item.num_kv_heads + item.kv_head;
-      keys[b] = item.key_tiles + tile * kHeadDim * kBlockSize;
-      values[b] = item.value_tiles + tile * kBlockSize * kHeadDim;
+      const C* key_tile = item.key_tiles + tile * kTileSize;
+      const C* value_tile = item.value_tiles + tile * kTileSize;
+      if constexpr (is_fp8_type<C>) {
+        keys[b] = widen_tile<C, kTileSize>(key_tile, scratch.keys.data() + b * kTileSize);
+        values[b] = widen_tile<C, kTileSize>(value_tile, scratch.values.data() + b * kTileSize);
+      } else {
+        keys[b] = key_tile;
+        values[b] = value_tile;
+      }
     }
-    const float* wide_keys[blocks_per_chunk];
-    const float* wide_values[blocks_per_chunk];
-    if constexpr (is_fp8_type<C>) {
-      widen_tiles<C, kHeadDim * kBlockSize>(keys, num_blocks, scratch.keys, wide_keys);
-      widen_tiles<C, kHeadDim * kBlockSize>(values, num_blocks, scratch.values, wide_values);
-      all_scores<float, kBlockSize, kHeadDim>(scratch.query.data(), wide_keys, num_blocks, scratch.scores.data(), rows);
-    } else {
-      all_scores<C, kBlockSize, kHeadDim>(scratch.query.data(), keys, num_blocks, scratch.scores.data(), rows);
-    }
+    all_scores<Rows, kBlockSize, kHeadDim>(scratch.query.data(), keys, num_blocks, scratch.scores.data(), rows);
     const int64_t num_keys = chunk_end - chunk_start;
     for (int64_t r = 0; r < rows; ++r) {
       float* scores = scratch.scores.data() + r * kChunkKeys;
@@ -230,13 +231,8 @@ CPU_CLONES void attend_tile(const Item<Q, C>& item, Scratch& scratch) {
       scratch.total[r] = scratch.total[r] * scratch.rescale[r] + lane_sum(sum);
       scratch.maximum[r] = maximum;
     }
-    if constexpr (is_fp8_type<C>) {
-      all_values<float, kBlockSize, kHeadDim>(scratch.scores.data(), scratch.rescale.data(), wide_values, num_keys,
-                                              scratch.output.data(), rows);
-    } else {
-      all_values<C, kBlockSize, kHeadDim>(scratch.scores.data(), scratch.rescale.data(), values, num_keys,
-                                          scratch.output.data(), rows);
-    }
+    all_values<Rows, kBlockSize, kHeadDim>(scratch.scores.data(), scratch.rescale.data(), values, num_keys,
+                                           scratch.output.data(), rows);
   }
   for (int64_t r = 0; r < rows; ++r) {
     Q* target = item.out + (r / group) * item.query_row_stride + (r % group) * kHeadDim;

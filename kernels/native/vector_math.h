@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #define ALWAYS_INLINE __attribute__((always_inline)) inline
@@ -168,8 +169,8 @@ auto with_element_types(c10::ScalarType dtype, c10::ScalarType cache_dtype, Body
 template <typename C>
 ALWAYS_INLINE C to_cache(float x) {
   if constexpr (is_fp8_type<C>) {
-    constexpr float kLargest = std::is_same_v<C, c10::Float8_e4m3fn> ? 448.0f : 57344.0f;
-    return static_cast<C>(std::min(std::max(x, -kLargest), kLargest));
+    const float largest = static_cast<float>(std::numeric_limits<C>::max());  // 448, 57344
+    return static_cast<C>(std::min(std::max(x, -largest), largest));
   } else {
     return static_cast<C>(x);
   }

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from engine import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
-from engine.kv_cache import resolve_cache_dtype
+from engine.config import KV_CACHE_DTYPES
+from engine.kv_cache import CACHE_DTYPES, resolve_cache_dtype
 from tests.engine.conftest import Reference
 
 
@@ -143,6 +144,7 @@ def test_failed_step_aborts_its_requests_and_engine_keeps_serving(
 
 
 def test_kv_cache_dtypes_without_a_kernel_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert set(CACHE_DTYPES) == set(KV_CACHE_DTYPES) - {"auto"}  # the config's names, the cache's types
     assert resolve_cache_dtype("auto", torch.float16, torch.device("cuda")) == torch.float16
     assert resolve_cache_dtype("bfloat16", torch.float32, torch.device("cpu")) == torch.bfloat16
     assert resolve_cache_dtype("bfloat16", torch.bfloat16, torch.device("cuda")) == torch.bfloat16
