@@ -14,7 +14,7 @@ import torch
 from engine.attention_metadata import AttentionMetadata
 from engine.config import EngineConfig
 from engine.distributed import TensorParallelGroup
-from engine.host_memory import keep_freed_memory
+from engine.host_memory import keep_freed_memory, zeros_on_huge_pages
 from engine.kv_cache import resolve_cache_dtype
 from engine.models import CausalLM, load_model, packed_gemm
 
@@ -94,11 +94,10 @@ class ModelShard:
 
     def _allocate_cache(self, num_blocks: int) -> torch.Tensor:
         spec = self.spec
-        return torch.zeros(
-            (spec.num_layers, 2, num_blocks, self.model.num_kv_heads, self.block_size, spec.head_dim),
-            dtype=self.cache_dtype,
-            device=self.device,
-        )
+        shape = (spec.num_layers, 2, num_blocks, self.model.num_kv_heads, self.block_size, spec.head_dim)
+        if self.device.type == "cpu":
+            return zeros_on_huge_pages(shape, self.cache_dtype)
+        return torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
 
     def _pool_blocks(self, config: EngineConfig) -> int:
         if self.device.type == "cpu":
