@@ -129,20 +129,30 @@ def _scalar(outputs: dict[str, np.ndarray], name: str, earlier: Any = None) -> A
 
 
 def parse_response(
-    result: InferResult, num_sequences: int = 1, previous: GenerationChunk | None = None
+    result: InferResult,
+    num_sequences: int = 1,
+    previous: GenerationChunk | None = None,
+    output_counts: dict[int, int] | None = None,
 ) -> GenerationChunk:
     """One engine model response; `final` is set from Triton's flag only when n == 1 (see generate).
 
     The logprob and sequence outputs are optional: absent when not asked (and sequence 0). Asked with
-    `return_unchanged_outputs` false, a sequence's responses after its first leave out the request's
-    token counts (taken from `previous`, the stream's latest response) and an empty finish_reason.
+    `return_unchanged_outputs` false, a sequence's responses between its first and last leave out the
+    request's token counts (taken from `previous`, the stream's latest response), an empty finish_reason
+    and the sequence's output count: `output_counts` (sequence index -> output tokens so far, updated here)
+    adds this response's tokens to it.
     """
     outputs = output_arrays(result)
     finish = outputs.get("finish_reason")
     finish_reason = finish[0].decode("utf-8") if finish is not None else ""
     token_ids_array = outputs.get("output_token_ids")
     token_ids = [] if token_ids_array is None else token_ids_array.tolist()
-    index = outputs.get("sequence_index")
+    index_array = outputs.get("sequence_index")
+    index = 0 if index_array is None else int(index_array[0])
+    counted = None if output_counts is None or index not in output_counts else output_counts[index] + len(token_ids)
+    num_output_tokens = int(_scalar(outputs, "num_output_tokens", counted))
+    if output_counts is not None:
+        output_counts[index] = num_output_tokens
     cumulative = outputs.get("cum_log_probs")
     return GenerationChunk(
         text=_scalar(outputs, "text_delta").decode("utf-8"),
@@ -150,14 +160,14 @@ def parse_response(
         num_input_tokens=int(
             _scalar(outputs, "num_input_tokens", None if previous is None else previous.num_input_tokens)
         ),
-        num_output_tokens=int(_scalar(outputs, "num_output_tokens")),
+        num_output_tokens=num_output_tokens,
         num_cached_tokens=int(
             _scalar(outputs, "num_cached_tokens", None if previous is None else previous.num_cached_tokens)
         ),
         finish_reason=finish_reason or None,
         # aio clients cannot ask for empty final responses: the last real one also names its finish reason.
         final=bool(is_final(result) or (finish_reason and num_sequences == 1)),
-        index=0 if index is None else int(index[0]),
+        index=index,
         logprobs=_token_logprobs(outputs, token_ids),
         prompt_logprobs=_prompt_logprobs(outputs),
         cumulative_logprob=0.0 if cumulative is None else float(cumulative[0]),
@@ -247,11 +257,12 @@ class TritonClient:
         )
         finished = False
         previous: GenerationChunk | None = None
+        output_counts: dict[int, int] = {}
         # With n > 1 every sequence's last response names a finish reason; the stream ends after all n.
         num_finished = 0
         try:
             async for result in responses:
-                chunk = previous = parse_response(result, request.num_sequences, previous)
+                chunk = previous = parse_response(result, request.num_sequences, previous, output_counts)
                 num_finished += chunk.finish_reason is not None
                 chunk.final = chunk.final or num_finished >= request.num_sequences
                 finished = chunk.final

@@ -135,6 +135,19 @@ def test_completions_n_best_of_and_batches(client: openai.OpenAI, templater: Cha
     prompt_tokens = len(templater.encode(PROMPT, True)) + len(templater.encode("Once upon a time", True))
     assert batch.usage.prompt_tokens == prompt_tokens
 
+    # Streamed, the n sequences share one lean Triton stream whose middle responses leave each sequence's
+    # count out: the frontend keeps one per sequence.
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    streamed = list(
+        client.completions.create(
+            model=MODEL_NAME, prompt=PROMPT, max_tokens=5, temperature=1.0, seed=3, n=2, stream=True,
+            stream_options=options, extra_body={"ignore_eos": True},
+        )
+    )  # fmt: skip
+    assert streamed[-1].usage is not None and streamed[-1].usage.completion_tokens == 10
+    running = [chunk.usage.completion_tokens for chunk in streamed if chunk.usage]
+    assert running == sorted(running) and len(running) > 2
+
     best = client.completions.create(
         model=MODEL_NAME, prompt=PROMPT, max_tokens=3, temperature=1.0, seed=2, best_of=3
     )

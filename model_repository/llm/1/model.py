@@ -251,7 +251,8 @@ class TritonPythonModel:
     @staticmethod
     def _response(output: RequestOutput, state: ActiveRequest):
         """The response's tensors; those with nothing to say are left out (see sequence_outputs), and so
-        are those that stay the same between a sequence's first and last responses when the client asked."""
+        are, when the client asked, those that stay the same between a sequence's first and last responses
+        or follow from the tokens sent."""
 
         def scalar(value: int) -> np.ndarray:
             return np.array([value], dtype=np.int32)
@@ -262,12 +263,14 @@ class TritonPythonModel:
         tensors = [
             pb_utils.Tensor("text_delta", text(output.text_delta)),
             pb_utils.Tensor("output_token_ids", np.asarray(output.new_token_ids, dtype=np.int32)),
-            pb_utils.Tensor("num_output_tokens", scalar(output.num_output_tokens)),
         ]
         first = output.index not in state.started
         state.started.add(output.index)
+        # A lean stream's count between a sequence's first and last responses is the client's running sum of
+        # output_token_ids: one tensor less on every streamed token.
         if state.return_unchanged or first or output.finish_reason is not None or output.finished:
             tensors += [
+                pb_utils.Tensor("num_output_tokens", scalar(output.num_output_tokens)),
                 pb_utils.Tensor("request_id", text(output.request_id)),
                 pb_utils.Tensor("num_input_tokens", scalar(output.num_prompt_tokens)),
                 pb_utils.Tensor("num_cached_tokens", scalar(output.num_cached_tokens)),
