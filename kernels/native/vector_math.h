@@ -41,8 +41,14 @@ ALWAYS_INLINE Vec load(const float* source) {
 
 ALWAYS_INLINE void store(float* target, Vec v) { std::memcpy(target, &v, sizeof v); }
 
-// A bfloat16 is the top half of a float32: widening is a shift.
-ALWAYS_INLINE Vec widen(HalfBitsVec bits) { return reinterpret_cast<Vec>(__builtin_convertvector(bits, BitsVec) << 16); }
+// A bfloat16 is the top half of a float32: widening puts each one above 16 zero bits, one interleave with
+// zeros. GCC 12 compiled a zero-extension to 32 bits and a shift into two half-width extensions, an extract
+// and an insert: bfloat16 decode attention from cache ran 16% slower, SiLU-and-mul 7%.
+ALWAYS_INLINE Vec widen(HalfBitsVec bits) {
+  const HalfBitsVec zero = {};
+  return reinterpret_cast<Vec>(__builtin_shufflevector(zero, bits, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31));
+}
 
 ALWAYS_INLINE Vec load(const c10::BFloat16* source) {
   HalfBitsVec bits;
@@ -102,26 +108,31 @@ ALWAYS_INLINE BitsVec load_packed(const C* source) {
   return packed;
 }
 
-// Round to nearest even as c10::BFloat16 does (a NaN becomes the quiet NaN 0x7fc0).
-ALWAYS_INLINE HalfBitsVec bfloat16_bits(Vec v) {
+// v rounded to bfloat16 as c10::BFloat16 does (to nearest even; a NaN becomes the quiet NaN 0x7fc0), still
+// in 32-bit lanes: the bfloat16 in the top half, zeros below.
+ALWAYS_INLINE BitsVec bfloat16_rounded(Vec v) {
   const BitsVec bits = reinterpret_cast<BitsVec>(v);
-  const BitsVec rounded = (bits + (0x7fffu + ((bits >> 16) & 1u))) >> 16;
+  const BitsVec rounded = (bits + (0x7fffu + ((bits >> 16) & 1u))) & 0xffff0000u;
   const IntVec nan = v != v;
-  return __builtin_convertvector(nan ? BitsVec{} + 0x7fc0u : rounded, HalfBitsVec);
+  return nan ? BitsVec{} + 0x7fc00000u : rounded;
 }
+
+ALWAYS_INLINE HalfBitsVec bfloat16_bits(Vec v) { return __builtin_convertvector(bfloat16_rounded(v) >> 16, HalfBitsVec); }
 
 ALWAYS_INLINE void store(c10::BFloat16* target, Vec v) {
   const HalfBitsVec bits = bfloat16_bits(v);
   std::memcpy(target, &bits, sizeof bits);
 }
 
-// v as a T would hold it: where torch rounds an intermediate result to the tensor's dtype, so do we.
+// v as a T would hold it: where torch rounds an intermediate result to the tensor's dtype, so do we. For
+// bfloat16 without leaving 32-bit lanes (narrowing to 16 bits and widening back took a permute and four
+// more shuffles).
 template <typename T>
 ALWAYS_INLINE Vec round_to(Vec v) {
   if constexpr (std::is_same_v<T, float>) {
     return v;
   } else {
-    return widen(bfloat16_bits(v));
+    return reinterpret_cast<Vec>(bfloat16_rounded(v));
   }
 }
 
