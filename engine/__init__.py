@@ -11,6 +11,7 @@ from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import (
     CompletedRequest,
+    EngineDeadError,
     EngineOverloadedError,
     EngineStats,
     InvalidRequestError,
@@ -25,6 +26,7 @@ __all__ = [
     "CompletedRequest",
     "EngineConfig",
     "EngineStats",
+    "EngineDeadError",
     "EngineOverloadedError",
     "InvalidRequestError",
     "LLMEngine",

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.outputs import EngineOverloadedError, EngineStats, InvalidRequestError, RequestOutput
+from engine.outputs import (
+    EngineDeadError,
+    EngineOverloadedError,
+    EngineStats,
+    InvalidRequestError,
+    RequestOutput,
+)
 from engine.sampling_params import SamplingParams
 from engine.stream_interval import StreamCoalescer
 
@@ -105,13 +111,16 @@ class AsyncEngine:
         on_output: OutputCallback | None = None,
     ) -> RequestStream:
         """Queue a request. Validation happens here (InvalidRequestError), and admission:
-        EngineOverloadedError when `max_waiting_requests` are already waiting. `on_output` is called
-        from the engine thread and must not block; without it, outputs queue in the returned stream."""
+        EngineOverloadedError when `max_waiting_requests` are already waiting, EngineDeadError once the
+        loop thread has stopped. `on_output` is called from the engine thread and must not block; without
+        it, outputs queue in the returned stream."""
         self._engine.validate_request(prompt_token_ids, params)
         stream = RequestStream(request_id)
         with self._cond:
             if self._inbox.stopping:
                 raise RuntimeError("the engine is shut down")
+            if not self.is_alive():
+                raise EngineDeadError("the engine is unavailable: its loop has stopped (see the server log)")
             if request_id in self._sinks:
                 raise InvalidRequestError(f"request id {request_id!r} is already in use")
             # Queued requests beyond the running batch's free seats are the ones that will wait.
@@ -134,6 +143,10 @@ class AsyncEngine:
             if request_id in self._sinks:
                 self._inbox.aborts.append(request_id)
                 self._cond.notify()
+
+    def is_alive(self) -> bool:
+        """The loop thread runs (or is shutting down cleanly); False once a bug stopped it."""
+        return self._thread.is_alive()
 
     def stats(self) -> EngineStats:
         with self._cond:
@@ -158,7 +171,19 @@ class AsyncEngine:
             return
         self._stats = engine.stats()
         built.put(engine)
-        self._loop(engine, StreamCoalescer(config.stream_interval))
+        try:
+            self._loop(engine, StreamCoalescer(config.stream_interval))
+        except BaseException as error:  # a bug the loop's own guards missed: end every request, then stop
+            logger.exception("the engine loop stopped")
+            with self._cond:
+                stranded, self._sinks = self._sinks, {}
+            for request_id, sink in stranded.items():
+                try:
+                    sink(
+                        self._failed(request_id, f"the engine loop stopped: {type(error).__name__}: {error}")
+                    )
+                except Exception:
+                    logger.exception("output callback of %s raised", request_id)
 
     def _loop(self, engine: LLMEngine, coalescer: StreamCoalescer) -> None:
         while True:
@@ -179,6 +204,9 @@ class AsyncEngine:
                     )
                 except InvalidRequestError as error:  # e.g. an id reused after its abort was queued
                     self._deliver([self._rejected(submission, str(error))])
+                except Exception as error:  # a bug admitting this one request: it fails, the loop goes on
+                    logger.exception("adding request %s raised", submission.request_id)
+                    self._deliver([self._rejected(submission, f"{type(error).__name__}: {error}")])
                 else:
                     coalescer.add(submission.request_id, submission.params.stream_interval)
             aborts = inbox.aborts + (engine.unfinished_request_ids() if inbox.stopping else [])
@@ -215,11 +243,15 @@ class AsyncEngine:
 
     @staticmethod
     def _rejected(submission: _Submission, error: str) -> RequestOutput:
+        return AsyncEngine._failed(submission.request_id, error, len(submission.prompt_token_ids))
+
+    @staticmethod
+    def _failed(request_id: str, error: str, num_prompt_tokens: int = 0) -> RequestOutput:
         return RequestOutput(
-            request_id=submission.request_id,
+            request_id=request_id,
             new_token_ids=[],
             text_delta="",
-            num_prompt_tokens=len(submission.prompt_token_ids),
+            num_prompt_tokens=num_prompt_tokens,
             num_output_tokens=0,
             num_cached_tokens=0,
             finished=True,

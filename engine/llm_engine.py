@@ -74,6 +74,11 @@ class LLMEngine:
                 f"the prompt has {num_prompt} tokens and max_tokens is {params.max_tokens}: together "
                 f"{num_prompt + params.max_tokens} exceed max_model_len {self.max_model_len}"
             )
+        if params.num_sequences > self.config.max_num_seqs:
+            raise InvalidRequestError(
+                f"a request of {params.num_sequences} sequences (n or best_of) exceeds max_num_seqs "
+                f"{self.config.max_num_seqs}"
+            )
         vocab_size = self.runner.spec.vocab_size
         bad = [token for token in prompt_token_ids if not (isinstance(token, int) and 0 <= token < vocab_size)]
         if bad:
@@ -156,7 +161,9 @@ class LLMEngine:
 
     def _min_tokens_suppressed(self, params: SamplingParams) -> tuple[int, ...]:
         suppressed = tuple(self.outputs.eos_token_ids) if not params.ignore_eos else ()
-        return tuple(dict.fromkeys(suppressed + tuple(params.stop_token_ids)))
+        # Stop token ids past the vocabulary are never sampled: nothing to mask.
+        stops = tuple(token for token in params.stop_token_ids if token < self.runner.spec.vocab_size)
+        return tuple(dict.fromkeys(suppressed + stops))
 
     def _truncated(self, prompt_token_ids: list[int], params: SamplingParams) -> list[int]:
         """truncate_prompt_tokens: keep the last k prompt tokens (-1: as many as max_model_len allows)."""

@@ -14,6 +14,10 @@ class EngineOverloadedError(RuntimeError):
     """The waiting queue is full: the request is refused now and may be retried later."""
 
 
+class EngineDeadError(RuntimeError):
+    """The engine's loop thread has stopped (a bug): nothing more will be served until a restart."""
+
+
 @dataclass
 class TokenLogprobs:
     """Raw log probabilities (before penalties, temperature and filters) at one position."""

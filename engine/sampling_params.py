@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from engine.structured_output import StructuredOutputsParams
@@ -72,22 +73,22 @@ class SamplingParams:
         self.stop_token_ids = [int(token) for token in self.stop_token_ids]
         if self.top_k == -1:
             self.top_k = 0
+        # Any k past the vocabulary keeps every token; past this one it would not fit the sampler's tensor.
+        self.top_k = min(self.top_k, _MAX_TOP_K)
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.min_tokens < 0:
             raise ValueError(f"min_tokens must be non-negative, got {self.min_tokens}")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) must be <= max_tokens ({self.max_tokens})")
-        if self.temperature < 0.0:
-            raise ValueError(f"temperature must be non-negative, got {self.temperature}")
+        if not 0.0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature must be non-negative and finite, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be 0 or -1 (off) or positive, got {self.top_k}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.seed is not None and self.seed < 0:
-            raise ValueError(f"seed must be non-negative, got {self.seed}")
         if any(not stop for stop in self.stop):
             raise ValueError("stop must not contain empty strings")
         if any(token < 0 for token in self.stop_token_ids):
@@ -100,8 +101,8 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
-        if self.repetition_penalty <= 0.0:
-            raise ValueError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+        if not 0.0 < self.repetition_penalty < math.inf:
+            raise ValueError(f"repetition_penalty must be positive and finite, got {self.repetition_penalty}")
 
     def _check_token_constraints(self) -> None:
         try:
@@ -111,6 +112,8 @@ class SamplingParams:
             }
         except (TypeError, ValueError):
             raise ValueError(f"logit_bias must map token ids to numbers, got {self.logit_bias!r}") from None
+        if any(math.isnan(bias) for bias in self.logit_bias.values()):
+            raise ValueError("logit_bias values must be numbers, got NaN")
         if any(token < 0 for token in self.logit_bias):
             raise ValueError(f"logit_bias token ids must be non-negative, got {sorted(self.logit_bias)}")
         if self.allowed_token_ids is not None:
@@ -137,6 +140,12 @@ class SamplingParams:
             raise ValueError(f"stream_interval must be at least 1, got {self.stream_interval}")
         if self.best_of is not None and self.best_of < self.n:
             raise ValueError(f"best_of ({self.best_of}) must be >= n ({self.n})")
+        # Sequence i of an n > 1 request draws from seed + i: every one must fit torch's generators.
+        if self.seed is not None and not 0 <= self.seed <= _MAX_SEED - (self.num_sequences - 1):
+            raise ValueError(
+                f"seed must be in [0, {_MAX_SEED - (self.num_sequences - 1)}] for {self.num_sequences} "
+                f"sequences, got {self.seed}"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -156,5 +165,8 @@ class SamplingParams:
 MAX_LOGPROBS = 20
 # vLLM clamps logit_bias values to this magnitude (OpenAI documents [-100, 100]).
 _MAX_BIAS = 100.0
+# The largest seed torch's generators take (the API takes up to 2**63 - 1, as vLLM's does).
+_MAX_SEED = 2**64 - 1
+_MAX_TOP_K = 2**31 - 1
 # Below this temperature sampling is greedy (vLLM's threshold): dividing by it would overflow.
 _GREEDY_TEMPERATURE = 1e-5

@@ -120,6 +120,9 @@ def build_router(ctx: ServingContext) -> APIRouter:
         ready = await ctx.triton.is_ready(ctx.config.triton_timeout_s)
         return Response(status_code=200 if ready else 503)
 
+    # vLLM's (and SageMaker's) spelling of the same check, by GET or POST.
+    router.add_api_route("/ping", health, methods=["GET", "POST"])
+
     @router.get("/version")
     async def server_version() -> Response:
         try:

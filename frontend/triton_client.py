@@ -100,6 +100,9 @@ class GenerationChunk:
     cumulative_logprob: float = 0.0
 
 
+INT32_MAX = 2**31 - 1
+
+
 def build_inputs(request: GenerationInput) -> list[InferInput]:
     inputs = [
         tensor("input_ids", np.asarray(request.prompt_token_ids, dtype=np.int32), "INT32"),
@@ -109,7 +112,10 @@ def build_inputs(request: GenerationInput) -> list[InferInput]:
         tensor("return_unchanged_outputs", np.array([False]), "BOOL"),
     ]
     if request.max_tokens is not None:
-        inputs.append(tensor("max_tokens", np.array([request.max_tokens], dtype=np.int32), "INT32"))
+        # An upper limit: any value past INT32 is as far past every context length, where the engine refuses
+        # it (a wrapped or overflowing conversion would not).
+        max_tokens = min(request.max_tokens, INT32_MAX)
+        inputs.append(tensor("max_tokens", np.array([max_tokens], dtype=np.int32), "INT32"))
     if request.sampling:
         inputs.append(bytes_tensor("sampling_parameters", json.dumps(request.sampling)))
     # Every generation passes here, so no endpoint can forget the tenant's share of the salt.
@@ -149,7 +155,9 @@ def parse_response(
     token_ids = [] if token_ids_array is None else token_ids_array.tolist()
     index_array = outputs.get("sequence_index")
     index = 0 if index_array is None else int(index_array[0])
-    counted = None if output_counts is None or index not in output_counts else output_counts[index] + len(token_ids)
+    counted = (
+        None if output_counts is None or index not in output_counts else output_counts[index] + len(token_ids)
+    )
     num_output_tokens = int(_scalar(outputs, "num_output_tokens", counted))
     if output_counts is not None:
         output_counts[index] = num_output_tokens

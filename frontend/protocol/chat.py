@@ -42,6 +42,13 @@ class ChatMessage(BaseModel):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+    # The rest of the SDK's own assistant message (ChatCompletionMessage.model_dump()), so that a reply can
+    # go back as history unchanged: a refusal and annotations have no place in the chat template and are
+    # left out; audio and the legacy function_call must be null (this server produces neither).
+    refusal: str | None = None
+    annotations: list[dict[str, Any]] | None = None
+    audio: None = None
+    function_call: None = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -87,6 +94,12 @@ class NamedToolChoice(BaseModel):
 class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema object")
+        return self
 
 
 class ChatCompletionRequest(SamplingRequest):

@@ -203,7 +203,8 @@ class FunctionToolChoice(BaseModel):
 
 
 class TextFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Written back as OpenAI spells it ("schema"; the attribute's name would shadow BaseModel.schema).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
     type: Literal["text", "json_object", "json_schema"]
     # json_schema only: OpenAI's name, description, schema and strict flag.

@@ -28,7 +28,8 @@ class SamplingRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=-1)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0)
+    # A 64-bit signed integer, as vLLM bounds it.
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
@@ -54,8 +55,8 @@ class SamplingRequest(BaseModel):
     store: bool | None = None
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
-    # vLLM: lower values are scheduled first.
-    priority: int = 0
+    # vLLM: lower values are scheduled first. It travels to the engine as an INT32 tensor.
+    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
     # vLLM: separates prefix-cache entries between tenants.
     cache_salt: str | None = None
     # vLLM structured outputs (and the legacy guided_* spellings): forwarded, the engine decides.

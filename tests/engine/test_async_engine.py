@@ -13,6 +13,7 @@ import pytest
 from engine import (
     AsyncEngine,
     EngineConfig,
+    EngineDeadError,
     EngineOverloadedError,
     InvalidRequestError,
     RequestOutput,
@@ -120,6 +121,60 @@ def test_an_abort_still_ends_its_stream_when_the_next_step_raises(
     assert [t for o in async_engine.submit("after-fail", reference.prompts[0], params) for t in o.new_token_ids] == (
         reference.outputs[0]
     )
+
+
+def test_a_request_that_fails_admission_fails_alone(
+    async_engine: AsyncEngine, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error adding one request on the loop thread (a large seed once stopped the loop for
+    good) fails that request only: the loop keeps serving."""
+    inner = async_engine._engine
+    add_request = inner.add_request
+
+    def fails_for_one(request_id: str, *args: object, **kwargs: object) -> None:
+        if request_id == "admission-bug":
+            raise OverflowError("an admission bug")
+        add_request(request_id, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inner, "add_request", fails_for_one)
+    [failed] = list(async_engine.submit("admission-bug", [1, 2, 3], SamplingParams(max_tokens=2)))
+    assert failed.finished and failed.error is not None and "an admission bug" in failed.error
+    monkeypatch.undo()
+    assert async_engine.is_alive()
+    params = SamplingParams(temperature=0.0, max_tokens=reference.max_tokens[0])
+    assert [t for o in async_engine.submit("after-bug", reference.prompts[0], params) for t in o.new_token_ids] == (
+        reference.outputs[0]
+    )
+
+
+class _LoopKiller(BaseException):
+    """Escapes the loop's per-step guard (which catches Exception), as a bug of that kind would."""
+
+
+def test_a_stopped_loop_ends_every_request_and_refuses_new_ones(
+    model_dir: Path, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = AsyncEngine(EngineConfig(model=str(model_dir), max_model_len=512))
+    outputs: queue.Queue[RequestOutput] = queue.Queue()
+    engine.submit(
+        "in-flight",
+        reference.prompts[0],
+        SamplingParams(temperature=0.0, max_tokens=200),
+        on_output=outputs.put,
+    )
+    assert outputs.get(timeout=60).new_token_ids
+
+    def killed() -> list[RequestOutput]:
+        raise _LoopKiller()
+
+    monkeypatch.setattr(engine._engine, "step", killed)
+    while not (output := outputs.get(timeout=60)).finished:
+        pass
+    assert output.error is not None and "loop stopped" in output.error
+    engine._thread.join(timeout=60)
+    assert not engine.is_alive()
+    with pytest.raises(EngineDeadError, match="loop has stopped"):
+        engine.submit("after", [1, 2, 3], SamplingParams())
 
 
 def test_submit_validates_synchronously(async_engine: AsyncEngine) -> None:

@@ -24,12 +24,63 @@ from tests.engine.conftest import Reference
         ({"min_p": 1.5}, "min_p"),
         ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
         ({"seed": -1}, "seed"),
+        # Past uint64, torch's generators take no seed: neither seed + 1 for an n = 2 request's second sequence.
+        ({"seed": 2**64}, "seed"),
+        ({"seed": 2**64 - 1, "n": 2}, "seed"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"repetition_penalty": float("nan")}, "repetition_penalty"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"logit_bias": {5: float("nan")}}, "logit_bias"),
         ({"stop": [""]}, "stop"),
     ],
 )
 def test_sampling_params_name_the_bad_field(fields: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         SamplingParams(**fields)
+
+
+def test_huge_but_meaningful_values_are_bounded() -> None:
+    """A top_k past any vocabulary keeps every token (it would overflow the sampler's tensor as given), and
+    an infinite bias is the largest one (vLLM clamps both ways to 100)."""
+    params = SamplingParams(top_k=10**30, logit_bias={5: float("inf"), 6: float("-inf")})
+    assert params.top_k == 2**31 - 1
+    assert params.logit_bias == {5: 100.0, 6: -100.0}
+
+
+def test_one_requests_extreme_parameters_do_not_fail_the_batch(
+    engine: LLMEngine, reference: Reference
+) -> None:
+    """Each of these once failed the whole step (every request in flight aborted): a huge top_k, stop token
+    ids past the vocabulary under min_tokens. Beside them a greedy request still gets its reference output."""
+    extremes = [
+        SamplingParams(top_k=10**30, max_tokens=4, seed=1),
+        SamplingParams(stop_token_ids=[10**6, 10**30], min_tokens=2, max_tokens=4, seed=2),
+        SamplingParams(temperature=1e-300, max_tokens=4),
+        SamplingParams(repetition_penalty=1e300, max_tokens=4, seed=3),
+    ]
+    for index, params in enumerate(extremes):
+        engine.add_request(f"extreme-{index}", reference.prompts[1], params)
+    engine.add_request(
+        "beside", reference.prompts[0], SamplingParams(temperature=0.0, max_tokens=reference.max_tokens[0])
+    )
+    tokens: dict[str, list[int]] = {}
+    finishes: dict[str, str | None] = {}
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            tokens.setdefault(output.request_id, []).extend(output.new_token_ids)
+            if output.finished:
+                finishes[output.request_id] = output.finish_reason
+    assert tokens["beside"] == reference.outputs[0]
+    assert all(finishes[f"extreme-{index}"] == "length" for index in range(len(extremes)))
+
+
+def test_more_sequences_than_seats_are_refused(engine: LLMEngine) -> None:
+    seats = engine.config.max_num_seqs
+    with pytest.raises(InvalidRequestError, match="max_num_seqs"):
+        engine.add_request("too-many", [1, 2, 3], SamplingParams(n=seats + 1, max_tokens=1))
+    with pytest.raises(InvalidRequestError, match="max_num_seqs"):
+        engine.add_request("too-many", [1, 2, 3], SamplingParams(n=1, best_of=seats + 1, max_tokens=1))
 
 
 def test_invalid_requests_are_refused_synchronously(engine: LLMEngine) -> None:

@@ -164,6 +164,59 @@ def test_prompt_over_the_context_is_400_and_serving_goes_on(client: openai.OpenA
     assert reply.choices[0].message.content
 
 
+def test_out_of_range_numbers_are_400s_and_never_stop_serving(
+    client: openai.OpenAI, frontend_server: FrontendServer
+) -> None:
+    """Values past what the engine's tensors hold: a seed past int64 once stopped the engine's loop for good
+    (while /health said 200), a huge top_k failed every request in flight, token limits past INT32 wrapped
+    to small ones or gave a 500. Beside them a stream runs to its end."""
+    stream = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    first = next(iter(stream))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=4, seed=2**64)
+    assert caught.value.param == "seed"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=QUESTION, max_tokens=4, extra_body={"priority": 10**30}
+        )
+    assert caught.value.param == "priority"
+    for limit in ({"max_tokens": 2**32 + 3}, {"max_completion_tokens": 10**30}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, **limit)  # type: ignore[call-overload]
+        assert caught.value.code == "context_length_exceeded"
+    # Any top_k past the vocabulary keeps every token.
+    wide = client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, max_tokens=3, seed=2**63 - 1, n=2, extra_body={"top_k": 10**30}
+    )
+    assert [choice.finish_reason for choice in wide.choices] == ["length", "length"]
+    rest = list(stream)
+    assert first.choices and rest[-1].choices[0].finish_reason == "length"
+    assert httpx.get(f"{frontend_server.root_url}/health").status_code == 200
+
+
+def test_an_sdk_reply_goes_back_as_history(client: openai.OpenAI) -> None:
+    """The SDK's assistant message, dumped as it comes (refusal, annotations, audio and function_call
+    included, as nulls), is accepted as input: the usual way to continue a conversation."""
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=4)
+    history = [*QUESTION, reply.choices[0].message.model_dump(), {"role": "user", "content": "And of Spain?"}]
+    again = client.chat.completions.create(model=MODEL_NAME, messages=history, max_tokens=4)  # type: ignore[arg-type]
+    assert again.choices[0].message.content
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model=MODEL_NAME,
+            messages=QUESTION,
+            max_tokens=4,
+            response_format={"type": "json_schema"},  # type: ignore[typeddict-item]
+        )
+
+
 def test_unsupported_content_is_a_400_naming_it(client: openai.OpenAI) -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     with pytest.raises(openai.BadRequestError) as caught:
@@ -278,6 +331,9 @@ def test_non_streamed_disconnect_cancels_too(
 
 def test_health_and_metrics(frontend_server: FrontendServer, client: openai.OpenAI) -> None:
     assert httpx.get(f"{frontend_server.root_url}/health").status_code == 200
+    # vLLM's /ping answers the same, by GET or POST.
+    assert httpx.get(f"{frontend_server.root_url}/ping").status_code == 200
+    assert httpx.post(f"{frontend_server.root_url}/ping").status_code == 200
     reply = client.chat.completions.create(
         model=MODEL_NAME, messages=QUESTION, max_tokens=4, extra_body={"ignore_eos": True}
     )

@@ -10,7 +10,7 @@ import pytest
 
 from frontend.errors import APIError
 from frontend.metrics import FrontendMetrics
-from frontend.protocol.responses import ResponsesRequest
+from frontend.protocol.responses import ResponsesRequest, TextFormat
 from frontend.serving.context import ServingContext, unix_now
 from frontend.serving.responses_input import PreparedResponse, ResponseInputBuilder
 from frontend.serving.responses_tools import CallArrayParser, NamedCallParser
@@ -81,6 +81,9 @@ def test_text_formats_and_logprobs(builder: ResponseInputBuilder) -> None:
     schema = {"type": "object"}
     fmt = {"format": {"type": "json_schema", "name": "n", "schema": schema}}
     assert prepare(builder, text=fmt).params.sampling["structured_outputs"] == {"json": schema}
+    # A response echoes its format as OpenAI spells it (the SDK reads `schema`).
+    echoed = TextFormat.model_validate(fmt["format"]).model_dump(mode="json")
+    assert echoed["schema"] == schema and "schema_" not in echoed
     json_object = prepare(builder, text={"format": {"type": "json_object"}})
     assert json_object.params.sampling["structured_outputs"] == {"json_object": True}
     logprobs = prepare(builder, include=["message.output_text.logprobs"])

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from engine import AsyncEngine, EngineOverloadedError, RequestOutput, merge_outputs
+from engine import AsyncEngine, EngineDeadError, EngineOverloadedError, RequestOutput, merge_outputs
 from triton_adapters.engine_settings import engine_config
 from triton_adapters.generation_request import parse_generation_request
 from triton_adapters.llm_metrics import LLMMetrics
@@ -120,8 +120,14 @@ class TritonPythonModel:
             if tensor is not None:
                 inputs[name] = tensor.as_numpy()
         if "abort_request_id" in inputs and "input_ids" not in inputs:
-            # A cancellation relayed by postprocess or sent by a client that gave up (see config.pbtxt).
+            # A cancellation relayed by postprocess or sent by a client that gave up (see config.pbtxt); the
+            # frontend's health probe is one too, so it fails once the engine loop has stopped.
             self._abort(inputs["abort_request_id"].reshape(-1)[0].decode("utf-8"))
+            if not self.engine.is_alive():
+                _send_unavailable(
+                    sender, "the engine is unavailable: its loop has stopped (see the server log)"
+                )
+                return
             _send_final(sender, pb_utils.InferenceResponse(output_tensors=[]))
             return
         try:
@@ -159,12 +165,12 @@ class TritonPythonModel:
                 del self.active[state.request_id]
             _send_error(sender, str(error))
             return
-        except EngineOverloadedError as error:
+        except (EngineOverloadedError, EngineDeadError) as error:
             with self.active_lock:
                 del self.active[state.request_id]
-            # UNAVAILABLE: gRPC clients see a retryable status; the frontend answers 429 + Retry-After.
-            overloaded = pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE)
-            _send_final(sender, pb_utils.InferenceResponse(output_tensors=[], error=overloaded))
+            # UNAVAILABLE: gRPC clients see a retryable status; the frontend answers 429 + Retry-After for a
+            # full queue, 503 for a stopped engine.
+            _send_unavailable(sender, str(error))
             return
 
     def _abort(self, request_id: str) -> None:
@@ -286,6 +292,11 @@ class TritonPythonModel:
 
 def _send_error(sender, message: str) -> None:
     _send_final(sender, pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
+
+
+def _send_unavailable(sender, message: str) -> None:
+    error = pb_utils.TritonError(message, pb_utils.TritonError.UNAVAILABLE)
+    _send_final(sender, pb_utils.InferenceResponse(output_tensors=[], error=error))
 
 
 def _send_final(sender, response) -> None:
