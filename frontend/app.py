@@ -46,7 +46,9 @@ def validation_error(error: RequestValidationError) -> APIError:
         return APIError(
             400, "The request body is not valid JSON.", "invalid_request_error", None, "invalid_json"
         )
-    if any(tuple(detail.get("loc", ())) == ("body",) for detail in details):
+    # A complaint about the body as a whole that is not a request-level rule (those are value errors, such
+    # as "send exactly one of 'prompt' and 'messages'"): the body is no JSON object.
+    if any(tuple(detail.get("loc", ())) == ("body",) and detail.get("type") != "value_error" for detail in details):
         return APIError(
             400,
             "The request body must be a JSON object (sent with Content-Type: application/json).",

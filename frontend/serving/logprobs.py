@@ -63,6 +63,8 @@ class LogprobFormatter:
             else:
                 text, logprob = self.token_text(entry.token_id), _finite(entry.logprob)
                 top = {self.token_text(token): _finite(value) for token, value in entry.top[: self._num_top]}
+                # OpenAI: "up to logprobs + 1 elements", the chosen token always among them (as in vLLM).
+                top.setdefault(text, logprob)
             result.tokens.append(text)
             result.token_logprobs.append(logprob)
             result.top_logprobs.append(top)

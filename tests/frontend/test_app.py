@@ -104,6 +104,9 @@ def test_json_without_content_type_is_accepted(offline_client: TestClient) -> No
     )
     assert "Content-Type: application/json" in assert_error(form, 400, code="invalid_json")["message"]
     assert_error(offline_client.post("/tokenize", json=[1, 2]), 400, code="invalid_json")
+    # A JSON object that breaks a request-level rule is told that rule, not that it is no object.
+    neither = assert_error(offline_client.post("/tokenize", json={"model": "m"}), 400, code="invalid_value")
+    assert "exactly one of 'prompt' and 'messages'" in neither["message"]
 
 
 @pytest.mark.parametrize(
