@@ -166,6 +166,19 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         raise ValueError(f"parameter '{key}' must be {kind.__name__}, got {value!r}") from None
 
 
+def _sampling_params(fields: dict[str, Any]) -> SamplingParams:
+    """SamplingParams from the request's fields; a refusal names its parameter the way clients (and the
+    frontend, which turns it into the OpenAI error's `param`) read it: SamplingParams' messages start with
+    the field at fault ("seed must be ...", "best_of (1) must be >= n (2)")."""
+    try:
+        return SamplingParams(**fields)
+    except ValueError as error:
+        name = str(error).split(" ", 1)[0]
+        if name in SamplingParams.__dataclass_fields__:
+            raise ValueError(f"parameter '{name}': {error}") from None
+        raise
+
+
 def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequest:
     """Build a request from the llm model's input tensors (name -> numpy array, absent = not sent)."""
     if "input_ids" not in inputs:
@@ -190,11 +203,9 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
     guided = structured_outputs_from_tensors(inputs)
     if guided is not None:  # tensors win over sampling_parameters here too
         fields["structured_outputs"] = guided
-    if "seed" in fields and int(fields["seed"]) < 0:
-        raise ValueError("parameter 'seed' must be non-negative")
     return GenerationRequest(
         prompt_token_ids=[int(token) for token in inputs["input_ids"].reshape(-1)],
-        sampling_params=SamplingParams(**fields),
+        sampling_params=_sampling_params(fields),
         stream=bool(_scalar(inputs["stream"])) if "stream" in inputs else False,
         priority=int(_scalar(inputs["priority"])) if "priority" in inputs else 0,
         cache_salt=(_scalar(inputs["cache_salt"]) or None) if "cache_salt" in inputs else None,

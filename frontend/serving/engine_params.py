@@ -58,6 +58,11 @@ class EngineParameters:
     origins: dict[str, str] = field(default_factory=dict)
 
     def set(self, name: str, value: Any, origin: str | None = None) -> None:
+        if name == "structured_outputs" and name in self.sampling:
+            # Say response_format and a forced tool choice, or structured_outputs and response_format: vLLM
+            # refuses more than one constraint rather than letting one silently win.
+            earlier = self.origins.get(name, name)
+            raise bad_request(f"{origin or name} and {earlier} both constrain the output: give one", param=origin or name)
         self.sampling[name] = value
         if origin is not None and origin != name:
             self.origins[name] = origin

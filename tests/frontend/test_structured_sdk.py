@@ -150,3 +150,26 @@ def test_invalid_schema_is_a_400_naming_the_parameter(client: openai.OpenAI) -> 
             model=MODEL_NAME, messages=WEATHER_QUESTION, max_tokens=8, tools=[tool], tool_choice="required"
         )
     assert caught.value.param == "tool_choice" and "'not'" in caught.value.message
+
+
+def test_two_constraints_are_a_400_not_one_silently_winning(client: openai.OpenAI) -> None:
+    """vLLM refuses more than one output constraint; here each pair once let the later one win."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL_NAME,
+            messages=WEATHER_QUESTION,
+            max_tokens=8,
+            response_format={"type": "json_object"},
+            extra_body={"structured_outputs": {"regex": "a+"}},
+        )
+    assert caught.value.param == "response_format" and "structured_outputs" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL_NAME,
+            messages=WEATHER_QUESTION,
+            max_tokens=8,
+            tools=TOOLS,  # type: ignore[arg-type]
+            tool_choice="required",
+            response_format={"type": "json_object"},
+        )
+    assert caught.value.param == "response_format" and "tool_choice" in caught.value.message

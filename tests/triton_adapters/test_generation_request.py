@@ -131,11 +131,15 @@ def test_penalties_logprobs_and_sequences() -> None:
         ({"sampling_parameters": "{not json"}, "not valid JSON"),
         ({"sampling_parameters": json.dumps({"bogus": 1})}, "unknown sampling parameter 'bogus'"),
         ({"sampling_parameters": json.dumps({"max_tokens": "many"})}, "max_tokens"),
-        ({"temperature": np.float32(-1.0)}, "temperature"),
-        ({"sampling_parameters": json.dumps({"logit_bias": [1, 2]})}, "logit_bias"),
-        ({"sampling_parameters": json.dumps({"n": 3, "best_of": 2})}, "best_of"),
-        ({"sampling_parameters": json.dumps({"logprobs": 21})}, "logprobs"),
-        ({"repetition_penalty": np.float32(0.0)}, "repetition_penalty"),
+        # Refusals name their parameter as "parameter 'name'", which the frontend reads for the error's param.
+        ({"temperature": np.float32(-1.0)}, "parameter 'temperature'"),
+        ({"sampling_parameters": json.dumps({"logit_bias": [1, 2]})}, "parameter 'logit_bias'"),
+        ({"sampling_parameters": json.dumps({"n": 3, "best_of": 2})}, "parameter 'best_of'"),
+        ({"sampling_parameters": json.dumps({"logprobs": 21})}, "parameter 'logprobs'"),
+        ({"repetition_penalty": np.float32(0.0)}, "parameter 'repetition_penalty'"),
+        ({"sampling_parameters": json.dumps({"min_tokens": 5, "max_tokens": 2})}, "parameter 'min_tokens'"),
+        ({"sampling_parameters": json.dumps({"stop": [""]})}, "parameter 'stop'"),
+        ({"sampling_parameters": json.dumps({"seed": -1})}, "parameter 'seed'"),
     ],
 )
 def test_invalid_values_are_rejected(values: dict, message: str) -> None:
