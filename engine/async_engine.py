@@ -80,6 +80,8 @@ class AsyncEngine:
         self._max_num_seqs = config.max_num_seqs
         self._cond = threading.Condition()
         self._inbox = _Inbox()
+        # Set (under _cond) once a bug stopped the loop thread.
+        self._stopped = False
         # request id -> where its outputs go; guarded by _cond. An id stays here until its final output.
         self._sinks: dict[str, OutputCallback] = {}
         # The engine is built on the loop thread so that all its torch ops, loading included, run on one
@@ -146,7 +148,7 @@ class AsyncEngine:
 
     def is_alive(self) -> bool:
         """The loop thread runs (or is shutting down cleanly); False once a bug stopped it."""
-        return self._thread.is_alive()
+        return self._thread.is_alive() and not self._stopped
 
     def stats(self) -> EngineStats:
         with self._cond:
@@ -176,6 +178,8 @@ class AsyncEngine:
         except BaseException as error:  # a bug the loop's own guards missed: end every request, then stop
             logger.exception("the engine loop stopped")
             with self._cond:
+                # From here submit refuses: a request queued now would never be read.
+                self._stopped = True
                 stranded, self._sinks = self._sinks, {}
             for request_id, sink in stranded.items():
                 try:

@@ -125,6 +125,7 @@ class LLMEngine:
         bad_words = self._bad_words_token_ids(params.bad_words)
         num_sequences = params.num_sequences
         sequences = []
+        # Every sequence is built before any is registered: a failure here leaves no trace in the engine.
         for index in range(num_sequences):
             sequence_params = params if num_sequences == 1 else child_params(params, index)
             request = Request(
@@ -144,12 +145,21 @@ class LLMEngine:
                 num_logprobs=0 if params.logprobs is None and num_sequences > params.n else params.logprobs,
                 prompt_logprobs=[None] if params.prompt_logprobs is not None else [],
             )
-            self._requests[request.request_id] = request
-            self.outputs.add(request)
             sequences.append(request)
-        if num_sequences > 1:
-            self._groups[request_id] = SequenceGroup(request_id, params, sequences)
-        self._schedule(sequences[0])
+        try:
+            for request in sequences:
+                self._requests[request.request_id] = request
+                self.outputs.add(request)
+            if num_sequences > 1:
+                self._groups[request_id] = SequenceGroup(request_id, params, sequences)
+            self._schedule(sequences[0])
+        except BaseException:  # all or nothing: a half-added request would never be scheduled nor end
+            for request in sequences:
+                self._requests.pop(request.request_id, None)
+                self.outputs.discard(request)
+            self._groups.pop(request_id, None)
+            self.structured.remove(sequences[0].request_id)
+            raise
         self._prompt_tokens_total += len(prompt)
 
     def _generator(self, seed: int | None) -> torch.Generator | None:

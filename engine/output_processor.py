@@ -28,6 +28,10 @@ class OutputProcessor:
     def add(self, request: Request) -> None:
         self._texts[request.request_id] = TextStream(self.tokenizer, request.prompt_token_ids, request.params)
 
+    def discard(self, request: Request) -> None:
+        """Forget a request that never ran (its admission failed half-way)."""
+        self._texts.pop(request.request_id, None)
+
     def append_token(
         self, request: Request, token: int, logprobs: TokenLogprobs | None = None
     ) -> RequestOutput:

@@ -74,8 +74,9 @@ def is_final(result: InferResult) -> bool:
     return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
 
 
-# How the speech model words a failure that is its own bug, not the request's fault.
-_MODEL_FAILURE_PREFIX = "speech recognition failed"
+# How the speech and llm models word a failure that is their own bug, not the request's fault (the llm
+# model's "engine error: ..." ends every request of a failed step, or all of them when its loop stopped).
+_MODEL_FAILURE_PREFIXES = ("speech recognition failed", "engine error")
 # "Stub process ... is not healthy": the model's Python process died and Triton will not restart it.
 _UNAVAILABLE_MARKERS = ("unknown model", "is not ready", "unavailable", "is not healthy")
 
@@ -87,7 +88,7 @@ def classify(message: str) -> TritonError:
         return TritonOverloadedError(message)
     if any(marker in lowered for marker in _UNAVAILABLE_MARKERS):
         return TritonUnavailableError(message)
-    if lowered.startswith(_MODEL_FAILURE_PREFIX):
+    if lowered.startswith(_MODEL_FAILURE_PREFIXES):
         return TritonError(message)
     return TritonRequestError(message)
 

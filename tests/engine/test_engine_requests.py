@@ -75,6 +75,28 @@ def test_one_requests_extreme_parameters_do_not_fail_the_batch(
     assert all(finishes[f"extreme-{index}"] == "length" for index in range(len(extremes)))
 
 
+def test_a_request_that_fails_half_added_leaves_no_trace(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """add_request is all or nothing: a failure registering an n = 2 request's second sequence must not leave
+    the first behind (never scheduled, it kept has_unfinished_requests() true and the engine loop spinning)."""
+    add = engine.outputs.add
+    added: list[str] = []
+
+    def fails_on_the_second(request: object) -> None:
+        added.append("one")
+        if len(added) == 2:
+            raise RuntimeError("a bug registering a sequence")
+        add(request)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine.outputs, "add", fails_on_the_second)
+    with pytest.raises(RuntimeError, match="registering"):
+        engine.add_request("half", [1, 2, 3], SamplingParams(n=2, temperature=1.0, max_tokens=2))
+    monkeypatch.undo()
+    assert not engine.has_unfinished_requests() and engine.unfinished_request_ids() == []
+    engine.add_request("half", [1, 2, 3], SamplingParams(n=2, temperature=1.0, max_tokens=2))
+    while engine.has_unfinished_requests():
+        engine.step()
+
+
 def test_more_sequences_than_seats_are_refused(engine: LLMEngine) -> None:
     seats = engine.config.max_num_seqs
     with pytest.raises(InvalidRequestError, match="max_num_seqs"):
