@@ -26,6 +26,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import math
+import mmap
 import platform
 
 import torch
@@ -39,8 +41,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_BYTES = 32 << 20
 # Free memory kept at the top of a heap before trimming: more than one prefill step's temporaries.
 TRIM_THRESHOLD_BYTES = 1 << 30
-# madvise(2) advice, and the x86-64 / arm64 transparent huge page size.
-_MADV_HUGEPAGE = 14
+# The x86-64 / arm64 transparent huge page size.
 HUGE_PAGE_BYTES = 2 << 20
 
 
@@ -59,17 +60,23 @@ def keep_freed_memory() -> bool:
 
 
 def zeros_on_huge_pages(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A zeroed CPU tensor whose whole 2 MB pages the kernel is asked to back with huge pages (madvise
-    MADV_HUGEPAGE before the first touch); where it cannot (no transparent huge pages, "never", no libc
-    madvise) the tensor is the same on ordinary pages."""
-    tensor = torch.empty(shape, dtype=dtype)
-    start = tensor.data_ptr()
-    end = start + tensor.numel() * tensor.element_size()
-    first = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
-    length = (end - first) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
-    if length > 0 and platform.system() == "Linux":
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        if libc.madvise(first, length, _MADV_HUGEPAGE) != 0:
-            logger.info("no huge pages for the KV cache: madvise failed (errno %d)", ctypes.get_errno())
-    return tensor.zero_()
+    """A zeroed CPU tensor in a private anonymous mapping of its own that the kernel is asked to back with
+    huge pages (MADV_HUGEPAGE before the first touch). Not from malloc: with keep_freed_memory's thresholds
+    a large block can be heap memory a freed tensor already touched, which the advice no longer turns into
+    huge pages. Where there is no such advice (not Linux) or the tensor is under one huge page, a plain one."""
+    element_size = torch.empty((), dtype=dtype).element_size()
+    num_bytes = math.prod(shape) * element_size
+    if not hasattr(mmap, "MADV_HUGEPAGE") or num_bytes < HUGE_PAGE_BYTES:
+        return torch.zeros(shape, dtype=dtype)
+    # One huge page more, so that the tensor can start on a huge-page boundary.
+    mapping = mmap.mmap(-1, num_bytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        mapping.madvise(mmap.MADV_HUGEPAGE)
+    except OSError as error:  # a kernel without transparent huge pages
+        logger.info("no huge pages for the KV cache: %s", error)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+    offset = -address % HUGE_PAGE_BYTES
+    # The tensor holds the mapping (torch.frombuffer keeps its buffer alive); writing zeros faults every page
+    # in now, as torch.zeros did, rather than during serving.
+    flat = torch.frombuffer(mapping, dtype=torch.uint8, count=num_bytes, offset=offset)
+    return flat.view(dtype).view(shape).zero_()
