@@ -122,7 +122,7 @@ class AsyncEngine:
             if self._inbox.stopping:
                 raise RuntimeError("the engine is shut down")
             if not self.is_alive():
-                raise EngineDeadError("the engine is unavailable: its loop has stopped (see the server log)")
+                raise EngineDeadError()
             if request_id in self._sinks:
                 raise InvalidRequestError(f"request id {request_id!r} is already in use")
             # Queued requests beyond the running batch's free seats are the ones that will wait.

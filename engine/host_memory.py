@@ -64,8 +64,7 @@ def zeros_on_huge_pages(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Ten
     huge pages (MADV_HUGEPAGE before the first touch). Not from malloc: with keep_freed_memory's thresholds
     a large block can be heap memory a freed tensor already touched, which the advice no longer turns into
     huge pages. Where there is no such advice (not Linux) or the tensor is under one huge page, a plain one."""
-    element_size = torch.empty((), dtype=dtype).element_size()
-    num_bytes = math.prod(shape) * element_size
+    num_bytes = math.prod(shape) * dtype.itemsize
     if not hasattr(mmap, "MADV_HUGEPAGE") or num_bytes < HUGE_PAGE_BYTES:
         return torch.zeros(shape, dtype=dtype)
     # One huge page more, so that the tensor can start on a huge-page boundary.

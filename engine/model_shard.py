@@ -89,7 +89,7 @@ class ModelShard:
     def bytes_per_block(self) -> int:
         """KV bytes of one block on this rank (its KV heads only)."""
         spec = self.spec
-        element_size = torch.tensor([], dtype=self.cache_dtype).element_size()
+        element_size = self.cache_dtype.itemsize
         return spec.num_layers * 2 * self.block_size * self.model.num_kv_heads * spec.head_dim * element_size
 
     def _allocate_cache(self, num_blocks: int) -> torch.Tensor:

@@ -17,6 +17,9 @@ class EngineOverloadedError(RuntimeError):
 class EngineDeadError(RuntimeError):
     """The engine's loop thread has stopped (a bug): nothing more will be served until a restart."""
 
+    def __init__(self) -> None:
+        super().__init__("the engine is unavailable: its loop has stopped (see the server log)")
+
 
 @dataclass
 class TokenLogprobs:

@@ -42,6 +42,21 @@ def wait_for_free_blocks(engine: AsyncEngine, timeout: float = 30.0) -> None:
     raise AssertionError(f"blocks not returned: {engine.stats()}")
 
 
+def started_stream(engine: AsyncEngine, request_id: str, prompt: list[int]) -> queue.Queue[RequestOutput]:
+    """A long greedy request whose first token has arrived; the rest of its outputs come into the queue."""
+    outputs: queue.Queue[RequestOutput] = queue.Queue()
+    engine.submit(request_id, prompt, SamplingParams(temperature=0.0, max_tokens=200), on_output=outputs.put)
+    first = outputs.get(timeout=60)
+    assert not first.finished and first.new_token_ids
+    return outputs
+
+
+def final_output(outputs: queue.Queue[RequestOutput]) -> RequestOutput:
+    while not (output := outputs.get(timeout=60)).finished:
+        pass
+    return output
+
+
 def test_concurrent_submits_from_threads(async_engine: AsyncEngine, reference: Reference) -> None:
     results: dict[int, list[int]] = {}
     texts: dict[int, str] = {}
@@ -70,22 +85,10 @@ def test_concurrent_submits_from_threads(async_engine: AsyncEngine, reference: R
 def test_abort_mid_stream_frees_blocks_and_ends_stream(
     async_engine: AsyncEngine, reference: Reference
 ) -> None:
-    outputs: queue.Queue[RequestOutput] = queue.Queue()
-    async_engine.submit(
-        "abort-me",
-        reference.prompts[7],
-        SamplingParams(temperature=0.0, max_tokens=200),
-        on_output=outputs.put,
-    )
-    first = outputs.get(timeout=60)
-    assert not first.finished and first.new_token_ids
+    outputs = started_stream(async_engine, "abort-me", reference.prompts[7])
     async_engine.abort("abort-me")
     async_engine.abort("abort-me")  # idempotent
-    while True:
-        output = outputs.get(timeout=60)
-        if output.finished:
-            break
-    assert output.finish_reason == "abort"
+    assert final_output(outputs).finish_reason == "abort"
     wait_for_free_blocks(async_engine)
     async_engine.abort("abort-me")  # after the end too
 
@@ -105,15 +108,10 @@ def test_an_abort_still_ends_its_stream_when_the_next_step_raises(
             raise RuntimeError("a scheduler bug")
         return schedule()
 
-    outputs: queue.Queue[RequestOutput] = queue.Queue()
-    async_engine.submit(
-        "abort-then-fail", reference.prompts[7], SamplingParams(temperature=0.0, max_tokens=200), on_output=outputs.put
-    )
-    assert outputs.get(timeout=60).new_token_ids
+    outputs = started_stream(async_engine, "abort-then-fail", reference.prompts[7])
     monkeypatch.setattr(inner.scheduler, "schedule", fails_once_after_the_abort)
     async_engine.abort("abort-then-fail")
-    while not (output := outputs.get(timeout=60)).finished:
-        pass
+    output = final_output(outputs)
     assert raised and output.finish_reason == "abort"
     monkeypatch.undo()
     wait_for_free_blocks(async_engine)
@@ -155,21 +153,13 @@ def test_a_stopped_loop_ends_every_request_and_refuses_new_ones(
     model_dir: Path, reference: Reference, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = AsyncEngine(EngineConfig(model=str(model_dir), max_model_len=512))
-    outputs: queue.Queue[RequestOutput] = queue.Queue()
-    engine.submit(
-        "in-flight",
-        reference.prompts[0],
-        SamplingParams(temperature=0.0, max_tokens=200),
-        on_output=outputs.put,
-    )
-    assert outputs.get(timeout=60).new_token_ids
+    outputs = started_stream(engine, "in-flight", reference.prompts[0])
 
     def killed() -> list[RequestOutput]:
         raise _LoopKiller()
 
     monkeypatch.setattr(engine._engine, "step", killed)
-    while not (output := outputs.get(timeout=60)).finished:
-        pass
+    output = final_output(outputs)
     assert output.error is not None and "loop stopped" in output.error
     engine._thread.join(timeout=60)
     assert not engine.is_alive()

@@ -124,9 +124,7 @@ class TritonPythonModel:
             # frontend's health probe is one too, so it fails once the engine loop has stopped.
             self._abort(inputs["abort_request_id"].reshape(-1)[0].decode("utf-8"))
             if not self.engine.is_alive():
-                _send_unavailable(
-                    sender, "the engine is unavailable: its loop has stopped (see the server log)"
-                )
+                _send_unavailable(sender, str(EngineDeadError()))
                 return
             _send_final(sender, pb_utils.InferenceResponse(output_tensors=[]))
             return
