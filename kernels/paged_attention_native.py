@@ -4,9 +4,9 @@ when the native library is built.
   * decodes (one query token): kernels/native/paged_decode.cpp, in place of `kernels.paged_decode_in_place`
     (float32) or gathering the K/V for SDPA (bfloat16, fp8). Decoding 64 sequences of ~310 tokens with
     SmolLM2's heads on 2 cores (EPYC), each layer's cache read cold: ~1.5 ms a layer in float32 (3.3 ms for
-    the embedding_bag path), ~0.86 ms in bfloat16; on a 2-core Zen 5, float32 queries: 1.02-1.08
-    ms over a float32 cache, 0.73 over bfloat16, 0.66-0.67 over fp8 e4m3 (bound by widening the bytes, not
-    by reading them).
+    the embedding_bag path), ~0.86 ms in bfloat16; on a 2-core Zen 5 (the cache on huge pages, blocks
+    shuffled), float32 queries: 0.76-0.89 ms over a float32 cache, 0.45 over bfloat16, 0.49-0.55 over fp8
+    e4m3 (bound by widening the bytes, not by reading them).
   * prefills (more than one query token: a prompt, a chunk of one, a prompt after a prefix-cache hit):
     kernels/native/paged_prefill.cpp, in place of gathering each sequence's K/V for SDPA (causal for a
     whole prompt, an explicit mask otherwise). One layer of SmolLM2 on 2 cores: a 512-token prompt 4.1 ->

@@ -13,6 +13,7 @@ import torch
 from kernels import ops
 from kernels.paged_attention_native import native_attention_supported
 from kernels.paged_attention_ref import paged_attention_ref
+from tests.engine.conftest import torch_threads
 from tests.kernels.conftest import needs_compiler
 from tests.kernels.paged_batch import make_paged_batch
 from tests.kernels.test_paged_attention import GQA, MIXED_KV_LENS, MIXED_Q_LENS, dense_attention
@@ -149,6 +150,39 @@ def test_a_narrower_cache_matches_dense_attention_over_the_same_values(
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1.6e-2, "rtol": 1.6e-2}
     torch.testing.assert_close(native, expected, **tolerance)
     torch.testing.assert_close(torch_path, expected, **tolerance)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "cache_dtype"),
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.bfloat16),
+        (torch.bfloat16, torch.float8_e4m3fn),
+        (torch.float32, torch.float8_e5m2),
+    ],
+)
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim"), [(9, 3, 64), (14, 2, 128)])
+@pytest.mark.parametrize("sliding_window", [None, 16])
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_decode_work_items_of_whole_sequences_and_of_single_kv_heads_agree(
+    dtype: torch.dtype, cache_dtype: torch.dtype, num_q_heads: int, num_kv_heads: int, head_dim: int,
+    sliding_window: int | None, block_size: int,
+) -> None:
+    """The decode kernel gives each thread whole sequences once there are 4 per thread, (sequence, KV head)
+    pairs otherwise: 8 sequences on 1 thread take the first, on 3 threads the second. Both sum in the same
+    order, so they agree to the bit, and with float64 attention over the same cache values."""
+    batch = make_paged_batch([1] * len(DECODE_KV_LENS), DECODE_KV_LENS, num_q_heads, num_kv_heads, head_dim,
+                             cache_dtype, CPU, block_size=block_size, keys_transposed=True)  # fmt: skip
+    batch = dataclasses.replace(batch, query=batch.query.to(dtype))
+    scale = head_dim**-0.5
+    outputs = []
+    for threads in (1, 3):
+        with torch_threads(threads):
+            outputs.append(paged_attention_ref(*batch.args(), scale=scale, sliding_window=sliding_window, native=True))
+    assert torch.equal(*outputs)
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1.6e-2, "rtol": 1.6e-2}
+    torch.testing.assert_close(outputs[0], dense_attention(batch, scale, sliding_window), **tolerance)
 
 
 @pytest.mark.parametrize("sliding_window", [None, 1, 7, 16, 300, 5000])
