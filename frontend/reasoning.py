@@ -8,6 +8,7 @@ qwen3: reasoning only when the output starts with `<think>` (thinking disabled l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from frontend.tool_parsers.base import partial_marker_length
 
@@ -62,3 +63,16 @@ class ThinkReasoningParser:
 
 def reasoning_parser(name: str) -> ThinkReasoningParser:
     return ThinkReasoningParser(implicit_open=name == "deepseek_r1")
+
+
+def effort_template_kwargs(effort: str | None, reasoning_parser: str | None) -> dict[str, Any]:
+    """Chat-template variables for OpenAI's reasoning effort (chat's `reasoning_effort`, the Responses API's
+    `reasoning.effort`): under a reasoning parser, thinking on (`enable_thinking`, Qwen3's switch) unless
+    the effort is none or minimal; the effort itself as `reasoning_effort`, which gpt-oss's template reads
+    (others ignore it). Nothing without an effort."""
+    if effort is None:
+        return {}
+    kwargs: dict[str, Any] = {"reasoning_effort": effort}
+    if reasoning_parser is not None:
+        kwargs["enable_thinking"] = effort not in ("none", "minimal")
+    return kwargs

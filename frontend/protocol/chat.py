@@ -111,6 +111,21 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # The chat template's `reasoning_effort`, and under a reasoning parser its `enable_thinking`
+    # (frontend.reasoning.effort_template_kwargs); chat_template_kwargs override both.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    # The engine's cache_salt unless one is given, as in the Responses API: requests with different keys
+    # never share prefix-cache blocks.
+    prompt_cache_key: str | None = None
+    # Text out only.
+    modalities: list[Literal["text"]] | None = None
+    # Accepted with no effect on the answer, as vLLM does: an abuse-tracking id (as `user`), and hints for
+    # OpenAI's own serving (how long its prompt cache keeps a prefix, how terse its GPT-5 models write, a
+    # predicted output that only speeds its decoding up).
+    safety_identifier: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    prediction: dict[str, Any] | None = None
     # vLLM templating extensions.
     add_generation_prompt: bool = True
     continue_final_message: bool = False

@@ -20,7 +20,7 @@ from frontend.protocol.chat import (
 )
 from frontend.protocol.responses import FunctionTool
 from frontend.protocol.usage import UsageInfo
-from frontend.reasoning import reasoning_parser
+from frontend.reasoning import effort_template_kwargs, reasoning_parser
 from frontend.serving.chat_output import ChatOutputProcessor
 from frontend.serving.context import ServingContext, unix_now
 from frontend.serving.engine_params import EngineParameters, api_error, engine_parameters, truncated_length
@@ -121,7 +121,8 @@ class ChatHandler:
                 request.add_generation_prompt,
                 request.continue_final_message,
                 request.chat_template,
-                request.chat_template_kwargs,
+                effort_template_kwargs(request.reasoning_effort, config.reasoning_parser)
+                | (request.chat_template_kwargs or {}),
             )
         except TemplateError as error:
             raise bad_request(str(error), param="messages") from None
@@ -136,7 +137,7 @@ class ChatHandler:
             max_tokens=max_tokens,
             sampling=params.sampling,
             priority=request.priority,
-            cache_salt=request.cache_salt,
+            cache_salt=request.cache_salt if request.cache_salt is not None else request.prompt_cache_key,
             request_id=request_id,
         )
         max_tool_calls = 1 if request.parallel_tool_calls is False else None

@@ -30,6 +30,7 @@ from frontend.protocol.responses import (
     ResponsesRequest,
     TextConfig,
 )
+from frontend.reasoning import effort_template_kwargs
 from frontend.serving.context import ServingContext, unix_now
 from frontend.serving.engine_params import EngineParameters
 from frontend.serving.responses_tools import tool_mode
@@ -241,9 +242,8 @@ class ResponseInputBuilder:
             )
             for tool in tools
         ] or None
-        kwargs = None
-        if self.ctx.config.reasoning_parser and request.reasoning and request.reasoning.effort:
-            kwargs = {"enable_thinking": request.reasoning.effort not in ("none", "minimal")}
+        effort = request.reasoning.effort if request.reasoning else None
+        kwargs = effort_template_kwargs(effort, self.ctx.config.reasoning_parser)
         limit = self.ctx.config.max_model_len
         while True:
             try:

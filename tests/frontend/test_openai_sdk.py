@@ -343,3 +343,39 @@ def test_health_and_metrics(frontend_server: FrontendServer, client: openai.Open
     assert 'frontend_time_to_first_token_seconds_count{endpoint="/v1/chat/completions"}' in metrics
     inter_token = 'frontend_inter_token_latency_seconds_count{endpoint="/v1/chat/completions"} '
     assert float(metrics.split(inter_token, 1)[1].split("\n", 1)[0]) > 0
+
+
+# Renders the prompt only when the template sees the effort it expects, and says what it saw otherwise.
+EFFORT_CHECK = (
+    "{% if reasoning_effort != 'high' or enable_thinking is defined %}"
+    "{{ raise_exception('saw ' ~ reasoning_effort ~ ' ' ~ (enable_thinking is defined)) }}{% endif %}"
+    "{{ messages[0]['content'] }}"
+)
+
+
+def test_openai_fields_without_an_effect_here_are_accepted(client: openai.OpenAI) -> None:
+    """What the SDK sends for OpenAI's own models (vLLM takes them too): the answer is an ordinary one. The
+    effort reaches the chat template as `reasoning_effort`; without a reasoning parser, no
+    `enable_thinking`."""
+    reply = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=3,
+        reasoning_effort="high",
+        prompt_cache_key="tenant-a",
+        prompt_cache_retention="24h",
+        safety_identifier="user-hash",
+        verbosity="low",
+        modalities=["text"],
+        prediction={"type": "content", "content": "Paris"},
+        extra_body={"chat_template": EFFORT_CHECK, "ignore_eos": True},
+    )
+    assert reply.choices[0].finish_reason == "length" and reply.usage and reply.usage.completion_tokens == 3
+    with pytest.raises(openai.BadRequestError, match="saw low False"):
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=QUESTION, max_tokens=3, reasoning_effort="low",
+            extra_body={"chat_template": EFFORT_CHECK},
+        )  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=3, modalities=["text", "audio"])
+    assert caught.value.param is not None and caught.value.param.startswith("modalities")

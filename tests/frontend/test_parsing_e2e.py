@@ -81,3 +81,22 @@ def test_tool_choice_none_leaves_the_text_alone(client: openai.OpenAI) -> None:
     assert reply.choices[0].finish_reason == "stop" and not message.tool_calls
     assert message.content and message.content.startswith("<tool_call>")
     assert message.reasoning_content == "look it up"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("effort", "thinking"), [("none", False), ("minimal", False), ("low", True), ("high", True)])
+def test_reasoning_effort_switches_thinking_under_a_reasoning_parser(
+    client: openai.OpenAI, effort: str, thinking: bool
+) -> None:
+    """Qwen3's chat template reads `enable_thinking`: the effort sets it, chat_template_kwargs still win."""
+    template = "{% if enable_thinking != expected %}{{ raise_exception('enable_thinking is ' ~ enable_thinking) }}{% endif %}Hi"
+    request = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    reply = client.chat.completions.create(
+        **request, reasoning_effort=effort,  # type: ignore[arg-type]
+        extra_body={"chat_template": template, "chat_template_kwargs": {"expected": thinking}},
+    )  # fmt: skip
+    assert reply.usage and reply.usage.completion_tokens == 1
+    reply = client.chat.completions.create(
+        **request, reasoning_effort=effort,  # type: ignore[arg-type]
+        extra_body={"chat_template": template, "chat_template_kwargs": {"expected": True, "enable_thinking": True}},
+    )  # fmt: skip
+    assert reply.usage and reply.usage.completion_tokens == 1
