@@ -30,7 +30,8 @@ class FrontendConfig:
     # HTTP listen address.
     host: str = "127.0.0.1"
     port: int = 9000
-    # Context length for validating requests up front; None leaves the check to the engine alone.
+    # Context length for validating requests up front; None: the engine's own, asked of Triton
+    # (ServingContext.max_model_len).
     max_model_len: int | None = None
     # Accepted bearer tokens; empty means no authentication.
     api_keys: tuple[str, ...] = ()

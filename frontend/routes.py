@@ -101,11 +101,11 @@ def build_router(ctx: ServingContext) -> APIRouter:
 
     @router.get("/v1/models")
     async def list_models() -> Response:
-        return respond(models.list())
+        return respond(await models.list())
 
     @router.get("/v1/models/{model:path}")
     async def retrieve_model(model: str) -> Response:
-        return respond(models.retrieve(model))
+        return respond(await models.retrieve(model))
 
     @router.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> Response:

@@ -248,6 +248,16 @@ class TritonClient:
         except TimeoutError:
             return False
 
+    async def model_parameters(self, timeout: float) -> dict[str, str] | None:
+        """The engine model's config.pbtxt `parameters` (name -> string value); None while Triton cannot
+        say (not up yet, the model not loaded)."""
+        try:
+            answer = await self._streams.client.get_model_config(self.model, as_json=True, client_timeout=timeout)
+        except (InferenceServerException, grpc.RpcError):
+            return None
+        parameters = answer.get("config", {}).get("parameters", {})
+        return {name: value.get("string_value", "") for name, value in parameters.items()}
+
     async def generate(self, request: GenerationInput) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the engine model's responses until the final one.
 

@@ -14,7 +14,7 @@ class ModelCard(BaseModel):
     owned_by: str = "tritonllm"
     root: str
     parent: str | None = None
-    # vLLM extension: the context length, when the frontend was told it.
+    # vLLM extension: the context length (None while Triton has not told it, ServingContext.max_model_len).
     max_model_len: int | None = None
 
 

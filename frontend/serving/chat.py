@@ -127,7 +127,7 @@ class ChatHandler:
         except TemplateError as error:
             raise bad_request(str(error), param="messages") from None
         max_tokens = request.output_token_limit()
-        self._check_length(len(prompt.token_ids), max_tokens, request.truncate_prompt_tokens)
+        self._check_length(len(prompt.token_ids), max_tokens, request.truncate_prompt_tokens, await self.ctx.max_model_len())
         generation = GenerationInput(
             prompt_token_ids=prompt.token_ids,
             # Always streamed from Triton, even for non-streamed HTTP answers: Triton notices a cancelled
@@ -180,8 +180,9 @@ class ChatHandler:
         params.set("structured_outputs", {"json": named[0].parameters or ANY_OBJECT}, origin="tool_choice")
         return lambda: NamedCallParser(name)
 
-    def _check_length(self, num_prompt_tokens: int, max_tokens: int | None, truncate: int | None) -> None:
-        limit = self.ctx.config.max_model_len
+    def _check_length(
+        self, num_prompt_tokens: int, max_tokens: int | None, truncate: int | None, limit: int | None
+    ) -> None:
         if limit is None:
             return
         count = truncated_length(num_prompt_tokens, truncate, limit)

@@ -56,7 +56,7 @@ class CompletionHandler:
         if request.best_of is not None:
             params.set("best_of", request.best_of)
         prompts = await self._prompts(request)
-        self._check_lengths(prompts, request.max_tokens, request.truncate_prompt_tokens)
+        self._check_lengths(prompts, request.max_tokens, request.truncate_prompt_tokens, await self.ctx.max_model_len())
         inputs = [
             GenerationInput(
                 prompt_token_ids=prompt.token_ids,
@@ -143,8 +143,9 @@ class CompletionHandler:
     async def _encoded(self, text: str) -> Prompt:
         return Prompt(text, await asyncio.to_thread(self.ctx.templater.encode, text, True))
 
-    def _check_lengths(self, prompts: list[Prompt], max_tokens: int | None, truncate: int | None) -> None:
-        limit = self.ctx.config.max_model_len
+    def _check_lengths(
+        self, prompts: list[Prompt], max_tokens: int | None, truncate: int | None, limit: int | None
+    ) -> None:
         if limit is None:
             return
         for prompt in prompts:

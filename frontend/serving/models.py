@@ -10,24 +10,26 @@ class ModelsHandler:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
 
-    def _card(self, name: str) -> ModelCard:
-        config = self.ctx.config
+    async def _card(self, name: str) -> ModelCard:
         return ModelCard(
-            id=name, created=self.ctx.started, root=str(config.model), max_model_len=config.max_model_len
+            id=name,
+            created=self.ctx.started,
+            root=str(self.ctx.config.model),
+            max_model_len=await self.ctx.max_model_len(),
         )
 
     def _speech_card(self, name: str) -> ModelCard:
         # The frontend never sees the speech checkpoint: its root is the Triton model that serves it.
         return ModelCard(id=name, created=self.ctx.started, root=str(self.ctx.config.triton_speech_model))
 
-    def list(self) -> ModelList:
+    async def list(self) -> ModelList:
         config = self.ctx.config
         return ModelList(
-            data=[self._card(name) for name in config.served_model_names]
+            data=[await self._card(name) for name in config.served_model_names]
             + [self._speech_card(name) for name in config.speech_model_names]
         )
 
-    def retrieve(self, model: str) -> ModelCard:
+    async def retrieve(self, model: str) -> ModelCard:
         if model in self.ctx.config.speech_model_names:
             return self._speech_card(model)
-        return self._card(self.ctx.check_model(model))
+        return await self._card(self.ctx.check_model(model))

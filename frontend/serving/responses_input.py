@@ -244,7 +244,7 @@ class ResponseInputBuilder:
         ] or None
         effort = request.reasoning.effort if request.reasoning else None
         kwargs = effort_template_kwargs(effort, self.ctx.config.reasoning_parser)
-        limit = self.ctx.config.max_model_len
+        limit = await self.ctx.max_model_len()
         while True:
             try:
                 prompt = await asyncio.to_thread(

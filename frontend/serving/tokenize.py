@@ -51,7 +51,7 @@ class TokenizeHandler:
             )
         return TokenizeResponse(
             count=len(tokens),
-            max_model_len=self.ctx.config.max_model_len,
+            max_model_len=await self.ctx.max_model_len(),
             tokens=tokens,
             token_strs=templater.token_strings(tokens) if request.return_token_strs else None,
         )

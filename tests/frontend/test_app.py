@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from frontend.app import build_app
 from frontend.metrics import FrontendMetrics
-from frontend.serving.context import ServingContext
+from frontend.serving.context import ServingContext, checkpoint_context_length
 from frontend.triton_client import TritonClient
 from tests.frontend.conftest import API_KEY, MODEL_NAME
 
@@ -189,3 +191,14 @@ def test_max_model_len_is_checked_before_triton(offline_context: ServingContext)
         short = {"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 20}
         assert_error(client.post("/v1/completions", json=short), 400, "prompt", "context_length_exceeded")
         assert client.get("/v1/models").json()["data"][0]["max_model_len"] == 20
+
+
+def test_checkpoint_context_length_is_max_position_embeddings(model_path: Path, tmp_path: Path) -> None:
+    """The engine's context length when its llm model sets no max_model_len; a multimodal checkpoint keeps
+    it in text_config."""
+    assert checkpoint_context_length(model_path) == 8192
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 32768}}))
+    assert checkpoint_context_length(tmp_path) == 32768
+    (tmp_path / "config.json").write_text("{}")
+    assert checkpoint_context_length(tmp_path) is None
+    assert checkpoint_context_length(tmp_path / "missing") is None

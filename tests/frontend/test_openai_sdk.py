@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import urllib.request
@@ -13,7 +14,7 @@ import pytest
 
 from tests.frontend.conftest import MODEL_NAME
 from tests.integration.triton_requests import scrape_metric
-from tests.servers import FrontendServer, TritonServer
+from tests.servers import ROOT, FrontendServer, TritonServer
 
 pytestmark = pytest.mark.slow
 
@@ -141,7 +142,14 @@ def test_completions_stream(client: openai.OpenAI) -> None:
 
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
-    assert [model.id for model in client.models.list()] == [MODEL_NAME, "whisper-base", "whisper-1"]
+    """Without --max-model-len the frontend reports the engine's context length, as Triton's llm model
+    configures it."""
+    models = list(client.models.list())
+    assert [model.id for model in models] == [MODEL_NAME, "whisper-base", "whisper-1"]
+    config = (ROOT / "model_repository" / "llm" / "config.pbtxt").read_text()
+    configured = re.search(r'key: "max_model_len" value \{ string_value: "(\d+)" \}', config)
+    assert configured is not None
+    assert models[0].model_extra is not None and models[0].model_extra["max_model_len"] == int(configured[1])
     assert client.models.retrieve(MODEL_NAME).id == MODEL_NAME
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-9")
