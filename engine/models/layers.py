@@ -16,6 +16,7 @@ from engine.models.rope import build_cos_sin_cache
 from engine.models.sharding import RowSlice, head_shard
 from engine.models.spec import ModelSpec
 from kernels import ops
+from kernels.native_library import FP8_DTYPES
 
 
 class RMSNorm(nn.Module):
@@ -93,6 +94,12 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(d, spec.rms_norm_eps, dtype, device) if flags.qk_norm else None
         self.k_norm = RMSNorm(d, spec.rms_norm_eps, dtype, device) if flags.qk_norm else None
         self.rotary = rotary
+        # The checkpoint's calibrated fp8 KV cache scales (vLLM's k_scale / v_scale, set by the loader): an
+        # fp8 cache holds key / k_scale and value / v_scale, so keys and values beyond the format's range
+        # (448 for e4m3; Qwen2's biased keys reach thousands) keep their precision instead of saturating.
+        # Unused by caches of other dtypes.
+        self.k_scale = 1.0
+        self.v_scale = 1.0
 
     def forward(
         self,
@@ -110,6 +117,13 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q = self._head_norm(self.q_norm, q)
             k = self._head_norm(self.k_norm, k)
+        # Scaled where the cache is fp8: rotation is linear, so the key is divided before it; the scores
+        # take k_scale back through the softmax scale, the output v_scale.
+        k_scale, v_scale = (self.k_scale, self.v_scale) if key_cache.dtype in FP8_DTYPES else (1.0, 1.0)
+        if k_scale != 1.0:
+            k = k / k_scale
+        if v_scale != 1.0:
+            v = v / v_scale
         q = self.rotary.rotate_and_cache(positions, q, k, v, key_cache, value_cache, attn.slot_mapping)
         out = ops.paged_attention(
             q,
@@ -118,9 +132,11 @@ class Attention(nn.Module):
             attn.query_start_loc,
             attn.seq_lens,
             attn.block_tables,
-            self.scale,
+            self.scale * k_scale,
             sliding_window=self.sliding_window,
         )
+        if v_scale != 1.0:
+            out = out * v_scale
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
     @staticmethod

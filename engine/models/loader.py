@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from safetensors import safe_open
 
 from engine.distributed import TensorParallelGroup
 from engine.models.causal_lm import CausalLM
+from engine.models.layers import Attention
 from engine.models.linear import SHARDED_LAYERS, CheckpointTensor, ColumnParallelLinear, load_slice
 from engine.models.registry import resolve_architecture
 from engine.models.sharding import check_tensor_parallel
@@ -86,14 +88,46 @@ def _ignored(name: str, model: CausalLM) -> bool:
     return name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and model.lm_head is None)
 
 
+# A layer's fp8 KV cache scales as checkpoints name them (vLLM reads the same): compressed-tensors /
+# llm-compressor's self_attn.{k,v}_scale (some exports nest them under self_attn.attn), AutoFP8's single
+# self_attn.kv_scale, and older exports' k_proj / v_proj output_scale. The attribute(s) of Attention each sets.
+_KV_SCALES = {
+    "self_attn.k_scale": ("k_scale",),
+    "self_attn.v_scale": ("v_scale",),
+    "self_attn.attn.k_scale": ("k_scale",),
+    "self_attn.attn.v_scale": ("v_scale",),
+    "self_attn.kv_scale": ("k_scale", "v_scale"),
+    "self_attn.k_proj.output_scale": ("k_scale",),
+    "self_attn.v_proj.output_scale": ("v_scale",),
+}
+
+
+def _load_kv_scale(name: str, source: CheckpointTensor, modules: dict[str, torch.nn.Module]) -> bool:
+    """Set an attention layer's k_scale / v_scale from a scale tensor; False when `name` names none."""
+    suffix = next((suffix for suffix in _KV_SCALES if name.endswith("." + suffix)), None)
+    if suffix is None:
+        return False
+    attention = modules.get(name[: -len(suffix)] + "self_attn")
+    if not isinstance(attention, Attention):
+        return False
+    values = source[...].flatten()
+    # One scale for the layer (per tensor), whatever the tensor parallel rank.
+    if values.numel() != 1 or not math.isfinite(scale := float(values[0])) or scale <= 0:
+        raise ValueError(f"checkpoint tensor {name} must hold one positive finite KV cache scale")
+    for attribute in _KV_SCALES[suffix]:
+        setattr(attention, attribute, scale)
+    return True
+
+
 def load_checkpoint(model: CausalLM, model_dir: Path) -> None:
-    """Copy every checkpoint tensor (this rank's slice of it) into its parameter; fail on shape
-    mismatches, unknown tensors, and parameters the checkpoint leaves unset."""
+    """Copy every checkpoint tensor (this rank's slice of it) into its parameter, and fp8 KV cache scales
+    into their attention layers; fail on shape mismatches, unknown tensors, and parameters the
+    checkpoint leaves unset."""
     modules = dict(model.named_modules())
     loaded: set[tuple[str, int]] = set()
     unexpected: list[str] = []
     for name, source in checkpoint_tensors(model_dir):
-        if _ignored(name, model):
+        if _ignored(name, model) or _load_kv_scale(name, source, modules):
             continue
         module_name, _, param_name = name.rpartition(".")
         parent, _, leaf = module_name.rpartition(".")

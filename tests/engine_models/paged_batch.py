@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention_metadata import AttentionMetadata
-from engine.models import ModelSpec
+from engine.models import CausalLM, ModelSpec
 
 CPU = torch.device("cpu")
 
@@ -83,3 +83,14 @@ class PagedSequences:
         return Step(
             torch.cat(ids).to(dev, torch.int64), torch.cat(positions).to(dev, torch.int64), attn, rows
         )
+
+
+def paged_logits(model: CausalLM, generated: list[int], prompt_length: int, cache_dtype: torch.dtype) -> torch.Tensor:
+    """Our logits along `generated`: the prompt in one step, then a decode per token, over a paged cache."""
+    paged = PagedSequences(model.spec, [generated], block_size=16, seed=7, cache_dtype=cache_dtype)
+    rows = []
+    with torch.inference_mode():
+        for count in [prompt_length] + [1] * (len(generated) - prompt_length - 1):
+            step = paged.step({0: count})
+            rows.append(model.compute_logits(model(step.input_ids, step.positions, paged.kv_cache, step.attn)))
+    return torch.cat(rows)

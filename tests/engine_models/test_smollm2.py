@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from engine.models import CausalLM, load_model, packed_gemm
-from kernels.cache_write_ref import to_cache_dtype
-from tests.engine_models.paged_batch import PagedSequences
+from tests.engine_models.paged_batch import PagedSequences, paged_logits
+from tests.engine_models.rounded_cache import FP8RoundedCache
 
 PROMPT = (
     "<|im_start|>user\nWrite one short sentence that explains why the sky looks blue during the day but red at sunset."
@@ -103,17 +103,6 @@ def rounding_reference(hf_model: PreTrainedModel, model_path: Path, prompt_ids: 
     return RoundingReference(generated, reference, hf_rounded)
 
 
-def paged_logits(model: CausalLM, generated: list[int], prompt_length: int, cache_dtype: torch.dtype) -> torch.Tensor:
-    """Our logits along `generated`: the prompt in one step, then a decode per token, over a paged cache."""
-    paged = PagedSequences(model.spec, [generated], block_size=16, seed=7, cache_dtype=cache_dtype)
-    rows = []
-    with torch.inference_mode():
-        for count in [prompt_length] + [1] * (len(generated) - prompt_length - 1):
-            step = paged.step({0: count})
-            rows.append(model.compute_logits(model(step.input_ids, step.positions, paged.kv_cache, step.attn)))
-    return torch.cat(rows)
-
-
 def test_bfloat16_is_as_close_to_float32_as_hf_bfloat16(
     rounding_reference: RoundingReference, model_path: Path, prompt_ids: list[int]
 ) -> None:
@@ -147,20 +136,6 @@ def test_a_bfloat16_kv_cache_under_float32_stays_closer_to_float32_than_hf_bfloa
     # The greedy continuation is float32's.
     assert logits[len(prompt_ids) - 1 :].argmax(-1).tolist() == generated[len(prompt_ids) :]
 
-
-
-class FP8RoundedCache(DynamicCache):
-    """HF's cache storing K/V as an fp8 cache holds them (saturated, rounded to nearest) and attending over
-    those: an oracle for kv_cache_dtype=fp8 written apart from the engine's kernels."""
-
-    def __init__(self, cache_dtype: torch.dtype) -> None:
-        super().__init__()
-        self.cache_dtype = cache_dtype
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: object,
-               **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        rounded = [to_cache_dtype(x, self.cache_dtype).to(x.dtype) for x in (key_states, value_states)]
-        return super().update(*rounded, layer_idx, *args, **kwargs)
 
 
 @pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
