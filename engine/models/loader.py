@@ -85,21 +85,31 @@ def checkpoint_tensors(model_dir: Path) -> Iterator[tuple[str, CheckpointTensor]
 def _ignored(name: str, model: CausalLM) -> bool:
     # Old exports carry rotary buffers (we build our own table), and some tied checkpoints also store
     # the LM head copy of the embedding.
-    return name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and model.lm_head is None)
+    return (
+        name.endswith("rotary_emb.inv_freq")
+        or (name == "lm_head.weight" and model.lm_head is None)
+        or name.endswith(_UNUSED_SCALES)
+    )
 
 
 # A layer's fp8 KV cache scales as checkpoints name them (vLLM reads the same): compressed-tensors /
-# llm-compressor's self_attn.{k,v}_scale (some exports nest them under self_attn.attn), AutoFP8's single
-# self_attn.kv_scale, and older exports' k_proj / v_proj output_scale. The attribute(s) of Attention each sets.
+# llm-compressor's self_attn.{k,v}_scale (some exports nest them under self_attn.attn), ModelOpt's
+# k_proj.k_scale / v_proj.v_scale, AutoFP8's single self_attn.kv_scale, and older exports' k_proj / v_proj
+# output_scale. The attribute(s) of Attention each sets.
 _KV_SCALES = {
     "self_attn.k_scale": ("k_scale",),
     "self_attn.v_scale": ("v_scale",),
     "self_attn.attn.k_scale": ("k_scale",),
     "self_attn.attn.v_scale": ("v_scale",),
+    "self_attn.k_proj.k_scale": ("k_scale",),
+    "self_attn.v_proj.v_scale": ("v_scale",),
     "self_attn.kv_scale": ("k_scale", "v_scale"),
     "self_attn.k_proj.output_scale": ("k_scale",),
     "self_attn.v_proj.output_scale": ("v_scale",),
 }
+# Scales of fp8 attention arithmetic (the query's, the probabilities'), which some of those checkpoints carry
+# too: this engine attends in the model's dtype, so they have nothing to scale (vLLM skips them as well).
+_UNUSED_SCALES = ("self_attn.q_scale", "self_attn.attn.q_scale", "self_attn.prob_scale", "self_attn.attn.prob_scale")
 
 
 def _load_kv_scale(name: str, source: CheckpointTensor, modules: dict[str, torch.nn.Module]) -> bool:

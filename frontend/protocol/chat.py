@@ -113,7 +113,7 @@ class ChatCompletionRequest(SamplingRequest):
     response_format: ResponseFormat | None = None
     # The chat template's `reasoning_effort`, and under a reasoning parser its `enable_thinking`
     # (frontend.reasoning.effort_template_kwargs); chat_template_kwargs override both.
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     # The engine's cache_salt unless one is given, as in the Responses API: requests with different keys
     # never share prefix-cache blocks.
     prompt_cache_key: str | None = None

@@ -3,8 +3,8 @@
 // KV head (2 at head_dim 128; a larger group takes a second pass, from cache).
 //
 // Work items are sequences, with all their KV heads (a (sequence, KV head) pair each when there are too few
-// sequences to keep every thread busy), handed out one at a time from a shared counter so that long and
-// short sequences balance across the threads of ATen's pool. A block's tiles of every KV head lie side by
+// sequences, or one too long, to keep every thread busy to the end), handed out one at a time from a shared
+// counter so that long and short sequences balance across the threads of ATen's pool. A block's tiles of every KV head lie side by
 // side, so a whole sequence reads 6-12 KB in one stretch per block where one head read 2-4 KB and jumped:
 // decoding 64 sequences x 330 tokens of SmolLM2 over 30 cold layers on a 2-core Zen 5, 4-7% less time a
 // layer with the blocks shuffled, 13-20% with them in order, 22-27% over fp8; the engine's decode steps of
@@ -64,7 +64,7 @@ struct Item {
   int64_t num_kv_heads, first_kv_head, kv_heads, group_size;
   int64_t kv_len, first_visible;  // positions first_visible .. kv_len - 1 are attended
   float scale;
-  float* scratch;  // kv_heads x group_size x (blocks in view x block_size scores, 2 x head_dim)
+  float* scratch;  // per (KV head, query head): scores, scaled query, output sums, inverse, fp8 query lanes
 };
 
 // fp8 tiles are read a cache line (64 bytes, 16 lanes of 4) at a time, each lane's k-th byte widened after a
@@ -294,8 +294,9 @@ Kernel<Q, C> kernel_for(int64_t block_size, int64_t head_dim) {
 // Every dtype pair is compiled for the same shapes.
 bool supported(int64_t block_size, int64_t head_dim) { return kernel_for<float, float>(block_size, head_dim) != nullptr; }
 
-// Whole sequences per work item once there are this many sequences per thread.
-constexpr int64_t kSequencesPerThreadForWholeItems = 4;
+// Whole sequences per work item once each thread's share of the positions is at least this many times
+// the longest sequence: 4 sequences per thread when they are equal.
+constexpr int64_t kItemsPerThreadForWholeSequences = 4;
 
 template <typename Q, typename C>
 void attend_all(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
@@ -310,10 +311,16 @@ void attend_all(const at::Tensor& out, const at::Tensor& query, const at::Tensor
   const int32_t* tables = block_tables.data_ptr<int32_t>();
   const Q* queries = query.data_ptr<Q>();
   Q* outs = out.data_ptr<Q>();
-  // Each work item is a sequence's KV heads, all of them when there are enough sequences to keep every
-  // thread busy, one otherwise.
+  // Each work item is a sequence's KV heads: all of them when no sequence is longer than a fraction of each
+  // thread's share of the positions (so the threads still end together), one otherwise.
   const int64_t workers_wanted = at::get_num_threads();
-  const int64_t heads_per_item = sequences.numel() >= kSequencesPerThreadForWholeItems * workers_wanted ? num_kv_heads : 1;
+  int64_t total_len = 0, longest = 0;
+  for (int64_t i = 0; i < sequences.numel(); ++i) {
+    total_len += lens[seqs[i]];
+    longest = std::max<int64_t>(longest, lens[seqs[i]]);
+  }
+  const bool whole = longest * kItemsPerThreadForWholeSequences * workers_wanted <= total_len;
+  const int64_t heads_per_item = whole ? num_kv_heads : 1;
   const int64_t items_per_sequence = num_kv_heads / heads_per_item;
   const int64_t items = sequences.numel() * items_per_sequence;
   std::atomic<int64_t> next{0};

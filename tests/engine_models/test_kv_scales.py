@@ -128,6 +128,9 @@ def rewritten(checkpoint: Path, directory: Path, scales: dict[str, torch.Tensor]
         # Older exports: the projections' output scales.
         ({"self_attn.k_proj.output_scale": 0.5, "self_attn.v_proj.output_scale": 0.25}, (0.5, 0.25)),
         ({"self_attn.attn.k_scale": 2.0, "self_attn.attn.v_scale": 4.0}, (2.0, 4.0)),
+        # ModelOpt; the query and probability scales of fp8 attention arithmetic are skipped.
+        ({"self_attn.k_proj.k_scale": 0.5, "self_attn.v_proj.v_scale": 0.25, "self_attn.q_scale": 3.0,
+          "self_attn.prob_scale": 3.0}, (0.5, 0.25)),  # fmt: skip
         # A checkpoint giving one of the two leaves the other at 1.
         ({"self_attn.k_scale": 0.125}, (0.125, 1.0)),
     ],

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from frontend.app import build_app
 from frontend.metrics import FrontendMetrics
-from frontend.serving.context import ServingContext, checkpoint_context_length
+from frontend.serving.context import ServingContext, checkpoint_context_length, engine_context_length
 from frontend.triton_client import TritonClient
 from tests.frontend.conftest import API_KEY, MODEL_NAME
 
@@ -193,12 +193,17 @@ def test_max_model_len_is_checked_before_triton(offline_context: ServingContext)
         assert client.get("/v1/models").json()["data"][0]["max_model_len"] == 20
 
 
-def test_checkpoint_context_length_is_max_position_embeddings(model_path: Path, tmp_path: Path) -> None:
-    """The engine's context length when its llm model sets no max_model_len; a multimodal checkpoint keeps
-    it in text_config."""
-    assert checkpoint_context_length(model_path) == 8192
+def test_the_engine_context_length_is_its_max_model_len_else_its_checkpoints(model_path: Path, tmp_path: Path) -> None:
+    """What the frontend concludes from the llm model's parameters (Triton's get_model_config), as the
+    engine resolves them; a multimodal checkpoint keeps max_position_embeddings in text_config."""
+    assert engine_context_length({"max_model_len": "4096", "model": str(tmp_path)}, model_path) == 4096
+    # No max_model_len: the served checkpoint's, or the frontend's own where that one is not visible here.
+    assert engine_context_length({"max_model_len": ""}, model_path) == 8192
+    assert engine_context_length({"model": "models/relative"}, model_path) == 8192
     (tmp_path / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 32768}}))
-    assert checkpoint_context_length(tmp_path) == 32768
-    (tmp_path / "config.json").write_text("{}")
-    assert checkpoint_context_length(tmp_path) is None
+    assert engine_context_length({"model": str(tmp_path)}, model_path) == 32768
+    assert engine_context_length({"max_model_len": "auto"}, model_path) is None
+    for config in ("{}", '{"text_config": null}', "[]", "not json"):
+        (tmp_path / "config.json").write_text(config)
+        assert engine_context_length({"model": str(tmp_path)}, model_path) is None
     assert checkpoint_context_length(tmp_path / "missing") is None

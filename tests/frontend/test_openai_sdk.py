@@ -387,3 +387,18 @@ def test_openai_fields_without_an_effect_here_are_accepted(client: openai.OpenAI
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=3, modalities=["text", "audio"])
     assert caught.value.param is not None and caught.value.param.startswith("modalities")
+
+
+def test_prompt_cache_key_keeps_prefix_cache_entries_apart(client: openai.OpenAI) -> None:
+    """Chat's prompt_cache_key is the engine's cache_salt: the same prompt hits the prefix cache under its
+    own key only."""
+    messages = [{"role": "user", "content": f"List the planets of the solar system, {time.time_ns()}, in order."}]
+
+    def cached_tokens(key: str) -> int:
+        reply = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=1, prompt_cache_key=key)
+        assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+        return reply.usage.prompt_tokens_details.cached_tokens or 0
+
+    assert cached_tokens("tenant-a") == 0
+    assert cached_tokens("tenant-a") >= 16
+    assert cached_tokens("tenant-b") == 0

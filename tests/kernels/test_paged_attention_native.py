@@ -169,11 +169,14 @@ def test_decode_work_items_of_whole_sequences_and_of_single_kv_heads_agree(
     dtype: torch.dtype, cache_dtype: torch.dtype, num_q_heads: int, num_kv_heads: int, head_dim: int,
     sliding_window: int | None, block_size: int,
 ) -> None:
-    """The decode kernel gives each thread whole sequences once there are 4 per thread, (sequence, KV head)
-    pairs otherwise: 8 sequences on 1 thread take the first, on 3 threads the second. Both sum in the same
-    order, so they agree to the bit, and with float64 attention over the same cache values."""
-    batch = make_paged_batch([1] * len(DECODE_KV_LENS), DECODE_KV_LENS, num_q_heads, num_kv_heads, head_dim,
-                             cache_dtype, CPU, block_size=block_size, keys_transposed=True)  # fmt: skip
+    """The decode kernel gives each thread whole sequences when each thread's share of the positions is at
+    least 4 times the longest sequence, (sequence, KV head) pairs otherwise: these 12 sequences on 1 thread
+    take the first, on 3 threads the second. Both sum in the same order, so they agree to the bit, and with
+    float64 attention over the same cache values."""
+    kv_lens = [1, 16, 17, 32, 33, 129, 150, 160, 170, 180, 190, 200]
+    assert 4 * max(kv_lens) <= sum(kv_lens) < 3 * 4 * max(kv_lens)
+    batch = make_paged_batch([1] * len(kv_lens), kv_lens, num_q_heads, num_kv_heads, head_dim, cache_dtype, CPU,
+                             block_size=block_size, keys_transposed=True)  # fmt: skip
     batch = dataclasses.replace(batch, query=batch.query.to(dtype))
     scale = head_dim**-0.5
     outputs = []
