@@ -98,6 +98,9 @@ class GenerationChunk:
     prompt_logprobs: list[TokenLogprob | None] | None = None
     # The sequence's cumulative logprob so far (0 when not computed).
     cumulative_logprob: float = 0.0
+    # With finish_reason "stop": the stop string or stop token id that ended the sequence (vLLM's
+    # stop_reason); None for EOS and every other end.
+    stop_reason: int | str | None = None
 
 
 INT32_MAX = 2**31 - 1
@@ -179,6 +182,7 @@ def parse_response(
         logprobs=_token_logprobs(outputs, token_ids),
         prompt_logprobs=_prompt_logprobs(outputs),
         cumulative_logprob=0.0 if cumulative is None else float(cumulative[0]),
+        stop_reason=_json_tensor(outputs, "stop_reason"),
     )
 
 

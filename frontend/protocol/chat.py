@@ -174,6 +174,8 @@ class ChatChoice(BaseModel):
     message: ChatResponseMessage
     finish_reason: str | None
     logprobs: ChoiceLogprobs | None = None
+    # vLLM extension: the stop string or stop token id that ended the choice; None for EOS and other ends.
+    stop_reason: int | str | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -211,6 +213,8 @@ class ChatChunkChoice(BaseModel):
     delta: ChatDelta
     finish_reason: str | None = None
     logprobs: ChoiceLogprobs | None = None
+    # As ChatChoice's, on the chunk that finishes the choice.
+    stop_reason: int | str | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -45,6 +45,8 @@ class CompletionChoice(BaseModel):
     text: str
     finish_reason: str | None
     logprobs: CompletionLogprobs | None = None
+    # vLLM extension: the stop string or stop token id that ended the choice; None for EOS and other ends.
+    stop_reason: int | str | None = None
 
 
 class CompletionResponse(BaseModel):

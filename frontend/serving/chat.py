@@ -79,7 +79,13 @@ class ChatHandler:
                 logprobs = formatter.chat(sequence.logprobs or [])
             finish = _finish(sequence.finish_reason, output.saw_tool_calls)
             choices.append(
-                ChatChoice(index=sequence.index, message=message, finish_reason=finish, logprobs=logprobs)
+                ChatChoice(
+                    index=sequence.index,
+                    message=message,
+                    finish_reason=finish,
+                    logprobs=logprobs,
+                    stop_reason=sequence.stop_reason,
+                )
             )
         return ChatCompletionResponse(
             id=request_id,
@@ -220,8 +226,11 @@ class ChatHandler:
             finish: str | None = None,
             usage: UsageInfo | None = None,
             logprobs: ChoiceLogprobs | None = None,
+            stop_reason: int | str | None = None,
         ) -> str:
-            choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
+            choice = ChatChunkChoice(
+                index=index, delta=delta, finish_reason=finish, logprobs=logprobs, stop_reason=stop_reason
+            )
             body = ChatCompletionChunk(
                 id=request_id,
                 created=created,
@@ -257,9 +266,8 @@ class ChatHandler:
                     tail = output.finish()
                     if tail is not None:
                         yield chunk(index, tail)
-                    yield chunk(
-                        index, ChatDelta(), _finish(response.finish_reason, output.saw_tool_calls), usage
-                    )
+                    finish = _finish(response.finish_reason, output.saw_tool_calls)
+                    yield chunk(index, ChatDelta(), finish, usage, stop_reason=response.stop_reason)
             if include_usage:
                 usage_chunk = ChatCompletionChunk(
                     id=request_id,

@@ -99,6 +99,7 @@ class CompletionHandler:
                         text=echo + sequence.text,
                         finish_reason=sequence.finish_reason,
                         logprobs=logprobs,
+                        stop_reason=sequence.stop_reason,
                     )
                 )
         return CompletionResponse(
@@ -220,7 +221,11 @@ class CompletionHandler:
                     offsets[choice_index] = offsets.get(choice_index, 0) + len(text)
                     if text or item.finish_reason or (logprobs is not None and logprobs.tokens):
                         choice = CompletionChoice(
-                            index=choice_index, text=text, finish_reason=item.finish_reason, logprobs=logprobs
+                            index=choice_index,
+                            text=text,
+                            finish_reason=item.finish_reason,
+                            logprobs=logprobs,
+                            stop_reason=item.stop_reason,
                         )
                         yield body([choice], _total_usage(lasts) if continuous else None)
             if options is not None and options.include_usage:

@@ -88,6 +88,8 @@ class Sequence:
     logprobs: list[TokenLogprob] | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None
     finish_reason: str | None = None
+    # The stop string or token id that ended it (GenerationChunk.stop_reason).
+    stop_reason: int | str | None = None
     # Output tokens of this sequence.
     num_output_tokens: int = 0
 
@@ -99,6 +101,8 @@ class Sequence:
         if chunk.prompt_logprobs is not None:
             self.prompt_logprobs = chunk.prompt_logprobs
         self.finish_reason = chunk.finish_reason or self.finish_reason
+        if chunk.stop_reason is not None:
+            self.stop_reason = chunk.stop_reason
         self.num_output_tokens = chunk.num_output_tokens
 
 

@@ -11,6 +11,7 @@ import urllib.request
 import httpx
 import openai
 import pytest
+from transformers import AutoTokenizer
 
 from tests.frontend.conftest import MODEL_NAME
 from tests.integration.triton_requests import scrape_metric
@@ -87,11 +88,29 @@ def test_chat_stream_equals_non_streamed(client: openai.OpenAI) -> None:
 
 
 def test_stop_string_ends_the_answer(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(
-        model=MODEL_NAME, messages=QUESTION, max_tokens=16, temperature=0, stop=[" Paris"]
-    )
-    assert reply.choices[0].finish_reason == "stop"
-    assert "Paris" not in (reply.choices[0].message.content or "")
+    """vLLM's stop_reason names the stop string or token id that matched, streamed or not; EOS and the
+    length limit leave it null."""
+    request = {"model": MODEL_NAME, "messages": QUESTION, "max_tokens": 16, "temperature": 0}
+    reply = client.chat.completions.create(**request, stop=[" London", " Paris"])  # type: ignore[call-overload]
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop" and "Paris" not in (choice.message.content or "")
+    assert choice.model_extra == {"stop_reason": " Paris"}
+    chunks = list(client.chat.completions.create(**request, stop=[" Paris"], stream=True))  # type: ignore[call-overload]
+    reasons = [(chunk.choices[0].model_extra or {}).get("stop_reason") for chunk in chunks]
+    assert reasons == [None] * (len(chunks) - 1) + [" Paris"]
+    paris = client.completions.create(model=MODEL_NAME, prompt="The capital of France is", max_tokens=1, temperature=0)
+    [paris_id] = AutoTokenizer.from_pretrained(ROOT / "models" / MODEL_NAME)(paris.choices[0].text)["input_ids"]
+    completion = client.completions.create(
+        model=MODEL_NAME, prompt="The capital of France is", max_tokens=4, temperature=0,
+        extra_body={"stop_token_ids": [paris_id]},
+    )  # fmt: skip
+    assert completion.choices[0].finish_reason == "stop" and completion.choices[0].model_extra == {"stop_reason": paris_id}
+    streamed = list(client.completions.create(
+        model=MODEL_NAME, prompt="The capital of France is", max_tokens=4, temperature=0, stream=True,
+        extra_body={"stop_token_ids": [paris_id]},
+    ))  # fmt: skip
+    assert (streamed[-1].choices[0].model_extra or {}).get("stop_reason") == paris_id
+    assert paris.choices[0].finish_reason == "length" and paris.choices[0].model_extra == {"stop_reason": None}
 
 
 def test_completions_single_batch_echo_and_token_ids(
@@ -392,13 +411,15 @@ def test_openai_fields_without_an_effect_here_are_accepted(client: openai.OpenAI
 def test_prompt_cache_key_keeps_prefix_cache_entries_apart(client: openai.OpenAI) -> None:
     """Chat's prompt_cache_key is the engine's cache_salt: the same prompt hits the prefix cache under its
     own key only."""
-    messages = [{"role": "user", "content": f"List the planets of the solar system, {time.time_ns()}, in order."}]
+    # Keys no other test uses: a key's first request must find nothing cached, not even the system prompt.
+    run = time.time_ns()
+    messages = [{"role": "user", "content": f"List the planets of the solar system, {run}, in order."}]
 
     def cached_tokens(key: str) -> int:
         reply = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=1, prompt_cache_key=key)
         assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
         return reply.usage.prompt_tokens_details.cached_tokens or 0
 
-    assert cached_tokens("tenant-a") == 0
-    assert cached_tokens("tenant-a") >= 16
-    assert cached_tokens("tenant-b") == 0
+    assert cached_tokens(f"tenant-a-{run}") == 0
+    assert cached_tokens(f"tenant-a-{run}") >= 16
+    assert cached_tokens(f"tenant-b-{run}") == 0

@@ -282,6 +282,8 @@ class TritonPythonModel:
             ]
             if state.prompt_text:
                 tensors.append(pb_utils.Tensor("prompt_text", text(state.prompt_text)))
+            if output.finish_reason is not None and output.stop_reason is not None:
+                tensors.append(pb_utils.Tensor("stop_reason", text(json.dumps(output.stop_reason))))
         tensors.extend(
             pb_utils.Tensor(name, array) for name, array in sequence_tensors(output, state.parallel).items()
         )
