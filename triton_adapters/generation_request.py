@@ -74,11 +74,13 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "return_generation_logits": False,
     "use_beam_search": False,
 }
-# Accepted and meaningless for this engine: padding ids exist only for static batches.
+# Accepted and meaningless for this engine: padding ids exist only for static batches; finish_reason and
+# num_input_tokens are always returned (vllm_backend sends them only when its flags ask).
 IGNORED = (
     "pad_id",
     "stream",
     "exclude_input_in_output",
+    "return_finish_reason",
     "return_num_input_tokens",
     "return_num_output_tokens",
 )
@@ -106,6 +108,11 @@ class GenerationRequest:
     exclude_input_in_output: bool
     # False: a streamed sequence's responses after its first leave out the outputs that stay the same.
     return_unchanged_outputs: bool = True
+    # vllm_backend's return_num_output_tokens: num_output_tokens counts the tokens of each response, as
+    # vllm_backend's does; without it, the sequence's tokens so far (TensorRT-LLM style, our default).
+    output_tokens_per_response: bool = False
+    # vllm_backend's return_cumulative_logprob: send `cumulative_logprob`.
+    cumulative_logprob: bool = False
 
 
 def _scalar(array: np.ndarray) -> Any:
@@ -195,8 +202,9 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
             fields["stop_token_ids"] = [int(token) for token in array.reshape(-1)]
         elif name == "bad_words":
             fields["bad_words"] = [word for word in _strings(array) if word]
-        elif name == "return_log_probs" and bool(_scalar(array)):
-            # TensorRT-LLM's flag: the sampled tokens' logprobs (output_log_probs, cum_log_probs).
+        elif name in ("return_log_probs", "return_cumulative_logprob") and bool(_scalar(array)):
+            # TensorRT-LLM's flag (the sampled tokens' logprobs: output_log_probs, cum_log_probs) and
+            # vllm_backend's (their sum, cumulative_logprob): both need the sampled tokens' logprobs.
             fields["logprobs"] = fields.get("logprobs") or 0
         elif name in NEUTRAL_VALUES:
             _check_neutral(name, _scalar(array))
@@ -215,4 +223,10 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
         return_unchanged_outputs=(
             bool(_scalar(inputs["return_unchanged_outputs"])) if "return_unchanged_outputs" in inputs else True
         ),
+        output_tokens_per_response=_flag(inputs, "return_num_output_tokens"),
+        cumulative_logprob=_flag(inputs, "return_cumulative_logprob"),
     )
+
+
+def _flag(inputs: Mapping[str, np.ndarray], name: str) -> bool:
+    return name in inputs and bool(_scalar(inputs[name]))

@@ -4,6 +4,7 @@ cancellation, concurrency, errors, client payload conventions and metrics."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 import time
@@ -143,6 +144,33 @@ def test_genai_perf_tensorrtllm_payload_streams(triton_server: TritonServer) -> 
     )
     assert result.error is None
     assert result.num_output_tokens == 16 and len(result.texts) >= 2
+
+
+def test_vllm_backend_additional_outputs(triton_server: TritonServer) -> None:
+    """vllm_backend's flags: with return_num_output_tokens, num_output_tokens counts each response's tokens
+    (as vllm_backend's does), return_cumulative_logprob adds the running sum of the tokens' logprobs (the
+    TensorRT-LLM cum_log_probs), return_finish_reason is accepted (finish_reason always comes)."""
+    request = {
+        "text_input": "Tell me a story.",
+        "stream": True,
+        "sampling_parameters": {"max_tokens": 8, "ignore_eos": True, "temperature": 0.0},
+        "return_finish_reason": True,
+        "return_num_output_tokens": True,
+        "return_cumulative_logprob": True,
+        "return_log_probs": True,
+    }
+    responses = stream_outputs(triton_server.grpc_url, request, "ensemble")
+    counts = [int(response["num_output_tokens"][0]) for response in responses]
+    assert counts == [len(response["output_token_ids"]) for response in responses] and sum(counts) == 8
+    running = list(itertools.accumulate(float(response["output_log_probs"].sum()) for response in responses))
+    cumulative = [float(response["cumulative_logprob"][0]) for response in responses]
+    assert cumulative == pytest.approx(running, abs=1e-4) and cumulative[-1] < 0
+    assert cumulative == [float(response["cum_log_probs"][0]) for response in responses]
+    assert responses[-1]["finish_reason"][0] == b"length"
+    # Without the flag, the sequence's tokens so far; no cumulative_logprob unless asked.
+    plain = stream_outputs(triton_server.grpc_url, {**request, "return_num_output_tokens": False,
+                                                    "return_cumulative_logprob": False}, "ensemble")  # fmt: skip
+    assert int(plain[-1]["num_output_tokens"][0]) == 8 and all("cumulative_logprob" not in r for r in plain)
 
 
 def test_genai_perf_vllm_payload_streams(triton_server: TritonServer) -> None:

@@ -70,6 +70,9 @@ class ActiveRequest:
     return_unchanged: bool = True
     # Sequence indices whose first response went out.
     started: set[int] = field(default_factory=set)
+    # vllm_backend conventions (GenerationRequest): num_output_tokens per response; cumulative_logprob.
+    output_tokens_per_response: bool = False
+    cumulative_logprob: bool = False
 
 
 class TritonPythonModel:
@@ -146,6 +149,8 @@ class TritonPythonModel:
             prompt_text=prompt_text,
             arrival=time.monotonic(),
             return_unchanged=generation.return_unchanged_outputs,
+            output_tokens_per_response=generation.output_tokens_per_response,
+            cumulative_logprob=generation.cumulative_logprob,
         )
         with self.active_lock:
             self.active[state.request_id] = state
@@ -270,11 +275,17 @@ class TritonPythonModel:
         ]
         first = output.index not in state.started
         state.started.add(output.index)
+        if state.output_tokens_per_response:
+            tensors.append(pb_utils.Tensor("num_output_tokens", scalar(len(output.new_token_ids))))
+        if state.cumulative_logprob:
+            cumulative = np.array([output.cumulative_logprob or 0.0], dtype=np.float32)
+            tensors.append(pb_utils.Tensor("cumulative_logprob", cumulative))
         # A lean stream's count between a sequence's first and last responses is the client's running sum of
         # output_token_ids: one tensor less on every streamed token.
         if state.return_unchanged or first or output.finish_reason is not None or output.finished:
+            if not state.output_tokens_per_response:
+                tensors.append(pb_utils.Tensor("num_output_tokens", scalar(output.num_output_tokens)))
             tensors += [
-                pb_utils.Tensor("num_output_tokens", scalar(output.num_output_tokens)),
                 pb_utils.Tensor("request_id", text(output.request_id)),
                 pb_utils.Tensor("num_input_tokens", scalar(output.num_prompt_tokens)),
                 pb_utils.Tensor("num_cached_tokens", scalar(output.num_cached_tokens)),

@@ -28,6 +28,7 @@ PASS_THROUGH = (
     "finish_reason",
     "sequence_index",
     "cum_log_probs",
+    "cumulative_logprob",
     "output_log_probs",
     "top_log_probs",
     "prompt_log_probs",
