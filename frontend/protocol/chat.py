@@ -176,6 +176,8 @@ class ChatChoice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
     # vLLM extension: the stop string or stop token id that ended the choice; None for EOS and other ends.
     stop_reason: int | str | None = None
+    # vLLM's return_token_ids: the choice's output token ids.
+    token_ids: list[int] | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -187,6 +189,8 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
     system_fingerprint: str
     service_tier: str | None = None
+    # vLLM's return_token_ids: the templated prompt's token ids.
+    prompt_token_ids: list[int] | None = None
 
 
 class DeltaFunctionCall(BaseModel):
@@ -215,6 +219,8 @@ class ChatChunkChoice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
     # As ChatChoice's, on the chunk that finishes the choice.
     stop_reason: int | str | None = None
+    # vLLM's return_token_ids: this chunk's output token ids.
+    token_ids: list[int] | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -226,3 +232,5 @@ class ChatCompletionChunk(BaseModel):
     usage: UsageInfo | None = None
     system_fingerprint: str
     service_tier: str | None = None
+    # vLLM's return_token_ids: the prompt's token ids, on the stream's first chunk.
+    prompt_token_ids: list[int] | None = None

@@ -47,6 +47,9 @@ class SamplingRequest(BaseModel):
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # vLLM: token ids beside the text, the prompt's (`prompt_token_ids`) and each choice's (`token_ids`;
+    # streamed, each chunk's and the prompt's on a choice's first chunk).
+    return_token_ids: bool = False
     # vLLM: tokens per streamed chunk; raises the server's stream_interval, never lowers it. The first and
     # last chunks are sent at once. No effect without `stream`.
     stream_interval: int | None = Field(default=None, ge=1)

@@ -85,6 +85,7 @@ class ChatHandler:
                     finish_reason=finish,
                     logprobs=logprobs,
                     stop_reason=sequence.stop_reason,
+                    token_ids=sequence.token_ids if request.return_token_ids else None,
                 )
             )
         return ChatCompletionResponse(
@@ -97,6 +98,7 @@ class ChatHandler:
             ),
             system_fingerprint=self.ctx.system_fingerprint,
             service_tier=request.service_tier,
+            prompt_token_ids=prepared.generation.prompt_token_ids if request.return_token_ids else None,
         )
 
     async def _prepare(self, request: ChatCompletionRequest, request_id: str) -> PreparedChat:
@@ -227,9 +229,16 @@ class ChatHandler:
             usage: UsageInfo | None = None,
             logprobs: ChoiceLogprobs | None = None,
             stop_reason: int | str | None = None,
+            token_ids: list[int] | None = None,
+            prompt_token_ids: list[int] | None = None,
         ) -> str:
             choice = ChatChunkChoice(
-                index=index, delta=delta, finish_reason=finish, logprobs=logprobs, stop_reason=stop_reason
+                index=index,
+                delta=delta,
+                finish_reason=finish,
+                logprobs=logprobs,
+                stop_reason=stop_reason,
+                token_ids=token_ids,
             )
             body = ChatCompletionChunk(
                 id=request_id,
@@ -239,6 +248,7 @@ class ChatHandler:
                 usage=usage,
                 system_fingerprint=self.ctx.system_fingerprint,
                 service_tier=request.service_tier,
+                prompt_token_ids=prompt_token_ids,
             )
             return frame(body)
 
@@ -248,8 +258,10 @@ class ChatHandler:
         outputs = [self._output_processor(prepared) for _ in range(num_sequences)]
         lasts: dict[int, GenerationChunk] = {}
         try:
+            prompt_token_ids = prepared.generation.prompt_token_ids if request.return_token_ids else None
             for index in range(num_sequences):
-                yield chunk(index, ChatDelta(role=self.ctx.config.response_role, content=""))
+                role = ChatDelta(role=self.ctx.config.response_role, content="")
+                yield chunk(index, role, prompt_token_ids=prompt_token_ids if index == 0 else None)
             # aclosing: if the client leaves while a frame is being sent, the Triton request ends now, not at GC.
             async with aclosing(chunks(self.ctx, generation)) as responses:
                 async for response in responses:
@@ -259,8 +271,10 @@ class ChatHandler:
                     usage = _usage(lasts) if continuous else None
                     delta = output.feed(response.text) if response.text else None
                     logprobs = formatter.chat(response.logprobs) if formatter and response.logprobs else None
-                    if delta is not None or logprobs is not None:
-                        yield chunk(index, delta or ChatDelta(), usage=usage, logprobs=logprobs)
+                    # Tokens a parser holds back still get their chunk when their ids were asked.
+                    token_ids = response.token_ids if request.return_token_ids and response.token_ids else None
+                    if delta is not None or logprobs is not None or token_ids is not None:
+                        yield chunk(index, delta or ChatDelta(), usage=usage, logprobs=logprobs, token_ids=token_ids)
                     if response.finish_reason is None:
                         continue
                     tail = output.finish()

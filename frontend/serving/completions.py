@@ -100,6 +100,8 @@ class CompletionHandler:
                         finish_reason=sequence.finish_reason,
                         logprobs=logprobs,
                         stop_reason=sequence.stop_reason,
+                        prompt_token_ids=prompt.token_ids if request.return_token_ids else None,
+                        token_ids=sequence.token_ids if request.return_token_ids else None,
                     )
                 )
         return CompletionResponse(
@@ -219,13 +221,16 @@ class CompletionHandler:
                             offsets.get(choice_index, 0),
                         )
                     offsets[choice_index] = offsets.get(choice_index, 0) + len(text)
-                    if text or item.finish_reason or (logprobs is not None and logprobs.tokens):
+                    token_ids = item.token_ids if request.return_token_ids and item.token_ids else None
+                    if text or item.finish_reason or (logprobs is not None and logprobs.tokens) or token_ids:
                         choice = CompletionChoice(
                             index=choice_index,
                             text=text,
                             finish_reason=item.finish_reason,
                             logprobs=logprobs,
                             stop_reason=item.stop_reason,
+                            prompt_token_ids=prompt.token_ids if request.return_token_ids and first else None,
+                            token_ids=token_ids,
                         )
                         yield body([choice], _total_usage(lasts) if continuous else None)
             if options is not None and options.include_usage:

@@ -94,7 +94,7 @@ def test_stop_string_ends_the_answer(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(**request, stop=[" London", " Paris"])  # type: ignore[call-overload]
     choice = reply.choices[0]
     assert choice.finish_reason == "stop" and "Paris" not in (choice.message.content or "")
-    assert choice.model_extra == {"stop_reason": " Paris"}
+    assert (choice.model_extra or {})["stop_reason"] == " Paris"
     chunks = list(client.chat.completions.create(**request, stop=[" Paris"], stream=True))  # type: ignore[call-overload]
     reasons = [(chunk.choices[0].model_extra or {}).get("stop_reason") for chunk in chunks]
     assert reasons == [None] * (len(chunks) - 1) + [" Paris"]
@@ -104,13 +104,14 @@ def test_stop_string_ends_the_answer(client: openai.OpenAI) -> None:
         model=MODEL_NAME, prompt="The capital of France is", max_tokens=4, temperature=0,
         extra_body={"stop_token_ids": [paris_id]},
     )  # fmt: skip
-    assert completion.choices[0].finish_reason == "stop" and completion.choices[0].model_extra == {"stop_reason": paris_id}
+    assert completion.choices[0].finish_reason == "stop"
+    assert (completion.choices[0].model_extra or {})["stop_reason"] == paris_id
     streamed = list(client.completions.create(
         model=MODEL_NAME, prompt="The capital of France is", max_tokens=4, temperature=0, stream=True,
         extra_body={"stop_token_ids": [paris_id]},
     ))  # fmt: skip
     assert (streamed[-1].choices[0].model_extra or {}).get("stop_reason") == paris_id
-    assert paris.choices[0].finish_reason == "length" and paris.choices[0].model_extra == {"stop_reason": None}
+    assert paris.choices[0].finish_reason == "length" and (paris.choices[0].model_extra or {})["stop_reason"] is None
 
 
 def test_completions_single_batch_echo_and_token_ids(
@@ -423,3 +424,31 @@ def test_prompt_cache_key_keeps_prefix_cache_entries_apart(client: openai.OpenAI
     assert cached_tokens(f"tenant-a-{run}") == 0
     assert cached_tokens(f"tenant-a-{run}") >= 16
     assert cached_tokens(f"tenant-b-{run}") == 0
+
+
+def test_return_token_ids_gives_the_prompts_and_the_outputs_token_ids(client: openai.OpenAI) -> None:
+    """vLLM's return_token_ids: the prompt's ids (the templated chat prompt; a stream's first chunk) and each
+    choice's output ids, which a stream splits over its chunks."""
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "models" / MODEL_NAME)
+    request = {"model": MODEL_NAME, "max_tokens": 6, "temperature": 0, "extra_body": {"return_token_ids": True}}
+    chat = client.chat.completions.create(messages=QUESTION, **request)  # type: ignore[call-overload]
+    templated = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True)
+    assert chat.model_extra is not None and chat.model_extra["prompt_token_ids"] == list(templated["input_ids"])
+    output_ids = (chat.choices[0].model_extra or {})["token_ids"]
+    assert chat.usage is not None and len(output_ids) == chat.usage.completion_tokens
+    assert tokenizer.decode(output_ids, skip_special_tokens=True) == chat.choices[0].message.content
+    chunks = list(client.chat.completions.create(messages=QUESTION, stream=True, **request))  # type: ignore[call-overload]
+    assert (chunks[0].model_extra or {}).get("prompt_token_ids") == chat.model_extra["prompt_token_ids"]
+    assert all("prompt_token_ids" not in (chunk.model_extra or {}) for chunk in chunks[1:])
+    streamed = [token for chunk in chunks for token in (chunk.choices[0].model_extra or {}).get("token_ids") or []]
+    assert streamed == output_ids
+    prompt = "The capital of France is"
+    completion = client.completions.create(prompt=prompt, **request)  # type: ignore[call-overload]
+    choice = completion.choices[0].model_extra or {}
+    assert choice["prompt_token_ids"] == tokenizer(prompt)["input_ids"]
+    assert tokenizer.decode(choice["token_ids"]) == completion.choices[0].text
+    pieces = [chunk.choices[0].model_extra or {} for chunk in client.completions.create(prompt=prompt, stream=True, **request)]  # type: ignore[call-overload]
+    assert pieces[0]["prompt_token_ids"] == choice["prompt_token_ids"]
+    assert [token for piece in pieces for token in piece.get("token_ids") or []] == choice["token_ids"]
+    plain = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=2)
+    assert (plain.choices[0].model_extra or {}).get("token_ids") is None
