@@ -90,6 +90,10 @@ def merge_outputs(earlier: RequestOutput, later: RequestOutput) -> RequestOutput
         if earlier.prompt_logprobs is not None
         else later.prompt_logprobs,
         first_token_time=earlier.first_token_time or later.first_token_time,
+        # An abort's output carries none; the sum so far still holds.
+        cumulative_logprob=later.cumulative_logprob
+        if later.cumulative_logprob is not None
+        else earlier.cumulative_logprob,
     )
 
 

@@ -74,8 +74,10 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "return_generation_logits": False,
     "use_beam_search": False,
 }
-# Accepted and meaningless for this engine: padding ids exist only for static batches; finish_reason and
-# num_input_tokens are always returned (vllm_backend sends them only when its flags ask).
+# Accepted in sampling_parameters and meaningless there: padding ids exist only for static batches;
+# finish_reason and num_input_tokens are always returned (vllm_backend sends them only when its flags
+# ask). As tensors, return_num_output_tokens and return_cumulative_logprob do change the outputs
+# (parse_generation_request).
 IGNORED = (
     "pad_id",
     "stream",

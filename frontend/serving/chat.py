@@ -23,7 +23,13 @@ from frontend.protocol.usage import UsageInfo
 from frontend.reasoning import effort_template_kwargs, reasoning_parser
 from frontend.serving.chat_output import ChatOutputProcessor
 from frontend.serving.context import ServingContext, unix_now
-from frontend.serving.engine_params import EngineParameters, api_error, engine_parameters, truncated_length
+from frontend.serving.engine_params import (
+    EngineParameters,
+    api_error,
+    engine_parameters,
+    kept_prompt,
+    truncated_length,
+)
 from frontend.serving.generation import Generation, chunks, collect, start_generation
 from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.responses_tools import ANY_OBJECT, CallArrayParser, NamedCallParser, call_array_schema
@@ -98,7 +104,7 @@ class ChatHandler:
             ),
             system_fingerprint=self.ctx.system_fingerprint,
             service_tier=request.service_tier,
-            prompt_token_ids=prepared.generation.prompt_token_ids if request.return_token_ids else None,
+            prompt_token_ids=await self._prompt_ids(request, prepared) if request.return_token_ids else None,
         )
 
     async def _prepare(self, request: ChatCompletionRequest, request_id: str) -> PreparedChat:
@@ -208,6 +214,11 @@ class ChatHandler:
             return None
         return LogprobFormatter(self.ctx.templater, request.top_logprobs or 0)
 
+    async def _prompt_ids(self, request: ChatCompletionRequest, prepared: PreparedChat) -> list[int]:
+        """The templated prompt's token ids as the engine keeps them (after truncate_prompt_tokens)."""
+        ids = prepared.generation.prompt_token_ids
+        return kept_prompt(ids, request.truncate_prompt_tokens, await self.ctx.max_model_len())
+
     def _output_processor(self, prepared: PreparedChat) -> ChatOutputProcessor:
         config = self.ctx.config
         reasoning = reasoning_parser(config.reasoning_parser) if config.reasoning_parser else None
@@ -258,7 +269,7 @@ class ChatHandler:
         outputs = [self._output_processor(prepared) for _ in range(num_sequences)]
         lasts: dict[int, GenerationChunk] = {}
         try:
-            prompt_token_ids = prepared.generation.prompt_token_ids if request.return_token_ids else None
+            prompt_token_ids = await self._prompt_ids(request, prepared) if request.return_token_ids else None
             for index in range(num_sequences):
                 role = ChatDelta(role=self.ctx.config.response_role, content="")
                 yield chunk(index, role, prompt_token_ids=prompt_token_ids if index == 0 else None)

@@ -11,7 +11,13 @@ from frontend.errors import bad_request
 from frontend.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
 from frontend.protocol.usage import UsageInfo
 from frontend.serving.context import ServingContext, unix_now
-from frontend.serving.engine_params import EngineParameters, api_error, engine_parameters, truncated_length
+from frontend.serving.engine_params import (
+    EngineParameters,
+    api_error,
+    engine_parameters,
+    kept_prompt,
+    truncated_length,
+)
 from frontend.serving.generation import Generation, chunks, collect, start_generation
 from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.sse import DONE, error_frame, frame
@@ -83,6 +89,7 @@ class CompletionHandler:
             for task in tasks:
                 task.cancel()
         choices = []
+        truncate, limit = request.truncate_prompt_tokens, await self.ctx.max_model_len()
         for prompt_index, collected in enumerate(results):
             prompt = prompts[prompt_index]
             for sequence in collected.sequences:
@@ -100,7 +107,7 @@ class CompletionHandler:
                         finish_reason=sequence.finish_reason,
                         logprobs=logprobs,
                         stop_reason=sequence.stop_reason,
-                        prompt_token_ids=prompt.token_ids if request.return_token_ids else None,
+                        prompt_token_ids=kept_prompt(prompt.token_ids, truncate, limit) if request.return_token_ids else None,
                         token_ids=sequence.token_ids if request.return_token_ids else None,
                     )
                 )
@@ -204,6 +211,7 @@ class CompletionHandler:
         # so far (the text_offset of its next token).
         lasts: dict[int, GenerationChunk] = {}
         offsets: dict[int, int] = {}
+        truncate, limit = request.truncate_prompt_tokens, await self.ctx.max_model_len()
         try:
             async with aclosing(self._responses(generations)) as responses:
                 async for index, item in responses:
@@ -229,7 +237,9 @@ class CompletionHandler:
                             finish_reason=item.finish_reason,
                             logprobs=logprobs,
                             stop_reason=item.stop_reason,
-                            prompt_token_ids=prompt.token_ids if request.return_token_ids and first else None,
+                            prompt_token_ids=(
+                                kept_prompt(prompt.token_ids, truncate, limit) if request.return_token_ids and first else None
+                            ),
                             token_ids=token_ids,
                         )
                         yield body([choice], _total_usage(lasts) if continuous else None)

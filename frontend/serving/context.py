@@ -79,7 +79,7 @@ def engine_context_length(parameters: dict[str, str], frontend_model: Path) -> i
         except ValueError:
             logger.warning("the engine model's max_model_len %r is not an integer", configured)
             return None
-    served = Path(parameters.get("model", ""))
+    served = Path(parameters.get("model", "")).expanduser()
     return checkpoint_context_length(served if served.is_absolute() and served.is_dir() else frontend_model)
 
 

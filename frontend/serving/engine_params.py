@@ -93,6 +93,15 @@ def truncated_length(num_prompt_tokens: int, truncate_prompt_tokens: int | None,
     return min(num_prompt_tokens, keep)
 
 
+def kept_prompt(token_ids: list[int], truncate_prompt_tokens: int | None, max_model_len: int | None) -> list[int]:
+    """The prompt token ids the engine keeps (truncate_prompt_tokens: the last k; -1, as many as
+    max_model_len allows, unknown here without it: all)."""
+    if truncate_prompt_tokens is None or (truncate_prompt_tokens == -1 and max_model_len is None):
+        return token_ids
+    keep = truncated_length(len(token_ids), truncate_prompt_tokens, max_model_len or 0)
+    return token_ids[len(token_ids) - keep :]
+
+
 def api_error(error: TritonError, params: EngineParameters, prompt_field: str) -> APIError:
     """What a Triton failure means to the client: its fault (400), Triton's absence (503), or a bug (502)."""
     message = str(error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import AsyncEngine, EngineConfig, RequestOutput, SamplingParams
+from engine.outputs import merge_outputs
 from engine.stream_interval import StreamCoalescer
 from tests.engine.conftest import Reference
 
@@ -139,6 +141,16 @@ def test_abort_and_engine_errors_deliver_what_was_held_with_them() -> None:
     # Finished requests are forgotten: a reused id starts afresh (its first output goes out at once).
     coalescer.add("aborted", None)
     assert coalescer.coalesce([output("aborted", [3])])[0].new_token_ids == [3]
+
+
+def test_an_abort_keeps_the_cumulative_logprob_of_what_it_merges() -> None:
+    """An abort's output carries no cumulative logprob: the merged output keeps the held outputs' sum (it
+    reaches clients as cum_log_probs / cumulative_logprob)."""
+    held = dataclasses.replace(output("a", [1, 2]), cumulative_logprob=-1.5)
+    ended = output("a", [], finish_reason="abort", finished=True)
+    assert merge_outputs(held, ended).cumulative_logprob == -1.5
+    later = dataclasses.replace(output("a", [3]), cumulative_logprob=-2.0)
+    assert merge_outputs(held, later).cumulative_logprob == -2.0
 
 
 def test_a_reused_id_never_inherits_an_unfinished_requests_state() -> None:

@@ -450,5 +450,11 @@ def test_return_token_ids_gives_the_prompts_and_the_outputs_token_ids(client: op
     pieces = [chunk.choices[0].model_extra or {} for chunk in client.completions.create(prompt=prompt, stream=True, **request)]  # type: ignore[call-overload]
     assert pieces[0]["prompt_token_ids"] == choice["prompt_token_ids"]
     assert [token for piece in pieces for token in piece.get("token_ids") or []] == choice["token_ids"]
+    # The prompt as the engine keeps it: truncate_prompt_tokens cuts its start.
+    truncated = client.chat.completions.create(
+        messages=QUESTION, **{**request, "extra_body": {"return_token_ids": True, "truncate_prompt_tokens": 5}}
+    )  # type: ignore[call-overload]
+    assert truncated.model_extra is not None and truncated.model_extra["prompt_token_ids"] == list(templated["input_ids"])[-5:]
+    assert truncated.usage is not None and truncated.usage.prompt_tokens == 5
     plain = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=2)
     assert (plain.choices[0].model_extra or {}).get("token_ids") is None

@@ -167,6 +167,10 @@ def test_vllm_backend_additional_outputs(triton_server: TritonServer) -> None:
     assert cumulative == pytest.approx(running, abs=1e-4) and cumulative[-1] < 0
     assert cumulative == [float(response["cum_log_probs"][0]) for response in responses]
     assert responses[-1]["finish_reason"][0] == b"length"
+    # return_cumulative_logprob alone is enough to get it.
+    alone = {key: value for key, value in request.items() if key != "return_log_probs"}
+    sums = [float(response["cumulative_logprob"][0]) for response in stream_outputs(triton_server.grpc_url, alone, "ensemble")]
+    assert sums == pytest.approx(cumulative, abs=1e-4)
     # Without the flag, the sequence's tokens so far; no cumulative_logprob unless asked.
     plain = stream_outputs(triton_server.grpc_url, {**request, "return_num_output_tokens": False,
                                                     "return_cumulative_logprob": False}, "ensemble")  # fmt: skip

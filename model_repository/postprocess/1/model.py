@@ -19,7 +19,8 @@ import triton_python_backend_utils as pb_utils
 
 from triton_adapters.server_watch import exit_with_server
 
-# Every llm output but those turned into text_output; the optional ones pass through when present.
+# The llm outputs the ensemble returns, but those turned into text_output (stop_reason is the OpenAI
+# frontend's and stays out); the optional ones pass through when present.
 PASS_THROUGH = (
     "output_token_ids",
     "num_input_tokens",
