@@ -216,19 +216,16 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
     return GenerationRequest(
         prompt_token_ids=[int(token) for token in inputs["input_ids"].reshape(-1)],
         sampling_params=_sampling_params(fields),
-        stream=bool(_scalar(inputs["stream"])) if "stream" in inputs else False,
+        stream=_flag(inputs, "stream", default=False),
         priority=int(_scalar(inputs["priority"])) if "priority" in inputs else 0,
         cache_salt=(_scalar(inputs["cache_salt"]) or None) if "cache_salt" in inputs else None,
-        exclude_input_in_output=(
-            bool(_scalar(inputs["exclude_input_in_output"])) if "exclude_input_in_output" in inputs else True
-        ),
-        return_unchanged_outputs=(
-            bool(_scalar(inputs["return_unchanged_outputs"])) if "return_unchanged_outputs" in inputs else True
-        ),
-        output_tokens_per_response=_flag(inputs, "return_num_output_tokens"),
-        cumulative_logprob=_flag(inputs, "return_cumulative_logprob"),
+        exclude_input_in_output=_flag(inputs, "exclude_input_in_output", default=True),
+        return_unchanged_outputs=_flag(inputs, "return_unchanged_outputs", default=True),
+        output_tokens_per_response=_flag(inputs, "return_num_output_tokens", default=False),
+        cumulative_logprob=_flag(inputs, "return_cumulative_logprob", default=False),
     )
 
 
-def _flag(inputs: Mapping[str, np.ndarray], name: str) -> bool:
-    return name in inputs and bool(_scalar(inputs[name]))
+def _flag(inputs: Mapping[str, np.ndarray], name: str, default: bool) -> bool:
+    """A BOOL input's value; `default` when it was not sent."""
+    return bool(_scalar(inputs[name])) if name in inputs else default

@@ -55,6 +55,8 @@ class PreparedChat:
     tool_parser: Callable[[], ToolParser] | None
     # 1 with parallel_tool_calls=false; None: every call the model writes.
     max_tool_calls: int | None
+    # The prompt's token ids as the engine keeps them (after truncate_prompt_tokens), for return_token_ids.
+    kept_prompt_token_ids: list[int]
 
 
 class ChatHandler:
@@ -104,7 +106,7 @@ class ChatHandler:
             ),
             system_fingerprint=self.ctx.system_fingerprint,
             service_tier=request.service_tier,
-            prompt_token_ids=await self._prompt_ids(request, prepared) if request.return_token_ids else None,
+            prompt_token_ids=prepared.kept_prompt_token_ids if request.return_token_ids else None,
         )
 
     async def _prepare(self, request: ChatCompletionRequest, request_id: str) -> PreparedChat:
@@ -141,7 +143,8 @@ class ChatHandler:
         except TemplateError as error:
             raise bad_request(str(error), param="messages") from None
         max_tokens = request.output_token_limit()
-        self._check_length(len(prompt.token_ids), max_tokens, request.truncate_prompt_tokens, await self.ctx.max_model_len())
+        limit = await self.ctx.max_model_len()
+        self._check_length(len(prompt.token_ids), max_tokens, request.truncate_prompt_tokens, limit)
         generation = GenerationInput(
             prompt_token_ids=prompt.token_ids,
             # Always streamed from Triton, even for non-streamed HTTP answers: Triton notices a cancelled
@@ -155,7 +158,8 @@ class ChatHandler:
             request_id=request_id,
         )
         max_tool_calls = 1 if request.parallel_tool_calls is False else None
-        return PreparedChat(model, generation, params, tool_parser, max_tool_calls)
+        kept = kept_prompt(prompt.token_ids, request.truncate_prompt_tokens, limit)
+        return PreparedChat(model, generation, params, tool_parser, max_tool_calls, kept)
 
     def _tool_mode(
         self, request: ChatCompletionRequest, params: EngineParameters
@@ -214,11 +218,6 @@ class ChatHandler:
             return None
         return LogprobFormatter(self.ctx.templater, request.top_logprobs or 0)
 
-    async def _prompt_ids(self, request: ChatCompletionRequest, prepared: PreparedChat) -> list[int]:
-        """The templated prompt's token ids as the engine keeps them (after truncate_prompt_tokens)."""
-        ids = prepared.generation.prompt_token_ids
-        return kept_prompt(ids, request.truncate_prompt_tokens, await self.ctx.max_model_len())
-
     def _output_processor(self, prepared: PreparedChat) -> ChatOutputProcessor:
         config = self.ctx.config
         reasoning = reasoning_parser(config.reasoning_parser) if config.reasoning_parser else None
@@ -269,7 +268,7 @@ class ChatHandler:
         outputs = [self._output_processor(prepared) for _ in range(num_sequences)]
         lasts: dict[int, GenerationChunk] = {}
         try:
-            prompt_token_ids = await self._prompt_ids(request, prepared) if request.return_token_ids else None
+            prompt_token_ids = prepared.kept_prompt_token_ids if request.return_token_ids else None
             for index in range(num_sequences):
                 role = ChatDelta(role=self.ctx.config.response_role, content="")
                 yield chunk(index, role, prompt_token_ids=prompt_token_ids if index == 0 else None)

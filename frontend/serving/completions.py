@@ -62,7 +62,8 @@ class CompletionHandler:
         if request.best_of is not None:
             params.set("best_of", request.best_of)
         prompts = await self._prompts(request)
-        self._check_lengths(prompts, request.max_tokens, request.truncate_prompt_tokens, await self.ctx.max_model_len())
+        limit = await self.ctx.max_model_len()
+        self._check_lengths(prompts, request.max_tokens, request.truncate_prompt_tokens, limit)
         inputs = [
             GenerationInput(
                 prompt_token_ids=prompt.token_ids,
@@ -78,7 +79,7 @@ class CompletionHandler:
         ]
         generations = await self._start_all(inputs, params)
         if request.stream:
-            return self._stream(request, model, prompts, generations, params, request_id)
+            return self._stream(request, model, prompts, generations, params, request_id, limit)
         tasks = [asyncio.create_task(collect(self.ctx, generation)) for generation in generations]
         try:
             results = await asyncio.gather(*tasks)
@@ -89,7 +90,7 @@ class CompletionHandler:
             for task in tasks:
                 task.cancel()
         choices = []
-        truncate, limit = request.truncate_prompt_tokens, await self.ctx.max_model_len()
+        truncate = request.truncate_prompt_tokens
         for prompt_index, collected in enumerate(results):
             prompt = prompts[prompt_index]
             for sequence in collected.sequences:
@@ -189,7 +190,9 @@ class CompletionHandler:
         generations: list[Generation],
         params: EngineParameters,
         request_id: str,
+        limit: int | None,
     ) -> AsyncIterator[str]:
+        """`limit`: the context length the prompts were checked against (ServingContext.max_model_len)."""
         created = unix_now()
         options = request.stream_options
         # vLLM's continuous_usage_stats: the usage so far on every chunk.
@@ -211,7 +214,7 @@ class CompletionHandler:
         # so far (the text_offset of its next token).
         lasts: dict[int, GenerationChunk] = {}
         offsets: dict[int, int] = {}
-        truncate, limit = request.truncate_prompt_tokens, await self.ctx.max_model_len()
+        truncate = request.truncate_prompt_tokens
         try:
             async with aclosing(self._responses(generations)) as responses:
                 async for index, item in responses:
