@@ -13,6 +13,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,23 @@ class ChatTemplater:
                 content = content.replace(special, f"\ue000{nonce}:{number}\ue001")
             message["content"] = content
         return message
+
+    def with_special_tokens(self, token_ids: list[int]) -> list[int]:
+        """`token_ids` framed by the special tokens the tokenizer adds around any text (a BOS for Llama's,
+        none for Qwen's): what vLLM's chat `add_special_tokens` does, without re-reading the text."""
+        prefix, suffix = self._special_frame
+        return prefix + token_ids + suffix
+
+    @cached_property
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        probe = "Hello"
+        plain = self.encode(probe, add_special_tokens=False)
+        framed = self.encode(probe, add_special_tokens=True)
+        for start in range(len(framed) - len(plain) + 1):
+            if framed[start : start + len(plain)] == plain:
+                return framed[:start], framed[start + len(plain) :]
+        # A tokenizer whose special tokens change how the text itself reads has no frame to add.
+        return [], []
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)

@@ -71,6 +71,8 @@ class TokenLogprob:
     logprob: float
     # (token id, logprob), most likely first; as many as asked.
     top: list[tuple[int, float]]
+    # The token's rank in the vocabulary (1: the most likely); sent for prompt tokens only.
+    rank: int | None = None
 
 
 @dataclass
@@ -217,7 +219,7 @@ def _prompt_logprobs(outputs: dict[str, np.ndarray]) -> list[TokenLogprob | None
     if entries is None:
         return None
     return [
-        None if entry is None else TokenLogprob(int(entry[0]), float(entry[1]), _pairs(entry[2]))
+        None if entry is None else TokenLogprob(int(entry[0]), float(entry[1]), _pairs(entry[2]), int(entry[3]))
         for entry in entries
     ]
 

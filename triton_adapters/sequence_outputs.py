@@ -10,7 +10,8 @@ carry what OpenAI clients need and TensorRT-LLM has no tensor for:
     pairs, most likely first;
     (these three on the responses that carry tokens when logprobs were asked)
   * `prompt_log_probs` BYTES [1]: JSON, one entry per prompt token, null for the first and otherwise
-    [token_id, logprob, [[token_id, logprob], ...]] (on a sequence's first response when asked).
+    [token_id, logprob, [[token_id, logprob], ...], rank] (rank: the token's in the vocabulary, 1 the
+    most likely; on a sequence's first response when asked).
 A tensor with nothing to say is left out rather than sent empty: every tensor costs each hop of a
 streamed token (the llm stub, the ensemble, postprocess, gRPC, the client's parse). Leaving these five
 (and an empty `prompt_text`) out cut the served path's CPU per token outside the engine by a sixth
@@ -43,7 +44,7 @@ def sequence_tensors(output: RequestOutput, parallel: bool) -> dict[str, np.ndar
     if output.prompt_logprobs is not None:
         prompt = json.dumps(
             [
-                None if entry is None else [entry.token_id, entry.logprob, _pairs(entry)]
+                None if entry is None else [entry.token_id, entry.logprob, _pairs(entry), entry.rank]
                 for entry in output.prompt_logprobs
             ]
         )

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from frontend.protocol.sampling import SamplingRequest
+from frontend.protocol.sampling import PromptLogprobs, SamplingRequest
 from frontend.protocol.usage import UsageInfo
 
 
@@ -128,6 +128,8 @@ class ChatCompletionRequest(SamplingRequest):
     prediction: dict[str, Any] | None = None
     # vLLM templating extensions.
     add_generation_prompt: bool = True
+    # The tokenizer's own special tokens (a BOS) around the templated prompt, which usually writes its own.
+    add_special_tokens: bool = False
     continue_final_message: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -191,6 +193,8 @@ class ChatCompletionResponse(BaseModel):
     service_tier: str | None = None
     # vLLM's return_token_ids: the templated prompt's token ids.
     prompt_token_ids: list[int] | None = None
+    # vLLM's prompt_logprobs: the templated prompt's (after truncate_prompt_tokens).
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class DeltaFunctionCall(BaseModel):

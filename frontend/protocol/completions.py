@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from frontend.protocol.sampling import SamplingRequest
+from frontend.protocol.sampling import PromptLogprobs, SamplingRequest
 from frontend.protocol.usage import UsageInfo
 
 
@@ -18,6 +18,8 @@ class CompletionRequest(SamplingRequest):
     suffix: str | None = None
     logprobs: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = Field(default=None, ge=1)
+    # vLLM: the tokenizer's special tokens (a BOS) around a text prompt; token-id prompts go as sent.
+    add_special_tokens: bool = True
 
     @field_validator("prompt")
     @classmethod
@@ -50,6 +52,8 @@ class CompletionChoice(BaseModel):
     # vLLM's return_token_ids: the choice's prompt (streamed: on its first chunk) and output token ids.
     prompt_token_ids: list[int] | None = None
     token_ids: list[int] | None = None
+    # vLLM's prompt_logprobs: the choice's prompt (after truncate_prompt_tokens).
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -1,5 +1,5 @@
 """Request fields shared by chat and legacy completions: sampling, stopping and scheduling knobs,
-in OpenAI's names plus vLLM's extensions."""
+in OpenAI's names plus vLLM's extensions; and vLLM's prompt logprobs, which both return."""
 
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ class SamplingRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
+    # vLLM: each prompt token's logprob and this many most likely tokens at its position (not streamed, as in
+    # vLLM; the request then skips the prefix cache: cached tokens have no logits to read).
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
     # vLLM: keep only the last k prompt tokens (-1: as many as the context allows).
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     stream: bool = False
@@ -73,3 +76,17 @@ class SamplingRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class PromptLogprob(BaseModel):
+    """vLLM's logprob entry of a prompt position: keyed by token id in `prompt_logprobs`."""
+
+    logprob: float
+    # The token's rank in the vocabulary there (1: the most likely).
+    rank: int | None
+    decoded_token: str
+
+
+# One entry per prompt token (None for the first: nothing predicts it), token id -> its logprob: the
+# prompt's token and the `prompt_logprobs` most likely tokens there.
+PromptLogprobs = list[dict[int, PromptLogprob] | None]

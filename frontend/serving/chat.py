@@ -19,6 +19,7 @@ from frontend.protocol.chat import (
     NamedToolChoice,
 )
 from frontend.protocol.responses import FunctionTool
+from frontend.protocol.sampling import PromptLogprobs
 from frontend.protocol.usage import UsageInfo
 from frontend.reasoning import effort_template_kwargs, reasoning_parser
 from frontend.serving.chat_output import ChatOutputProcessor
@@ -30,7 +31,7 @@ from frontend.serving.engine_params import (
     kept_prompt,
     truncated_length,
 )
-from frontend.serving.generation import Generation, chunks, collect, start_generation
+from frontend.serving.generation import Collected, Generation, chunks, collect, start_generation
 from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.responses_tools import ANY_OBJECT, CallArrayParser, NamedCallParser, call_array_schema
 from frontend.serving.sse import DONE, error_frame, frame
@@ -107,7 +108,15 @@ class ChatHandler:
             system_fingerprint=self.ctx.system_fingerprint,
             service_tier=request.service_tier,
             prompt_token_ids=prepared.kept_prompt_token_ids if request.return_token_ids else None,
+            prompt_logprobs=self._prompt_logprobs(request, collected),
         )
+
+    def _prompt_logprobs(self, request: ChatCompletionRequest, collected: Collected) -> PromptLogprobs | None:
+        """Once per request: every sequence carries the same ones."""
+        if request.prompt_logprobs is None:
+            return None
+        formatter = LogprobFormatter(self.ctx.templater, request.prompt_logprobs)
+        return formatter.prompt(collected.sequences[0].prompt_logprobs or [])
 
     async def _prepare(self, request: ChatCompletionRequest, request_id: str) -> PreparedChat:
         config = self.ctx.config
@@ -142,11 +151,14 @@ class ChatHandler:
             )
         except TemplateError as error:
             raise bad_request(str(error), param="messages") from None
+        prompt_token_ids = (
+            self.ctx.templater.with_special_tokens(prompt.token_ids) if request.add_special_tokens else prompt.token_ids
+        )
         max_tokens = request.output_token_limit()
         limit = await self.ctx.max_model_len()
-        self._check_length(len(prompt.token_ids), max_tokens, request.truncate_prompt_tokens, limit)
+        self._check_length(len(prompt_token_ids), max_tokens, request.truncate_prompt_tokens, limit)
         generation = GenerationInput(
-            prompt_token_ids=prompt.token_ids,
+            prompt_token_ids=prompt_token_ids,
             # Always streamed from Triton, even for non-streamed HTTP answers: Triton notices a cancelled
             # gRPC stream only when it has a response to send, so only a token-by-token stream is
             # cancelled promptly when the HTTP client leaves.
@@ -158,7 +170,7 @@ class ChatHandler:
             request_id=request_id,
         )
         max_tool_calls = 1 if request.parallel_tool_calls is False else None
-        kept = kept_prompt(prompt.token_ids, request.truncate_prompt_tokens, limit)
+        kept = kept_prompt(prompt_token_ids, request.truncate_prompt_tokens, limit)
         return PreparedChat(model, generation, params, tool_parser, max_tool_calls, kept)
 
     def _tool_mode(

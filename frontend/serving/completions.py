@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from frontend.errors import bad_request
 from frontend.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
+from frontend.protocol.sampling import PromptLogprobs
 from frontend.protocol.usage import UsageInfo
 from frontend.serving.context import ServingContext, unix_now
 from frontend.serving.engine_params import (
@@ -18,7 +19,7 @@ from frontend.serving.engine_params import (
     kept_prompt,
     truncated_length,
 )
-from frontend.serving.generation import Generation, chunks, collect, start_generation
+from frontend.serving.generation import Generation, Sequence, chunks, collect, start_generation
 from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.sse import DONE, error_frame, frame
 from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
@@ -32,8 +33,8 @@ class Prompt:
 
     # What echo returns: the prompt as sent, or a token-id prompt's decoding.
     text: str
-    # What the engine gets: a text prompt tokenized here with the tokenizer's special tokens, a token-id
-    # prompt as sent (decoding and re-encoding may change it).
+    # What the engine gets: a text prompt tokenized here (with the tokenizer's special tokens unless
+    # add_special_tokens is false), a token-id prompt as sent (decoding and re-encoding may change it).
     token_ids: list[int]
 
 
@@ -56,8 +57,9 @@ class CompletionHandler:
         params = engine_parameters(request)
         if request.logprobs is not None:
             params.set("logprobs", request.logprobs)
-            if request.echo:
-                # The echoed prompt's tokens get logprobs too (vLLM: prompt_logprobs = logprobs).
+            if request.echo and params.sampling.get("prompt_logprobs", -1) < request.logprobs:
+                # The echoed prompt's tokens get logprobs too (vLLM: prompt_logprobs = logprobs); each
+                # formatter cuts the top lists to its own count.
                 params.set("prompt_logprobs", request.logprobs, origin="logprobs")
         if request.best_of is not None:
             params.set("best_of", request.best_of)
@@ -110,6 +112,7 @@ class CompletionHandler:
                         stop_reason=sequence.stop_reason,
                         prompt_token_ids=kept_prompt(prompt.token_ids, truncate, limit) if request.return_token_ids else None,
                         token_ids=sequence.token_ids if request.return_token_ids else None,
+                        prompt_logprobs=self._prompt_logprobs(request, sequence),
                     )
                 )
         return CompletionResponse(
@@ -126,6 +129,12 @@ class CompletionHandler:
             service_tier=request.service_tier,
         )
 
+    def _prompt_logprobs(self, request: CompletionRequest, sequence: Sequence) -> PromptLogprobs | None:
+        if request.prompt_logprobs is None:
+            return None
+        formatter = LogprobFormatter(self.ctx.templater, request.prompt_logprobs)
+        return formatter.prompt(sequence.prompt_logprobs or [])
+
     def _formatter(self, request: CompletionRequest) -> LogprobFormatter:
         return LogprobFormatter(self.ctx.templater, request.logprobs or 0)
 
@@ -138,9 +147,9 @@ class CompletionHandler:
     async def _prompts(self, request: CompletionRequest) -> list[Prompt]:
         prompt = request.prompt
         if isinstance(prompt, str):
-            return [await self._encoded(prompt)]
+            return [await self._encoded(prompt, request.add_special_tokens)]
         if all(isinstance(item, str) for item in prompt):
-            return [await self._encoded(str(item)) for item in prompt]
+            return [await self._encoded(str(item), request.add_special_tokens) for item in prompt]
         if all(isinstance(item, int) for item in prompt):
             return [self._decoded(list(prompt))]  # type: ignore[arg-type]
         return [self._decoded(list(item)) for item in prompt]  # type: ignore[arg-type]
@@ -151,8 +160,8 @@ class CompletionHandler:
             raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt")
         return Prompt(self.ctx.templater.decode(token_ids), token_ids)
 
-    async def _encoded(self, text: str) -> Prompt:
-        return Prompt(text, await asyncio.to_thread(self.ctx.templater.encode, text, True))
+    async def _encoded(self, text: str, add_special_tokens: bool) -> Prompt:
+        return Prompt(text, await asyncio.to_thread(self.ctx.templater.encode, text, add_special_tokens))
 
     def _check_lengths(
         self, prompts: list[Prompt], max_tokens: int | None, truncate: int | None, limit: int | None

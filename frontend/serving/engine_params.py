@@ -82,6 +82,12 @@ def engine_parameters(request: SamplingRequest) -> EngineParameters:
         params.set("stop", request.stop_strings())
     if request.n != 1:
         params.set("n", request.n)
+    if request.prompt_logprobs is not None and request.stream:
+        # vLLM's rule: a stream has no place for them (0 asks for no top tokens and passes, unanswered).
+        if request.prompt_logprobs > 0:
+            raise bad_request("prompt_logprobs are not available with stream=true", param="prompt_logprobs")
+    elif request.prompt_logprobs is not None:
+        params.set("prompt_logprobs", request.prompt_logprobs)
     return params
 
 

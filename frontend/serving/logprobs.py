@@ -1,4 +1,5 @@
-"""Raw engine logprobs -> OpenAI's two logprobs shapes (chat's token list, completions' parallel lists).
+"""Raw engine logprobs -> OpenAI's two logprobs shapes (chat's token list, completions' parallel lists)
+and vLLM's prompt logprobs (token id -> logprob, rank and text, per prompt position).
 
 Token texts are each token decoded on its own, as vLLM returns them (a token holding part of a
 multi-byte character decodes to U+FFFD; `bytes` then tells the truth only for whole characters).
@@ -11,6 +12,7 @@ import math
 
 from frontend.protocol.chat import ChoiceLogprobs, TokenLogprob, TopLogprob
 from frontend.protocol.completions import CompletionLogprobs
+from frontend.protocol.sampling import PromptLogprob, PromptLogprobs
 from frontend.templating import ChatTemplater
 from frontend.triton_client import TokenLogprob as EngineLogprob
 
@@ -71,3 +73,20 @@ class LogprobFormatter:
             result.text_offset.append(offset)
             offset += len(text)
         return result
+
+    def prompt(self, entries: list[EngineLogprob | None]) -> PromptLogprobs:
+        """vLLM's prompt_logprobs: at each position the prompt's token (with its rank) and the top ones
+        (ranked by their order), the prompt's token first."""
+        result: PromptLogprobs = []
+        for entry in entries:
+            if entry is None:
+                result.append(None)
+                continue
+            position = {entry.token_id: self._prompt_entry(entry.token_id, entry.logprob, entry.rank)}
+            for rank, (token, logprob) in enumerate(entry.top[: self._num_top], start=1):
+                position.setdefault(token, self._prompt_entry(token, logprob, rank))
+            result.append(position)
+        return result
+
+    def _prompt_entry(self, token_id: int, logprob: float, rank: int | None) -> PromptLogprob:
+        return PromptLogprob(logprob=_finite(logprob), rank=rank, decoded_token=self.token_text(token_id))

@@ -40,11 +40,8 @@ class TokenizeHandler:
                 )
             except TemplateError as error:
                 raise bad_request(str(error), param="messages") from None
-            # What chat generation sends; add_special_tokens=true re-reads the text as the tokenizer would.
-            if request.add_special_tokens:
-                tokens = await asyncio.to_thread(templater.encode, prompt.text, True)
-            else:
-                tokens = prompt.token_ids
+            # What chat generation sends with the same add_special_tokens.
+            tokens = templater.with_special_tokens(prompt.token_ids) if request.add_special_tokens else prompt.token_ids
         else:
             tokens = await asyncio.to_thread(
                 templater.encode, request.prompt or "", request.add_special_tokens is not False

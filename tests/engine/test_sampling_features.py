@@ -182,8 +182,13 @@ def test_logprobs_match_transformers(engine: LLMEngine, prompt: list[int], model
     assert prompt_entries is not None and len(prompt_entries) == len(prompt) and prompt_entries[0] is None
     for position, entry in enumerate(prompt_entries[1:], start=1):
         assert entry is not None and entry.token_id == prompt[position]
-        assert entry.logprob == pytest.approx(float(expected[position - 1, prompt[position]]), abs=1e-3)
+        row = expected[position - 1]
+        assert entry.logprob == pytest.approx(float(row[prompt[position]]), abs=1e-3)
         assert len(entry.top) == 2
+        # Its rank in the vocabulary, up to tokens within the numerics of the reference.
+        assert entry.rank is not None
+        assert int((row > entry.logprob + 1e-3).sum()) + 1 <= entry.rank <= int((row > entry.logprob - 1e-3).sum()) + 1
+    assert any(entry is not None and entry.rank is not None and entry.rank > 3 for entry in prompt_entries)
     # n > 1: every sequence carries the prompt logprobs, computed once.
     pair = run(engine, "pair", prompt, greedy(max_tokens=2, n=2, prompt_logprobs=2))
     assert pair[0][0].prompt_logprobs == pair[1][0].prompt_logprobs

@@ -10,6 +10,7 @@ import openai
 import pytest
 import tritonclient.grpc as grpcclient
 
+from frontend.protocol.chat import ChatMessage
 from frontend.templating import ChatTemplater
 from tests.frontend.conftest import MODEL_NAME
 from tests.integration.triton_requests import make_inputs
@@ -131,6 +132,73 @@ def test_completions_logprobs_with_echo(client: openai.OpenAI, templater: ChatTe
         for token in c.logprobs.tokens
     ]
     assert streamed == logprobs.tokens[len(prompt_ids) :]
+
+
+def test_prompt_logprobs_on_chat_and_completions(client: openai.OpenAI, templater: ChatTemplater) -> None:
+    chat = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=2,
+        temperature=0,
+        extra_body={"prompt_logprobs": 2, "return_token_ids": True, "add_special_tokens": True},
+    )
+    extra = chat.model_extra or {}
+    prompt_ids, entries = extra["prompt_token_ids"], extra["prompt_logprobs"]
+    # add_special_tokens: SmolLM2's tokenizer adds none around the templated prompt.
+    assert prompt_ids == templater.render([ChatMessage.model_validate(m) for m in QUESTION]).token_ids
+    assert chat.usage is not None and len(entries) == len(prompt_ids) == chat.usage.prompt_tokens
+    assert entries[0] is None
+    for token, entry in zip(prompt_ids[1:], entries[1:], strict=True):
+        # The prompt's token (JSON keys are strings), then the 2 most likely, ranked 1 and 2.
+        assert list(entry)[0] == str(token) and 2 <= len(entry) <= 3
+        mine = entry[str(token)]
+        assert mine["decoded_token"] == templater.decode([token])
+        assert sorted(item["rank"] for item in entry.values()) == sorted({1, 2, mine["rank"]})
+        by_rank = sorted(entry.values(), key=lambda item: item["rank"])
+        assert [item["logprob"] for item in by_rank] == sorted((item["logprob"] for item in by_rank), reverse=True)
+        assert by_rank[0]["logprob"] <= 0
+    assert any(entry[str(token)]["rank"] > 2 for token, entry in zip(prompt_ids[1:], entries[1:], strict=True))
+
+    # The same prompt as token ids through completions: the same logprobs, on the choice; echo's
+    # logprobs agree with them.
+    completion = client.completions.create(
+        model=MODEL_NAME,
+        prompt=prompt_ids,
+        max_tokens=1,
+        temperature=0,
+        echo=True,
+        logprobs=1,
+        extra_body={"prompt_logprobs": 2},
+    )
+    choice = completion.choices[0]
+    same = (choice.model_extra or {})["prompt_logprobs"]
+    assert [None if e is None else list(e) for e in same] == [None if e is None else list(e) for e in entries]
+    for token, mine, theirs in zip(prompt_ids[1:], same[1:], entries[1:], strict=True):
+        assert mine[str(token)]["logprob"] == pytest.approx(theirs[str(token)]["logprob"], abs=1e-4)
+    assert choice.logprobs is not None and choice.logprobs.token_logprobs is not None
+    echoed = choice.logprobs.token_logprobs[1 : len(prompt_ids)]
+    assert echoed == pytest.approx([e[str(t)]["logprob"] for t, e in zip(prompt_ids[1:], same[1:], strict=True)])
+
+    # Not streamed (vLLM's rule), unless no top tokens are asked.
+    with pytest.raises(openai.BadRequestError, match="prompt_logprobs"):
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=QUESTION, max_tokens=2, stream=True, extra_body={"prompt_logprobs": 1}
+        )
+    streamed = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=2, stream=True, extra_body={"prompt_logprobs": 0}
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices)
+
+
+def test_completions_add_special_tokens(client: openai.OpenAI, templater: ChatTemplater) -> None:
+    for add in (True, False):
+        reply = client.completions.create(
+            model=MODEL_NAME,
+            prompt=PROMPT,
+            max_tokens=1,
+            extra_body={"add_special_tokens": add, "return_token_ids": True},
+        )
+        assert (reply.choices[0].model_extra or {})["prompt_token_ids"] == templater.encode(PROMPT, add)
 
 
 def test_completions_n_best_of_and_batches(client: openai.OpenAI, templater: ChatTemplater) -> None:

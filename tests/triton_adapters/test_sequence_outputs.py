@@ -28,7 +28,7 @@ def output(**fields: object) -> RequestOutput:
 
 def test_logprobs_and_index_tensors() -> None:
     entries = [TokenLogprobs(7, -0.5, [(7, -0.5), (1, -1.5)]), TokenLogprobs(8, -2.0, [(3, -0.1), (8, -2.0)])]
-    prompt = [None, TokenLogprobs(4, -3.0, [(5, -0.2)])]
+    prompt = [None, TokenLogprobs(4, -3.0, [(5, -0.2)], rank=7)]
     tensors = sequence_tensors(
         output(index=2, logprobs=entries, prompt_logprobs=prompt, cumulative_logprob=-2.5), parallel=True
     )
@@ -37,7 +37,7 @@ def test_logprobs_and_index_tensors() -> None:
     assert tensors["cum_log_probs"].tolist() == [-2.5]
     assert tensors["output_log_probs"].tolist() == [-0.5, -2.0]
     assert json.loads(tensors["top_log_probs"][0]) == [[[7, -0.5], [1, -1.5]], [[3, -0.1], [8, -2.0]]]
-    assert json.loads(tensors["prompt_log_probs"][0]) == [None, [4, -3.0, [[5, -0.2]]]]
+    assert json.loads(tensors["prompt_log_probs"][0]) == [None, [4, -3.0, [[5, -0.2]], 7]]
 
 
 def test_nothing_asked_sends_no_tensors() -> None:
