@@ -21,6 +21,7 @@ class OutputProcessor:
         self, tokenizer: PreTrainedTokenizerBase, eos_token_ids: frozenset[int], max_model_len: int
     ) -> None:
         self.tokenizer = tokenizer
+        # Every id that ends generation unless ignore_eos: the tokenizer's EOS and the checkpoint's.
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self._texts: dict[str, TextStream] = {}
@@ -48,7 +49,10 @@ class OutputProcessor:
         )
         if is_stop_token:
             request.finish_reason = "stop"
-            request.stop_reason = token if token in params.stop_token_ids else None
+            # vLLM's stop_reason: None for the tokenizer's EOS; the checkpoint's other EOS ids (Qwen3's
+            # <|endoftext|> beside <|im_end|>) act as stop token ids there and are named like them.
+            is_eos = token == self.tokenizer.eos_token_id and not params.ignore_eos
+            request.stop_reason = None if is_eos else token
         elif (params.max_tokens is not None and request.num_output_tokens >= params.max_tokens) or (
             request.num_tokens >= self.max_model_len
         ):

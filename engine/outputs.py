@@ -59,7 +59,8 @@ class RequestOutput:
     finished: bool
     # "stop" | "length" | "abort" on the sequence's last output; None while it runs.
     finish_reason: str | None
-    # The stop token id or stop string that ended the request (None for EOS, length, abort).
+    # The stop token id or stop string that ended the request (None for the tokenizer's EOS, length,
+    # abort; the checkpoint's other EOS ids are named, as vLLM names them).
     stop_reason: int | str | None
     # Set when the request was failed by an engine error (finish_reason is then "abort").
     error: str | None = None

@@ -101,7 +101,7 @@ class GenerationChunk:
     # The sequence's cumulative logprob so far (0 when not computed).
     cumulative_logprob: float = 0.0
     # With finish_reason "stop": the stop string or stop token id that ended the sequence (vLLM's
-    # stop_reason); None for EOS and every other end.
+    # stop_reason); None for the tokenizer's EOS and every other end.
     stop_reason: int | str | None = None
 
 

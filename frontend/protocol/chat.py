@@ -176,7 +176,8 @@ class ChatChoice(BaseModel):
     message: ChatResponseMessage
     finish_reason: str | None
     logprobs: ChoiceLogprobs | None = None
-    # vLLM extension: the stop string or stop token id that ended the choice; None for EOS and other ends.
+    # vLLM extension: the stop string or stop token id that ended the choice; None for the tokenizer's EOS
+    # and other ends.
     stop_reason: int | str | None = None
     # vLLM's return_token_ids: the choice's output token ids.
     token_ids: list[int] | None = None

@@ -47,7 +47,8 @@ class CompletionChoice(BaseModel):
     text: str
     finish_reason: str | None
     logprobs: CompletionLogprobs | None = None
-    # vLLM extension: the stop string or stop token id that ended the choice; None for EOS and other ends.
+    # vLLM extension: the stop string or stop token id that ended the choice; None for the tokenizer's EOS
+    # and other ends.
     stop_reason: int | str | None = None
     # vLLM's return_token_ids: the choice's prompt (streamed: on its first chunk) and output token ids.
     prompt_token_ids: list[int] | None = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from engine import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 from engine.config import KV_CACHE_DTYPES
 from engine.kv_cache import CACHE_DTYPES, resolve_cache_dtype
-from tests.engine.conftest import Reference
+from tests.engine.conftest import EngineFactory, Reference
 
 
 @pytest.mark.parametrize(
@@ -236,3 +238,24 @@ def test_kv_cache_dtypes_without_a_kernel_are_refused(monkeypatch: pytest.Monkey
         resolve_cache_dtype("fp8_e5m2", torch.bfloat16, torch.device("cuda"))
     with pytest.raises(ValueError, match=re.escape("kv_cache_dtype must be auto|bfloat16|fp8|fp8_e4m3|fp8_e5m2, got 'int8'")):
         EngineConfig(model="unused", kv_cache_dtype="int8")
+
+
+def test_checkpoint_eos_ids_stop_and_are_named(
+    make_engine: EngineFactory, model_dir: Path, reference: Reference, tmp_path: Path
+) -> None:
+    # A checkpoint whose generation_config adds an EOS id beside the tokenizer's (as Qwen3's adds
+    # <|endoftext|> to <|im_end|>): greedy's third token here.
+    prompt, expected = reference.prompts[0], reference.outputs[0]
+    extra_eos = expected[2]
+    assert extra_eos not in expected[:2] and extra_eos != 2
+    for item in model_dir.iterdir():
+        (tmp_path / item.name).symlink_to(item)
+    (tmp_path / "generation_config.json").unlink()
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, extra_eos]}))
+    engine = make_engine(model=str(tmp_path), kv_cache_memory=8 << 20)
+    [stopped] = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=8))
+    assert stopped.token_ids == expected[:3]
+    # vLLM's stop_reason: the id, as for a stop token (the tokenizer's own EOS reads None).
+    assert stopped.finish_reason == "stop" and stopped.stop_reason == extra_eos
+    [ignored] = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+    assert ignored.token_ids == expected[:8] and ignored.finish_reason == "length"
