@@ -29,9 +29,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from benchmarks.engine_bench import Workload, make_workload
+from benchmarks.sse_client import post_events
 from engine import LLMEngine, SamplingParams
 from ensemble_configs.render import load_profile
 from tests.servers import ROOT, start_frontend, start_triton
@@ -135,7 +134,7 @@ async def run_served(
     `extra_body` adds fields to every request (vLLM's stream_interval, cache_salt, ...)."""
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(client: httpx.AsyncClient, index: int) -> RequestTiming:
+    async def one(index: int) -> RequestTiming:
         body = {
             "model": MODEL_NAME,
             "prompt": workload.prompts[index],
@@ -149,26 +148,20 @@ async def run_served(
         async with gate:
             timing = RequestTiming(time.perf_counter())
             seen = 0
-            async with client.stream("POST", "/completions", json=body) as reply:
-                reply.raise_for_status()
-                async for line in reply.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    event = json.loads(line.removeprefix("data: "))
-                    if "error" in event:
-                        raise RuntimeError(event["error"])
-                    total = (event.get("usage") or {}).get("completion_tokens", seen)
-                    timing.token_times += [time.perf_counter()] * (total - seen)
-                    seen = total
+            async for data in post_events(base_url, "/completions", body):
+                event = json.loads(data)
+                if "error" in event:
+                    raise RuntimeError(event["error"])
+                total = (event.get("usage") or {}).get("completion_tokens", seen)
+                timing.token_times += [time.perf_counter()] * (total - seen)
+                seen = total
             if seen != workload.output_lengths[index]:
                 raise RuntimeError(f"request {index}: {seen} of {workload.output_lengths[index]} tokens")
             return timing
 
-    limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=None, limits=limits) as client:
-        start = time.perf_counter()
-        timings = await asyncio.gather(*(one(client, index) for index in range(len(workload.prompts))))
-        seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    timings = await asyncio.gather(*(one(index) for index in range(len(workload.prompts))))
+    seconds = time.perf_counter() - start
     return RunResult(system, concurrency, seconds, list(timings))
 
 
