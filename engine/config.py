@@ -28,6 +28,9 @@ class EngineConfig:
     # unscaled and saturating) quarters them on the CPU and halves a 16-bit
     # model's on Ada/Hopper GPUs; computing stays in the model's dtype (engine.kv_cache).
     kv_cache_dtype: str = "auto"
+    # fp8 KV caches: measure each layer's k_scale / v_scale on the first forward (the first batch of
+    # prompts) instead of the checkpoint's or none (vLLM's --calculate-kv-scales).
+    calculate_kv_scales: bool = False
     # Longest prompt + output a request may reach; None = the model's max_position_embeddings.
     max_model_len: int | None = None
     # Most requests in the running batch at once.
@@ -69,6 +72,8 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be {'|'.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
+        if self.calculate_kv_scales and not self.kv_cache_dtype.startswith("fp8"):
+            raise ValueError(f"calculate_kv_scales needs an fp8 kv_cache_dtype, got {self.kv_cache_dtype!r}")
         if self.cpu_weight_format not in ("auto", "plain", "mkl", "onednn", "onednn+decode"):
             raise ValueError(
                 f"cpu_weight_format must be auto|plain|mkl|onednn|onednn+decode, got {self.cpu_weight_format!r}"

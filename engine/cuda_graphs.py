@@ -95,6 +95,11 @@ class DecodeCudaGraphs:
     def _capture(self) -> None:
         start = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
+        # calculate_kv_scales measures on the first real forward, not on these: the graphs read the scale
+        # tensors it fills when they replay.
+        measuring = [layer for layer in self.model.attention_layers() if layer.calculate_kv_scales]
+        for layer in measuring:
+            layer.calculate_kv_scales = False
         for size in reversed(self.sizes):  # largest first: smaller graphs reuse its pool blocks
             input_ids, positions, attn = self.buffers.view(size)
             self.model(input_ids, positions, self.kv_cache, attn)  # compiles this size's kernels outside capture
@@ -104,6 +109,8 @@ class DecodeCudaGraphs:
                 self.outputs[size] = self.model(input_ids, positions, self.kv_cache, attn)
             self.graphs[size] = graph
         torch.cuda.synchronize(self.kv_cache.device)
+        for layer in measuring:
+            layer.calculate_kv_scales = True
         logger.info(
             "captured decode CUDA graphs for %d batch sizes (1..%d) in %.1f s",
             len(self.sizes), self.sizes[-1], time.perf_counter() - start,

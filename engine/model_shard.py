@@ -49,6 +49,9 @@ class ModelShard:
         if self.num_blocks < 1:
             raise ValueError(f"no memory left for the KV cache (computed {self.num_blocks} blocks)")
         self.kv_cache = self._allocate_cache(self.num_blocks)
+        if config.calculate_kv_scales:
+            for attention in self.model.attention_layers():
+                attention.kv_scaled = attention.calculate_kv_scales = True
         logger.info(
             "KV cache (tensor-parallel rank %d of %d): %d blocks of %d tokens, %s, on %s",
             group.rank,

@@ -26,6 +26,8 @@ def engine_config(
         device=device,
         block_size=int(parameters.get("block_size", "16")),
         kv_cache_dtype=parameters.get("kv_cache_dtype") or "auto",
+        # Optional (not in the profiles): vLLM's --calculate-kv-scales, with an fp8 kv_cache_dtype.
+        calculate_kv_scales=parse_bool(parameters.get("calculate_kv_scales", "false")),
         max_model_len=optional_int(parameters, "max_model_len"),
         max_num_seqs=int(parameters.get("max_num_seqs", "256")),
         max_num_batched_tokens=int(parameters.get("max_num_batched_tokens", "2048")),

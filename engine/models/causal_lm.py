@@ -8,7 +8,7 @@ from torch import nn
 from engine.attention_metadata import AttentionMetadata
 from engine.distributed import TensorParallelGroup
 from engine.kv_cache import layer_caches, stores_keys_transposed
-from engine.models.layers import DecoderLayer, RMSNorm, RotaryEmbedding
+from engine.models.layers import Attention, DecoderLayer, RMSNorm, RotaryEmbedding
 from engine.models.linear import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from engine.models.sharding import head_shard
 from engine.models.spec import ModelSpec
@@ -58,6 +58,9 @@ class CausalLM(nn.Module):
             if spec.flags.tie_embeddings
             else VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, spec.dtype, device, group)
         )
+
+    def attention_layers(self) -> list[Attention]:
+        return [module for module in self.modules() if isinstance(module, Attention)]
 
     def timing_weights(self) -> list[torch.Tensor]:
         """Weights whose products stand for the whole model's when a CPU weight format is chosen (before

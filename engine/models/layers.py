@@ -18,6 +18,14 @@ from engine.models.spec import ModelSpec
 from kernels import ops
 from kernels.native_library import FP8_DTYPES
 
+# calculate_kv_scales brings the largest key and value of the forward it measures to these (vLLM's
+# K_SCALE_CONSTANT and V_SCALE_CONSTANT): e4m3 reaches 448, so later keys may grow 2.2x past the measured
+# peak (a rotated pair's element up to 1.41x of it) and values 4.5x before they saturate.
+K_SCALE_RANGE = 200.0
+V_SCALE_RANGE = 100.0
+# A peak below this (a layer of zeros) measures as this, so that no scale is 0.
+_SMALLEST_PEAK = 1e-6
+
 
 class RMSNorm(nn.Module):
     """RMSNorm over the last dimension, optionally fused with the residual add that precedes it."""
@@ -94,12 +102,17 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(d, spec.rms_norm_eps, dtype, device) if flags.qk_norm else None
         self.k_norm = RMSNorm(d, spec.rms_norm_eps, dtype, device) if flags.qk_norm else None
         self.rotary = rotary
-        # The checkpoint's calibrated fp8 KV cache scales (vLLM's k_scale / v_scale, set by the loader): an
-        # fp8 cache holds key / k_scale and value / v_scale, so keys and values beyond the format's range
-        # (448 for e4m3; Qwen2's biased keys reach thousands) keep their precision instead of saturating.
-        # Unused by caches of other dtypes.
-        self.k_scale = 1.0
-        self.v_scale = 1.0
+        # fp8 KV cache scales (vLLM's k_scale / v_scale): an fp8 cache holds key / k_scale and value /
+        # v_scale, so keys and values beyond the format's range (448 for e4m3; Qwen2's biased keys reach
+        # thousands) keep their precision instead of saturating. From the checkpoint's calibration (the
+        # loader) or measured on the first forward (calculate_kv_scales). Tensors every forward reads, so
+        # CUDA graphs captured before a measurement replay with its values. Unused by other cache dtypes.
+        self.k_scale = torch.ones((), dtype=torch.float32, device=device)
+        self.v_scale = torch.ones((), dtype=torch.float32, device=device)
+        # Whether the scales apply: unscaled fp8 caches skip their four multiplications.
+        self.kv_scaled = False
+        # Measure the scales on the next forward (vLLM's --calculate-kv-scales), then keep them.
+        self.calculate_kv_scales = False
 
     def forward(
         self,
@@ -117,13 +130,13 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q = self._head_norm(self.q_norm, q)
             k = self._head_norm(self.k_norm, k)
-        # Scaled where the cache is fp8: rotation is linear, so the key is divided before it; the scores
-        # take k_scale back through the softmax scale, the output v_scale.
-        k_scale, v_scale = (self.k_scale, self.v_scale) if key_cache.dtype in FP8_DTYPES else (1.0, 1.0)
-        if k_scale != 1.0:
-            k = k / k_scale
-        if v_scale != 1.0:
-            v = v / v_scale
+        # Scaled where the cache is fp8: rotation is linear, so the key is divided before it and the query
+        # takes k_scale back; the output takes v_scale back.
+        scaled = self.kv_scaled and key_cache.dtype in FP8_DTYPES
+        if scaled:
+            if self.calculate_kv_scales:
+                self._measure_kv_scales(k, v)
+            q, k, v = q * self.k_scale, k / self.k_scale, v / self.v_scale
         q = self.rotary.rotate_and_cache(positions, q, k, v, key_cache, value_cache, attn.slot_mapping)
         out = ops.paged_attention(
             q,
@@ -132,12 +145,19 @@ class Attention(nn.Module):
             attn.query_start_loc,
             attn.seq_lens,
             attn.block_tables,
-            self.scale * k_scale,
+            self.scale,
             sliding_window=self.sliding_window,
         )
-        if v_scale != 1.0:
-            out = out * v_scale
+        if scaled:
+            out = out * self.v_scale
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+
+    def _measure_kv_scales(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Scales that bring this forward's largest key to K_SCALE_RANGE and value to V_SCALE_RANGE (vLLM's
+        calculate_kv_scales); later keys and values may grow past them by the format's headroom."""
+        self.k_scale.copy_(k.abs().amax().float().clamp(min=_SMALLEST_PEAK) / K_SCALE_RANGE)
+        self.v_scale.copy_(v.abs().amax().float().clamp(min=_SMALLEST_PEAK) / V_SCALE_RANGE)
+        self.calculate_kv_scales = False
 
     @staticmethod
     def _head_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:

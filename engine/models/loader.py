@@ -125,7 +125,8 @@ def _load_kv_scale(name: str, source: CheckpointTensor, modules: dict[str, torch
     if values.numel() != 1 or not math.isfinite(scale := float(values[0])) or scale <= 0:
         raise ValueError(f"checkpoint tensor {name} must hold one positive finite KV cache scale")
     for attribute in _KV_SCALES[suffix]:
-        setattr(attention, attribute, scale)
+        getattr(attention, attribute).fill_(scale)
+    attention.kv_scaled = True
     return True
 
 

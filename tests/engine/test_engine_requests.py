@@ -259,3 +259,29 @@ def test_checkpoint_eos_ids_stop_and_are_named(
     assert stopped.finish_reason == "stop" and stopped.stop_reason == extra_eos
     [ignored] = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
     assert ignored.token_ids == expected[:8] and ignored.finish_reason == "length"
+
+
+def test_calculate_kv_scales_measures_the_first_prompts_and_keeps_them(
+    make_engine: EngineFactory, reference: Reference
+) -> None:
+    with pytest.raises(ValueError, match="calculate_kv_scales needs an fp8 kv_cache_dtype"):
+        EngineConfig(model="unused", calculate_kv_scales=True)
+    measuring = make_engine(kv_cache_dtype="fp8", calculate_kv_scales=True, kv_cache_memory=8 << 20)
+    layers = measuring.runner.model.attention_layers()
+    assert all(layer.calculate_kv_scales for layer in layers)
+    greedy = SamplingParams(temperature=0.0, max_tokens=6)
+    first = measuring.generate(reference.prompts[:2], greedy)
+    scales = [(layer.k_scale.item(), layer.v_scale.item()) for layer in layers]
+    assert not any(layer.calculate_kv_scales for layer in layers)
+    assert all(0 < k != 1.0 and 0 < v != 1.0 for k, v in scales)
+    later = measuring.generate(reference.prompts[2:4], greedy)
+    assert [(layer.k_scale.item(), layer.v_scale.item()) for layer in layers] == scales
+    # An engine given the same scales (as a checkpoint would give them) answers token for token the same.
+    given = make_engine(kv_cache_dtype="fp8", kv_cache_memory=8 << 20)
+    for layer, (k_scale, v_scale) in zip(given.runner.model.attention_layers(), scales, strict=True):
+        layer.k_scale.fill_(k_scale)
+        layer.v_scale.fill_(v_scale)
+        layer.kv_scaled = True
+    # (In the same batches: a batch's shape may move float32 products by an ulp.)
+    answers = given.generate(reference.prompts[:2], greedy) + given.generate(reference.prompts[2:4], greedy)
+    assert [r.token_ids for r in answers] == [r.token_ids for r in first + later]

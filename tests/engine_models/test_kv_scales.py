@@ -1,5 +1,5 @@
-"""Calibrated fp8 KV cache scales from a checkpoint (vLLM's k_scale / v_scale) against transformers attending
-over the same scaled, rounded K/V.
+"""fp8 KV cache scales, calibrated in a checkpoint (vLLM's k_scale / v_scale) or measured on the first forward
+(vLLM's calculate_kv_scales), against transformers attending over the same scaled, rounded K/V.
 
 The model is a tiny random Qwen2 (head size 64, so decodes run in the C++ kernel) whose keys and values are
 made AMPLIFY times larger, the queries and the output projection compensating: the same float32 model, but
@@ -83,8 +83,49 @@ def test_calibrated_scales_keep_amplified_keys_that_an_unscaled_fp8_cache_satura
 ) -> None:
     hf_model, checkpoint, scales = amplified
     ours = load_model(checkpoint, torch.float32, torch.device("cpu"))
-    assert [(layer.k_scale, layer.v_scale) for layer in attention_layers(ours)] == scales
+    assert layer_scales(ours) == scales
     prompt = (torch.arange(PROMPT_LENGTH) % 256).tolist()
+    assert_matches_scaled_oracle(ours, hf_model, prompt, scales)
+    # Caches of other dtypes never use the scales.
+    scaled_model = load_model(checkpoint, torch.float32, torch.device("cpu"))
+    generated = prompt + [0] * NEW_TOKENS
+    with torch.inference_mode():
+        exact = hf_model(torch.tensor([generated])).logits[0, : len(generated) - 1]
+    torch.testing.assert_close(paged_logits(scaled_model, generated, PROMPT_LENGTH, torch.float32), exact, atol=1e-4, rtol=1e-4)
+
+
+def test_scales_measured_on_the_first_forward(
+    amplified: tuple[PreTrainedModel, Path, list[tuple[float, float]]], tmp_path: Path
+) -> None:
+    hf_model, checkpoint, calibrated = amplified
+    ours = load_model(rewritten(checkpoint, tmp_path, {}), torch.float32, torch.device("cpu"))
+    for layer in attention_layers(ours):
+        layer.kv_scaled = layer.calculate_kv_scales = True
+    prompt = (torch.arange(PROMPT_LENGTH) % 256).tolist()
+    paged_logits(ours, prompt + [0], PROMPT_LENGTH, torch.float8_e4m3fn)  # the prompt's forward only
+    measured = layer_scales(ours)
+    # The fixture calibrated 1.5 x the prompt's largest key / 448 and 1.1 x its largest value / 448; the
+    # measurement brings them to 200 and 100 (vLLM's constants).
+    peaks = [(k * E4M3_MAX / 1.5, v * E4M3_MAX / 1.1) for k, v in calibrated]
+    expected = [(k / 200, v / 100) for k, v in peaks]
+    # Later layers' inputs went through attention over the rounded cache already (the fixture's did not).
+    assert measured[0] == pytest.approx(expected[0], rel=1e-5)
+    assert measured == [pytest.approx(scales, rel=1e-3) for scales in expected]
+    assert not any(layer.calculate_kv_scales for layer in attention_layers(ours))
+    # Kept from then on: the whole generation is attended over keys and values scaled by them.
+    assert_matches_scaled_oracle(ours, hf_model, prompt, measured)
+    assert layer_scales(ours) == measured
+
+
+def layer_scales(model: CausalLM) -> list[tuple[float, float]]:
+    return [(layer.k_scale.item(), layer.v_scale.item()) for layer in attention_layers(model)]
+
+
+def assert_matches_scaled_oracle(
+    ours: CausalLM, hf_model: PreTrainedModel, prompt: list[int], scales: list[tuple[float, float]]
+) -> None:
+    """Ours over an e4m3 cache along the oracle's greedy continuation: the oracle's logits, where an unscaled
+    cache's saturate."""
     with torch.inference_mode():
         generated = hf_model.generate(
             torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=2,
@@ -104,12 +145,11 @@ def test_calibrated_scales_keep_amplified_keys_that_an_unscaled_fp8_cache_satura
     assert rounding_error < 0.1 * saturation_error, (rounding_error, saturation_error)  # 1.2e-3 against 0.105
     # The same model ignoring its scales saturates as the unscaled oracle does.
     for layer in attention_layers(ours):
-        layer.k_scale = layer.v_scale = 1.0
+        layer.kv_scaled = False
     unscaled = paged_logits(ours, generated, PROMPT_LENGTH, torch.float8_e4m3fn)
     assert (unscaled - saturated_logits).abs().mean().item() < 0.4 * rounding_error
-    # Caches of other dtypes never use the scales.
-    scaled_model = load_model(checkpoint, torch.float32, torch.device("cpu"))
-    torch.testing.assert_close(paged_logits(scaled_model, generated, PROMPT_LENGTH, torch.float32), exact, atol=1e-4, rtol=1e-4)
+    for layer in attention_layers(ours):
+        layer.kv_scaled = True
 
 
 def rewritten(checkpoint: Path, directory: Path, scales: dict[str, torch.Tensor]) -> Path:
@@ -141,7 +181,7 @@ def test_every_naming_of_the_scales_loads(
 ) -> None:  # fmt: skip
     scales = {f"model.layers.{i}.{name}": torch.tensor([value]) for name, value in names.items() for i in range(LAYERS)}
     model = load_model(rewritten(amplified[1], tmp_path, scales), torch.float32, torch.device("cpu"))
-    assert [(layer.k_scale, layer.v_scale) for layer in attention_layers(model)] == [expected] * LAYERS
+    assert layer_scales(model) == [expected] * LAYERS
 
 
 @pytest.mark.parametrize("value", [torch.tensor(0.0), torch.tensor(-1.0), torch.tensor(float("inf")), torch.ones(2)])

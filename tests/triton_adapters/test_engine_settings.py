@@ -18,7 +18,7 @@ def test_the_cpu_profile_builds_the_engine_it_describes() -> None:
     assert config.kv_cache_memory == 2 * 1024**3 and config.max_waiting_requests == 512
     assert config.enable_prefix_caching and config.tensor_parallel_size == 1
     assert not config.enforce_eager and config.cpu_weight_format == "auto"
-    assert config.stream_interval == 1 and config.kv_cache_dtype == "auto"
+    assert config.stream_interval == 1 and config.kv_cache_dtype == "auto" and not config.calculate_kv_scales
 
 
 def test_gpu_instances_are_pinned_to_their_device() -> None:
@@ -34,3 +34,6 @@ def test_gpu_instances_are_pinned_to_their_device() -> None:
     assert engine_config({**parameters, "stream_interval": "4"}, "/repo/llm").stream_interval == 4
     assert engine_config({**parameters, "kv_cache_dtype": "bfloat16"}, "/repo/llm").kv_cache_dtype == "bfloat16"
     assert engine_config({**parameters, "kv_cache_dtype": "fp8"}, "/repo/llm").kv_cache_dtype == "fp8"
+    assert not unpinned.calculate_kv_scales
+    measured = engine_config({**parameters, "kv_cache_dtype": "fp8", "calculate_kv_scales": "true"}, "/repo/llm")
+    assert measured.calculate_kv_scales
