@@ -131,6 +131,9 @@ class ChatCompletionRequest(SamplingRequest):
     # The tokenizer's own special tokens (a BOS) around the templated prompt, which usually writes its own.
     add_special_tokens: bool = False
     continue_final_message: bool = False
+    # The answer starts with the last message's text when that message has the answer's role: an
+    # assistant prefix continued with continue_final_message comes back whole.
+    echo: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 

@@ -79,10 +79,13 @@ class ChatHandler:
         except TritonError as error:
             raise api_error(error, prepared.params, "messages") from None
         formatter = self._logprob_formatter(request)
+        echoed = self._echoed(request)
         choices = []
         for sequence in collected.sequences:
             output = self._output_processor(prepared)
             message = output.message(self.ctx.config.response_role, sequence.text)
+            if echoed:
+                message.content = echoed + (message.content or "")
             logprobs = None
             if formatter is not None:
                 logprobs = formatter.chat(sequence.logprobs or [])
@@ -110,6 +113,11 @@ class ChatHandler:
             prompt_token_ids=prepared.kept_prompt_token_ids if request.return_token_ids else None,
             prompt_logprobs=self._prompt_logprobs(request, collected),
         )
+
+    def _echoed(self, request: ChatCompletionRequest) -> str:
+        """vLLM's chat echo: the last message's text (as the template saw it) when it has the answer's role."""
+        last = request.messages[-1]
+        return last.text() if request.echo and last.role == self.ctx.config.response_role else ""
 
     def _prompt_logprobs(self, request: ChatCompletionRequest, collected: Collected) -> PromptLogprobs | None:
         """Once per request: every sequence carries the same ones."""
@@ -284,6 +292,10 @@ class ChatHandler:
             for index in range(num_sequences):
                 role = ChatDelta(role=self.ctx.config.response_role, content="")
                 yield chunk(index, role, prompt_token_ids=prompt_token_ids if index == 0 else None)
+            echoed = self._echoed(request)
+            if echoed:
+                for index in range(num_sequences):
+                    yield chunk(index, ChatDelta(content=echoed))
             # aclosing: if the client leaves while a frame is being sent, the Triton request ends now, not at GC.
             async with aclosing(chunks(self.ctx, generation)) as responses:
                 async for response in responses:

@@ -190,6 +190,33 @@ def test_prompt_logprobs_on_chat_and_completions(client: openai.OpenAI, template
     assert "".join(c.choices[0].text for c in streamed if c.choices)
 
 
+def test_chat_echo_returns_the_continued_assistant_prefix(client: openai.OpenAI) -> None:
+    prefix = "The three primary colours are"
+    request = {
+        "model": MODEL_NAME,
+        "messages": [*QUESTION, {"role": "assistant", "content": prefix}],
+        "max_tokens": 6,
+        "temperature": 0,
+        "n": 2,
+        "extra_body": {"echo": True, "continue_final_message": True, "add_generation_prompt": False},
+    }
+    reply = client.chat.completions.create(**request)
+    plain = client.chat.completions.create(**{**request, "extra_body": {**request["extra_body"], "echo": False}})
+    for echoed, alone in zip(reply.choices, plain.choices, strict=True):
+        assert echoed.message.content == prefix + (alone.message.content or "")
+    streamed = ["", ""]
+    for chunk in client.chat.completions.create(**request, stream=True):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == [choice.message.content for choice in reply.choices]
+    # Only a last message with the answer's role is echoed.
+    asked = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=3, temperature=0)
+    echoed_question = client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, max_tokens=3, temperature=0, extra_body={"echo": True}
+    )
+    assert echoed_question.choices[0].message.content == asked.choices[0].message.content
+
+
 def test_completions_add_special_tokens(client: openai.OpenAI, templater: ChatTemplater) -> None:
     for add in (True, False):
         reply = client.completions.create(
