@@ -36,19 +36,21 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # `function`: OpenAI's legacy function result (see `functions` below).
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+    # An assistant's legacy function call (see `functions` below).
+    function_call: FunctionCall | None = None
     # The rest of the SDK's own assistant message (ChatCompletionMessage.model_dump()), so that a reply can
     # go back as history unchanged: a refusal and annotations have no place in the chat template and are
-    # left out; audio and the legacy function_call must be null (this server produces neither).
+    # left out; audio must be null (this server produces none).
     refusal: str | None = None
     annotations: list[dict[str, Any]] | None = None
     audio: None = None
-    function_call: None = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -109,6 +111,10 @@ class ChatCompletionRequest(SamplingRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[ChatTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    # OpenAI's legacy function calling, served as tools (frontend.serving.legacy_functions): the answer's
+    # one call comes back as `function_call` with finish_reason "function_call".
+    functions: list[FunctionDefinition] | None = Field(default=None, min_length=1)
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     # The chat template's `reasoning_effort`, and under a reasoning parser its `enable_thinking`
@@ -154,6 +160,8 @@ class ChatResponseMessage(BaseModel):
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
+    # The call of a request that gave legacy `functions`, in place of tool_calls.
+    function_call: FunctionCall | None = None
 
 
 class TopLogprob(BaseModel):
@@ -218,6 +226,8 @@ class ChatDelta(BaseModel):
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+    # As ChatResponseMessage's, streamed: the name first, then the arguments in pieces.
+    function_call: DeltaFunctionCall | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -8,6 +8,14 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from frontend.errors import bad_request
+from frontend.legacy_functions import (
+    FUNCTION_CALL_FINISH_REASON,
+    as_tool_messages,
+    as_tools,
+    legacy_delta,
+    legacy_message,
+    uses_functions,
+)
 from frontend.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -58,6 +66,8 @@ class PreparedChat:
     max_tool_calls: int | None
     # The prompt's token ids as the engine keeps them (after truncate_prompt_tokens), for return_token_ids.
     kept_prompt_token_ids: list[int]
+    # The request asked with OpenAI's legacy functions: the call is answered as `function_call`.
+    legacy_functions: bool
 
 
 class ChatHandler:
@@ -84,12 +94,14 @@ class ChatHandler:
         for sequence in collected.sequences:
             output = self._output_processor(prepared)
             message = output.message(self.ctx.config.response_role, sequence.text)
+            if prepared.legacy_functions:
+                message = legacy_message(message)
             if echoed:
                 message.content = echoed + (message.content or "")
             logprobs = None
             if formatter is not None:
                 logprobs = formatter.chat(sequence.logprobs or [])
-            finish = _finish(sequence.finish_reason, output.saw_tool_calls)
+            finish = _finish(sequence.finish_reason, output.saw_tool_calls, prepared.legacy_functions)
             choices.append(
                 ChatChoice(
                     index=sequence.index,
@@ -132,6 +144,9 @@ class ChatHandler:
         if request.stream_options is not None and not request.stream:
             raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
         params = engine_parameters(request)
+        legacy_functions = uses_functions(request)
+        if legacy_functions:
+            request = as_tools(request)
         tool_parser = self._tool_mode(request, params)
         if request.response_format is not None and request.response_format.type != "text":
             schema = (request.response_format.json_schema or {}).get("schema", {})
@@ -149,7 +164,7 @@ class ChatHandler:
         try:
             prompt = await asyncio.to_thread(
                 self.ctx.templater.render,
-                request.messages,
+                as_tool_messages(request.messages),
                 request.tools,
                 request.add_generation_prompt,
                 request.continue_final_message,
@@ -179,7 +194,7 @@ class ChatHandler:
         )
         max_tool_calls = 1 if request.parallel_tool_calls is False else None
         kept = kept_prompt(prompt_token_ids, request.truncate_prompt_tokens, limit)
-        return PreparedChat(model, generation, params, tool_parser, max_tool_calls, kept)
+        return PreparedChat(model, generation, params, tool_parser, max_tool_calls, kept, legacy_functions)
 
     def _tool_mode(
         self, request: ChatCompletionRequest, params: EngineParameters
@@ -304,6 +319,8 @@ class ChatHandler:
                     output = outputs[index]
                     usage = _usage(lasts) if continuous else None
                     delta = output.feed(response.text) if response.text else None
+                    if delta is not None and prepared.legacy_functions:
+                        delta = legacy_delta(delta)
                     logprobs = formatter.chat(response.logprobs) if formatter and response.logprobs else None
                     # Tokens a parser holds back still get their chunk when their ids were asked.
                     token_ids = response.token_ids if request.return_token_ids and response.token_ids else None
@@ -313,8 +330,8 @@ class ChatHandler:
                         continue
                     tail = output.finish()
                     if tail is not None:
-                        yield chunk(index, tail)
-                    finish = _finish(response.finish_reason, output.saw_tool_calls)
+                        yield chunk(index, legacy_delta(tail) if prepared.legacy_functions else tail)
+                    finish = _finish(response.finish_reason, output.saw_tool_calls, prepared.legacy_functions)
                     yield chunk(index, ChatDelta(), finish, usage, stop_reason=response.stop_reason)
             if include_usage:
                 usage_chunk = ChatCompletionChunk(
@@ -341,7 +358,7 @@ def _usage(lasts: dict[int, GenerationChunk]) -> UsageInfo:
     return UsageInfo.of(any_last.num_input_tokens, completion, any_last.num_cached_tokens)
 
 
-def _finish(finish_reason: str | None, saw_tool_calls: bool) -> str | None:
+def _finish(finish_reason: str | None, saw_tool_calls: bool, legacy_functions: bool) -> str | None:
     if saw_tool_calls and finish_reason == "stop":
-        return "tool_calls"
+        return FUNCTION_CALL_FINISH_REASON if legacy_functions else "tool_calls"
     return finish_reason

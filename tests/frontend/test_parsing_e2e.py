@@ -83,6 +83,33 @@ def test_tool_choice_none_leaves_the_text_alone(client: openai.OpenAI) -> None:
     assert message.reasoning_content == "look it up"  # type: ignore[attr-defined]
 
 
+def test_legacy_functions_answer_with_a_function_call(client: openai.OpenAI) -> None:
+    legacy = {key: value for key, value in REQUEST.items() if key not in ("tools", "tool_choice")}
+    legacy["functions"] = [tool["function"] for tool in TOOLS]
+    whole = client.chat.completions.create(**legacy, function_call="auto").choices[0]  # type: ignore[call-overload]
+    assert whole.finish_reason == "function_call" and not whole.message.tool_calls
+    call = whole.message.function_call
+    assert call is not None and call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    name, arguments, finishes = "", "", []
+    for chunk in client.chat.completions.create(**legacy, stream=True):  # type: ignore[call-overload]
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        assert not delta.tool_calls
+        if delta.function_call is not None:
+            name += delta.function_call.name or ""
+            arguments += delta.function_call.arguments or ""
+        if chunk.choices[0].finish_reason:
+            finishes.append(chunk.choices[0].finish_reason)
+    assert finishes == ["function_call"] and (name, arguments) == (call.name, call.arguments)
+    # "none" leaves the text alone, as tool_choice "none" does.
+    untouched = client.chat.completions.create(**legacy, function_call="none").choices[0]  # type: ignore[call-overload]
+    assert untouched.finish_reason == "stop" and untouched.message.function_call is None
+    # Tools and functions together are refused.
+    with pytest.raises(openai.BadRequestError, match="not both"):
+        client.chat.completions.create(**REQUEST, functions=legacy["functions"])  # type: ignore[call-overload]
+
+
 @pytest.mark.parametrize(("effort", "thinking"), [("none", False), ("minimal", False), ("low", True), ("high", True)])
 def test_reasoning_effort_switches_thinking_under_a_reasoning_parser(
     client: openai.OpenAI, effort: str, thinking: bool

@@ -131,6 +131,29 @@ def test_named_tool_choice_streams_the_arguments(client: openai.OpenAI) -> None:
     check_calls([(names, arguments)])
 
 
+def test_named_legacy_function_call_is_forced(client: openai.OpenAI) -> None:
+    request = {
+        "model": MODEL_NAME,
+        "messages": WEATHER_QUESTION,
+        "functions": [tool["function"] for tool in TOOLS],
+        "function_call": {"name": "get_weather"},
+        "max_tokens": 60,
+        "temperature": 0,
+    }
+    choice = client.chat.completions.create(**request).choices[0]  # type: ignore[call-overload]
+    call = choice.message.function_call
+    assert choice.finish_reason == "function_call" and call is not None and not choice.message.tool_calls
+    check_calls([(call.name, call.arguments)])
+    # The answer goes back as history with the function's result, and the conversation goes on.
+    history = [
+        *WEATHER_QUESTION,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "function", "name": call.name, "content": '{"temperature": 21}'},
+    ]
+    follow_up = client.chat.completions.create(**{**request, "messages": history, "function_call": "none"})  # type: ignore[call-overload]
+    assert follow_up.choices[0].finish_reason in ("stop", "length") and follow_up.choices[0].message.content
+
+
 def test_invalid_schema_is_a_400_naming_the_parameter(client: openai.OpenAI) -> None:
     response_format = {
         "type": "json_schema",
