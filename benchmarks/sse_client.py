@@ -3,11 +3,9 @@
 The benchmarks run the client on the same two cores as the server it measures, so every CPU second the
 client spends is taken from the engine. httpx parses each streamed token's event through several layers
 of Python (h11, its byte streams, line decoding); this reads HTTP/1.1 chunked transfer encoding straight
-off an asyncio stream and hands back each event's `data` bytes. Measured on 2 cores, 64 streams
-(benchmarks.served_cpu): the client's CPU 1.11 -> 0.49 s for 9,539 tokens; served/engine throughput in
-benchmarks.serving_bench, alternated: 0.845 / 0.821 -> 0.876 / 0.877 at 64 streams, 0.858 / 0.853 ->
-0.903 / 0.905 at 16. Events are separated by blank lines ending in "\n" (as uvicorn's SSE answers and
-vLLM's are written).
+off an asyncio stream and hands back each event's `data`: half the client's CPU, and what that buys the
+served path, are in the README ("The served path against the engine alone"). Plain HTTP only; lines end
+in "\n", as our frontend's and vLLM's events are written.
 """
 
 from __future__ import annotations
@@ -25,6 +23,8 @@ class HTTPStatusError(RuntimeError):
 async def post_events(base_url: str, path: str, body: dict[str, object]) -> AsyncIterator[bytes]:
     """The `data` field of each event in the answer to POST base_url + path, up to "[DONE]" or the end."""
     url = urlsplit(base_url)
+    if url.scheme != "http":
+        raise ValueError(f"only http:// servers are read, got {base_url!r}")
     host, port = url.hostname or "localhost", url.port or 80
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -43,18 +43,20 @@ async def post_events(base_url: str, path: str, body: dict[str, object]) -> Asyn
             pending += chunk
             *events, pending = pending.split(b"\n\n")
             for event in events:
-                for line in event.split(b"\n"):
-                    if line.startswith(b"data: "):
-                        data = line[6:]
-                        if data == b"[DONE]":
-                            return
-                        yield data
+                # An event's data lines join with newlines (the SSE format); comments and other fields go.
+                data = b"\n".join(line[6:] for line in event.split(b"\n") if line.startswith(b"data: "))
+                if data == b"[DONE]":
+                    return
+                if data:
+                    yield data
     finally:
         writer.close()
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("the server closed the connection without answering")
     status = int(status_line.split(b" ", 2)[1])
     headers = {}
     while (line := await reader.readline()) not in (b"\r\n", b""):

@@ -24,9 +24,9 @@ class EngineConfig:
     block_size: int = 16
     # auto|bfloat16|fp8|fp8_e4m3|fp8_e5m2 (vLLM's --kv-cache-dtype): the KV cache's element type; auto =
     # the model's dtype. bfloat16 under a float32 model on the CPU halves the cache's memory and the bytes
-    # attention streams, fp8 (e4m3; scaled by the checkpoint's k_scale / v_scale where it has them, else
-    # unscaled and saturating) quarters them on the CPU and halves a 16-bit
-    # model's on Ada/Hopper GPUs; computing stays in the model's dtype (engine.kv_cache).
+    # attention streams, fp8 (e4m3; scaled by the checkpoint's k_scale / v_scale where it has them or by
+    # measured ones with calculate_kv_scales, else unscaled and saturating) quarters them on the CPU and
+    # halves a 16-bit model's on Ada/Hopper GPUs; computing stays in the model's dtype (engine.kv_cache).
     kv_cache_dtype: str = "auto"
     # fp8 KV caches: measure each layer's k_scale / v_scale on the first forward (the first batch of
     # prompts) instead of the checkpoint's or none (vLLM's --calculate-kv-scales).

@@ -7,7 +7,8 @@ the GPU mostly idled. Replaying a captured graph issues the whole forward at onc
 Only steps in which every sequence brings exactly one token (pure decode) are replayed; prefill and mixed
 steps run eagerly. A step is staged into static buffers padded to the next captured size: padded rows
 write no KV (slot -1) and attend to a single key, and their outputs are dropped. Everything the captured
-kernels read lives in those buffers, so a replay sees the new step's values. vLLM's `--enforce-eager`
+kernels read lives in those buffers (or, for the fp8 KV cache scales, in tensors the layers fill in place),
+so a replay sees the new step's values. vLLM's `--enforce-eager`
 (EngineConfig.enforce_eager) turns this off.
 """
 
@@ -100,17 +101,19 @@ class DecodeCudaGraphs:
         measuring = [layer for layer in self.model.attention_layers() if layer.calculate_kv_scales]
         for layer in measuring:
             layer.calculate_kv_scales = False
-        for size in reversed(self.sizes):  # largest first: smaller graphs reuse its pool blocks
-            input_ids, positions, attn = self.buffers.view(size)
-            self.model(input_ids, positions, self.kv_cache, attn)  # compiles this size's kernels outside capture
+        try:
+            for size in reversed(self.sizes):  # largest first: smaller graphs reuse its pool blocks
+                input_ids, positions, attn = self.buffers.view(size)
+                self.model(input_ids, positions, self.kv_cache, attn)  # compiles this size's kernels outside capture
+                torch.cuda.synchronize(self.kv_cache.device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.outputs[size] = self.model(input_ids, positions, self.kv_cache, attn)
+                self.graphs[size] = graph
             torch.cuda.synchronize(self.kv_cache.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = self.model(input_ids, positions, self.kv_cache, attn)
-            self.graphs[size] = graph
-        torch.cuda.synchronize(self.kv_cache.device)
-        for layer in measuring:
-            layer.calculate_kv_scales = True
+        finally:
+            for layer in measuring:
+                layer.calculate_kv_scales = True
         logger.info(
             "captured decode CUDA graphs for %d batch sizes (1..%d) in %.1f s",
             len(self.sizes), self.sizes[-1], time.perf_counter() - start,

@@ -32,9 +32,10 @@ def resolve_cache_dtype(kv_cache_dtype: str, dtype: torch.dtype, device: torch.d
     no attention path here reads is refused rather than quietly replaced. Read: the model's own dtype;
     bfloat16 under float32 on the CPU; fp8 on the CPU, and on CUDA GPUs of capability 8.9 or later.
 
-    fp8 values are divided by the checkpoint's calibrated k_scale / v_scale where it has them (Attention),
-    else stored unscaled (vLLM's default k_scale = v_scale = 1.0); either way they saturate at the format's
-    largest finite value (448 for e4m3, 57344 for e5m2)."""
+    fp8 values are divided by a layer's k_scale / v_scale where it has them (Attention: the checkpoint's
+    calibrated ones, or measured with calculate_kv_scales), else stored unscaled (vLLM's default k_scale =
+    v_scale = 1.0); either way they saturate at the format's largest finite value (448 for e4m3, 57344 for
+    e5m2)."""
     if kv_cache_dtype == "auto":
         return dtype
     cache_dtype = CACHE_DTYPES[kv_cache_dtype]

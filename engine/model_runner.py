@@ -98,6 +98,7 @@ class ModelRunner:
         self.kv_cache = shard.kv_cache
         # Decode steps replay CUDA graphs (one rank only: the tensor-parallel workers run eagerly).
         self.decode_graphs: DecodeCudaGraphs | None = None
+        self._measuring_kv_scales = config.calculate_kv_scales
         if self.device.type == "cuda" and self.workers is None and not config.enforce_eager:
             self.decode_graphs = DecodeCudaGraphs(
                 shard.model, self.kv_cache, config.max_num_seqs, self.max_model_len, self.block_size
@@ -116,10 +117,14 @@ class ModelRunner:
         before sampling. It is called once the forward is launched: on CUDA the CPU fills the mask while
         the GPU computes, instead of the GPU waiting for it."""
         input_ids, positions, attn, sample_rows = self._prepare_inputs(out.chunks)
-        if self.decode_graphs is not None and self.decode_graphs.can_run(len(out.chunks), attn):
-            hidden = self.decode_graphs.run(input_ids, positions, attn)
+        graphs = self.decode_graphs if not self._measuring_kv_scales else None
+        if graphs is not None and graphs.can_run(len(out.chunks), attn):
+            hidden = graphs.run(input_ids, positions, attn)
         else:
             hidden = self.model.forward(input_ids, positions, self.kv_cache, attn)
+            # calculate_kv_scales measures in the first forward, which runs eagerly (graphs never measure),
+            # even when it is a step of one-token prompts a graph could replay.
+            self._measuring_kv_scales = False
         prompt_logprobs = compute_prompt_logprobs(out.chunks, hidden, self.model.compute_logits)
         sampled = [chunk.request for chunk in out.chunks if chunk.sample]
         if not sampled:

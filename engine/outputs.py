@@ -30,8 +30,9 @@ class TokenLogprobs:
     logprob: float
     # The most likely tokens there, most likely first, as (token id, logprob); as many as asked.
     top: list[tuple[int, float]]
-    # The token's rank in the vocabulary (1: the most likely; ties share the better rank). Computed for
-    # prompt logprobs only: vLLM returns it there, OpenAI's shapes for sampled tokens have no place for it.
+    # The token's rank in the vocabulary: how many tokens are at least as likely, itself included (1: the
+    # most likely), as vLLM counts it. Computed for prompt logprobs only: vLLM returns it there, OpenAI's
+    # shapes for sampled tokens have no place for it.
     rank: int | None = None
 
 

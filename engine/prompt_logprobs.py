@@ -9,7 +9,7 @@ a private cache salt): a cached token has no hidden state in this step to take l
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -60,9 +60,9 @@ def compute_prompt_logprobs(
                     request.prompt_token_ids[start + 1 : stop + 1], dtype=torch.int64, device=logprobs.device
                 )
                 ids, values = gather_logprobs(logprobs, targets, num_top)
-                ranks = (logprobs > values[:, :1]).sum(dim=-1) + 1
+                ranks = (logprobs >= values[:, :1]).sum(dim=-1)
                 entries.extend(
-                    replace(to_token_logprobs(row_ids, row_values, num_top), rank=rank)
+                    to_token_logprobs(row_ids, row_values, num_top, rank)
                     for row_ids, row_values, rank in zip(ids.tolist(), values.tolist(), ranks.tolist(), strict=True)
                 )
             results.append(PromptLogprobsChunk(request, begin + 1, entries))

@@ -60,10 +60,10 @@ def token_logprobs(
     return result
 
 
-def to_token_logprobs(ids: list[int], values: list[float], num_top: int) -> TokenLogprobs:
+def to_token_logprobs(ids: list[int], values: list[float], num_top: int, rank: int | None = None) -> TokenLogprobs:
     """One gathered row (chosen token first, then the top ones) -> TokenLogprobs with num_top entries."""
     top = list(zip(ids[1 : 1 + num_top], values[1 : 1 + num_top], strict=True))
-    return TokenLogprobs(token_id=ids[0], logprob=values[0], top=top)
+    return TokenLogprobs(token_id=ids[0], logprob=values[0], top=top, rank=rank)
 
 
 def _banned_tokens(requests: Sequence[Request]) -> tuple[list[int], list[int]]:

@@ -10,7 +10,7 @@ back in the legacy shape.
 
 from __future__ import annotations
 
-from frontend.errors import bad_request
+from frontend.errors import APIError, bad_request
 from frontend.protocol.chat import (
     ChatCompletionRequest,
     ChatDelta,
@@ -23,16 +23,20 @@ from frontend.protocol.chat import (
 )
 
 FUNCTION_CALL_FINISH_REASON = "function_call"
+# The tools request fields the legacy ones became, and the legacy names a client of them sent.
+LEGACY_NAMES = {"tool_choice": "function_call", "tools": "functions"}
 
 
 def uses_functions(request: ChatCompletionRequest) -> bool:
+    """The request asks with legacy functions (and is answered in their shape)."""
     return request.functions is not None or request.function_call is not None
 
 
 def as_tools(request: ChatCompletionRequest) -> ChatCompletionRequest:
     """The same request asking with tools; refused when it mixes both kinds or names no functions."""
     if request.tools is not None or request.tool_choice is not None:
-        raise bad_request("give tools or the legacy functions, not both", param="functions")
+        sent = "functions" if request.functions is not None else "function_call"
+        raise bad_request("give tools or the legacy functions, not both", param=sent)
     if request.functions is None:
         raise bad_request("function_call needs functions", param="function_call")
     choice = request.function_call
@@ -47,16 +51,26 @@ def as_tools(request: ChatCompletionRequest) -> ChatCompletionRequest:
     )
 
 
+def in_legacy_terms(error: APIError) -> APIError:
+    """An error about the tools a legacy request became, naming the fields the client sent."""
+    message = error.message
+    for tools_name, legacy_name in LEGACY_NAMES.items():
+        message = message.replace(tools_name, legacy_name)
+    param = LEGACY_NAMES.get(error.param or "", error.param)
+    return APIError(error.status, message, error.type, param, error.code, error.headers)
+
+
 def as_tool_messages(messages: list[ChatMessage]) -> list[ChatMessage]:
     """History with legacy function calls as tool calls, and each `function` result as the `tool` message
-    answering the latest call of that name (templates know only tool calls and tool messages)."""
+    answering the latest call of that name (templates know only tool calls and tool messages; a result
+    with no call before it answers none, as a tool message without tool_call_id does)."""
     if not any(message.function_call is not None or message.role == "function" for message in messages):
         return messages
     converted = []
     latest_call: dict[str, str] = {}
     for position, message in enumerate(messages):
         if message.function_call is not None:
-            call = ToolCall(id=f"call_{position}", function=message.function_call)
+            call = ToolCall(id=f"legacy_call_{position}", function=message.function_call)
             latest_call[call.function.name] = call.id
             message = message.model_copy(update={"function_call": None, "tool_calls": [*(message.tool_calls or []), call]})
         elif message.role == "function":

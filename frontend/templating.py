@@ -10,6 +10,7 @@ purpose.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from frontend.protocol.chat import ChatMessage, ChatTool
+
+logger = logging.getLogger(__name__)
 
 
 class TemplateError(ValueError):
@@ -144,6 +147,9 @@ class ChatTemplater:
             if framed[start : start + len(plain)] == plain:
                 return framed[:start], framed[start + len(plain) :]
         # A tokenizer whose special tokens change how the text itself reads has no frame to add.
+        logger.warning(
+            "add_special_tokens has no effect on chat prompts: this tokenizer's special tokens do not frame the text"
+        )
         return [], []
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:

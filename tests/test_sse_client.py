@@ -39,8 +39,11 @@ def uvicorn_url() -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(sse_app(), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
+    for _ in range(1000):
+        if server.started:
+            break
         threading.Event().wait(0.01)
+    assert server.started, "uvicorn did not start in 10 s"
     port = server.servers[0].sockets[0].getsockname()[1]
     yield f"http://127.0.0.1:{port}/v1"
     server.should_exit = True
@@ -63,8 +66,11 @@ def test_an_error_status_is_raised_with_its_body(uvicorn_url: str) -> None:
 
 def test_events_split_across_chunks_and_an_answer_without_chunking() -> None:
     async def scenario() -> tuple[list[bytes], list[bytes]]:
-        stream = b"data: one\n\ndata: tw" + b"o\n\n: a comment\n\nda" + b"ta: three\n\ndata: [DONE]\n\n"
-        pieces = [stream[:7], stream[7:19], stream[19:40], stream[40:]]
+        stream = b"data: one\n\ndata: two\n\n: a comment\n\ndata: thr\ndata: ee\n\ndata: [DONE]\n\n"
+        # Cut inside a field name, inside a value, and between the two newlines that end an event.
+        cuts = [0, 7, stream.index(b"two") + 4, stream.index(b"comment") + 3, len(stream)]
+        pieces = [stream[start:end] for start, end in zip(cuts[:-1], cuts[1:], strict=True)]
+        assert pieces[1].endswith(b"two\n") and pieces[2].startswith(b"\n")
         chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
 
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -86,5 +92,6 @@ def test_events_split_across_chunks_and_an_answer_without_chunking() -> None:
         return split, closed
 
     split, closed = asyncio.run(scenario())
-    assert split == [b"one", b"two", b"three"]
+    # Comments dropped; an event's data lines joined by newlines.
+    assert split == [b"one", b"two", b"thr\nee"]
     assert closed == [b"a", b"b"]

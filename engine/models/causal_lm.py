@@ -60,6 +60,7 @@ class CausalLM(nn.Module):
         )
 
     def attention_layers(self) -> list[Attention]:
+        """Every decoder layer's attention, first layer first."""
         return [module for module in self.modules() if isinstance(module, Attention)]
 
     def timing_weights(self) -> list[torch.Tensor]:

@@ -18,9 +18,9 @@ from engine.models.spec import ModelSpec
 from kernels import ops
 from kernels.native_library import FP8_DTYPES
 
-# calculate_kv_scales brings the largest key and value of the forward it measures to these (vLLM's
-# K_SCALE_CONSTANT and V_SCALE_CONSTANT): e4m3 reaches 448, so later keys may grow 2.2x past the measured
-# peak (a rotated pair's element up to 1.41x of it) and values 4.5x before they saturate.
+# calculate_kv_scales brings the largest key (as rotation can make it) and value of the forward it measures
+# to these (vLLM's K_SCALE_CONSTANT and V_SCALE_CONSTANT): e4m3 reaches 448, so later keys may grow 2.2x
+# past the measured peak and values 4.5x before they saturate.
 K_SCALE_RANGE = 200.0
 V_SCALE_RANGE = 100.0
 # A peak below this (a layer of zeros) measures as this, so that no scale is 0.
@@ -154,8 +154,16 @@ class Attention(nn.Module):
 
     def _measure_kv_scales(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Scales that bring this forward's largest key to K_SCALE_RANGE and value to V_SCALE_RANGE (vLLM's
-        calculate_kv_scales); later keys and values may grow past them by the format's headroom."""
-        self.k_scale.copy_(k.abs().amax().float().clamp(min=_SMALLEST_PEAK) / K_SCALE_RANGE)
+        calculate_kv_scales); later keys and values may grow past them by the format's headroom.
+
+        Keys are measured before rotation, by the norm of each rotation pair (element i with i + d/2): the
+        largest any element of the pair reaches at any angle. vLLM measures the rotated keys themselves,
+        which only the positions of this forward reach; a scale up to 1.41x larger, never saturated by
+        the same key at another position.
+        """
+        pairs = k.float().unflatten(-1, (2, k.shape[-1] // 2))
+        key_peak = torch.linalg.vector_norm(pairs, dim=-2).amax()
+        self.k_scale.copy_(key_peak.clamp(min=_SMALLEST_PEAK) / K_SCALE_RANGE)
         self.v_scale.copy_(v.abs().amax().float().clamp(min=_SMALLEST_PEAK) / V_SCALE_RANGE)
         self.calculate_kv_scales = False
 

@@ -111,7 +111,7 @@ class ChatCompletionRequest(SamplingRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[ChatTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    # OpenAI's legacy function calling, served as tools (frontend.serving.legacy_functions): the answer's
+    # OpenAI's legacy function calling, served as tools (frontend.legacy_functions): the answer's
     # one call comes back as `function_call` with finish_reason "function_call".
     functions: list[FunctionDefinition] | None = Field(default=None, min_length=1)
     function_call: Literal["none", "auto"] | NamedFunction | None = None

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from frontend.errors import bad_request
+from frontend.errors import APIError, bad_request
 from frontend.legacy_functions import (
     FUNCTION_CALL_FINISH_REASON,
+    LEGACY_NAMES,
     as_tool_messages,
     as_tools,
+    in_legacy_terms,
     legacy_delta,
     legacy_message,
     uses_functions,
@@ -93,7 +95,7 @@ class ChatHandler:
         choices = []
         for sequence in collected.sequences:
             output = self._output_processor(prepared)
-            message = output.message(self.ctx.config.response_role, sequence.text)
+            message = output.message(self._role(request), sequence.text)
             if prepared.legacy_functions:
                 message = legacy_message(message)
             if echoed:
@@ -126,10 +128,16 @@ class ChatHandler:
             prompt_logprobs=self._prompt_logprobs(request, collected),
         )
 
+    def _role(self, request: ChatCompletionRequest) -> str:
+        """The answer's role, as vLLM gives it: the server's response role when the template opens a new turn
+        for it, else the last message's, whose turn the answer continues."""
+        return self.ctx.config.response_role if request.add_generation_prompt else request.messages[-1].role
+
     def _echoed(self, request: ChatCompletionRequest) -> str:
-        """vLLM's chat echo: the last message's text (as the template saw it) when it has the answer's role."""
+        """vLLM's chat echo: the last message's text (as the template saw it; vLLM joins text parts with
+        newlines) when it has the answer's role."""
         last = request.messages[-1]
-        return last.text() if request.echo and last.role == self.ctx.config.response_role else ""
+        return last.text() if request.echo and last.role == self._role(request) else ""
 
     def _prompt_logprobs(self, request: ChatCompletionRequest, collected: Collected) -> PromptLogprobs | None:
         """Once per request: every sequence carries the same ones."""
@@ -147,7 +155,15 @@ class ChatHandler:
         legacy_functions = uses_functions(request)
         if legacy_functions:
             request = as_tools(request)
-        tool_parser = self._tool_mode(request, params)
+            try:
+                tool_parser = self._tool_mode(request, params)
+            except APIError as error:
+                raise in_legacy_terms(error) from None
+            origin = params.origins.get("structured_outputs")
+            if origin in LEGACY_NAMES:
+                params.origins["structured_outputs"] = LEGACY_NAMES[origin]
+        else:
+            tool_parser = self._tool_mode(request, params)
         if request.response_format is not None and request.response_format.type != "text":
             schema = (request.response_format.json_schema or {}).get("schema", {})
             structured = (
@@ -305,7 +321,7 @@ class ChatHandler:
         try:
             prompt_token_ids = prepared.kept_prompt_token_ids if request.return_token_ids else None
             for index in range(num_sequences):
-                role = ChatDelta(role=self.ctx.config.response_role, content="")
+                role = ChatDelta(role=self._role(request), content="")
                 yield chunk(index, role, prompt_token_ids=prompt_token_ids if index == 0 else None)
             echoed = self._echoed(request)
             if echoed:

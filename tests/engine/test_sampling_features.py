@@ -187,7 +187,7 @@ def test_logprobs_match_transformers(engine: LLMEngine, prompt: list[int], model
         assert len(entry.top) == 2
         # Its rank in the vocabulary, up to tokens within the numerics of the reference.
         assert entry.rank is not None
-        assert int((row > entry.logprob + 1e-3).sum()) + 1 <= entry.rank <= int((row > entry.logprob - 1e-3).sum()) + 1
+        assert int((row > entry.logprob + 1e-3).sum()) + 1 <= entry.rank <= int((row > entry.logprob - 1e-3).sum())
     assert any(entry is not None and entry.rank is not None and entry.rank > 3 for entry in prompt_entries)
     # n > 1: every sequence carries the prompt logprobs, computed once.
     pair = run(engine, "pair", prompt, greedy(max_tokens=2, n=2, prompt_logprobs=2))

@@ -16,7 +16,6 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 from engine.models import CausalLM, load_model
-from engine.models.layers import Attention
 from tests.engine_models.paged_batch import paged_logits
 from tests.engine_models.rounded_cache import FP8RoundedCache
 
@@ -74,10 +73,6 @@ def amplified(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreTrainedModel
     return model, directory, scales
 
 
-def attention_layers(model: CausalLM) -> list[Attention]:
-    return [module for module in model.modules() if isinstance(module, Attention)]
-
-
 def test_calibrated_scales_keep_amplified_keys_that_an_unscaled_fp8_cache_saturates(
     amplified: tuple[PreTrainedModel, Path, list[tuple[float, float]]],
 ) -> None:
@@ -97,28 +92,43 @@ def test_calibrated_scales_keep_amplified_keys_that_an_unscaled_fp8_cache_satura
 def test_scales_measured_on_the_first_forward(
     amplified: tuple[PreTrainedModel, Path, list[tuple[float, float]]], tmp_path: Path
 ) -> None:
-    hf_model, checkpoint, calibrated = amplified
+    hf_model, checkpoint, _ = amplified
     ours = load_model(rewritten(checkpoint, tmp_path, {}), torch.float32, torch.device("cpu"))
-    for layer in attention_layers(ours):
+    for layer in ours.attention_layers():
         layer.kv_scaled = layer.calculate_kv_scales = True
     prompt = (torch.arange(PROMPT_LENGTH) % 256).tolist()
     paged_logits(ours, prompt + [0], PROMPT_LENGTH, torch.float8_e4m3fn)  # the prompt's forward only
     measured = layer_scales(ours)
-    # The fixture calibrated 1.5 x the prompt's largest key / 448 and 1.1 x its largest value / 448; the
-    # measurement brings them to 200 and 100 (vLLM's constants).
-    peaks = [(k * E4M3_MAX / 1.5, v * E4M3_MAX / 1.1) for k, v in calibrated]
-    expected = [(k / 200, v / 100) for k, v in peaks]
-    # Later layers' inputs went through attention over the rounded cache already (the fixture's did not).
+    # The largest key any rotation can make (the norm of a rotation pair: element i with i + d/2) is
+    # brought to 200, the largest value to 100 (vLLM's constants).
+    outputs: dict[tuple[int, int], torch.Tensor] = {}
+    hooks = [
+        projection.register_forward_hook(
+            lambda _module, _inputs, output, key=(index, kind): outputs.__setitem__(key, output)
+        )
+        for index, layer in enumerate(hf_model.model.layers)
+        for kind, projection in enumerate((layer.self_attn.k_proj, layer.self_attn.v_proj))
+    ]
+    with torch.inference_mode():
+        hf_model(torch.tensor([prompt]))
+    for hook in hooks:
+        hook.remove()
+    head_dim = hf_model.config.hidden_size // hf_model.config.num_attention_heads
+    expected = []
+    for index in range(LAYERS):
+        pairs = outputs[index, 0].view(PROMPT_LENGTH, -1, 2, head_dim // 2)
+        expected.append((pairs.norm(dim=-2).max().item() / 200, outputs[index, 1].abs().max().item() / 100))
+    # Later layers' inputs went through attention over the rounded cache already (the reference's did not).
     assert measured[0] == pytest.approx(expected[0], rel=1e-5)
     assert measured == [pytest.approx(scales, rel=1e-3) for scales in expected]
-    assert not any(layer.calculate_kv_scales for layer in attention_layers(ours))
+    assert not any(layer.calculate_kv_scales for layer in ours.attention_layers())
     # Kept from then on: the whole generation is attended over keys and values scaled by them.
     assert_matches_scaled_oracle(ours, hf_model, prompt, measured)
     assert layer_scales(ours) == measured
 
 
 def layer_scales(model: CausalLM) -> list[tuple[float, float]]:
-    return [(layer.k_scale.item(), layer.v_scale.item()) for layer in attention_layers(model)]
+    return [(layer.k_scale.item(), layer.v_scale.item()) for layer in model.attention_layers()]
 
 
 def assert_matches_scaled_oracle(
@@ -144,11 +154,11 @@ def assert_matches_scaled_oracle(
     assert our_error < 0.4 * rounding_error, (our_error, rounding_error)  # measured: 5e-8 against 1.2e-3
     assert rounding_error < 0.1 * saturation_error, (rounding_error, saturation_error)  # 1.2e-3 against 0.105
     # The same model ignoring its scales saturates as the unscaled oracle does.
-    for layer in attention_layers(ours):
+    for layer in ours.attention_layers():
         layer.kv_scaled = False
     unscaled = paged_logits(ours, generated, PROMPT_LENGTH, torch.float8_e4m3fn)
     assert (unscaled - saturated_logits).abs().mean().item() < 0.4 * rounding_error
-    for layer in attention_layers(ours):
+    for layer in ours.attention_layers():
         layer.kv_scaled = True
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +28,29 @@ API_KEY = "unit-key"
 @pytest.fixture(scope="session")
 def templater(model_path: Path) -> ChatTemplater:
     return ChatTemplater(model_path)
+
+
+@pytest.fixture(scope="session")
+def framing_templater(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> ChatTemplater:
+    """SmolLM2's tokenizer made to add special tokens around any text, as Llama's adds a BOS (SmolLM2's adds
+    none): <|im_start|> before and <|endoftext|> after."""
+    directory = tmp_path_factory.mktemp("framing-tokenizer")
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json", "chat_template.jinja"):
+        shutil.copy(model_path / name, directory / name)
+    tokenizer = json.loads((directory / "tokenizer.json").read_text())
+    special = {"<|im_start|>": 1, "<|endoftext|>": 0}
+    tokenizer["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [
+            {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+        ],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {token: {"id": token, "ids": [i], "tokens": [token]} for token, i in special.items()},
+    }
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return ChatTemplater(directory)
 
 
 def offline_config(model_path: Path, **overrides: object) -> FrontendConfig:

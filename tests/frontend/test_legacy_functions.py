@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from frontend.errors import APIError
-from frontend.legacy_functions import as_tool_messages, as_tools, legacy_delta, legacy_message
+from frontend.legacy_functions import (
+    as_tool_messages,
+    as_tools,
+    in_legacy_terms,
+    legacy_delta,
+    legacy_message,
+)
 from frontend.protocol.chat import (
     ChatCompletionRequest,
     ChatDelta,
@@ -39,6 +45,7 @@ def test_functions_become_tools_with_one_call_per_answer() -> None:
     [
         ({"functions": [WEATHER], "tools": [{"type": "function", "function": WEATHER}]}, "functions"),
         ({"functions": [WEATHER], "tool_choice": "none"}, "functions"),
+        ({"function_call": "auto", "tools": [{"type": "function", "function": WEATHER}]}, "function_call"),
         ({"function_call": "auto"}, "function_call"),
     ],
 )
@@ -46,6 +53,12 @@ def test_mixed_or_incomplete_requests_are_refused(fields: dict, param: str) -> N
     with pytest.raises(APIError) as refused:
         as_tools(request(**fields))
     assert refused.value.status == 400 and refused.value.param == param
+
+
+def test_errors_about_the_tools_name_the_legacy_fields() -> None:
+    error = in_legacy_terms(APIError(400, "tool_choice names unknown function 'x'", param="tool_choice"))
+    assert (error.status, error.message, error.param) == (400, "function_call names unknown function 'x'", "function_call")
+    assert in_legacy_terms(APIError(400, "bad", param="messages")).param == "messages"
 
 
 def test_history_pairs_each_result_with_the_latest_call_of_its_name() -> None:

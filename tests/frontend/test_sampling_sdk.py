@@ -217,17 +217,6 @@ def test_chat_echo_returns_the_continued_assistant_prefix(client: openai.OpenAI)
     assert echoed_question.choices[0].message.content == asked.choices[0].message.content
 
 
-def test_completions_add_special_tokens(client: openai.OpenAI, templater: ChatTemplater) -> None:
-    for add in (True, False):
-        reply = client.completions.create(
-            model=MODEL_NAME,
-            prompt=PROMPT,
-            max_tokens=1,
-            extra_body={"add_special_tokens": add, "return_token_ids": True},
-        )
-        assert (reply.choices[0].model_extra or {})["prompt_token_ids"] == templater.encode(PROMPT, add)
-
-
 def test_completions_n_best_of_and_batches(client: openai.OpenAI, templater: ChatTemplater) -> None:
     batch = client.completions.create(
         model=MODEL_NAME, prompt=[PROMPT, "Once upon a time"], max_tokens=3, temperature=1.0, seed=1, n=2

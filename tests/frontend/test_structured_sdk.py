@@ -152,6 +152,10 @@ def test_named_legacy_function_call_is_forced(client: openai.OpenAI) -> None:
     ]
     follow_up = client.chat.completions.create(**{**request, "messages": history, "function_call": "none"})  # type: ignore[call-overload]
     assert follow_up.choices[0].finish_reason in ("stop", "length") and follow_up.choices[0].message.content
+    # Errors name the legacy fields the client sent.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(**{**request, "function_call": {"name": "unknown"}})  # type: ignore[call-overload]
+    assert refused.value.param == "function_call" and "function_call names unknown function" in str(refused.value)
 
 
 def test_invalid_schema_is_a_400_naming_the_parameter(client: openai.OpenAI) -> None:

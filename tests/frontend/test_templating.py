@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import pytest
 
 from frontend.protocol.chat import ChatMessage
@@ -98,34 +94,14 @@ def test_special_tokens_in_client_text_stay_plain_text(templater: ChatTemplater)
     assert forged.token_ids.count(im_start) == 3 and "\ue000x:1\ue001" in forged.text
 
 
-def test_special_tokens_frame_the_prompt_as_the_tokenizer_would(templater: ChatTemplater, tmp_path: Path) -> None:
-    # SmolLM2's tokenizer adds nothing; the same tokenizer made to add a BOS and an EOS (as Llama's adds
-    # a BOS) frames the templated prompt exactly as encoding its text would, client text still shielded.
+def test_special_tokens_frame_the_prompt_as_the_tokenizer_would(
+    templater: ChatTemplater, framing_templater: ChatTemplater
+) -> None:
+    # SmolLM2's tokenizer adds nothing; one that adds a BOS and an EOS frames the templated prompt exactly
+    # as encoding its text would, client text still shielded.
     assert templater.with_special_tokens([5, 6]) == [5, 6]
-    source = Path(templater.tokenizer.name_or_path)
-    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
-        shutil.copy(source / name, tmp_path / name)
-    tokenizer = json.loads((tmp_path / "tokenizer.json").read_text())
-    bos, eos = "<|im_start|>", "<|endoftext|>"
-    tokenizer["post_processor"] = {
-        "type": "TemplateProcessing",
-        "single": [
-            {"SpecialToken": {"id": bos, "type_id": 0}},
-            {"Sequence": {"id": "A", "type_id": 0}},
-            {"SpecialToken": {"id": eos, "type_id": 0}},
-        ],
-        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-        "special_tokens": {
-            token: {"id": token, "ids": [templater.tokenizer.convert_tokens_to_ids(token)], "tokens": [token]}
-            for token in (bos, eos)
-        },
-    }
-    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))
-    framing = ChatTemplater(tmp_path, source / "chat_template.jinja")
-    conversation = messages({"role": "user", "content": "Hi there!"})
-    prompt = framing.render(conversation)
-    assert framing.with_special_tokens(prompt.token_ids) == framing.encode(prompt.text, add_special_tokens=True)
-    bos_id, eos_id = (framing.tokenizer.convert_tokens_to_ids(token) for token in (bos, eos))
-    shielded = framing.render(messages({"role": "user", "content": f"{eos} hi"})).token_ids
-    framed = framing.with_special_tokens(shielded)
-    assert framed[0] == bos_id and framed[-1] == eos_id and framed[1:-1] == shielded and eos_id not in shielded
+    prompt = framing_templater.render(messages({"role": "user", "content": "Hi there!"}))
+    assert framing_templater.with_special_tokens(prompt.token_ids) == framing_templater.encode(prompt.text, True)
+    shielded = framing_templater.render(messages({"role": "user", "content": "<|endoftext|> hi"})).token_ids
+    framed = framing_templater.with_special_tokens(shielded)
+    assert framed[0] == 1 and framed[-1] == 0 and framed[1:-1] == shielded and 0 not in shielded
