@@ -76,8 +76,8 @@ NEUTRAL_VALUES: dict[str, Any] = {
 }
 # Accepted in sampling_parameters and meaningless there: padding ids exist only for static batches;
 # finish_reason and num_input_tokens are always returned (vllm_backend sends them only when its flags
-# ask). As tensors, return_num_output_tokens and return_cumulative_logprob do change the outputs
-# (parse_generation_request).
+# ask). As tensors, return_num_output_tokens, return_cumulative_logprob and return_finish_reason do change
+# the outputs (parse_generation_request).
 IGNORED = (
     "pad_id",
     "stream",
@@ -115,6 +115,9 @@ class GenerationRequest:
     output_tokens_per_response: bool = False
     # vllm_backend's return_cumulative_logprob: send `cumulative_logprob`.
     cumulative_logprob: bool = False
+    # What finish_reason reads before a sequence ends: "" (ours), or "None" under vllm_backend's
+    # return_finish_reason (it sends str(None)).
+    unfinished_reason: str = ""
 
 
 def _scalar(array: np.ndarray) -> Any:
@@ -223,6 +226,7 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
         return_unchanged_outputs=_flag(inputs, "return_unchanged_outputs", default=True),
         output_tokens_per_response=_flag(inputs, "return_num_output_tokens", default=False),
         cumulative_logprob=_flag(inputs, "return_cumulative_logprob", default=False),
+        unfinished_reason="None" if _flag(inputs, "return_finish_reason", default=False) else "",
     )
 
 

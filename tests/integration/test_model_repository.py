@@ -149,7 +149,8 @@ def test_genai_perf_tensorrtllm_payload_streams(triton_server: TritonServer) -> 
 def test_vllm_backend_additional_outputs(triton_server: TritonServer) -> None:
     """vllm_backend's flags: with return_num_output_tokens, num_output_tokens counts each response's tokens
     (as vllm_backend's does), return_cumulative_logprob adds the running sum of the tokens' logprobs (the
-    TensorRT-LLM cum_log_probs), return_finish_reason is accepted (finish_reason always comes)."""
+    TensorRT-LLM cum_log_probs), return_finish_reason makes finish_reason read "None" before the end (as
+    vllm_backend's str(None); it always comes, "" before the end without the flag)."""
     request = {
         "text_input": "Tell me a story.",
         "stream": True,
@@ -166,7 +167,7 @@ def test_vllm_backend_additional_outputs(triton_server: TritonServer) -> None:
     cumulative = [float(response["cumulative_logprob"][0]) for response in responses]
     assert cumulative == pytest.approx(running, abs=1e-4) and cumulative[-1] < 0
     assert cumulative == [float(response["cum_log_probs"][0]) for response in responses]
-    assert responses[-1]["finish_reason"][0] == b"length"
+    assert [response["finish_reason"][0] for response in responses] == [b"None"] * (len(responses) - 1) + [b"length"]
     # return_cumulative_logprob alone is enough to get it.
     alone = {key: value for key, value in request.items() if key != "return_log_probs"}
     sums = [float(response["cumulative_logprob"][0]) for response in stream_outputs(triton_server.grpc_url, alone, "ensemble")]
@@ -175,6 +176,8 @@ def test_vllm_backend_additional_outputs(triton_server: TritonServer) -> None:
     plain = stream_outputs(triton_server.grpc_url, {**request, "return_num_output_tokens": False,
                                                     "return_cumulative_logprob": False}, "ensemble")  # fmt: skip
     assert int(plain[-1]["num_output_tokens"][0]) == 8 and all("cumulative_logprob" not in r for r in plain)
+    unflagged = stream_outputs(triton_server.grpc_url, {**request, "return_finish_reason": False}, "ensemble")
+    assert [r["finish_reason"][0] for r in unflagged] == [b""] * (len(unflagged) - 1) + [b"length"]
 
 
 def test_genai_perf_vllm_payload_streams(triton_server: TritonServer) -> None:

@@ -70,9 +70,11 @@ class ActiveRequest:
     return_unchanged: bool = True
     # Sequence indices whose first response went out.
     started: set[int] = field(default_factory=set)
-    # vllm_backend conventions (GenerationRequest): num_output_tokens per response; cumulative_logprob.
+    # vllm_backend conventions (GenerationRequest): num_output_tokens per response; cumulative_logprob;
+    # finish_reason "None" before the end.
     output_tokens_per_response: bool = False
     cumulative_logprob: bool = False
+    unfinished_reason: str = ""
 
 
 class TritonPythonModel:
@@ -151,6 +153,7 @@ class TritonPythonModel:
             return_unchanged=generation.return_unchanged_outputs,
             output_tokens_per_response=generation.output_tokens_per_response,
             cumulative_logprob=generation.cumulative_logprob,
+            unfinished_reason=generation.unfinished_reason,
         )
         with self.active_lock:
             self.active[state.request_id] = state
@@ -289,7 +292,7 @@ class TritonPythonModel:
                 pb_utils.Tensor("request_id", text(output.request_id)),
                 pb_utils.Tensor("num_input_tokens", scalar(output.num_prompt_tokens)),
                 pb_utils.Tensor("num_cached_tokens", scalar(output.num_cached_tokens)),
-                pb_utils.Tensor("finish_reason", text(output.finish_reason or "")),
+                pb_utils.Tensor("finish_reason", text(output.finish_reason or state.unfinished_reason)),
             ]
             if state.prompt_text:
                 tensors.append(pb_utils.Tensor("prompt_text", text(state.prompt_text)))
