@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from frontend.protocol.chat import ChatMessage
+from frontend.protocol.chat import ChatMessage, ChatTool
 
 
 class TokenizeRequest(BaseModel):
@@ -21,6 +21,9 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    # As chat's: the tools the template lists in the prompt, a template of the request's own, its kwargs.
+    tools: list[ChatTool] | None = None
+    chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     return_token_strs: bool = False
 

@@ -33,10 +33,10 @@ class TokenizeHandler:
                 prompt = await asyncio.to_thread(
                     templater.render,
                     as_tool_messages(request.messages),
-                    None,
+                    request.tools,
                     request.add_generation_prompt,
                     request.continue_final_message,
-                    None,
+                    request.chat_template,
                     request.chat_template_kwargs,
                 )
             except TemplateError as error:

@@ -161,6 +161,17 @@ def test_tokenize_and_detokenize(offline_client: TestClient) -> None:
         "/tokenize", json={"messages": [{"role": "user", "content": "hi"}], "return_token_strs": True}
     ).json()
     assert chat["token_strs"][0] == "<|im_start|>" and chat["token_strs"][-1] == "Ċ"
+    # A request's own template and the tools it lists count as chat generation would render them.
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    templated = offline_client.post(
+        "/tokenize",
+        json={
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [tool],
+            "chat_template": "{{ tools[0].function.name }}: {{ messages[0].content }}",
+        },
+    ).json()
+    assert templated["tokens"] == offline_client.post("/tokenize", json={"prompt": "get_weather: hi"}).json()["tokens"]
     assert_error(offline_client.post("/detokenize", json={"tokens": [-1]}), 400, "tokens")
     assert_error(offline_client.post("/tokenize", json={"prompt": "x", "model": "gpt-9"}), 404, "model")
 
