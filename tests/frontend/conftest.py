@@ -67,9 +67,8 @@ def offline_config(model_path: Path, **overrides: object) -> FrontendConfig:
     return FrontendConfig(**settings)
 
 
-@pytest.fixture(scope="session")
-def offline_context(model_path: Path, templater: ChatTemplater) -> ServingContext:
-    config = offline_config(model_path)
+def offline_serving_context(config: FrontendConfig, templater: ChatTemplater) -> ServingContext:
+    """The frontend's serving context over `config`'s (unreachable) Triton."""
     return ServingContext(
         config=config,
         triton=TritonClient(config.triton_url, config.triton_model),
@@ -77,6 +76,11 @@ def offline_context(model_path: Path, templater: ChatTemplater) -> ServingContex
         metrics=FrontendMetrics(),
         started=unix_now(),
     )
+
+
+@pytest.fixture(scope="session")
+def offline_context(model_path: Path, templater: ChatTemplater) -> ServingContext:
+    return offline_serving_context(offline_config(model_path), templater)
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from frontend.app import build_app
-from frontend.metrics import FrontendMetrics
 from frontend.protocol.chat import ChatCompletionRequest
 from frontend.protocol.completions import CompletionRequest
 from frontend.serving.chat import ChatHandler
 from frontend.serving.completions import CompletionHandler
-from frontend.serving.context import ServingContext, unix_now
+from frontend.serving.context import ServingContext
 from frontend.templating import ChatTemplater
-from frontend.triton_client import TritonClient
-from tests.frontend.conftest import API_KEY, MODEL_NAME, offline_config
+from tests.frontend.conftest import API_KEY, MODEL_NAME, offline_config, offline_serving_context
 
 BOS, EOS = 1, 0
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
@@ -28,14 +26,7 @@ MESSAGES = [{"role": "user", "content": "Name a colour."}]
 @pytest.fixture(scope="module")
 def context(model_path: Path, framing_templater: ChatTemplater) -> ServingContext:
     # A context length given: nothing here asks Triton (which is not there).
-    config = offline_config(model_path, max_model_len=512)
-    return ServingContext(
-        config=config,
-        triton=TritonClient(config.triton_url, config.triton_model),
-        templater=framing_templater,
-        metrics=FrontendMetrics(),
-        started=unix_now(),
-    )
+    return offline_serving_context(offline_config(model_path, max_model_len=512), framing_templater)
 
 
 @pytest.fixture(scope="module")
