@@ -137,6 +137,10 @@ class ChatCompletionRequest(SamplingRequest):
     # The tokenizer's own special tokens (a BOS) around the templated prompt, which usually writes its own.
     add_special_tokens: bool = False
     continue_final_message: bool = False
+    # vLLM: documents for retrieval-augmented templates, handed to the chat template as `documents`.
+    documents: list[dict[str, str]] | None = None
+    # vLLM: false leaves the reasoning (still generated, under a reasoning parser) out of the answer.
+    include_reasoning: bool = True
     # The answer starts with the last message's text when that message has the answer's role: an
     # assistant prefix continued with continue_final_message comes back whole.
     echo: bool = False

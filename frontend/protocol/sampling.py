@@ -36,6 +36,10 @@ class SamplingRequest(BaseModel):
     min_tokens: int = Field(default=0, ge=0)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # vLLM: with skip_special_tokens off, special tokens in the text are joined by spaces.
+    spaces_between_special_tokens: bool = True
+    # vLLM: logprob tokens named "token_id:<id>" instead of their text.
+    return_tokens_as_token_ids: bool = False
     n: int = Field(default=1, ge=1, le=128)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)

@@ -98,6 +98,8 @@ class ChatHandler:
             message = output.message(self._role(request), sequence.text)
             if prepared.legacy_functions:
                 message = legacy_message(message)
+            if not request.include_reasoning:
+                message.reasoning_content = None
             if echoed:
                 message.content = echoed + (message.content or "")
             logprobs = None
@@ -186,6 +188,7 @@ class ChatHandler:
                 request.continue_final_message,
                 request.chat_template,
                 effort_template_kwargs(request.reasoning_effort, config.reasoning_parser)
+                | ({"documents": request.documents} if request.documents is not None else {})
                 | (request.chat_template_kwargs or {}),
             )
         except TemplateError as error:
@@ -267,7 +270,7 @@ class ChatHandler:
     def _logprob_formatter(self, request: ChatCompletionRequest) -> LogprobFormatter | None:
         if not request.logprobs:
             return None
-        return LogprobFormatter(self.ctx.templater, request.top_logprobs or 0)
+        return LogprobFormatter(self.ctx.templater, request.top_logprobs or 0, request.return_tokens_as_token_ids)
 
     def _output_processor(self, prepared: PreparedChat) -> ChatOutputProcessor:
         config = self.ctx.config
@@ -313,6 +316,16 @@ class ChatHandler:
             )
             return frame(body)
 
+        def shaped(delta: ChatDelta | None) -> ChatDelta | None:
+            """A delta as this request wants it: in legacy functions' shape, without reasoning unless asked."""
+            if delta is not None and prepared.legacy_functions:
+                delta = legacy_delta(delta)
+            if delta is not None and not request.include_reasoning and delta.reasoning_content is not None:
+                delta = delta.model_copy(update={"reasoning_content": None})
+                if delta.content is None and delta.tool_calls is None and delta.function_call is None:
+                    return None
+            return delta
+
         formatter = self._logprob_formatter(request)
         num_sequences = prepared.generation.num_sequences
         # Per sequence: its reasoning/tool parsing and its latest response (token counts).
@@ -334,9 +347,7 @@ class ChatHandler:
                     lasts[index] = response
                     output = outputs[index]
                     usage = _usage(lasts) if continuous else None
-                    delta = output.feed(response.text) if response.text else None
-                    if delta is not None and prepared.legacy_functions:
-                        delta = legacy_delta(delta)
+                    delta = shaped(output.feed(response.text)) if response.text else None
                     logprobs = formatter.chat(response.logprobs) if formatter and response.logprobs else None
                     # Tokens a parser holds back still get their chunk when their ids were asked.
                     token_ids = response.token_ids if request.return_token_ids and response.token_ids else None
@@ -344,9 +355,9 @@ class ChatHandler:
                         yield chunk(index, delta or ChatDelta(), usage=usage, logprobs=logprobs, token_ids=token_ids)
                     if response.finish_reason is None:
                         continue
-                    tail = output.finish()
+                    tail = shaped(output.finish())
                     if tail is not None:
-                        yield chunk(index, legacy_delta(tail) if prepared.legacy_functions else tail)
+                        yield chunk(index, tail)
                     finish = _finish(response.finish_reason, output.saw_tool_calls, prepared.legacy_functions)
                     yield chunk(index, ChatDelta(), finish, usage, stop_reason=response.stop_reason)
             if include_usage:

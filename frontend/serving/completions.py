@@ -136,7 +136,7 @@ class CompletionHandler:
         return formatter.prompt(sequence.prompt_logprobs or [])
 
     def _formatter(self, request: CompletionRequest) -> LogprobFormatter:
-        return LogprobFormatter(self.ctx.templater, request.logprobs or 0)
+        return LogprobFormatter(self.ctx.templater, request.logprobs or 0, request.return_tokens_as_token_ids)
 
     def _first_token(self, prompt: Prompt, request: CompletionRequest) -> int | None:
         """The echoed prompt's first token (its logprob entry is None: nothing predicts it)."""

@@ -43,7 +43,13 @@ FORWARDED = (
     "guided_grammar",
 )
 # Booleans and counts the engine always receives (their defaults are the engine's defaults too).
-ALWAYS = ("ignore_eos", "min_tokens", "include_stop_str_in_output", "skip_special_tokens")
+ALWAYS = (
+    "ignore_eos",
+    "min_tokens",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+)
 
 _PARAMETER_NAME = re.compile(r"parameter '([A-Za-z_]+)'")
 

@@ -24,11 +24,14 @@ def _finite(logprob: float) -> float:
 
 
 class LogprobFormatter:
-    """Formats one request's logprobs with the model's tokenizer; the top lists are cut to `num_top`."""
+    """Formats one request's logprobs with the model's tokenizer; the top lists are cut to `num_top`.
+    `tokens_as_ids` (vLLM's return_tokens_as_token_ids) names tokens "token_id:<id>" instead of their text,
+    for tokens whose text alone cannot tell them apart (parts of one character decode to U+FFFD alike)."""
 
-    def __init__(self, templater: ChatTemplater, num_top: int) -> None:
+    def __init__(self, templater: ChatTemplater, num_top: int, tokens_as_ids: bool = False) -> None:
         self._templater = templater
         self._num_top = num_top
+        self._tokens_as_ids = tokens_as_ids
         self._texts: dict[int, str] = {}
 
     def token_text(self, token_id: int) -> str:
@@ -37,18 +40,21 @@ class LogprobFormatter:
             text = self._texts[token_id] = self._templater.decode([token_id])
         return text
 
+    def _label(self, token_id: int) -> str:
+        return f"token_id:{token_id}" if self._tokens_as_ids else self.token_text(token_id)
+
     def chat(self, entries: list[EngineLogprob]) -> ChoiceLogprobs:
         return ChoiceLogprobs(content=[self._chat_entry(entry) for entry in entries])
 
     def _chat_entry(self, entry: EngineLogprob) -> TokenLogprob:
-        text = self.token_text(entry.token_id)
+        text = self._label(entry.token_id)
         top = [self._top(token, logprob) for token, logprob in entry.top[: self._num_top]]
         return TokenLogprob(
             token=text, logprob=_finite(entry.logprob), bytes=list(text.encode("utf-8")), top_logprobs=top
         )
 
     def _top(self, token_id: int, logprob: float) -> TopLogprob:
-        text = self.token_text(token_id)
+        text = self._label(token_id)
         return TopLogprob(token=text, logprob=_finite(logprob), bytes=list(text.encode("utf-8")))
 
     def completion(
@@ -61,17 +67,18 @@ class LogprobFormatter:
             if entry is None:
                 if first_token_id is None:
                     continue
-                text, logprob, top = self.token_text(first_token_id), None, None
+                token_id, logprob, top = first_token_id, None, None
             else:
-                text, logprob = self.token_text(entry.token_id), _finite(entry.logprob)
-                top = {self.token_text(token): _finite(value) for token, value in entry.top[: self._num_top]}
+                token_id, logprob = entry.token_id, _finite(entry.logprob)
+                top = {self._label(token): _finite(value) for token, value in entry.top[: self._num_top]}
                 # OpenAI: "up to logprobs + 1 elements", the chosen token always among them (as in vLLM).
-                top.setdefault(text, logprob)
-            result.tokens.append(text)
+                top.setdefault(self._label(token_id), logprob)
+            result.tokens.append(self._label(token_id))
             result.token_logprobs.append(logprob)
             result.top_logprobs.append(top)
+            # Offsets into the choice's text, whatever names the tokens.
             result.text_offset.append(offset)
-            offset += len(text)
+            offset += len(self.token_text(token_id))
         return result
 
     def prompt(self, entries: list[EngineLogprob | None]) -> PromptLogprobs:

@@ -75,6 +75,20 @@ def test_streamed_tool_call_equals_non_streamed(client: openai.OpenAI) -> None:
     assert (name, arguments) == (call.function.name, call.function.arguments)
 
 
+def test_include_reasoning_false_leaves_the_reasoning_out(client: openai.OpenAI) -> None:
+    request = {**REQUEST, "extra_body": {**REQUEST["extra_body"], "include_reasoning": False}}  # type: ignore[dict-item]
+    whole = client.chat.completions.create(**request).choices[0]  # type: ignore[call-overload]
+    assert getattr(whole.message, "reasoning_content", None) is None
+    assert whole.finish_reason == "tool_calls" and whole.message.tool_calls
+    streamed = [
+        chunk.choices[0].delta
+        for chunk in client.chat.completions.create(**request, stream=True)  # type: ignore[call-overload]
+        if chunk.choices
+    ]
+    assert all(getattr(delta, "reasoning_content", None) is None for delta in streamed)
+    assert any(delta.tool_calls for delta in streamed)
+
+
 def test_tool_choice_none_leaves_the_text_alone(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(**{**REQUEST, "tool_choice": "none"})  # type: ignore[call-overload]
     message = reply.choices[0].message

@@ -87,7 +87,10 @@ def test_sampling_parameters_use_vllm_names() -> None:
         "min_tokens": 2,
         "include_stop_str_in_output": False,
         "skip_special_tokens": True,
+        "spaces_between_special_tokens": True,
     }
+    kept = engine_parameters(chat(skip_special_tokens=False, spaces_between_special_tokens=False)).sampling
+    assert (kept["skip_special_tokens"], kept["spaces_between_special_tokens"]) == (False, False)
 
 
 def test_unsupported_parameters_are_forwarded_not_dropped() -> None:

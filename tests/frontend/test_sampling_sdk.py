@@ -217,6 +217,50 @@ def test_chat_echo_returns_the_continued_assistant_prefix(client: openai.OpenAI)
     assert echoed_question.choices[0].message.content == asked.choices[0].message.content
 
 
+def test_logprob_tokens_as_token_ids(client: openai.OpenAI) -> None:
+    chat = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True},
+    )
+    choice = chat.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    ids = (choice.model_extra or {})["token_ids"]
+    assert [entry.token for entry in choice.logprobs.content] == [f"token_id:{token}" for token in ids]
+    assert all(entry.bytes == list(entry.token.encode()) for entry in choice.logprobs.content)
+    assert all(top.token.startswith("token_id:") for entry in choice.logprobs.content for top in entry.top_logprobs)
+    completion = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=4, temperature=0, logprobs=1,
+        extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True},
+    )  # fmt: skip
+    choice_c = completion.choices[0]
+    logprobs = choice_c.logprobs
+    assert logprobs is not None and logprobs.tokens is not None and logprobs.top_logprobs is not None
+    assert logprobs.tokens == [f"token_id:{token}" for token in (choice_c.model_extra or {})["token_ids"]]
+    assert all(token in top for token, top in zip(logprobs.tokens, logprobs.top_logprobs, strict=True) if top)
+    # Offsets still count the text's characters.
+    assert logprobs.text_offset is not None and logprobs.text_offset[-1] < len(choice_c.text)
+
+
+def test_documents_reach_the_chat_template(client: openai.OpenAI, templater: ChatTemplater) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=1,
+        extra_body={
+            "documents": [{"title": "Colours", "text": "Red is a colour."}],
+            "chat_template": "{% for d in documents %}[{{ d.title }}: {{ d.text }}]{% endfor %}{{ messages[0].content }}",
+            "return_token_ids": True,
+        },
+    )
+    expected = templater.encode("[Colours: Red is a colour.]Name a colour.", add_special_tokens=False)
+    assert (reply.model_extra or {})["prompt_token_ids"] == expected
+
+
 def test_completions_n_best_of_and_batches(client: openai.OpenAI, templater: ChatTemplater) -> None:
     batch = client.completions.create(
         model=MODEL_NAME, prompt=[PROMPT, "Once upon a time"], max_tokens=3, temperature=1.0, seed=1, n=2
