@@ -75,6 +75,12 @@ class SamplingRequest(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    # vLLM's structured-output backend choice: xgrammar is the one here ("auto" picks it too).
+    guided_decoding_backend: str | None = None
+    # vLLM's beam search: not implemented here, refused when asked (n and best_of sample instead);
+    # length_penalty only weighs beams, so without them it has nothing to change, as in vLLM.
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
 
     def stop_strings(self) -> list[str]:
         if self.stop is None:

@@ -76,6 +76,13 @@ class EngineParameters:
 
 def engine_parameters(request: SamplingRequest) -> EngineParameters:
     """The sampling fields common to chat and completions."""
+    if request.use_beam_search:
+        raise bad_request("beam search is not supported; sample with n or best_of", param="use_beam_search")
+    if request.guided_decoding_backend not in (None, "auto", "xgrammar"):
+        raise bad_request(
+            f"structured outputs use xgrammar here, not {request.guided_decoding_backend!r}",
+            param="guided_decoding_backend",
+        )
     params = EngineParameters()
     for name in FORWARDED:
         value = getattr(request, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from frontend.errors import APIError
 from frontend.protocol.chat import ChatCompletionRequest
 from frontend.protocol.completions import CompletionRequest
 from frontend.protocol.tokenize import TokenizeRequest
@@ -91,6 +92,18 @@ def test_sampling_parameters_use_vllm_names() -> None:
     }
     kept = engine_parameters(chat(skip_special_tokens=False, spaces_between_special_tokens=False)).sampling
     assert (kept["skip_special_tokens"], kept["spaces_between_special_tokens"]) == (False, False)
+
+
+def test_beam_search_and_other_structured_output_backends_are_refused_by_name() -> None:
+    with pytest.raises(APIError) as refused:
+        engine_parameters(chat(use_beam_search=True, length_penalty=0.8))
+    assert refused.value.param == "use_beam_search"
+    with pytest.raises(APIError) as refused:
+        engine_parameters(chat(guided_decoding_backend="outlines"))
+    assert refused.value.param == "guided_decoding_backend"
+    # Their neutral values, and xgrammar by name, change nothing.
+    neutral = chat(use_beam_search=False, length_penalty=1.0, guided_decoding_backend="xgrammar")
+    assert engine_parameters(neutral).sampling == engine_parameters(chat()).sampling
 
 
 def test_unsupported_parameters_are_forwarded_not_dropped() -> None:
