@@ -166,11 +166,8 @@ class ChatHandler:
                 params.origins["structured_outputs"] = LEGACY_NAMES[origin]
         else:
             tool_parser = self._tool_mode(request, params)
-        if request.response_format is not None and request.response_format.type != "text":
-            schema = (request.response_format.json_schema or {}).get("schema", {})
-            structured = (
-                {"json_object": True} if request.response_format.type == "json_object" else {"json": schema}
-            )
+        structured = request.response_format.structured_outputs() if request.response_format else None
+        if structured is not None:
             params.set("structured_outputs", structured, origin="response_format")
         if request.top_logprobs is not None and not request.logprobs:
             raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")

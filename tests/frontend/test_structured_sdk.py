@@ -158,6 +158,20 @@ def test_named_legacy_function_call_is_forced(client: openai.OpenAI) -> None:
     assert refused.value.param == "function_call" and "function_call names unknown function" in str(refused.value)
 
 
+def test_structural_tag_response_format(client: openai.OpenAI) -> None:
+    answer = {"type": "json_schema", "json_schema": {"enum": [1, 2, 3]}}
+    tag = {"type": "structural_tag", "format": {"type": "tag", "begin": "<answer>", "content": answer, "end": "</answer>"}}
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=WEATHER_QUESTION, max_tokens=20, temperature=0, response_format=tag,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert reply.choices[0].message.content in ("<answer>1</answer>", "<answer>2</answer>", "<answer>3</answer>")
+    with pytest.raises(openai.BadRequestError, match="structures and triggers"):
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=WEATHER_QUESTION, max_tokens=4,
+            response_format={"type": "structural_tag", "structures": []},  # type: ignore[arg-type,typeddict-item]
+        )  # fmt: skip
+
+
 def test_invalid_schema_is_a_400_naming_the_parameter(client: openai.OpenAI) -> None:
     response_format = {
         "type": "json_schema",
