@@ -93,35 +93,6 @@ class NamedToolChoice(BaseModel):
     function: NamedFunction
 
 
-class ResponseFormat(BaseModel):
-    type: Literal["text", "json_object", "json_schema", "structural_tag"]
-    json_schema: dict[str, Any] | None = None
-    # vLLM's structural_tag: xgrammar's `format`, or vLLM's older `structures` (begin, schema, end) with the
-    # `triggers` that start them.
-    format: dict[str, Any] | None = None
-    structures: list[dict[str, Any]] | None = None
-    triggers: list[str] | None = None
-
-    @model_validator(mode="after")
-    def _schema_with_its_type(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("response_format of type json_schema needs a json_schema object")
-        if self.type == "structural_tag" and self.format is None and (self.structures is None or self.triggers is None):
-            raise ValueError("response_format of type structural_tag needs a format, or structures and triggers")
-        return self
-
-    def structured_outputs(self) -> dict[str, Any] | None:
-        """The engine's structured_outputs constraint for this format; None for text."""
-        if self.type == "json_object":
-            return {"json_object": True}
-        if self.type == "json_schema":
-            return {"json": (self.json_schema or {}).get("schema", {})}
-        if self.type == "structural_tag":
-            # The engine reads both spellings from the whole object, as vLLM hands it to xgrammar.
-            return {"structural_tag": self.model_dump_json(exclude_none=True, exclude={"json_schema"})}
-        return None
-
-
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -134,7 +105,6 @@ class ChatCompletionRequest(SamplingRequest):
     functions: list[FunctionDefinition] | None = Field(default=None, min_length=1)
     function_call: Literal["none", "auto"] | NamedFunction | None = None
     parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
     # The chat template's `reasoning_effort`, and under a reasoning parser its `enable_thinking`
     # (frontend.reasoning.effort_template_kwargs); chat_template_kwargs override both.
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None

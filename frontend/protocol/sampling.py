@@ -1,11 +1,11 @@
-"""Request fields shared by chat and legacy completions: sampling, stopping and scheduling knobs,
-in OpenAI's names plus vLLM's extensions; and vLLM's prompt logprobs, which both return."""
+"""Request fields shared by chat and legacy completions: sampling, stopping, output format and scheduling
+knobs, in OpenAI's names plus vLLM's extensions; and vLLM's prompt logprobs, which both return."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class StreamOptions(BaseModel):
@@ -15,6 +15,35 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
     # vLLM extension: usage on every chunk.
     continuous_usage_stats: bool = False
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
+    json_schema: dict[str, Any] | None = None
+    # vLLM's structural_tag: xgrammar's `format`, or vLLM's older `structures` (begin, schema, end) with the
+    # `triggers` that start them.
+    format: dict[str, Any] | None = None
+    structures: list[dict[str, Any]] | None = None
+    triggers: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema object")
+        if self.type == "structural_tag" and self.format is None and (self.structures is None or self.triggers is None):
+            raise ValueError("response_format of type structural_tag needs a format, or structures and triggers")
+        return self
+
+    def structured_outputs(self) -> dict[str, Any] | None:
+        """The engine's structured_outputs constraint for this format; None for text."""
+        if self.type == "json_object":
+            return {"json_object": True}
+        if self.type == "json_schema":
+            return {"json": (self.json_schema or {}).get("schema", {})}
+        if self.type == "structural_tag":
+            # The engine reads both spellings from the whole object, as vLLM hands it to xgrammar.
+            return {"structural_tag": self.model_dump_json(exclude_none=True, exclude={"json_schema"})}
+        return None
 
 
 class SamplingRequest(BaseModel):
@@ -75,6 +104,8 @@ class SamplingRequest(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    # OpenAI's output format (vLLM takes it on completions too): JSON, a JSON schema, or vLLM's structural tag.
+    response_format: ResponseFormat | None = None
     # vLLM's structured-output backend choice: xgrammar is the one here ("auto" picks it too).
     guided_decoding_backend: str | None = None
     # vLLM's beam search: not implemented here, refused when asked (n and best_of sample instead);

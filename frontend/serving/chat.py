@@ -36,6 +36,7 @@ from frontend.serving.chat_output import ChatOutputProcessor
 from frontend.serving.context import ServingContext, unix_now
 from frontend.serving.engine_params import (
     EngineParameters,
+    add_response_format,
     api_error,
     engine_parameters,
     kept_prompt,
@@ -166,9 +167,7 @@ class ChatHandler:
                 params.origins["structured_outputs"] = LEGACY_NAMES[origin]
         else:
             tool_parser = self._tool_mode(request, params)
-        structured = request.response_format.structured_outputs() if request.response_format else None
-        if structured is not None:
-            params.set("structured_outputs", structured, origin="response_format")
+        add_response_format(request, params)
         if request.top_logprobs is not None and not request.logprobs:
             raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
         if request.logprobs:

@@ -14,6 +14,7 @@ from frontend.protocol.usage import UsageInfo
 from frontend.serving.context import ServingContext, unix_now
 from frontend.serving.engine_params import (
     EngineParameters,
+    add_response_format,
     api_error,
     engine_parameters,
     kept_prompt,
@@ -55,6 +56,7 @@ class CompletionHandler:
                 "best_of > n cannot be streamed: only the best sequences are returned", "best_of"
             )
         params = engine_parameters(request)
+        add_response_format(request, params)
         if request.logprobs is not None:
             params.set("logprobs", request.logprobs)
             if request.echo and params.sampling.get("prompt_logprobs", -1) < request.logprobs:

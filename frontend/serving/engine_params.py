@@ -104,6 +104,13 @@ def engine_parameters(request: SamplingRequest) -> EngineParameters:
     return params
 
 
+def add_response_format(request: SamplingRequest, params: EngineParameters) -> None:
+    """The response_format's constraint, after any other (a second one is then refused naming it)."""
+    structured = request.response_format.structured_outputs() if request.response_format else None
+    if structured is not None:
+        params.set("structured_outputs", structured, origin="response_format")
+
+
 def truncated_length(num_prompt_tokens: int, truncate_prompt_tokens: int | None, max_model_len: int) -> int:
     """The prompt length the engine will see once it applies truncate_prompt_tokens (-1: max_model_len - 1)."""
     if truncate_prompt_tokens is None:

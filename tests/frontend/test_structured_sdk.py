@@ -172,6 +172,15 @@ def test_structural_tag_response_format(client: openai.OpenAI) -> None:
         )  # fmt: skip
 
 
+def test_completions_take_a_response_format(client: openai.OpenAI) -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "colour", "schema": {"enum": ["red", "blue"]}}}
+    reply = client.completions.create(
+        model=MODEL_NAME, prompt="My favourite colour is", max_tokens=10, temperature=0,
+        extra_body={"response_format": schema},
+    )  # fmt: skip
+    assert json.loads(reply.choices[0].text) in ("red", "blue")
+
+
 def test_invalid_schema_is_a_400_naming_the_parameter(client: openai.OpenAI) -> None:
     response_format = {
         "type": "json_schema",
