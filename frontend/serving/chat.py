@@ -71,6 +71,15 @@ class PreparedChat:
     kept_prompt_token_ids: list[int]
     # The request asked with OpenAI's legacy functions: the call is answered as `function_call`.
     legacy_functions: bool
+    # tool_choice (or function_call) named the function: the call is the answer it asked for.
+    named_call: bool
+
+    def finish_reason(self, engine_reason: str | None, saw_tool_calls: bool) -> str | None:
+        """A call the model chose to make ends with "tool_calls" ("function_call" for legacy functions); a
+        named call keeps "stop", as OpenAI's and vLLM's do."""
+        if saw_tool_calls and engine_reason == "stop" and not self.named_call:
+            return FUNCTION_CALL_FINISH_REASON if self.legacy_functions else "tool_calls"
+        return engine_reason
 
 
 class ChatHandler:
@@ -106,7 +115,7 @@ class ChatHandler:
             logprobs = None
             if formatter is not None:
                 logprobs = formatter.chat(sequence.logprobs or [])
-            finish = _finish(sequence.finish_reason, output.saw_tool_calls, prepared.legacy_functions)
+            finish = prepared.finish_reason(sequence.finish_reason, output.saw_tool_calls)
             choices.append(
                 ChatChoice(
                     index=sequence.index,
@@ -209,7 +218,10 @@ class ChatHandler:
         )
         max_tool_calls = 1 if request.parallel_tool_calls is False else None
         kept = kept_prompt(prompt_token_ids, request.truncate_prompt_tokens, limit)
-        return PreparedChat(model, generation, params, tool_parser, max_tool_calls, kept, legacy_functions)
+        named_call = isinstance(request.tool_choice, NamedToolChoice)
+        return PreparedChat(
+            model, generation, params, tool_parser, max_tool_calls, kept, legacy_functions, named_call
+        )
 
     def _tool_mode(
         self, request: ChatCompletionRequest, params: EngineParameters
@@ -354,7 +366,7 @@ class ChatHandler:
                     tail = shaped(output.finish())
                     if tail is not None:
                         yield chunk(index, tail)
-                    finish = _finish(response.finish_reason, output.saw_tool_calls, prepared.legacy_functions)
+                    finish = prepared.finish_reason(response.finish_reason, output.saw_tool_calls)
                     yield chunk(index, ChatDelta(), finish, usage, stop_reason=response.stop_reason)
             if include_usage:
                 usage_chunk = ChatCompletionChunk(
@@ -379,9 +391,3 @@ def _usage(lasts: dict[int, GenerationChunk]) -> UsageInfo:
         return UsageInfo.of(0, 0, 0)
     completion = sum(last.num_output_tokens for last in lasts.values())
     return UsageInfo.of(any_last.num_input_tokens, completion, any_last.num_cached_tokens)
-
-
-def _finish(finish_reason: str | None, saw_tool_calls: bool, legacy_functions: bool) -> str | None:
-    if saw_tool_calls and finish_reason == "stop":
-        return FUNCTION_CALL_FINISH_REASON if legacy_functions else "tool_calls"
-    return finish_reason

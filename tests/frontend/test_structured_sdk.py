@@ -122,13 +122,16 @@ def test_named_tool_choice_streams_the_arguments(client: openai.OpenAI) -> None:
         temperature=0,
         stream=True,
     )
-    names, arguments = "", ""
+    names, arguments, finishes = "", "", []
     for chunk in stream:
         for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
             assert delta.index == 0
             names += (delta.function.name or "") if delta.function else ""
             arguments += (delta.function.arguments or "") if delta.function else ""
+        finishes += [chunk.choices[0].finish_reason] if chunk.choices and chunk.choices[0].finish_reason else []
     check_calls([(names, arguments)])
+    # A named call ends with "stop", as OpenAI's and vLLM's do ("required" and "auto" say "tool_calls").
+    assert finishes == ["stop"]
 
 
 def test_named_legacy_function_call_is_forced(client: openai.OpenAI) -> None:
@@ -142,7 +145,8 @@ def test_named_legacy_function_call_is_forced(client: openai.OpenAI) -> None:
     }
     choice = client.chat.completions.create(**request).choices[0]  # type: ignore[call-overload]
     call = choice.message.function_call
-    assert choice.finish_reason == "function_call" and call is not None and not choice.message.tool_calls
+    # Named, the call is the answer asked for: "stop", as OpenAI answers a forced call.
+    assert choice.finish_reason == "stop" and call is not None and not choice.message.tool_calls
     check_calls([(call.name, call.arguments)])
     # The answer goes back as history with the function's result, and the conversation goes on.
     history = [
