@@ -15,6 +15,8 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
     # vLLM extension: usage on every chunk.
     continuous_usage_stats: bool = False
+    # OpenAI's random padding against length side channels: this server sends none (as the Responses API's).
+    include_obfuscation: bool | None = None
 
 
 class ResponseFormat(BaseModel):

@@ -129,3 +129,10 @@ def test_tokenize_takes_exactly_one_input() -> None:
         TokenizeRequest.model_validate({"prompt": "a", "messages": USER})
     with pytest.raises(ValidationError, match="exactly one"):
         TokenizeRequest.model_validate({})
+
+
+def test_stream_options_take_what_the_sdk_sends() -> None:
+    options = chat(stream=True, stream_options={"include_usage": True, "include_obfuscation": False}).stream_options
+    assert options is not None and options.include_usage and options.include_obfuscation is False
+    with pytest.raises(ValidationError):
+        chat(stream=True, stream_options={"include_usage": True, "unknown": 1})
