@@ -20,6 +20,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from frontend.legacy_functions import as_tool_messages
 from frontend.protocol.chat import ChatMessage, ChatTool
 
 logger = logging.getLogger(__name__)
@@ -97,8 +98,9 @@ class ChatTemplater:
             raise TemplateError("this model has no chat template; start the server with --chat-template")
         # Special-token text in client content is swapped for placeholders no client can forge (a fresh
         # nonce), the template renders around them, and each placeholder is tokenized as plain text.
+        # Legacy function calls and results render as the tool calls and tool messages templates know.
         nonce = uuid.uuid4().hex
-        shielded = [self._shield(message_dict(message), nonce) for message in messages]
+        shielded = [self._shield(message_dict(message), nonce) for message in as_tool_messages(messages)]
         try:
             rendered = self.tokenizer.apply_chat_template(
                 shielded,

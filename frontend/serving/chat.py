@@ -11,7 +11,6 @@ from frontend.errors import APIError, bad_request
 from frontend.legacy_functions import (
     FUNCTION_CALL_FINISH_REASON,
     LEGACY_NAMES,
-    as_tool_messages,
     as_tools,
     in_legacy_terms,
     legacy_delta,
@@ -29,7 +28,6 @@ from frontend.protocol.chat import (
     NamedToolChoice,
 )
 from frontend.protocol.responses import FunctionTool
-from frontend.protocol.sampling import PromptLogprobs
 from frontend.protocol.usage import UsageInfo
 from frontend.reasoning import effort_template_kwargs, reasoning_parser
 from frontend.serving.chat_output import ChatOutputProcessor
@@ -42,8 +40,8 @@ from frontend.serving.engine_params import (
     kept_prompt,
     truncated_length,
 )
-from frontend.serving.generation import Collected, Generation, chunks, collect, start_generation
-from frontend.serving.logprobs import LogprobFormatter
+from frontend.serving.generation import Generation, chunks, collect, start_generation
+from frontend.serving.logprobs import LogprobFormatter, requested_prompt_logprobs
 from frontend.serving.responses_tools import ANY_OBJECT, CallArrayParser, NamedCallParser, call_array_schema
 from frontend.serving.sse import DONE, error_frame, frame
 from frontend.templating import TemplateError
@@ -137,7 +135,10 @@ class ChatHandler:
             system_fingerprint=self.ctx.system_fingerprint,
             service_tier=request.service_tier,
             prompt_token_ids=prepared.kept_prompt_token_ids if request.return_token_ids else None,
-            prompt_logprobs=self._prompt_logprobs(request, collected),
+            # Once per request: every sequence carries the same ones.
+            prompt_logprobs=requested_prompt_logprobs(
+                self.ctx.templater, request.prompt_logprobs, collected.sequences[0].prompt_logprobs
+            ),
         )
 
     def _role(self, request: ChatCompletionRequest) -> str:
@@ -150,13 +151,6 @@ class ChatHandler:
         newlines) when it has the answer's role."""
         last = request.messages[-1]
         return last.text() if request.echo and last.role == self._role(request) else ""
-
-    def _prompt_logprobs(self, request: ChatCompletionRequest, collected: Collected) -> PromptLogprobs | None:
-        """Once per request: every sequence carries the same ones."""
-        if request.prompt_logprobs is None:
-            return None
-        formatter = LogprobFormatter(self.ctx.templater, request.prompt_logprobs)
-        return formatter.prompt(collected.sequences[0].prompt_logprobs or [])
 
     async def _prepare(self, request: ChatCompletionRequest, request_id: str) -> PreparedChat:
         config = self.ctx.config
@@ -187,7 +181,7 @@ class ChatHandler:
         try:
             prompt = await asyncio.to_thread(
                 self.ctx.templater.render,
-                as_tool_messages(request.messages),
+                request.messages,
                 request.tools,
                 request.add_generation_prompt,
                 request.continue_final_message,

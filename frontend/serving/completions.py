@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from frontend.errors import bad_request
 from frontend.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
-from frontend.protocol.sampling import PromptLogprobs
 from frontend.protocol.usage import UsageInfo
 from frontend.serving.context import ServingContext, unix_now
 from frontend.serving.engine_params import (
@@ -20,8 +19,8 @@ from frontend.serving.engine_params import (
     kept_prompt,
     truncated_length,
 )
-from frontend.serving.generation import Generation, Sequence, chunks, collect, start_generation
-from frontend.serving.logprobs import LogprobFormatter
+from frontend.serving.generation import Generation, chunks, collect, start_generation
+from frontend.serving.logprobs import LogprobFormatter, requested_prompt_logprobs
 from frontend.serving.sse import DONE, error_frame, frame
 from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
 
@@ -114,7 +113,9 @@ class CompletionHandler:
                         stop_reason=sequence.stop_reason,
                         prompt_token_ids=kept_prompt(prompt.token_ids, truncate, limit) if request.return_token_ids else None,
                         token_ids=sequence.token_ids if request.return_token_ids else None,
-                        prompt_logprobs=self._prompt_logprobs(request, sequence),
+                        prompt_logprobs=requested_prompt_logprobs(
+                            self.ctx.templater, request.prompt_logprobs, sequence.prompt_logprobs
+                        ),
                     )
                 )
         return CompletionResponse(
@@ -130,12 +131,6 @@ class CompletionHandler:
             system_fingerprint=self.ctx.system_fingerprint,
             service_tier=request.service_tier,
         )
-
-    def _prompt_logprobs(self, request: CompletionRequest, sequence: Sequence) -> PromptLogprobs | None:
-        if request.prompt_logprobs is None:
-            return None
-        formatter = LogprobFormatter(self.ctx.templater, request.prompt_logprobs)
-        return formatter.prompt(sequence.prompt_logprobs or [])
 
     def _formatter(self, request: CompletionRequest) -> LogprobFormatter:
         return LogprobFormatter(self.ctx.templater, request.logprobs or 0, request.return_tokens_as_token_ids)

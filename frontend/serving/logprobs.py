@@ -97,3 +97,12 @@ class LogprobFormatter:
 
     def _prompt_entry(self, token_id: int, logprob: float, rank: int | None) -> PromptLogprob:
         return PromptLogprob(logprob=_finite(logprob), rank=rank, decoded_token=self.token_text(token_id))
+
+
+def requested_prompt_logprobs(
+    templater: ChatTemplater, num_top: int | None, entries: list[EngineLogprob | None] | None
+) -> PromptLogprobs | None:
+    """A response's vLLM prompt_logprobs: None unless the request asked (`num_top`, its prompt_logprobs)."""
+    if num_top is None:
+        return None
+    return LogprobFormatter(templater, num_top).prompt(entries or [])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from frontend.errors import bad_request
-from frontend.legacy_functions import as_tool_messages
 from frontend.protocol.tokenize import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -32,7 +31,7 @@ class TokenizeHandler:
             try:
                 prompt = await asyncio.to_thread(
                     templater.render,
-                    as_tool_messages(request.messages),
+                    request.messages,
                     request.tools,
                     request.add_generation_prompt,
                     request.continue_final_message,
