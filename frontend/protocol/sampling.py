@@ -110,8 +110,8 @@ class SamplingRequest(BaseModel):
     response_format: ResponseFormat | None = None
     # vLLM's structured-output backend choice: xgrammar is the one here ("auto" picks it too).
     guided_decoding_backend: str | None = None
-    # vLLM's beam search: not implemented here, refused when asked (n and best_of sample instead);
-    # length_penalty only weighs beams, so without them it has nothing to change, as in vLLM.
+    # vLLM's beam search: n beams (frontend/serving/beam_search.py), ranked by cumulative logprob over
+    # length ** length_penalty; without it length_penalty has nothing to weigh, as in vLLM.
     use_beam_search: bool = False
     length_penalty: float = 1.0
 

@@ -55,6 +55,14 @@ _PARAMETER_NAME = re.compile(r"parameter '([A-Za-z_]+)'")
 
 
 @dataclass
+class BeamSearchRequest:
+    """vLLM's use_beam_search: n beams (frontend/serving/beam_search.py), the rest of the parameters as sent."""
+
+    # Beams are ranked by cumulative logprob / length ** length_penalty.
+    length_penalty: float
+
+
+@dataclass
 class EngineParameters:
     """The `sampling_parameters` JSON object and where each entry came from."""
 
@@ -62,6 +70,8 @@ class EngineParameters:
     sampling: dict[str, Any] = field(default_factory=dict)
     # SamplingParams name -> request field that set it, when they differ (e.g. structured_outputs <- tool_choice).
     origins: dict[str, str] = field(default_factory=dict)
+    # Set when the request asks for beam search instead of sampling.
+    beam_search: BeamSearchRequest | None = None
 
     def set(self, name: str, value: Any, origin: str | None = None) -> None:
         if name == "structured_outputs" and name in self.sampling:
@@ -76,14 +86,14 @@ class EngineParameters:
 
 def engine_parameters(request: SamplingRequest) -> EngineParameters:
     """The sampling fields common to chat and completions."""
-    if request.use_beam_search:
-        raise bad_request("beam search is not supported; sample with n or best_of", param="use_beam_search")
     if request.guided_decoding_backend not in (None, "auto", "xgrammar"):
         raise bad_request(
             f"structured outputs use xgrammar here, not {request.guided_decoding_backend!r}",
             param="guided_decoding_backend",
         )
     params = EngineParameters()
+    if request.use_beam_search:
+        params.beam_search = BeamSearchRequest(request.length_penalty)
     for name in FORWARDED:
         value = getattr(request, name)
         # Empty containers mean "nothing asked", as in vLLM; everything else goes to the engine.

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from frontend.serving.beam_search import beam_search_answer
 from frontend.serving.context import ServingContext
 from frontend.serving.engine_params import EngineParameters, api_error
 from frontend.triton_client import GenerationChunk, GenerationInput, TokenLogprob, TritonError
@@ -38,9 +39,10 @@ class Generation:
 async def start_generation(
     ctx: ServingContext, request: GenerationInput, params: EngineParameters, prompt_field: str, endpoint: str
 ) -> Generation:
-    """Send the request and wait for its first response; Triton's refusals raise APIError here."""
+    """Send the request and wait for its first response; Triton's refusals raise APIError here. A beam
+    search runs whole before it answers, each beam as its sequence's one response."""
     arrival = time.monotonic()
-    stream = ctx.triton.generate(request)
+    stream = _beam_search(ctx, request, params) if params.beam_search else ctx.triton.generate(request)
     try:
         first = await anext(stream)
     except TritonError as error:
@@ -52,6 +54,13 @@ async def start_generation(
     first_arrival = time.monotonic()
     ctx.metrics.time_to_first_token.labels(endpoint).observe(first_arrival - arrival)
     return Generation(first, stream, endpoint, arrival, first_arrival)
+
+
+async def _beam_search(
+    ctx: ServingContext, request: GenerationInput, params: EngineParameters
+) -> AsyncGenerator[GenerationChunk, None]:
+    for chunk in await beam_search_answer(ctx, request, params):
+        yield chunk
 
 
 async def chunks(ctx: ServingContext, generation: Generation) -> AsyncGenerator[GenerationChunk, None]:

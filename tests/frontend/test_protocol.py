@@ -94,16 +94,16 @@ def test_sampling_parameters_use_vllm_names() -> None:
     assert (kept["skip_special_tokens"], kept["spaces_between_special_tokens"]) == (False, False)
 
 
-def test_beam_search_and_other_structured_output_backends_are_refused_by_name() -> None:
-    with pytest.raises(APIError) as refused:
-        engine_parameters(chat(use_beam_search=True, length_penalty=0.8))
-    assert refused.value.param == "use_beam_search"
+def test_beam_search_is_marked_and_other_structured_output_backends_are_refused_by_name() -> None:
+    beams = engine_parameters(chat(use_beam_search=True, length_penalty=0.8, n=3))
+    assert beams.beam_search is not None and beams.beam_search.length_penalty == 0.8
+    assert beams.sampling["n"] == 3
     with pytest.raises(APIError) as refused:
         engine_parameters(chat(guided_decoding_backend="outlines"))
     assert refused.value.param == "guided_decoding_backend"
     # Their neutral values, and xgrammar by name, change nothing.
-    neutral = chat(use_beam_search=False, length_penalty=1.0, guided_decoding_backend="xgrammar")
-    assert engine_parameters(neutral).sampling == engine_parameters(chat()).sampling
+    neutral = engine_parameters(chat(use_beam_search=False, length_penalty=1.0, guided_decoding_backend="xgrammar"))
+    assert neutral.sampling == engine_parameters(chat()).sampling and neutral.beam_search is None
 
 
 def test_unsupported_parameters_are_forwarded_not_dropped() -> None:
