@@ -78,8 +78,8 @@ class RequestGuard:
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
         }
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = headers.get("x-request-id") or uuid.uuid4().hex
         label = endpoint_label(scope["path"])
         status = [500]
 
@@ -88,7 +88,8 @@ class RequestGuard:
                 status[0] = message["status"]
                 message["headers"] = [
                     *[(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"],
-                    (b"x-request-id", request_id.encode("latin-1")),
+                    # Read as the response starts: a route may name the request by its body (routes.py).
+                    (b"x-request-id", state["request_id"].encode("latin-1")),
                 ]
             await send(message)
 

@@ -71,8 +71,12 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-def _response_id(prefix: str, request: Request) -> str:
-    """`chatcmpl-<x-request-id>` (as vLLM does), so one id follows a request through logs and Triton."""
+def _response_id(prefix: str, request: Request, body_request_id: str | None) -> str:
+    """`chatcmpl-<request id>` (as vLLM does), so one id follows a request through logs and Triton. The
+    request id is the client's X-Request-Id header, else vLLM's `request_id` body field (then also sent
+    back as the X-Request-Id header), else one the guard made up."""
+    if body_request_id is not None and "x-request-id" not in request.headers:
+        request.state.request_id = body_request_id
     return f"{prefix}-{request.state.request_id}"
 
 
@@ -91,12 +95,12 @@ def build_router(ctx: ServingContext) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-        return respond(await until_disconnect(request, chat.create(body, _response_id("chatcmpl", request))))
+        return respond(await until_disconnect(request, chat.create(body, _response_id("chatcmpl", request, body.request_id))))
 
     @router.post("/v1/completions")
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
         return respond(
-            await until_disconnect(request, completions.create(body, _response_id("cmpl", request)))
+            await until_disconnect(request, completions.create(body, _response_id("cmpl", request, body.request_id)))
         )
 
     @router.get("/v1/models")

@@ -66,6 +66,19 @@ def test_request_id_names_the_completion(client: openai.OpenAI) -> None:
     )
     assert raw.headers["x-request-id"] == "trace-123"
     assert raw.parse().id == "chatcmpl-trace-123"
+    # vLLM's request_id body field names it when no header does; the header wins over it.
+    by_body = client.completions.with_raw_response.create(
+        model=MODEL_NAME, prompt="Hi", max_tokens=2, extra_body={"request_id": "body-7"}
+    )
+    assert by_body.headers["x-request-id"] == "body-7" and by_body.parse().id == "cmpl-body-7"
+    both = client.chat.completions.with_raw_response.create(
+        model=MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=2,
+        extra_headers={"x-request-id": "trace-124"},
+        extra_body={"request_id": "body-8"},
+    )
+    assert both.headers["x-request-id"] == "trace-124" and both.parse().id == "chatcmpl-trace-124"
 
 
 def test_chat_stream_equals_non_streamed(client: openai.OpenAI) -> None:
