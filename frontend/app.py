@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from frontend.audio_routes import build_audio_router
+from frontend.conversations_routes import build_conversations_router
 from frontend.errors import APIError
 from frontend.middleware import RequestGuard
 from frontend.response_store import open_store
@@ -20,6 +21,7 @@ from frontend.responses_routes import build_responses_router
 from frontend.routes import ClientDisconnected, build_router
 from frontend.serving.audio import AudioHandler
 from frontend.serving.context import ServingContext
+from frontend.serving.conversations import ConversationsHandler
 from frontend.serving.responses import ResponsesHandler
 
 # Status for a request whose client left (nginx's convention); nobody reads it, the metrics do.
@@ -77,7 +79,9 @@ def _json(error: APIError) -> JSONResponse:
 
 
 def build_app(ctx: ServingContext) -> FastAPI:
-    responses = ResponsesHandler(ctx, open_store(ctx.config.response_store))
+    store = open_store(ctx.config.response_store)
+    conversations = ConversationsHandler(store)
+    responses = ResponsesHandler(ctx, store, conversations)
     audio = AudioHandler(ctx)
 
     @asynccontextmanager
@@ -98,6 +102,7 @@ def build_app(ctx: ServingContext) -> FastAPI:
     )
     app.include_router(build_router(ctx))
     app.include_router(build_responses_router(responses))
+    app.include_router(build_conversations_router(conversations))
     app.include_router(build_audio_router(audio))
 
     @app.exception_handler(APIError)

@@ -43,6 +43,17 @@ class StoredResponse:
     idle_seconds: float = 0.0
 
 
+@dataclass
+class StoredConversation:
+    """One conversation of the store (its items are read apart)."""
+
+    id: str
+    # The conversation object as last written.
+    body: JSON
+    # Tenant that created it (frontend.tenancy), None when API keys were not isolated.
+    owner: str | None = None
+
+
 class ResponseStore(ABC):
     """Responses by id. Every method is one atomic transaction; async callers run them in a thread."""
 
@@ -108,6 +119,34 @@ class ResponseStore(ABC):
         it stopped (`stopped_elsewhere`) and its writes ignored."""
 
     @abstractmethod
+    def create_conversation(self, conversation: JSON, items: list[JSON], owner: str | None) -> None:
+        """Insert a new conversation with its first items (in order)."""
+
+    @abstractmethod
+    def get_conversation(self, conversation_id: str) -> StoredConversation | None: ...
+
+    @abstractmethod
+    def update_conversation(self, conversation: JSON) -> bool:
+        """Replace a conversation's body; False when there is no such conversation."""
+
+    @abstractmethod
+    def delete_conversation(self, conversation_id: str) -> bool:
+        """Delete a conversation and its items; False when there was none."""
+
+    @abstractmethod
+    def conversation_items(self, conversation_id: str) -> list[JSON]:
+        """A conversation's items, oldest first."""
+
+    @abstractmethod
+    def add_conversation_items(self, conversation_id: str, items: list[JSON]) -> bool:
+        """Append items after every earlier one (appends of several replicas are ordered, never
+        interleaved); False, with nothing kept, when the conversation is gone."""
+
+    @abstractmethod
+    def delete_conversation_item(self, conversation_id: str, item_id: str) -> bool:
+        """Take one item out of a conversation; False when it holds no such item."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -141,6 +180,18 @@ CREATE TABLE IF NOT EXISTS stream_events (
     body TEXT NOT NULL,
     PRIMARY KEY (response_id, sequence_number)
 );
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    owner TEXT
+);
+CREATE TABLE IF NOT EXISTS conversation_items (
+    conversation_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, position)
+);
 """
 
 
@@ -154,6 +205,8 @@ class SqlResponseStore(ResponseStore):
     # What keeps a row from being deleted between reading it and writing beside it in one transaction
     # (SQLite's write transactions already hold the whole database).
     _ROW_SHARE_LOCK = ""
+    # What makes a second writer of the same row wait for the first's transaction to end.
+    _ROW_UPDATE_LOCK = ""
     # The store's clock in seconds since the epoch, as SQL: `updated_at` is written and compared by it, so
     # replicas on hosts whose clocks differ agree on how long a response has been idle.
     _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
@@ -345,6 +398,78 @@ class SqlResponseStore(ResponseStore):
                 ],
             )
         return True
+
+    def create_conversation(self, conversation: JSON, items: list[JSON], owner: str | None) -> None:
+        with self._transaction() as db:
+            self._execute(
+                db,
+                "INSERT INTO conversations (id, body, owner) VALUES (?, ?, ?)",
+                (conversation["id"], json.dumps(conversation), owner),
+            )
+            self._insert_conversation_items(db, conversation["id"], 0, items)
+
+    def get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        with self._reading() as db:
+            row = self._execute(
+                db, "SELECT body, owner FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+        return None if row is None else StoredConversation(conversation_id, json.loads(row[0]), row[1])
+
+    def update_conversation(self, conversation: JSON) -> bool:
+        with self._transaction() as db:
+            return bool(
+                self._execute(
+                    db, "UPDATE conversations SET body = ? WHERE id = ?", (json.dumps(conversation), conversation["id"])
+                ).rowcount
+            )
+
+    def delete_conversation(self, conversation_id: str) -> bool:
+        with self._transaction() as db:
+            self._execute(db, "DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,))
+            return bool(self._execute(db, "DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount)
+
+    def conversation_items(self, conversation_id: str) -> list[JSON]:
+        with self._reading() as db:
+            rows = self._execute(
+                db,
+                "SELECT body FROM conversation_items WHERE conversation_id = ? ORDER BY position",
+                (conversation_id,),
+            ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def add_conversation_items(self, conversation_id: str, items: list[JSON]) -> bool:
+        with self._transaction() as db:
+            # Locking the conversation's row queues other replicas' appends behind this one's positions.
+            found = self._execute(
+                db, f"SELECT id FROM conversations WHERE id = ?{self._ROW_UPDATE_LOCK}", (conversation_id,)
+            ).fetchone()
+            if found is None:
+                return False
+            last = self._execute(
+                db, "SELECT MAX(position) FROM conversation_items WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
+            self._insert_conversation_items(db, conversation_id, 0 if last is None else last + 1, items)
+            return True
+
+    def delete_conversation_item(self, conversation_id: str, item_id: str) -> bool:
+        with self._transaction() as db:
+            return bool(
+                self._execute(
+                    db,
+                    "DELETE FROM conversation_items WHERE conversation_id = ? AND item_id = ?",
+                    (conversation_id, item_id),
+                ).rowcount
+            )
+
+    def _insert_conversation_items(self, db: Any, conversation_id: str, first: int, items: list[JSON]) -> None:
+        self._execute_many(
+            db,
+            "INSERT INTO conversation_items (conversation_id, position, item_id, body) VALUES (?, ?, ?, ?)",
+            [
+                (conversation_id, position, item["id"], json.dumps(item))
+                for position, item in enumerate(items, start=first)
+            ],
+        )
 
     @staticmethod
     def _marks(values: list[str]) -> str:

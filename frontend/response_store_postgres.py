@@ -50,6 +50,18 @@ _SCHEMA = (
         body TEXT NOT NULL,
         PRIMARY KEY (response_id, sequence_number)
     )""",
+    """CREATE TABLE IF NOT EXISTS conversations (
+        id TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        owner TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS conversation_items (
+        conversation_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        item_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, position)
+    )""",
 )
 
 
@@ -58,6 +70,7 @@ class PostgresResponseStore(SqlResponseStore):
 
     _TRANSITION_ORDER = "position"
     _ROW_SHARE_LOCK = " FOR SHARE"
+    _ROW_UPDATE_LOCK = " FOR UPDATE"
     _NOW = "extract(epoch FROM clock_timestamp())::double precision"
 
     def __init__(self, url: str, connect_timeout: float = 10.0) -> None:

@@ -242,6 +242,14 @@ class StreamOptions(BaseModel):
     include_obfuscation: bool | None = None
 
 
+class ConversationReference(BaseModel):
+    """The conversation (/v1/conversations) a response belongs to: `{"id": ...}`, or the id alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+
+
 class ResponsesRequest(BaseModel):
     """POST /v1/responses. Unknown fields are a 400 naming them, never silently ignored."""
 
@@ -251,6 +259,8 @@ class ResponsesRequest(BaseModel):
     input: str | list[Item] | None = None
     instructions: str | None = None
     previous_response_id: str | None = None
+    # The conversation whose items precede this input; the turn is added to it once the response ends.
+    conversation: str | ConversationReference | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -274,6 +284,11 @@ class ResponsesRequest(BaseModel):
     # Maps to the engine's `cache_salt`: requests with different keys never share prefix-cache blocks.
     prompt_cache_key: str | None = None
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+
+    def conversation_reference(self) -> ConversationReference | None:
+        if isinstance(self.conversation, str):
+            return ConversationReference(id=self.conversation)
+        return self.conversation
 
 
 class ToolOutput(BaseModel):
@@ -346,6 +361,7 @@ class ResponseObject(BaseModel):
     output: list[Item] = Field(default_factory=list)
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
+    conversation: ConversationReference | None = None
     max_output_tokens: int | None = None
     max_tool_calls: int | None = None
     reasoning: ReasoningConfig | None = None

@@ -36,8 +36,10 @@ from frontend.reasoning import reasoning_parser
 from frontend.response_store import JSON, ResponseStore, StoredResponse
 from frontend.serving.chat_output import ChatOutputProcessor
 from frontend.serving.context import ServingContext
+from frontend.serving.conversations import ConversationsHandler
 from frontend.serving.engine_params import api_error
 from frontend.serving.generation import Generation, chunks, start_generation
+from frontend.serving.item_pages import item_page
 from frontend.serving.logprobs import LogprobFormatter
 from frontend.serving.responses_background import BackgroundRun, BackgroundRuns
 from frontend.serving.responses_events import ResponseEvents, end_abandoned
@@ -78,9 +80,10 @@ def event_frame(event: dict[str, Any]) -> str:
 
 
 class ResponsesHandler:
-    def __init__(self, ctx: ServingContext, store: ResponseStore) -> None:
+    def __init__(self, ctx: ServingContext, store: ResponseStore, conversations: ConversationsHandler) -> None:
         self.ctx = ctx
         self.store = store
+        self.conversations = conversations
         self.inputs = ResponseInputBuilder(ctx)
         self.runs = BackgroundRuns(store)
 
@@ -97,7 +100,16 @@ class ResponsesHandler:
         """The finished response, its SSE stream, or (background) the queued response / its stream."""
         if request.background and not request.store:
             raise bad_request("background responses must be stored: drop store=false", param="background")
-        history = await self._history(request.previous_response_id)
+        conversation = request.conversation_reference()
+        if conversation is not None and request.previous_response_id is not None:
+            raise bad_request(
+                "conversation and previous_response_id cannot be used together: a conversation holds every turn",
+                param="conversation",
+            )
+        if conversation is not None:
+            history = await self.conversations.history(conversation.id)
+        else:
+            history = await self._history(request.previous_response_id)
         prepared = await self.inputs.prepare(request, history, response_id)
         if request.background:
             return await self._start_background(prepared, request.stream)
@@ -177,6 +189,7 @@ class ResponsesHandler:
                 final = events.fail(api_error(error, prepared.params, "input"))
             for event in final:
                 emit(event)
+            await self._add_to_conversation(prepared, events.response)
             await self._save(events.response, run)
             finished = True
             for event in final:
@@ -186,6 +199,12 @@ class ResponsesHandler:
                 events.cancel()
                 # Synchronous on purpose: this runs while the generator is being closed or cancelled.
                 self._save_now(events.response, run)
+
+    async def _add_to_conversation(self, prepared: PreparedResponse, response: ResponseObject) -> None:
+        """A turn that ended with an answer (complete or cut short) joins its conversation: its input items,
+        then its output items. Failed and cancelled turns leave the conversation as it was."""
+        if response.conversation is not None and response.status in ("completed", "incomplete"):
+            await self.conversations.add_turn(response.conversation.id, [*prepared.input_items, *response.output])
 
     def _usage(self, last: GenerationChunk, response: ResponseObject) -> ResponseUsage:
         reasoning = "".join(item.text() for item in response.output if isinstance(item, ReasoningItem))
@@ -384,22 +403,7 @@ class ResponsesHandler:
         await self._stored(response_id)
         raw = await asyncio.to_thread(self.store.input_items, response_id)
         items = [ITEM.validate_python(item) for item in raw]
-        if order == "desc":
-            items.reverse()
-        ids = [item.id for item in items]
-        for cursor, name in ((after, "after"), (before, "before")):
-            if cursor is not None and cursor not in ids:
-                raise bad_request(f"no input item '{cursor}' in response '{response_id}'", param=name)
-        start = ids.index(after) + 1 if after is not None else 0
-        end = ids.index(before) if before is not None else len(items)
-        window = items[start:end]
-        page = window[:limit]
-        return ItemList(
-            data=page,
-            first_id=page[0].id if page else None,
-            last_id=page[-1].id if page else None,
-            has_more=len(window) > limit,
-        )
+        return item_page(items, after, before, limit, order, f"the input of response '{response_id}'")
 
     async def submit_tool_outputs(
         self, response_id: str, body: ToolOutputsRequest, new_id: str
@@ -427,7 +431,9 @@ class ResponsesHandler:
                 FunctionCallOutputItem(call_id=output.id, output=output.output)
                 for output in body.tool_outputs
             ],
-            previous_response_id=response_id,
+            # A turn of a conversation was added to it when it ended: the continuation follows on there.
+            previous_response_id=None if previous.conversation else response_id,
+            conversation=previous.conversation,
             instructions=previous.instructions,
             tools=previous.tools,
             tool_choice=choice,

@@ -194,6 +194,7 @@ class ResponseInputBuilder:
             model=model,
             parallel_tool_calls=request.parallel_tool_calls is not False,
             previous_response_id=request.previous_response_id,
+            conversation=request.conversation_reference(),
             max_output_tokens=request.max_output_tokens,
             max_tool_calls=request.max_tool_calls,
             reasoning=request.reasoning,

@@ -1,7 +1,8 @@
 """Tenants and CORS through the OpenAI SDK against a real frontend and tritonserver.
 
 The frontend here accepts two keys with `--isolate-api-keys` and allows one browser origin: a key must not
-see, continue, cancel or delete another key's stored responses, nor hit its prefix-cache blocks.
+see, continue, cancel or delete another key's stored responses or conversations, nor hit its prefix-cache
+blocks.
 """
 
 from __future__ import annotations
@@ -64,6 +65,28 @@ def test_stored_responses_belong_to_the_key_that_made_them(tenant_frontend: Fron
     alice.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         alice.responses.retrieve(first.id)
+
+
+def test_conversations_belong_to_the_key_that_made_them(tenant_frontend: FrontendServer) -> None:
+    alice, bob = sdk(tenant_frontend, ALICE), sdk(tenant_frontend, BOB)
+    conversation = alice.conversations.create(items=[{"type": "message", "role": "user", "content": "Hi"}])
+    item = alice.conversations.items.list(conversation.id).data[0]
+    for attempt in (
+        lambda: bob.conversations.retrieve(conversation.id),
+        lambda: bob.conversations.update(conversation.id, metadata={"x": "y"}),
+        lambda: bob.conversations.items.list(conversation.id),
+        lambda: bob.conversations.items.create(conversation.id, items=[{"role": "user", "content": "Mine"}]),
+        lambda: bob.conversations.items.retrieve(item.id, conversation_id=conversation.id),
+        lambda: bob.conversations.items.delete(item.id, conversation_id=conversation.id),
+        lambda: bob.conversations.delete(conversation.id),
+    ):
+        with pytest.raises(openai.NotFoundError, match=conversation.id):
+            attempt()
+    with pytest.raises(openai.BadRequestError, match="was not found"):
+        bob.responses.create(model=MODEL_NAME, input="More", conversation=conversation.id, max_output_tokens=2)
+    # Bob's attempts changed nothing.
+    assert [found.id for found in alice.conversations.items.list(conversation.id)] == [item.id]
+    assert alice.conversations.retrieve(conversation.id).metadata == {}
 
 
 def cached_tokens(client: openai.OpenAI, prompt: str) -> int:

@@ -210,3 +210,33 @@ def test_response_store_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         config_from_args(["--model", "m", "--response-store", "redis://cache"])
     shared = "postgresql://tritonllm@db:5432/responses"
     assert config_from_args(["--model", "m", "--response-store", shared]).response_store == shared
+
+
+def message(item_id: str, text: str) -> dict:
+    return {"type": "message", "id": item_id, "role": "user", "content": text}
+
+
+def test_conversations_keep_their_items_in_order_and_go_whole(store_url: str) -> None:
+    store = open_store(store_url)
+    store.create_conversation({"id": "conv_1", "metadata": {}}, [message("msg_1", "a")], owner="tenant-a")
+    assert store.add_conversation_items("conv_1", [message("msg_2", "b"), message("msg_3", "c")])
+    found = store.get_conversation("conv_1")
+    assert found is not None and found.owner == "tenant-a" and found.body["metadata"] == {}
+    assert [item["id"] for item in store.conversation_items("conv_1")] == ["msg_1", "msg_2", "msg_3"]
+    # An item taken out leaves a gap that later appends do not fill: they go after the last one.
+    assert store.delete_conversation_item("conv_1", "msg_3") and not store.delete_conversation_item("conv_1", "msg_3")
+    assert store.add_conversation_items("conv_1", [message("msg_4", "d")])
+    assert [item["id"] for item in store.conversation_items("conv_1")] == ["msg_1", "msg_2", "msg_4"]
+    assert store.update_conversation({"id": "conv_1", "metadata": {"topic": "x"}})
+    store.close()
+
+    reopened = open_store(store_url)
+    found = reopened.get_conversation("conv_1")
+    assert found is not None and found.body["metadata"] == {"topic": "x"}
+    assert reopened.delete_conversation("conv_1") and not reopened.delete_conversation("conv_1")
+    assert reopened.get_conversation("conv_1") is None and reopened.conversation_items("conv_1") == []
+    # Appends to a conversation deleted meanwhile (a response that ended after) keep nothing.
+    assert not reopened.add_conversation_items("conv_1", [message("msg_5", "e")])
+    assert reopened.conversation_items("conv_1") == []
+    assert not reopened.update_conversation({"id": "conv_1", "metadata": {}})
+    reopened.close()
