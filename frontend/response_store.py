@@ -68,9 +68,13 @@ class ResponseStore(ABC):
         """Record that `response_id` existed with store=false (nothing else is kept)."""
 
     @abstractmethod
-    def update(self, response: JSON, events: list[JSON] | None = None) -> None:
+    def update(
+        self, response: JSON, events: list[JSON] | None = None, conversation_items: list[JSON] | None = None
+    ) -> None:
         """Replace a response's body (recording its status transition) and optionally its stream events;
-        a response deleted meanwhile stays deleted, and one ended as abandoned stays ended."""
+        a response deleted meanwhile stays deleted, and one ended as abandoned stays ended. With
+        `conversation_items` (a turn that ended), the same transaction appends them to the response's
+        conversation (none when the response stays deleted or ended, or the conversation is gone)."""
 
     @abstractmethod
     def get(self, response_id: str) -> StoredResponse | None: ...
@@ -262,7 +266,9 @@ class SqlResponseStore(ResponseStore):
                 (response_id, False, owner),
             )
 
-    def update(self, response: JSON, events: list[JSON] | None = None) -> None:
+    def update(
+        self, response: JSON, events: list[JSON] | None = None, conversation_items: list[JSON] | None = None
+    ) -> None:
         with self._transaction() as db:
             updated = self._execute(
                 db,
@@ -284,6 +290,8 @@ class SqlResponseStore(ResponseStore):
                     "INSERT INTO stream_events (response_id, sequence_number, body) VALUES (?, ?, ?)",
                     [(response["id"], event["sequence_number"], json.dumps(event)) for event in events],
                 )
+            if conversation_items:
+                self._append_conversation_items(db, response["conversation"]["id"], conversation_items)
 
     def get(self, response_id: str) -> StoredResponse | None:
         with self._reading() as db:
@@ -425,8 +433,11 @@ class SqlResponseStore(ResponseStore):
 
     def delete_conversation(self, conversation_id: str) -> bool:
         with self._transaction() as db:
+            # The conversation's row first: that waits for an append holding it (add_conversation_items), and
+            # the items' delete after it then sees what that append wrote.
+            deleted = self._execute(db, "DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
             self._execute(db, "DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,))
-            return bool(self._execute(db, "DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount)
+            return bool(deleted)
 
     def conversation_items(self, conversation_id: str) -> list[JSON]:
         with self._reading() as db:
@@ -439,17 +450,7 @@ class SqlResponseStore(ResponseStore):
 
     def add_conversation_items(self, conversation_id: str, items: list[JSON]) -> bool:
         with self._transaction() as db:
-            # Locking the conversation's row queues other replicas' appends behind this one's positions.
-            found = self._execute(
-                db, f"SELECT id FROM conversations WHERE id = ?{self._ROW_UPDATE_LOCK}", (conversation_id,)
-            ).fetchone()
-            if found is None:
-                return False
-            last = self._execute(
-                db, "SELECT MAX(position) FROM conversation_items WHERE conversation_id = ?", (conversation_id,)
-            ).fetchone()[0]
-            self._insert_conversation_items(db, conversation_id, 0 if last is None else last + 1, items)
-            return True
+            return self._append_conversation_items(db, conversation_id, items)
 
     def delete_conversation_item(self, conversation_id: str, item_id: str) -> bool:
         with self._transaction() as db:
@@ -460,6 +461,19 @@ class SqlResponseStore(ResponseStore):
                     (conversation_id, item_id),
                 ).rowcount
             )
+
+    def _append_conversation_items(self, db: Any, conversation_id: str, items: list[JSON]) -> bool:
+        # Locking the conversation's row queues other replicas' appends behind this one's positions.
+        found = self._execute(
+            db, f"SELECT id FROM conversations WHERE id = ?{self._ROW_UPDATE_LOCK}", (conversation_id,)
+        ).fetchone()
+        if found is None:
+            return False
+        last = self._execute(
+            db, "SELECT MAX(position) FROM conversation_items WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()[0]
+        self._insert_conversation_items(db, conversation_id, 0 if last is None else last + 1, items)
+        return True
 
     def _insert_conversation_items(self, db: Any, conversation_id: str, first: int, items: list[JSON]) -> None:
         self._execute_many(

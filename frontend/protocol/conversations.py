@@ -4,16 +4,17 @@ as input and gives as output."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from frontend.protocol.responses import Item
 
 # OpenAI's limits: items added by one request, and metadata pairs.
 MAX_ITEMS_PER_REQUEST = 20
 MAX_METADATA_PAIRS = 16
-Metadata = dict[str, str]
+# OpenAI's bounds: keys up to 64 characters, values up to 512.
+Metadata = dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]]
 
 
 class ConversationCreateRequest(BaseModel):

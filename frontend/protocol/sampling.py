@@ -54,8 +54,9 @@ class SamplingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    # vLLM's request id in the body: names the request (chatcmpl-<id>) when no X-Request-Id header does.
-    request_id: str | None = Field(default=None, min_length=1)
+    # vLLM's request id in the body: names the request (chatcmpl-<id>) when no X-Request-Id header does,
+    # and goes back as that header, so it is held to what a header value may hold.
+    request_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)

@@ -89,9 +89,11 @@ class Beam:
             stop_reason,
         )
 
-    def score(self, num_prompt_tokens: int, length_penalty: float) -> float:
-        """vLLM's beam score: the stop token that ended a beam does not count in its length."""
-        length = num_prompt_tokens + len(self.token_ids) - (self.finish_reason == "stop")
+    def score(self, num_prompt_tokens: int, length_penalty: float, eos_token_id: int | None) -> float:
+        """vLLM's beam score: the prompt counts in the length, a final EOS (even under ignore_eos, as vLLM
+        counts it) or the stop token id that ended the beam does not."""
+        ends_on_stop = self.finish_reason == "stop" or (bool(self.token_ids) and self.token_ids[-1] == eos_token_id)
+        length = num_prompt_tokens + len(self.token_ids) - ends_on_stop
         return self.cumulative_logprob / (length**length_penalty)
 
 
@@ -172,7 +174,7 @@ class BeamSearch:
                 break
         best = sorted(
             [*ended, *live],
-            key=lambda beam: beam.score(len(self.prompt_token_ids), settings.length_penalty),
+            key=lambda beam: beam.score(len(self.prompt_token_ids), settings.length_penalty, self.eos_token_id),
             reverse=True,
         )
         return best[: settings.width]
@@ -213,12 +215,12 @@ class BeamSearch:
     def chunks(self, beams: list[Beam]) -> list[GenerationChunk]:
         """The answer: each beam whole, as the engine model's final response of sequence i would be."""
         settings = self.settings
+        tokenizer = self.ctx.templater.tokenizer
         answer = []
         for index, beam in enumerate(beams):
             shown = beam.token_ids
             if beam.finish_reason == "stop" and not settings.include_stop_str_in_output:
                 shown = shown[:-1]
-            tokenizer = self.ctx.templater.tokenizer
             answer.append(
                 GenerationChunk(
                     text=str(tokenizer.decode(shown, skip_special_tokens=settings.skip_special_tokens)),

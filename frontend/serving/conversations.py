@@ -38,6 +38,16 @@ def not_found(conversation_id: str) -> APIError:
     )
 
 
+def check_unique_ids(earlier: list[Item], new: list[Item], param: str) -> None:
+    """An id names one item of a conversation: refused again (a response's output sent back as input, say),
+    as OpenAI refuses it."""
+    seen = {item.id for item in earlier}
+    for item in new:
+        if item.id in seen:
+            raise bad_request(f"Duplicate item found with id {item.id}.", param=param)
+        seen.add(item.id)
+
+
 def _stored_items(items: list[Item]) -> list[JSON]:
     return [item.model_dump(mode="json") for item in items]
 
@@ -48,7 +58,9 @@ class ConversationsHandler:
 
     async def create(self, request: ConversationCreateRequest) -> Conversation:
         conversation = Conversation(id=new_conversation_id(), created_at=unix_now(), metadata=request.metadata or {})
-        items = _stored_items(with_ids(request.items or []))
+        given = with_ids(request.items or [])
+        check_unique_ids([], given, "items")
+        items = _stored_items(given)
         body = conversation.model_dump(mode="json")
         await asyncio.to_thread(self.store.create_conversation, body, items, current_tenant.get())
         return conversation
@@ -71,8 +83,8 @@ class ConversationsHandler:
 
     async def add_items(self, conversation_id: str, request: ItemsCreateRequest) -> ItemList:
         """The items appended, with the ids and statuses they are stored with."""
-        await self._stored(conversation_id)
         items = with_ids(request.items)
+        check_unique_ids(await self._items(conversation_id), items, "items")
         if not await asyncio.to_thread(self.store.add_conversation_items, conversation_id, _stored_items(items)):
             raise not_found(conversation_id)
         return ItemList(
@@ -106,11 +118,6 @@ class ConversationsHandler:
         if await self._lookup(conversation_id) is None:
             raise bad_request(f"Conversation '{conversation_id}' was not found.", param="conversation")
         return await self._read_items(conversation_id)
-
-    async def add_turn(self, conversation_id: str, items: list[Item]) -> None:
-        """A response's input and output items, once it has ended; a conversation deleted meanwhile keeps
-        nothing."""
-        await asyncio.to_thread(self.store.add_conversation_items, conversation_id, _stored_items(items))
 
     # ---- lookups ------------------------------------------------------------------------------------------
 

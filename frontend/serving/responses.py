@@ -36,7 +36,7 @@ from frontend.reasoning import reasoning_parser
 from frontend.response_store import JSON, ResponseStore, StoredResponse
 from frontend.serving.chat_output import ChatOutputProcessor
 from frontend.serving.context import ServingContext
-from frontend.serving.conversations import ConversationsHandler
+from frontend.serving.conversations import ConversationsHandler, check_unique_ids
 from frontend.serving.engine_params import api_error
 from frontend.serving.generation import Generation, chunks, start_generation
 from frontend.serving.item_pages import item_page
@@ -111,6 +111,8 @@ class ResponsesHandler:
         else:
             history = await self._history(request.previous_response_id)
         prepared = await self.inputs.prepare(request, history, response_id)
+        if conversation is not None:
+            check_unique_ids(history, prepared.input_items, "input")
         if request.background:
             return await self._start_background(prepared, request.stream)
         generation = await start_generation(self.ctx, prepared.generation, prepared.params, "input", ENDPOINT)
@@ -189,8 +191,7 @@ class ResponsesHandler:
                 final = events.fail(api_error(error, prepared.params, "input"))
             for event in final:
                 emit(event)
-            await self._add_to_conversation(prepared, events.response)
-            await self._save(events.response, run)
+            await self._save(events.response, run, self._turn(prepared, events.response))
             finished = True
             for event in final:
                 yield event
@@ -200,11 +201,13 @@ class ResponsesHandler:
                 # Synchronous on purpose: this runs while the generator is being closed or cancelled.
                 self._save_now(events.response, run)
 
-    async def _add_to_conversation(self, prepared: PreparedResponse, response: ResponseObject) -> None:
-        """A turn that ended with an answer (complete or cut short) joins its conversation: its input items,
-        then its output items. Failed and cancelled turns leave the conversation as it was."""
-        if response.conversation is not None and response.status in ("completed", "incomplete"):
-            await self.conversations.add_turn(response.conversation.id, [*prepared.input_items, *response.output])
+    @staticmethod
+    def _turn(prepared: PreparedResponse, response: ResponseObject) -> list[JSON] | None:
+        """What a turn that ended with an answer (complete or cut short) adds to its conversation: its input
+        items, then its output items. Failed and cancelled turns leave the conversation as it was."""
+        if response.conversation is None or response.status not in ("completed", "incomplete"):
+            return None
+        return [item.model_dump(mode="json") for item in [*prepared.input_items, *response.output]]
 
     def _usage(self, last: GenerationChunk, response: ResponseObject) -> ResponseUsage:
         reasoning = "".join(item.text() for item in response.output if isinstance(item, ReasoningItem))
@@ -217,13 +220,17 @@ class ResponsesHandler:
             total_tokens=last.num_input_tokens + last.num_output_tokens,
         )
 
-    async def _save(self, response: ResponseObject, run: BackgroundRun | None) -> None:
-        if response.store:
-            await asyncio.to_thread(self._save_now, response, run)
+    async def _save(self, response: ResponseObject, run: BackgroundRun | None, turn: list[JSON] | None = None) -> None:
+        if response.store or turn:
+            await asyncio.to_thread(self._save_now, response, run, turn)
 
-    def _save_now(self, response: ResponseObject, run: BackgroundRun | None) -> None:
+    def _save_now(self, response: ResponseObject, run: BackgroundRun | None, turn: list[JSON] | None = None) -> None:
+        """Store the response as it stands (with store=true) and add a finished turn to its conversation, in
+        one transaction: a turn is in its conversation exactly when its response was stored as ended."""
         if response.store:
-            self.store.update(response.model_dump(mode="json"), run.events if run is not None else None)
+            self.store.update(response.model_dump(mode="json"), run.events if run is not None else None, turn)
+        elif turn and response.conversation is not None:
+            self.store.add_conversation_items(response.conversation.id, turn)
 
     async def _frames(self, events: AsyncGenerator[StreamEvent, None]) -> AsyncIterator[str]:
         async with aclosing(events) as running:
@@ -418,6 +425,12 @@ class ResponsesHandler:
                 raise bad_request(
                     f"response '{response_id}' made no call with id '{output.id}'", f"tool_outputs.{index}"
                 )
+        if previous.conversation is not None and previous.status not in ("completed", "incomplete"):
+            # Its calls joined the conversation only if it ended; a continuation before would answer nothing.
+            raise bad_request(
+                f"response '{response_id}' is {previous.status}: its calls are not in its conversation",
+                param="tool_outputs",
+            )
         missing = sorted(set(calls) - {output.id for output in body.tool_outputs})
         if missing:
             raise bad_request(f"tool_outputs lacks results for {', '.join(missing)}", param="tool_outputs")

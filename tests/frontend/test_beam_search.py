@@ -3,9 +3,13 @@ against the same search driven by Hugging Face transformers' logits."""
 
 from __future__ import annotations
 
+import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import torch
@@ -17,7 +21,8 @@ from frontend.serving.beam_search import Beam, beam_search_settings
 from frontend.serving.engine_params import engine_parameters
 from frontend.templating import ChatTemplater
 from tests.frontend.conftest import MODEL_NAME
-from tests.servers import FrontendServer
+from tests.integration.triton_requests import scrape_metric
+from tests.servers import FrontendServer, TritonServer
 
 PROMPT = "The best way to learn a new language is"
 
@@ -30,10 +35,17 @@ class ReferenceBeam:
 
 
 def reference_beam_search(
-    model: PreTrainedModel, prompt: list[int], width: int, max_tokens: int, length_penalty: float, eos: int | None
+    model: PreTrainedModel,
+    prompt: list[int],
+    width: int,
+    max_tokens: int,
+    length_penalty: float,
+    eos: int,
+    ignore_eos: bool = False,
 ) -> list[ReferenceBeam]:
     """vLLM's algorithm over transformers' full forward passes (no cache): each step every live beam's 2n
-    likeliest tokens, the n best continuations kept, EOS set aside; the n best by the length-penalised score."""
+    likeliest tokens, the n best continuations kept, EOS set aside; the n best by the length-penalised score
+    (a final EOS left out of the length)."""
     live = [ReferenceBeam([], 0.0, False)]
     ended: list[ReferenceBeam] = []
     for _ in range(max_tokens):
@@ -44,12 +56,14 @@ def reference_beam_search(
             logprobs = torch.log_softmax(logits.double(), dim=-1)
             values, tokens = torch.topk(logprobs, 2 * width)
             for value, token in zip(values.tolist(), tokens.tolist(), strict=True):
-                grown = ReferenceBeam([*beam.token_ids, token], beam.cumulative_logprob + value, token == eos)
+                stops = token == eos and not ignore_eos
+                grown = ReferenceBeam([*beam.token_ids, token], beam.cumulative_logprob + value, stops)
                 (ended if grown.ended else candidates).append(grown)
         live = sorted(candidates, key=lambda beam: beam.cumulative_logprob, reverse=True)[:width]
 
     def score(beam: ReferenceBeam) -> float:
-        return beam.cumulative_logprob / (len(prompt) + len(beam.token_ids) - beam.ended) ** length_penalty
+        length = len(prompt) + len(beam.token_ids) - (beam.token_ids[-1] == eos)
+        return beam.cumulative_logprob / length**length_penalty
 
     return sorted(ended + live, key=score, reverse=True)[:width]
 
@@ -77,7 +91,8 @@ def test_completion_beams_match_the_search_over_transformers(
         logprobs=2,
         extra_body={"use_beam_search": True, "ignore_eos": True, "return_token_ids": True},
     )
-    expected = reference_beam_search(hf_model, prompt, 3, 6, 1.0, None)
+    eos = templater.tokenizer.eos_token_id
+    expected = reference_beam_search(hf_model, prompt, 3, 6, 1.0, eos, ignore_eos=True)
     assert [choice.index for choice in reply.choices] == [0, 1, 2]
     for choice, beam in zip(reply.choices, expected, strict=True):
         token_ids = choice.model_extra["token_ids"] if choice.model_extra else None
@@ -173,12 +188,54 @@ def test_what_a_search_would_ignore_is_refused_by_name(
     assert refused.value.body is not None and refused.value.body["param"] == param  # type: ignore[index]
 
 
+def engine_requests_done(triton_server: TritonServer) -> float:
+    with urllib.request.urlopen(triton_server.metrics_url, timeout=5) as response:
+        return scrape_metric(response.read().decode(), "nv_inference_request_success")
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_ends_the_search(frontend_server: FrontendServer, triton_server: TritonServer) -> None:
+    body = {
+        "model": MODEL_NAME,
+        "prompt": PROMPT,
+        "n": 4,
+        "max_tokens": 2000,
+        "use_beam_search": True,
+        "ignore_eos": True,
+    }
+    left: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            httpx.post(
+                f"{frontend_server.base_url}/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {frontend_server.api_key}"},
+                timeout=httpx.Timeout(10.0, read=3.0),
+            )
+        except httpx.ReadTimeout as error:  # the client gives up and closes the connection
+            left.append(error)
+
+    started = engine_requests_done(triton_server)
+    caller = threading.Thread(target=call)
+    caller.start()
+    caller.join(timeout=20)
+    assert left, "a 2,000-step search should still be running when the client gives up"
+    time.sleep(1.0)  # the steps in flight end, cancelled or not
+    ended = engine_requests_done(triton_server)
+    assert ended - started >= 8, "the search should have run several steps of 4 beams"
+    time.sleep(2.0)
+    assert engine_requests_done(triton_server) == ended, "no step may follow the client's leaving"
+
+
 def test_beam_score_leaves_the_stop_token_out_of_the_length() -> None:
-    ended = Beam([5, 7, 2], -3.0, finish_reason="stop")
+    ended = Beam([5, 7, 4], -3.0, finish_reason="stop")
     running = Beam([5, 7, 9], -3.0)
-    assert ended.score(3, 1.0) == pytest.approx(-3.0 / 5)
-    assert running.score(3, 1.0) == pytest.approx(-3.0 / 6)
-    assert running.score(3, 0.0) == pytest.approx(-3.0)
+    assert ended.score(3, 1.0, eos_token_id=2) == pytest.approx(-3.0 / 5)
+    assert running.score(3, 1.0, eos_token_id=2) == pytest.approx(-3.0 / 6)
+    assert running.score(3, 0.0, eos_token_id=2) == pytest.approx(-3.0)
+    # A final EOS a beam ran through (ignore_eos) does not count either, as vLLM scores it.
+    assert Beam([5, 7, 2], -3.0).score(3, 1.0, eos_token_id=2) == pytest.approx(-3.0 / 5)
 
 
 def test_settings_take_the_context_room_when_max_tokens_is_open() -> None:

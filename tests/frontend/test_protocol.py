@@ -52,6 +52,10 @@ def test_every_role_and_text_parts_are_accepted() -> None:
         ({"max_tokens": 0}, ("max_tokens",)),
         ({"frobnicate": True}, ("frobnicate",)),
         ({"stream_options": {"include_usage": True, "bogus": 1}}, ("stream_options", "bogus")),
+        # A body request_id goes back as the X-Request-Id header: only what a header value may hold.
+        ({"request_id": "请求-1"}, ("request_id",)),
+        ({"request_id": "a\r\nSet-Cookie: x"}, ("request_id",)),
+        ({"request_id": "x" * 257}, ("request_id",)),
     ],
 )
 def test_invalid_fields_are_located(fields: dict, location: tuple) -> None:

@@ -108,6 +108,16 @@ def test_conversation_misuse_is_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.conversations.items.list(conversation.id, include=["message.output_text.logprobs"])
     assert refused.value.body["param"] == "include"  # type: ignore[index]
+    # An id names one item of a conversation: sent again, it is refused, whichever way it comes.
+    added = client.conversations.items.create(conversation.id, items=[{"role": "user", "content": "Hello."}])
+    again = {"type": "message", "id": added.data[0].id, "role": "user", "content": "Hello again."}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.conversations.items.create(conversation.id, items=[again])  # type: ignore[list-item]
+    assert refused.value.body["param"] == "items"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=MODEL_NAME, input=[again], conversation=conversation.id)  # type: ignore[list-item]
+    assert refused.value.body["param"] == "input"  # type: ignore[index]
+    assert item_ids(client, conversation.id) == [added.data[0].id]
 
 
 def test_tool_outputs_continue_a_conversation_in_it(client: openai.OpenAI) -> None:

@@ -240,3 +240,18 @@ def test_conversations_keep_their_items_in_order_and_go_whole(store_url: str) ->
     assert reopened.conversation_items("conv_1") == []
     assert not reopened.update_conversation({"id": "conv_1", "metadata": {}})
     reopened.close()
+
+
+def test_a_turn_joins_its_conversation_with_its_response_or_not_at_all(store_url: str) -> None:
+    store = open_store(store_url)
+    store.create_conversation({"id": "conv_1", "metadata": {}}, [], owner=None)
+    turn = [message("msg_1", "q"), {**message("msg_2", "a"), "role": "assistant"}]
+    store.create(response("in_progress", conversation={"id": "conv_1"}), [], None, None)
+    store.update(response("completed", conversation={"id": "conv_1"}), None, turn)
+    assert [item["id"] for item in store.conversation_items("conv_1")] == ["msg_1", "msg_2"]
+    # A response deleted while it ran stays deleted, and its turn stays out of the conversation.
+    store.create({**response("in_progress"), "id": "resp_2", "conversation": {"id": "conv_1"}}, [], None, None)
+    assert store.delete("resp_2")
+    store.update({**response("completed"), "id": "resp_2", "conversation": {"id": "conv_1"}}, None, [message("msg_3", "x")])
+    assert [item["id"] for item in store.conversation_items("conv_1")] == ["msg_1", "msg_2"]
+    store.close()
