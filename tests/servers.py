@@ -12,6 +12,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -175,6 +178,20 @@ class FrontendServer:
     @property
     def root_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def post_and_leave(self, path: str, body: dict[str, Any], wait_s: float) -> bool:
+        """POST `body` to `path` (under /v1) as a client that gives up after `wait_s` seconds without an
+        answer and closes the connection; whether it did give up (False: the answer came first)."""
+        try:
+            httpx.post(
+                f"{self.base_url}{path}",
+                json=body,
+                headers={"Authorization": f"Bearer {self.api_key}"},
+                timeout=httpx.Timeout(10.0, read=wait_s),
+            )
+        except httpx.ReadTimeout:
+            return True
+        return False
 
 
 def start_frontend(

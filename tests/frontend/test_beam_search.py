@@ -3,13 +3,11 @@ against the same search driven by Hugging Face transformers' logits."""
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import torch
@@ -203,23 +201,8 @@ def test_a_client_that_leaves_ends_the_search(frontend_server: FrontendServer, t
         "use_beam_search": True,
         "ignore_eos": True,
     }
-    left: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            httpx.post(
-                f"{frontend_server.base_url}/completions",
-                json=body,
-                headers={"Authorization": f"Bearer {frontend_server.api_key}"},
-                timeout=httpx.Timeout(10.0, read=3.0),
-            )
-        except httpx.ReadTimeout as error:  # the client gives up and closes the connection
-            left.append(error)
-
     started = engine_requests_done(triton_server)
-    caller = threading.Thread(target=call)
-    caller.start()
-    caller.join(timeout=20)
+    left = frontend_server.post_and_leave("/completions", body, 3.0)
     assert left, "a 2,000-step search should still be running when the client gives up"
     time.sleep(1.0)  # the steps in flight end, cancelled or not
     ended = engine_requests_done(triton_server)
