@@ -191,7 +191,15 @@ class ResponsesHandler:
                 final = events.fail(api_error(error, prepared.params, "input"))
             for event in final:
                 emit(event)
-            await self._save(events.response, run, self._turn(prepared, events.response))
+            saving = asyncio.ensure_future(self._save(events.response, run, self._turn(prepared, events.response)))
+            try:
+                await asyncio.shield(saving)
+            except asyncio.CancelledError:
+                # The client left while the ended response was being stored: the save runs to its end, so the
+                # response stays stored as ended (its turn in its conversation), not overwritten as cancelled.
+                await saving
+                finished = True
+                raise
             finished = True
             for event in final:
                 yield event

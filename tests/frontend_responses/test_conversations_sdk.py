@@ -3,6 +3,8 @@ tritonserver + frontend through the official OpenAI SDK."""
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 from openai.types.responses import Response
@@ -140,3 +142,19 @@ def test_tool_outputs_continue_a_conversation_in_it(client: openai.OpenAI) -> No
     assert continued.previous_response_id is None
     kinds = [item.type for item in client.conversations.items.list(conversation.id, order="asc")]
     assert kinds[:3] == ["message", "function_call", "function_call_output"] and kinds[-1] == "message"
+
+
+def test_a_background_turn_joins_its_conversation_when_it_ends(client: openai.OpenAI) -> None:
+    conversation = client.conversations.create()
+    queued = client.responses.create(
+        model=MODEL_NAME, conversation=conversation.id, input="Name a colour.", max_output_tokens=8, background=True
+    )
+    deadline = time.monotonic() + 60.0
+    found = client.responses.retrieve(queued.id)
+    while found.status in ("queued", "in_progress") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = client.responses.retrieve(queued.id)
+    assert found.status in ("completed", "incomplete")
+    assert found.conversation is not None and found.conversation.id == conversation.id
+    items = client.conversations.items.list(conversation.id, order="asc").data
+    assert [item.id for item in items][-1] == found.output[-1].id and len(items) == 1 + len(found.output)
