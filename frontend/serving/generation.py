@@ -66,13 +66,15 @@ async def _beam_search(
 async def chunks(ctx: ServingContext, generation: Generation) -> AsyncGenerator[GenerationChunk, None]:
     """Every response of a started generation, the first included; the Triton stream is closed at the end."""
     inter_token_latency = ctx.metrics.inter_token_latency.labels(generation.endpoint)
-    # By sequence index: arrival time of its latest response carrying tokens.
+    # By sequence index: arrival time of its latest response carrying tokens, and its output tokens so far.
     latest_tokens = {generation.first.index: generation.first_arrival} if generation.first.token_ids else {}
+    output_tokens = {generation.first.index: generation.first.num_output_tokens}
     async with aclosing(generation.rest) as rest:
         yield generation.first
         if not generation.first.final:
             async for chunk in rest:
                 generation.last = chunk
+                output_tokens[chunk.index] = chunk.num_output_tokens
                 if chunk.token_ids:
                     now = time.monotonic()
                     previous = latest_tokens.get(chunk.index)
@@ -83,7 +85,7 @@ async def chunks(ctx: ServingContext, generation: Generation) -> AsyncGenerator[
     last = generation.last
     ctx.metrics.e2e_latency.labels(generation.endpoint).observe(time.monotonic() - generation.arrival)
     ctx.metrics.prompt_tokens.inc(last.num_input_tokens)
-    ctx.metrics.generation_tokens.inc(last.num_output_tokens)
+    ctx.metrics.generation_tokens.inc(sum(output_tokens.values()))
 
 
 @dataclass

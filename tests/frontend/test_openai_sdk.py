@@ -365,10 +365,17 @@ def test_health_and_metrics(frontend_server: FrontendServer, client: openai.Open
     # vLLM's /ping answers the same, by GET or POST.
     assert httpx.get(f"{frontend_server.root_url}/ping").status_code == 200
     assert httpx.post(f"{frontend_server.root_url}/ping").status_code == 200
+    def generated_tokens() -> float:
+        text = httpx.get(f"{frontend_server.root_url}/metrics").text
+        return scrape_metric(text, "frontend_generation_tokens_total")
+
+    before = generated_tokens()
     reply = client.chat.completions.create(
-        model=MODEL_NAME, messages=QUESTION, max_tokens=4, extra_body={"ignore_eos": True}
+        model=MODEL_NAME, messages=QUESTION, max_tokens=4, n=2, extra_body={"ignore_eos": True}
     )
-    assert reply.usage is not None and reply.usage.completion_tokens == 4
+    assert reply.usage is not None and reply.usage.completion_tokens == 8
+    # Every sequence's tokens count, not the last one's alone.
+    assert generated_tokens() - before == 8
     metrics = httpx.get(f"{frontend_server.root_url}/metrics").text
     assert 'frontend_requests_total{endpoint="/v1/chat/completions",status="200"}' in metrics
     assert 'frontend_time_to_first_token_seconds_count{endpoint="/v1/chat/completions"}' in metrics

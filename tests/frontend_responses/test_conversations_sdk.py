@@ -131,17 +131,19 @@ def test_tool_outputs_continue_a_conversation_in_it(client: openai.OpenAI) -> No
         tools=[WEATHER_TOOL],  # type: ignore[list-item]
         tool_choice="required",
         max_output_tokens=64,
+        temperature=0,
     )
-    call = next(item for item in first.output if item.type == "function_call")
+    calls = [item.call_id for item in first.output if item.type == "function_call"]
     continued = client.post(
         f"/responses/{first.id}/tool_outputs",
         cast_to=Response,
-        body={"tool_outputs": [{"call_id": call.call_id, "output": "sunny"}]},
+        body={"tool_outputs": [{"call_id": call_id, "output": "sunny"} for call_id in calls]},
     )
     assert continued.conversation is not None and continued.conversation.id == conversation.id
     assert continued.previous_response_id is None
     kinds = [item.type for item in client.conversations.items.list(conversation.id, order="asc")]
-    assert kinds[:3] == ["message", "function_call", "function_call_output"] and kinds[-1] == "message"
+    assert kinds[: 1 + 2 * len(calls)] == ["message", *["function_call"] * len(calls), *["function_call_output"] * len(calls)]
+    assert kinds[-1] == "message"
 
 
 def test_a_background_turn_joins_its_conversation_when_it_ends(client: openai.OpenAI) -> None:
