@@ -82,14 +82,12 @@ class ConversationsHandler:
         return DeletedConversation(id=conversation_id)
 
     async def add_items(self, conversation_id: str, request: ItemsCreateRequest) -> ItemList:
-        """The items appended, with the ids and statuses they are stored with."""
+        """The items appended (one at least: ItemsCreateRequest), with the ids and statuses they are stored with."""
         items = with_ids(request.items)
         check_unique_ids(await self._items(conversation_id), items, "items")
         if not await asyncio.to_thread(self.store.add_conversation_items, conversation_id, _stored_items(items)):
             raise not_found(conversation_id)
-        return ItemList(
-            data=items, first_id=items[0].id if items else None, last_id=items[-1].id if items else None, has_more=False
-        )
+        return ItemList(data=items, first_id=items[0].id, last_id=items[-1].id, has_more=False)
 
     async def list_items(
         self, conversation_id: str, after: str | None, limit: int, order: Literal["asc", "desc"]
