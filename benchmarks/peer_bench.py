@@ -59,6 +59,7 @@ def our_repository(dtype: str, stream_interval: int, directory: Path) -> Path:
     profile.update(dtype=dtype, stream_interval=stream_interval, model=str(CHECKPOINT),
                    whisper_model=str(ROOT / profile["whisper_model"]))  # fmt: skip
     name = f"cpu-{dtype}-interval{stream_interval}"
+    directory.mkdir(parents=True, exist_ok=True)
     profile_path = directory / f"{name}.yaml"
     profile_path.write_text(yaml.safe_dump(profile))
     repository = directory / f"model_repository-{name}"

@@ -1,8 +1,8 @@
 """Where the CPU goes when the full served path runs flat out: CPU seconds of every process, side by side.
 
-    python -m benchmarks.served_cpu [--concurrency 64] [--num-requests 64]
+    python -m benchmarks.served_cpu [--concurrency 64] [--num-requests 64] [--dtype bfloat16]
 
-Starts tritonserver (the checked-in model repository) and the frontend, then streams the seeded workload of
+Starts tritonserver (the checked-in model repository, or its profile rendered in --dtype) and the frontend, then streams the seeded workload of
 benchmarks.engine_bench (prompts of 32-512 token ids, 16-256 output tokens, ignore_eos, greedy) through
 /v1/completions from a cold prefix cache. Prints output tokens/s, TTFT p50 and, for tritonserver, each of
 its Python-backend model processes, the frontend and this benchmark's own client, the CPU seconds the run
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.engine_bench import Workload, make_workload
+from benchmarks.peer_bench import our_repository
 from benchmarks.serving_bench import MODEL_NAME, run_served
 from tests.servers import ROOT, ServerProcess, start_frontend, start_triton, stub_pids
 
@@ -63,12 +64,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the engine's dtype")
     args = parser.parse_args()
 
     vocab_size = int(json.loads((CHECKPOINT / "config.json").read_text())["vocab_size"])
     workload = make_workload(args.num_requests, vocab_size, args.seed)
     with tempfile.TemporaryDirectory(prefix="served-cpu-") as logs:
-        triton = start_triton(ROOT / "model_repository", Path(logs))
+        repository = our_repository(args.dtype, stream_interval=1, directory=ROOT / "runs" / "bench")
+        triton = start_triton(repository, Path(logs))
         try:
             frontend = start_frontend(CHECKPOINT, triton, Path(logs), api_key=None)
             try:

@@ -55,11 +55,13 @@ def test_one_requests_extreme_parameters_do_not_fail_the_batch(
 ) -> None:
     """Each of these once failed the whole step (every request in flight aborted): a huge top_k, stop token
     ids past the vocabulary under min_tokens. Beside them a greedy request still gets its reference output."""
+    # ignore_eos: EOS is this prompt's second likeliest first token (p = 0.28), and a sampled one would end a
+    # request by "stop" where this test asks each to run its length.
     extremes = [
-        SamplingParams(top_k=10**30, max_tokens=4, seed=1),
-        SamplingParams(stop_token_ids=[10**6, 10**30], min_tokens=2, max_tokens=4, seed=2),
-        SamplingParams(temperature=1e-300, max_tokens=4),
-        SamplingParams(repetition_penalty=1e300, max_tokens=4, seed=3),
+        SamplingParams(top_k=10**30, max_tokens=4, seed=1, ignore_eos=True),
+        SamplingParams(stop_token_ids=[10**6, 10**30], min_tokens=2, max_tokens=4, seed=2, ignore_eos=True),
+        SamplingParams(temperature=1e-300, max_tokens=4, ignore_eos=True),
+        SamplingParams(repetition_penalty=1e300, max_tokens=4, seed=3, ignore_eos=True),
     ]
     for index, params in enumerate(extremes):
         engine.add_request(f"extreme-{index}", reference.prompts[1], params)
@@ -74,7 +76,7 @@ def test_one_requests_extreme_parameters_do_not_fail_the_batch(
             if output.finished:
                 finishes[output.request_id] = output.finish_reason
     assert tokens["beside"] == reference.outputs[0]
-    assert all(finishes[f"extreme-{index}"] == "length" for index in range(len(extremes)))
+    assert all(finishes[f"extreme-{index}"] == "length" for index in range(len(extremes))), finishes
 
 
 def test_a_request_that_fails_half_added_leaves_no_trace(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:

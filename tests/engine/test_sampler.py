@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from engine.sampler import Sampler, SamplingBatch, apply_min_p, apply_top_k_top_p
+from engine.sampler import DRAW_CHUNK, Sampler, SamplingBatch, apply_min_p, apply_top_k_top_p, draw
 
 VOCAB = 12
 
@@ -27,7 +28,8 @@ def batch(
         suppressed_rows=torch.tensor([r for r, _ in suppressed], dtype=torch.int64),
         suppressed_tokens=torch.tensor([t for _, t in suppressed], dtype=torch.int64),
         all_greedy=temperature == 0.0,
-        need_top_k=top_k > 0,
+        any_greedy=temperature == 0.0,
+        max_top_k=top_k if temperature else 0,
         need_top_p=top_p < 1.0,
         need_min_p=min_p > 0.0,
     )
@@ -134,5 +136,66 @@ def test_mixed_greedy_and_random_rows() -> None:
     mixed = batch(3)
     mixed.temperature = temperature
     mixed.all_greedy = False
+    mixed.any_greedy = True
     out = Sampler(seed=0, device=torch.device("cpu"))(logits.clone(), mixed).token_ids
     assert out[0] == logits[0].argmax() and out[2] == logits[2].argmax()
+
+
+def test_draw_is_the_inverse_cdf() -> None:
+    generator = torch.Generator().manual_seed(5)
+    # Widths around draw's chunk (one column short of it, its multiple, one past), zeros and tiny weights.
+    for width in (DRAW_CHUNK - 1, 4 * DRAW_CHUNK, 4 * DRAW_CHUNK + 1, 1000):
+        weights = torch.rand(16, width, generator=generator) ** 4
+        weights[:, ::7] = 0.0
+        weights[:, 1::11] *= 1e-9
+        weights[0, 1:], weights[0, 0] = 0.0, 0.5  # one token of any weight
+        weights[1, :-1], weights[1, -1] = 0.0, 0.5
+        uniform = torch.rand(16, generator=generator, dtype=torch.float64)
+        uniform[2], uniform[3] = 0.0, 1.0 - 2**-53  # the ends of [0, 1)
+        cumulative = weights.double().cumsum(dim=-1)
+        expected = (cumulative <= (uniform * cumulative[:, -1]).unsqueeze(1)).sum(dim=-1)
+        drawn = draw(weights, uniform)
+        assert drawn.tolist() == expected.tolist(), width
+        assert bool((weights.gather(1, drawn.unsqueeze(1)) > 0).all())
+
+
+def large_vocabulary_logits(kind: str, vocab: int) -> torch.Tensor:
+    """Distinct logits (no ties at a filter's edge), shaped so that a 0.9 nucleus spans a few tokens
+    ("peaked"), more than draw's first candidates but fewer than its second round's ("wide"), or nearly
+    the whole vocabulary ("flat")."""
+    rank = torch.arange(vocab, dtype=torch.float32)
+    if kind == "peaked":
+        return -rank
+    if kind == "wide":
+        return -rank / 600
+    return -rank / 1e5
+
+
+@pytest.mark.parametrize(
+    ("kind", "top_k", "top_p"),
+    [("peaked", 0, 0.9), ("wide", 0, 0.9), ("flat", 0, 0.9), ("wide", 40, 0.5), ("wide", 1000, 1.0), ("wide", 0, 1.0)],
+)
+def test_large_vocabulary_draws_follow_the_filtered_distribution(kind: str, top_k: int, top_p: float) -> None:
+    vocab, rows = 6000, 4000
+    logits = large_vocabulary_logits(kind, vocab)[torch.randperm(vocab, generator=torch.Generator().manual_seed(3))]
+    expected = reference_probs(logits, 1.0, top_k, top_p, 0.0)
+    sampler = Sampler(seed=11, device=torch.device("cpu"))
+    tokens = sampler(logits.expand(rows, vocab).contiguous(), batch(rows, top_k=top_k, top_p=top_p)).token_ids
+    assert bool((expected[tokens] > 0).all()), "a token outside the filtered distribution"
+    # Mass by rank bucket: the likeliest token, the next 9, 90, 900, and the rest.
+    order = expected.argsort(descending=True)
+    drawn = torch.bincount(tokens, minlength=vocab).float()[order] / rows
+    for start, end in [(0, 1), (1, 10), (10, 100), (100, 1000), (1000, vocab)]:
+        assert abs(float(drawn[start:end].sum() - expected[order][start:end].sum())) < 0.03, (start, end)
+
+
+def test_rows_that_filter_nothing_beside_rows_that_do() -> None:
+    rows = 20000
+    logits = fixed_logits(1).expand(rows, VOCAB).contiguous()
+    mixed = batch(rows, top_k=3)
+    mixed.top_k[1::2] = 0
+    tokens = Sampler(seed=2, device=torch.device("cpu"))(logits.clone(), mixed).token_ids
+    for start, top_k in [(0, 3), (1, 0)]:
+        frequencies = torch.bincount(tokens[start::2], minlength=VOCAB).float() / (rows // 2)
+        expected = reference_probs(logits[0], 1.0, top_k, 1.0, 0.0)
+        assert torch.allclose(frequencies, expected, atol=0.015), (top_k, frequencies, expected)
