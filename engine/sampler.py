@@ -253,26 +253,39 @@ def apply_constraints(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tenso
         bias = batch.logit_bias
         logits.index_put_((bias.rows, bias.tokens), bias.values, accumulate=True)
     if batch.penalties is not None:
-        rows = batch.penalties.rows
-        logits[rows] = apply_penalties(logits[rows], batch.penalties)
+        logits = apply_penalties(logits, batch.penalties)
     return logits
 
 
 def apply_penalties(logits: torch.Tensor, penalties: Penalties) -> torch.Tensor:
-    """vLLM's penalties on [P, V] logits: repetition over prompt + output tokens, then frequency
-    (times the output count) and presence (once per output token) subtracted."""
-    rows, vocab = logits.shape
-    output_counts = torch.zeros((rows, vocab + 1), dtype=logits.dtype, device=logits.device)
-    ones = torch.ones_like(penalties.output_tokens, dtype=logits.dtype)
-    output_counts.scatter_add_(1, penalties.output_tokens, ones)
-    output_counts = output_counts[:, :vocab]
-    seen = torch.zeros((rows, vocab + 1), dtype=torch.bool, device=logits.device)
-    seen.scatter_(1, penalties.prompt_tokens, True)
-    seen = seen[:, :vocab] | (output_counts > 0)
-    repetition = torch.where(seen, penalties.repetition.unsqueeze(1), torch.ones_like(logits))
-    logits = torch.where(logits > 0, logits / repetition, logits * repetition)
-    logits = logits - penalties.frequency.unsqueeze(1) * output_counts
-    return logits - penalties.presence.unsqueeze(1) * (output_counts > 0).to(logits.dtype)
+    """vLLM's penalties on the rows `penalties.rows` of [N, V] logits, in place: repetition over prompt +
+    output tokens, then frequency
+    (times the output count) and presence (once per output token) subtracted. Only the tokens a row has
+    seen change, so only they are visited: each row's prompt and output ids sorted, and each distinct id
+    taken once with its output count (dense [P, V] count tables took 22 ms a step for 60 rows of 49,152)."""
+    vocab = logits.shape[1]
+    tokens = torch.cat([penalties.prompt_tokens, penalties.output_tokens], dim=1)
+    from_output = torch.zeros_like(tokens, dtype=torch.bool)
+    from_output[:, penalties.prompt_tokens.shape[1] :] = True
+    tokens, order = tokens.sort(dim=1)
+    from_output = from_output.gather(1, order)
+    # Runs of one id in a sorted row: `group` numbers them, `first` marks where each starts.
+    first = torch.ones_like(tokens, dtype=torch.bool)
+    first[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
+    group = first.cumsum(dim=1) - 1
+    counts = torch.zeros(tokens.shape, dtype=logits.dtype, device=logits.device)
+    counts.scatter_add_(1, group, from_output.to(logits.dtype))
+    # Padding (id `vocab`) sorts last and is left out.
+    row, position = (first & (tokens < vocab)).nonzero(as_tuple=True)
+    token = tokens[row, position]
+    count = counts[row, group[row, position]]
+    batch_row = penalties.rows[row]
+    value = logits[batch_row, token]
+    repetition = penalties.repetition[row]
+    value = torch.where(value > 0, value / repetition, value * repetition)
+    value = value - penalties.frequency[row] * count - penalties.presence[row] * (count > 0).to(logits.dtype)
+    logits[batch_row, token] = value
+    return logits
 
 
 def gather_logprobs(

@@ -74,6 +74,29 @@ def test_penalties_bias_allowed_and_bad_words_match_references() -> None:
     assert batch.penalties is not None and batch.penalties.rows.tolist() == [0, 1]
 
 
+def test_penalties_of_many_rows_with_repeats_and_overlaps_match_the_reference() -> None:
+    """Rows of different prompt and output lengths (so padded tables), ids repeated within and across
+    prompt and output, a row without penalties between penalised ones."""
+    generator = torch.Generator().manual_seed(8)
+    vocab = 40
+    logits = torch.randn(6, vocab, generator=generator) * 3
+    requests = []
+    for row in range(6):
+        prompt = torch.randint(0, vocab, (3 + 5 * row,), generator=generator).tolist()
+        output = torch.randint(0, vocab, (2 * row,), generator=generator).tolist()
+        penalties = {} if row == 2 else {"presence_penalty": 0.1 * row, "frequency_penalty": 0.3, "repetition_penalty": 1.2}
+        requests.append(fake_request(prompt, output, **penalties))
+    batch = build_sampling_batch(requests, vocab, lambda tensor: tensor)
+    constrained = apply_constraints(logits.clone(), batch)
+    for row, request in enumerate(requests):
+        params = request.params
+        expected = reference_penalties(
+            logits[row], request.prompt_token_ids, request.output_token_ids,
+            params.presence_penalty, params.frequency_penalty, params.repetition_penalty,
+        )  # fmt: skip
+        assert torch.allclose(constrained[row], expected), row
+
+
 def test_raw_logprobs_ignore_temperature_and_filters() -> None:
     logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(5))
     requests = [
