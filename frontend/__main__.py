@@ -17,6 +17,12 @@ from frontend.triton_client import TritonClient
 def main(argv: list[str] | None = None) -> None:
     config = config_from_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.sampling_defaults:
+        logging.getLogger("frontend").info(
+            "sampling defaults from the generation config, for fields a request leaves unset: %s "
+            "(--generation-config vllm turns them off)",
+            config.sampling_defaults,
+        )
     ctx = ServingContext(
         config=config,
         triton=TritonClient(config.triton_url, config.triton_model),

@@ -4,10 +4,13 @@ and environment variables in one place."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from frontend.generation_defaults import GenerationConfigError, generation_defaults
 from frontend.response_store import check_store_url, default_store_url
 
 TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral", "pythonic")
@@ -62,6 +65,9 @@ class FrontendConfig:
     triton_speech_model: str | None = "whisper"
     # Speech model ids clients send and /v1/models lists ("whisper-1" is what OpenAI code sends).
     speech_model_names: tuple[str, ...] = ("whisper-base", "whisper-1")
+    # Sampling defaults for fields a request leaves unset (frontend/generation_defaults.py): SamplingParams
+    # name -> value, max_tokens included.
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -123,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-speech-model", action="store_true", help="serve no speech model (/v1/audio/* answer 404)"
     )
+    parser.add_argument(
+        "--generation-config",
+        default="auto",
+        help="sampling defaults for unset request fields: auto (the model's generation_config.json), vllm "
+        "(none), or a directory holding a generation_config.json",
+    )
+    parser.add_argument(
+        "--override-generation-config",
+        type=json.loads,
+        default={},
+        help='JSON object over the generation config, e.g. \'{"temperature": 0.5}\'',
+    )
     return parser
 
 
@@ -142,6 +160,12 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
         parser.error("--isolate-api-keys requires --api-key (or VLLM_API_KEY)")
     if args.allow_credentials and "*" in args.allowed_origins:
         parser.error("--allow-credentials cannot be combined with --allowed-origins '*': name the origins")
+    if not isinstance(args.override_generation_config, dict):
+        parser.error("--override-generation-config must be a JSON object")
+    try:
+        sampling_defaults = generation_defaults(model, args.generation_config, args.override_generation_config)
+    except GenerationConfigError as error:
+        parser.error(str(error))
     return FrontendConfig(
         model=model,
         served_model_names=tuple(args.served_model_name or [str(args.model)]),
@@ -165,4 +189,5 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
         response_store=args.response_store,
         triton_speech_model=None if args.no_speech_model else args.triton_speech_model,
         speech_model_names=() if args.no_speech_model else tuple(args.speech_model_name),
+        sampling_defaults=sampling_defaults,
     )

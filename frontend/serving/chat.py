@@ -36,6 +36,7 @@ from frontend.serving.engine_params import (
     EngineParameters,
     add_response_format,
     api_error,
+    default_max_tokens,
     engine_parameters,
     kept_prompt,
     truncated_length,
@@ -157,7 +158,7 @@ class ChatHandler:
         model = self.ctx.check_model(request.model)
         if request.stream_options is not None and not request.stream:
             raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
-        params = engine_parameters(request)
+        params = engine_parameters(request, config.sampling_defaults)
         legacy_functions = uses_functions(request)
         if legacy_functions:
             request = as_tools(request)
@@ -198,6 +199,9 @@ class ChatHandler:
         max_tokens = request.output_token_limit()
         limit = await self.ctx.max_model_len()
         self._check_length(len(prompt_token_ids), max_tokens, request.truncate_prompt_tokens, limit)
+        if max_tokens is None and not request.use_beam_search:
+            kept_length = truncated_length(len(prompt_token_ids), request.truncate_prompt_tokens, limit or 0)
+            max_tokens = default_max_tokens(config.sampling_defaults, kept_length, limit)
         generation = GenerationInput(
             prompt_token_ids=prompt_token_ids,
             # Always streamed from Triton, even for non-streamed HTTP answers: Triton notices a cancelled

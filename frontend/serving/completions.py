@@ -15,6 +15,7 @@ from frontend.serving.engine_params import (
     EngineParameters,
     add_response_format,
     api_error,
+    default_max_tokens,
     engine_parameters,
     kept_prompt,
     truncated_length,
@@ -54,7 +55,7 @@ class CompletionHandler:
             raise bad_request(
                 "best_of > n cannot be streamed: only the best sequences are returned", "best_of"
             )
-        params = engine_parameters(request)
+        params = engine_parameters(request, self.ctx.config.sampling_defaults)
         add_response_format(request, params)
         if request.logprobs is not None:
             params.set("logprobs", request.logprobs)
@@ -72,7 +73,15 @@ class CompletionHandler:
                 prompt_token_ids=prompt.token_ids,
                 # Streamed from Triton even for non-streamed answers (see chat.py): prompt cancellation.
                 stream=True,
-                max_tokens=request.max_tokens,
+                max_tokens=(
+                    request.max_tokens
+                    if request.max_tokens is not None or request.use_beam_search
+                    else default_max_tokens(
+                        self.ctx.config.sampling_defaults,
+                        truncated_length(len(prompt.token_ids), request.truncate_prompt_tokens, limit or 0),
+                        limit,
+                    )
+                ),
                 sampling=params.sampling,
                 priority=request.priority,
                 cache_salt=request.cache_salt,

@@ -8,10 +8,12 @@ parameter, so the 400 names the field the client actually sent.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from frontend.errors import APIError, bad_request, overloaded, unavailable
+from frontend.generation_defaults import SAMPLING_FIELDS
 from frontend.protocol.sampling import SamplingRequest
 from frontend.triton_stream import (
     TritonError,
@@ -84,8 +86,9 @@ class EngineParameters:
             self.origins[name] = origin
 
 
-def engine_parameters(request: SamplingRequest) -> EngineParameters:
-    """The sampling fields common to chat and completions."""
+def engine_parameters(request: SamplingRequest, defaults: Mapping[str, Any]) -> EngineParameters:
+    """The sampling fields common to chat and completions; `defaults` (the generation config's) fill the
+    sampling fields the request leaves unset, except in a beam search (which, as vLLM's, ignores them)."""
     if request.guided_decoding_backend not in (None, "auto", "xgrammar"):
         raise bad_request(
             f"structured outputs use xgrammar here, not {request.guided_decoding_backend!r}",
@@ -101,6 +104,10 @@ def engine_parameters(request: SamplingRequest) -> EngineParameters:
             params.set(name, value)
     for name in ALWAYS:
         params.set(name, getattr(request, name))
+    if not request.use_beam_search:
+        for name in SAMPLING_FIELDS:
+            if getattr(request, name) is None and name in defaults:
+                params.set(name, defaults[name])
     if request.stop is not None:
         params.set("stop", request.stop_strings())
     if request.n != 1:
@@ -112,6 +119,15 @@ def engine_parameters(request: SamplingRequest) -> EngineParameters:
     elif request.prompt_logprobs is not None:
         params.set("prompt_logprobs", request.prompt_logprobs)
     return params
+
+
+def default_max_tokens(defaults: Mapping[str, Any], num_prompt_tokens: int, limit: int | None) -> int | None:
+    """For a request that sets no max_tokens: the generation config's, within the room the context leaves
+    (as vLLM takes the smaller); None (the engine's own default: all the room) without one."""
+    value = defaults.get("max_tokens")
+    if value is None or limit is None:
+        return value
+    return max(1, min(int(value), limit - num_prompt_tokens))
 
 
 def add_response_format(request: SamplingRequest, params: EngineParameters) -> None:

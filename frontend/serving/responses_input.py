@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from frontend.errors import bad_request
+from frontend.generation_defaults import SAMPLING_FIELDS
 from frontend.protocol.chat import ChatMessage, ChatTool, FunctionCall, FunctionDefinition, ToolCall
 from frontend.protocol.responses import (
     FunctionCallItem,
@@ -32,7 +33,7 @@ from frontend.protocol.responses import (
 )
 from frontend.reasoning import effort_template_kwargs
 from frontend.serving.context import ServingContext, unix_now
-from frontend.serving.engine_params import EngineParameters
+from frontend.serving.engine_params import EngineParameters, default_max_tokens
 from frontend.serving.responses_tools import tool_mode
 from frontend.templating import ChatPrompt, TemplateError
 from frontend.tool_parsers import NEEDS_SPECIAL_TOKENS, ToolParser
@@ -162,9 +163,13 @@ class ResponseInputBuilder:
             tools, choice, max_calls, config.tool_call_parser, config.enable_auto_tool_choice
         )
         params = EngineParameters()
-        for name in ("temperature", "top_p"):
-            if getattr(request, name) is not None:
-                params.set(name, getattr(request, name))
+        for name in SAMPLING_FIELDS:
+            # The request has temperature and top_p; the generation config may set any.
+            value = getattr(request, name, None)
+            if value is None:
+                value = config.sampling_defaults.get(name)
+            if value is not None:
+                params.set(name, value)
         structured = _structured_format(request.text)
         if structured is not None and forced is not None:
             raise bad_request(
@@ -218,7 +223,11 @@ class ResponseInputBuilder:
             prompt_token_ids=prompt.token_ids,
             # Streamed from Triton even for non-streamed answers, so a cancel stops the engine promptly.
             stream=True,
-            max_tokens=request.max_output_tokens,
+            max_tokens=(
+                request.max_output_tokens
+                if request.max_output_tokens is not None
+                else default_max_tokens(config.sampling_defaults, len(prompt.token_ids), await self.ctx.max_model_len())
+            ),
             sampling=params.sampling,
             cache_salt=request.prompt_cache_key,
             request_id=response_id,

@@ -222,9 +222,10 @@ def test_beam_score_leaves_the_stop_token_out_of_the_length() -> None:
 
 
 def test_settings_take_the_context_room_when_max_tokens_is_open() -> None:
-    params = engine_parameters(
-        ChatCompletionRequest(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], use_beam_search=True, n=4)
+    request = ChatCompletionRequest(
+        model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], use_beam_search=True, n=4
     )
+    params = engine_parameters(request, {})
     settings = beam_search_settings(params, None, 100)
     assert (settings.width, settings.max_tokens, settings.length_penalty) == (4, 100, 1.0)
     assert beam_search_settings(params, 500, 100).max_tokens == 100

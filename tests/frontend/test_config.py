@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,48 @@ def test_tenant_and_cors_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         config_from_args(["--model", "m", "--isolate-api-keys"])
     with pytest.raises(SystemExit):  # browsers refuse credentials for a wildcard origin
         config_from_args(["--model", "m", "--allowed-origins", "*", "--allow-credentials"])
+
+
+def write_generation_config(directory: Path, **fields: object) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, **fields}))
+    return directory
+
+
+def test_sampling_defaults_come_from_the_models_generation_config(tmp_path: Path) -> None:
+    model = write_generation_config(
+        tmp_path / "model", do_sample=True, temperature=0.6, top_p=0.95, top_k=20, max_new_tokens=512, min_p=None
+    )
+    # vLLM's `--generation-config auto`: the model's file; only sampling fields set to a number count.
+    assert config_from_args(["--model", str(model)]).sampling_defaults == {
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": 20,
+        "max_tokens": 512,
+    }
+    assert config_from_args(["--model", str(model), "--generation-config", "vllm"]).sampling_defaults == {}
+    other = write_generation_config(tmp_path / "other", repetition_penalty=1.1)
+    chosen = config_from_args(["--model", str(model), "--generation-config", str(other)])
+    assert chosen.sampling_defaults == {"repetition_penalty": 1.1}
+    overridden = config_from_args(
+        ["--model", str(model), "--override-generation-config", '{"temperature": 0.2, "max_new_tokens": null}']
+    )
+    assert overridden.sampling_defaults == {"temperature": 0.2, "top_p": 0.95, "top_k": 20}
+    # A model without the file has no defaults; overrides still apply, even over "vllm".
+    assert config_from_args(["--model", str(tmp_path / "bare")]).sampling_defaults == {}
+    plain = ["--model", str(tmp_path / "bare"), "--generation-config", "vllm", "--override-generation-config"]
+    assert config_from_args([*plain, '{"top_k": 5}']).sampling_defaults == {"top_k": 5}
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--generation-config", "/nowhere"],
+        ["--override-generation-config", "[1]"],
+        ["--override-generation-config", "{not json"],
+        ["--override-generation-config", '{"temperature": "hot"}'],
+    ],
+)
+def test_unusable_generation_configs_stop_the_start(tmp_path: Path, flags: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        config_from_args(["--model", str(tmp_path), *flags])

@@ -9,7 +9,7 @@ from frontend.errors import APIError
 from frontend.protocol.chat import ChatCompletionRequest
 from frontend.protocol.completions import CompletionRequest
 from frontend.protocol.tokenize import TokenizeRequest
-from frontend.serving.engine_params import engine_parameters
+from frontend.serving.engine_params import default_max_tokens, engine_parameters
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -78,9 +78,8 @@ def test_max_completion_tokens_wins_over_max_tokens() -> None:
 
 
 def test_sampling_parameters_use_vllm_names() -> None:
-    params = engine_parameters(
-        chat(temperature=0.0, top_k=5, min_p=0.1, seed=3, stop="END", stop_token_ids=[2], min_tokens=2, n=1)
-    )
+    request = chat(temperature=0.0, top_k=5, min_p=0.1, seed=3, stop="END", stop_token_ids=[2], min_tokens=2, n=1)
+    params = engine_parameters(request, {})
     assert params.sampling == {
         "temperature": 0.0,
         "top_k": 5,
@@ -94,24 +93,25 @@ def test_sampling_parameters_use_vllm_names() -> None:
         "skip_special_tokens": True,
         "spaces_between_special_tokens": True,
     }
-    kept = engine_parameters(chat(skip_special_tokens=False, spaces_between_special_tokens=False)).sampling
+    kept = engine_parameters(chat(skip_special_tokens=False, spaces_between_special_tokens=False), {}).sampling
     assert (kept["skip_special_tokens"], kept["spaces_between_special_tokens"]) == (False, False)
 
 
 def test_beam_search_is_marked_and_other_structured_output_backends_are_refused_by_name() -> None:
-    beams = engine_parameters(chat(use_beam_search=True, length_penalty=0.8, n=3))
+    beams = engine_parameters(chat(use_beam_search=True, length_penalty=0.8, n=3), {})
     assert beams.beam_search is not None and beams.beam_search.length_penalty == 0.8
     assert beams.sampling["n"] == 3
     with pytest.raises(APIError) as refused:
-        engine_parameters(chat(guided_decoding_backend="outlines"))
+        engine_parameters(chat(guided_decoding_backend="outlines"), {})
     assert refused.value.param == "guided_decoding_backend"
     # Their neutral values, and xgrammar by name, change nothing.
-    neutral = engine_parameters(chat(use_beam_search=False, length_penalty=1.0, guided_decoding_backend="xgrammar"))
-    assert neutral.sampling == engine_parameters(chat()).sampling and neutral.beam_search is None
+    neutral_request = chat(use_beam_search=False, length_penalty=1.0, guided_decoding_backend="xgrammar")
+    neutral = engine_parameters(neutral_request, {})
+    assert neutral.sampling == engine_parameters(chat(), {}).sampling and neutral.beam_search is None
 
 
 def test_unsupported_parameters_are_forwarded_not_dropped() -> None:
-    params = engine_parameters(chat(frequency_penalty=0.5, logit_bias={"1": 2.0}, n=3))
+    params = engine_parameters(chat(frequency_penalty=0.5, logit_bias={"1": 2.0}, n=3), {})
     assert params.sampling["frequency_penalty"] == 0.5
     assert params.sampling["logit_bias"] == {"1": 2.0}
     assert params.sampling["n"] == 3
@@ -140,3 +140,21 @@ def test_stream_options_take_what_the_sdk_sends() -> None:
     assert options is not None and options.include_usage and options.include_obfuscation is False
     with pytest.raises(ValidationError):
         chat(stream=True, stream_options={"include_usage": True, "unknown": 1})
+
+
+def test_generation_config_defaults_fill_only_what_the_request_leaves_unset() -> None:
+    defaults = {"temperature": 0.6, "top_k": 20, "top_p": 0.95, "repetition_penalty": 1.1, "max_tokens": 64}
+    filled = engine_parameters(chat(temperature=0.0, presence_penalty=0.5), defaults).sampling
+    assert (filled["temperature"], filled["top_k"], filled["top_p"]) == (0.0, 20, 0.95)
+    assert (filled["repetition_penalty"], filled["presence_penalty"]) == (1.1, 0.5)
+    assert "max_tokens" not in filled  # the handlers' default_max_tokens, not a sampling field
+    # A beam search takes none of them (vLLM's ignores them too; top_p would be refused).
+    beams = engine_parameters(chat(use_beam_search=True, n=2), defaults).sampling
+    assert not {"temperature", "top_k", "top_p", "repetition_penalty"} & beams.keys()
+
+
+def test_default_max_tokens_keeps_within_the_context() -> None:
+    assert default_max_tokens({}, 10, 100) is None
+    assert default_max_tokens({"max_tokens": 50}, 10, None) == 50
+    assert default_max_tokens({"max_tokens": 50}, 10, 100) == 50
+    assert default_max_tokens({"max_tokens": 50}, 80, 100) == 20

@@ -1,0 +1,53 @@
+"""The model creator's recommended sampling settings, used wherever a request leaves a field unset, as
+`vllm serve` uses them (its `--generation-config auto`, the default). Qwen3's generation_config.json, for
+one, asks for temperature 0.6, top_p 0.95 and top_k 20, where a bare request would otherwise sample at
+temperature 1 from the whole vocabulary; a user moving from vLLM gets the same answers here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# The generation_config.json fields that become request defaults (vLLM's list); its max_new_tokens is the
+# default max_tokens.
+SAMPLING_FIELDS = (
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+)
+
+
+class GenerationConfigError(ValueError):
+    """The generation config named on the command line cannot be used."""
+
+
+def generation_defaults(model: Path, source: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The request defaults from `source`: "auto" (the model directory's generation_config.json, if it has
+    one), "vllm" (none: the API's own defaults), or a directory holding a generation_config.json; then
+    `overrides` (--override-generation-config) on top. Only the SAMPLING_FIELDS and max_new_tokens (returned
+    as max_tokens) set to a number count."""
+    config: dict[str, Any] = {}
+    if source != "vllm":
+        path = (model if source == "auto" else Path(source)) / "generation_config.json"
+        if path.is_file():
+            try:
+                config = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise GenerationConfigError(f"{path} is not JSON: {error}") from None
+        elif source != "auto":
+            raise GenerationConfigError(f"{path} does not exist")
+    config.update(overrides)
+    defaults = {}
+    for name in (*SAMPLING_FIELDS, "max_new_tokens"):
+        value = config.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise GenerationConfigError(f"generation config field {name} must be a number, got {value!r}")
+        defaults["max_tokens" if name == "max_new_tokens" else name] = value
+    return defaults
