@@ -184,10 +184,12 @@ def sample_top_k_top_p(
     max_top_k: int,
     uniform: torch.Tensor,
 ) -> torch.Tensor:
-    """Draws each row's token after apply_top_k_top_p's filters. A filtering row draws among its likeliest
-    candidates once its filtered distribution is known to lie among them: TOP_CANDIDATES (or max_top_k)
-    of them first, CANDIDATES_GROWTH times as many for the rows whose nucleus reached past those, then
-    the whole sorted vocabulary. A row that filters nothing draws from its whole softmax."""
+    """Draws each row's token after the top-k and top-p filters. A filtering row draws among its likeliest
+    tokens, most likely first, once its filtered distribution is known to lie among them: TOP_CANDIDATES (or
+    max_top_k) of them first, CANDIDATES_GROWTH times as many for the rows whose nucleus (or top-k ties)
+    reached past those, at last the whole vocabulary. The draw is the same whichever round takes the row,
+    so a seeded row's token does not depend on its neighbours' settings. A row that filters nothing draws
+    from its whole softmax."""
     rows, vocab = logits.shape
     sampled = torch.empty(rows, dtype=torch.int64, device=logits.device)
     filters = torch.zeros(rows, dtype=torch.bool, device=logits.device)
@@ -201,43 +203,51 @@ def sample_top_k_top_p(
     pending = filters.nonzero().squeeze(1)
     count = max(TOP_CANDIDATES, max_top_k)
     while pending.numel() > 0:
+        count = min(count, vocab)
         part = logits if pending.numel() == rows else logits[pending]
-        part_top_k = None if top_k is None else top_k[pending]
-        part_top_p = None if top_p is None else top_p[pending]
-        if count >= vocab:
-            filtered = apply_top_k_top_p(part, part_top_k, part_top_p)
-            sampled[pending] = draw(filtered.softmax(dim=-1), uniform[pending])
-            break
-        tokens, covered = _draw_among_likeliest(part, part_top_k, part_top_p, count, uniform[pending])
+        ids, probs, covered = filtered_candidates(
+            part, None if top_k is None else top_k[pending], None if top_p is None else top_p[pending], count
+        )
+        if count == vocab:
+            covered = torch.ones_like(covered)
+        tokens = ids.gather(1, draw(probs, uniform[pending]).unsqueeze(1)).squeeze(1)
         sampled[pending[covered]] = tokens[covered]
         pending = pending[~covered]
         count *= CANDIDATES_GROWTH
     return sampled
 
 
-def _draw_among_likeliest(
-    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None, count: int, uniform: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's draw among its `count` likeliest tokens (count < vocabulary, >= every top_k), and
-    whether its filtered distribution lies among them (a top-k row's always does)."""
+def filtered_candidates(
+    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None, count: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's `count` likeliest token ids, most likely first; their weights after vLLM's filters (top-k
+    keeps every token at least as likely as the k-th, top-p then the smallest nucleus reaching top_p of
+    what top-k kept; proportional to the filtered distribution, zero where filtered out); and whether the
+    row's filtered distribution lies among them (not when the nucleus or the k-th token's ties reach the
+    last candidate)."""
     values, ids = logits.topk(count, dim=-1)
     # Probabilities under the whole row's softmax; a top-k row renormalises over the tokens it keeps.
     probs = (values - logits.logsumexp(dim=-1, keepdim=True)).exp()
-    covered = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    # Past a last candidate of probability 0 (-inf, a masked token, or underflow), no token counts.
+    rest_is_zero = probs[:, -1] == 0
+    uses_top_k = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    covered = torch.ones_like(uses_top_k)
     if top_k is not None:
         uses_top_k = top_k > 0
-        k = torch.where(uses_top_k, top_k, torch.full_like(top_k, count))
+        k = torch.where(uses_top_k, top_k, torch.full_like(top_k, count)).clamp(max=count)
         kth = values.gather(1, (k - 1).unsqueeze(1))
         probs = probs.masked_fill(values < kth, 0.0)
         probs = torch.where(uses_top_k.unsqueeze(1), probs / probs.sum(dim=-1, keepdim=True), probs)
-        covered |= uses_top_k
+        # Top-k keeps every tie with the k-th token, and one may lie past the last candidate.
+        covered &= ~uses_top_k | (values[:, -1] < kth.squeeze(1)) | rest_is_zero
     if top_p is not None:
         # Kept: the tokens before which less than top_p of the probability lies (the likeliest always).
         running = probs.cumsum(dim=-1)
         probs = probs.masked_fill(running - probs >= top_p.unsqueeze(1), 0.0)
         # Before the first token past the candidates lies their total: at least top_p, and it is not kept.
-        covered |= (top_p < 1.0) & (running[:, -1] >= top_p)
-    return ids.gather(1, draw(probs, uniform).unsqueeze(1)).squeeze(1), covered
+        # (A top-k row's nucleus lies among the tokens top-k kept.)
+        covered &= (top_p == 1.0) | uses_top_k | (running[:, -1] >= top_p) | rest_is_zero
+    return ids, probs, covered
 
 
 def apply_constraints(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
@@ -302,22 +312,3 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     probs = logits.softmax(dim=-1)
     threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
     return logits.masked_fill(probs < threshold, float("-inf"))
-
-
-def apply_top_k_top_p(
-    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None
-) -> torch.Tensor:
-    """Keep each row's top_k most likely tokens (0 = all), then its smallest nucleus reaching top_p."""
-    sorted_logits, order = logits.sort(dim=-1, descending=False)
-    vocab = logits.shape[-1]
-    if top_k is not None:
-        k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab)).clamp(max=vocab)
-        # Ascending order: the k-th largest sits at index vocab - k.
-        kth = sorted_logits.gather(1, (vocab - k).unsqueeze(1))
-        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
-    if top_p is not None:
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative <= (1 - top_p).unsqueeze(1)
-        drop[:, -1] = False  # the most likely token always survives
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.empty_like(logits).scatter_(1, order, sorted_logits)

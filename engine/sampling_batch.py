@@ -28,9 +28,11 @@ def build_sampling_batch(requests: Sequence[Request], vocab_size: int, to_device
     logprob_rows = [row for row, request in enumerate(requests) if request.num_logprobs is not None]
     return SamplingBatch(
         temperature=column([0.0 if p.greedy else p.temperature for p in params], torch.float32),
-        top_p=column([p.top_p for p in params], torch.float32),
-        top_k=column([p.top_k for p in params], torch.int64),
-        min_p=column([p.min_p for p in params], torch.float32),
+        # A greedy row's filters are off: the argmax is its token, and a filter would only cost (or, a top_k
+        # past every sampled row's, ask for more candidates than they gathered).
+        top_p=column([1.0 if p.greedy else p.top_p for p in params], torch.float32),
+        top_k=column([0 if p.greedy else p.top_k for p in params], torch.int64),
+        min_p=column([0.0 if p.greedy else p.min_p for p in params], torch.float32),
         generators=[request.generator for request in requests],
         suppressed_rows=column(suppressed_rows, torch.int64),
         suppressed_tokens=column(suppressed_tokens, torch.int64),

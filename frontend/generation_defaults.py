@@ -6,6 +6,7 @@ temperature 1 from the whole vocabulary; a user moving from vLLM gets the same a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,21 @@ SAMPLING_FIELDS = (
     "top_p",
     "min_p",
 )
+
+
+# What each field accepts (the API's own bounds, frontend/protocol/sampling.py), and which must be whole:
+# a value out of bounds would fail every request that leaves the field unset, naming a field it never sent.
+_ACCEPTS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "repetition_penalty": (lambda value: value > 0, "> 0"),
+    "presence_penalty": (lambda value: -2 <= value <= 2, "in [-2, 2]"),
+    "frequency_penalty": (lambda value: -2 <= value <= 2, "in [-2, 2]"),
+    "temperature": (lambda value: value >= 0, ">= 0"),
+    "top_k": (lambda value: value >= -1, ">= -1"),
+    "top_p": (lambda value: 0 < value <= 1, "in (0, 1]"),
+    "min_p": (lambda value: 0 <= value <= 1, "in [0, 1]"),
+    "max_new_tokens": (lambda value: value >= 1, ">= 1"),
+}
+_WHOLE = ("top_k", "max_new_tokens")
 
 
 class GenerationConfigError(ValueError):
@@ -47,7 +63,12 @@ def generation_defaults(model: Path, source: str, overrides: dict[str, Any]) -> 
         value = config.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise GenerationConfigError(f"generation config field {name} must be a number, got {value!r}")
+        accepts, bounds = _ACCEPTS[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not accepts(value):
+            raise GenerationConfigError(f"generation config field {name} must be a number {bounds}, got {value!r}")
+        if name in _WHOLE:
+            if value != int(value):
+                raise GenerationConfigError(f"generation config field {name} must be a whole number, got {value!r}")
+            value = int(value)
         defaults["max_tokens" if name == "max_new_tokens" else name] = value
     return defaults

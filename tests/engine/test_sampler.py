@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.sampler import DRAW_CHUNK, Sampler, SamplingBatch, apply_min_p, apply_top_k_top_p, draw
+from engine.sampler import (
+    DRAW_CHUNK,
+    TOP_CANDIDATES,
+    Sampler,
+    SamplingBatch,
+    apply_min_p,
+    draw,
+    filtered_candidates,
+)
 
 VOCAB = 12
 
@@ -82,12 +90,30 @@ def test_filters_match_reference_masks() -> None:
         filtered = logits / 0.7
         if min_p:
             filtered = apply_min_p(filtered, torch.full((6,), min_p))
-        filtered = apply_top_k_top_p(
-            filtered, torch.full((6,), top_k, dtype=torch.int64) if top_k else None, torch.full((6,), top_p)
+        ids, weights, covered = filtered_candidates(
+            filtered, torch.full((6,), top_k, dtype=torch.int64) if top_k else None, torch.full((6,), top_p), VOCAB
         )
+        assert bool(covered.all())
+        probs = torch.zeros_like(filtered).scatter_(1, ids, weights)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
         for row in range(6):
             expected = reference_probs(logits[row], 0.7, top_k, top_p, min_p)
-            assert torch.allclose(filtered[row].softmax(-1), expected, atol=1e-5), (top_k, top_p, min_p, row)
+            assert torch.allclose(probs[row], expected, atol=1e-5), (top_k, top_p, min_p, row)
+
+
+def test_candidates_cover_a_row_only_when_nothing_past_them_is_kept() -> None:
+    vocab, count = 40, 8
+    ramp = -torch.arange(vocab, dtype=torch.float32)
+    tied = ramp.clone()
+    tied[2:20] = -2.0  # the 3rd likeliest token ties with 17 more, past the 8 candidates
+    masked = ramp.clone()
+    masked[5:] = float("-inf")  # five tokens left: nothing past the candidates counts
+    flat = torch.zeros(vocab)
+    logits = torch.stack([ramp, tied, masked, flat, ramp, flat])
+    top_k = torch.tensor([3, 3, 30, 0, 0, 0])
+    top_p = torch.tensor([1.0, 1.0, 1.0, 0.9, 0.9, 0.1])
+    _, _, covered = filtered_candidates(logits, top_k, top_p, count)
+    assert covered.tolist() == [True, False, True, False, True, True]
 
 
 def test_sampled_frequencies_follow_the_filtered_distribution() -> None:
@@ -199,3 +225,21 @@ def test_rows_that_filter_nothing_beside_rows_that_do() -> None:
         frequencies = torch.bincount(tokens[start::2], minlength=VOCAB).float() / (rows // 2)
         expected = reference_probs(logits[0], 1.0, top_k, 1.0, 0.0)
         assert torch.allclose(frequencies, expected, atol=0.015), (top_k, frequencies, expected)
+
+
+def test_a_seeded_rows_token_does_not_depend_on_which_round_draws_it() -> None:
+    """A nucleus past TOP_CANDIDATES alone, or within the candidates a neighbour's large top_k gathers: the
+    same token for the same seed."""
+    vocab = 2000
+    logits = (-torch.arange(vocab, dtype=torch.float32) / 300)[torch.randperm(vocab, generator=torch.Generator().manual_seed(4))]
+
+    def draw_seeded(rows: torch.Tensor, top_k: list[int], top_p: list[float], seed: int) -> int:
+        settings = batch(len(top_k), generators=[torch.Generator().manual_seed(seed)] + [None] * (len(top_k) - 1))
+        settings.top_k, settings.top_p = torch.tensor(top_k), torch.tensor(top_p)
+        settings.max_top_k, settings.need_top_p = max(top_k), True
+        return int(Sampler(seed=0, device=torch.device("cpu"))(rows.clone(), settings).token_ids[0])
+
+    for seed in range(8):
+        alone = draw_seeded(logits.unsqueeze(0), [0], [0.95], seed)
+        beside = draw_seeded(logits.expand(2, vocab), [0, 4 * TOP_CANDIDATES], [0.95, 1.0], seed)
+        assert alone == beside, seed

@@ -281,3 +281,19 @@ def test_abort_ends_every_sequence(engine: LLMEngine, prompt: list[int]) -> None
         (1, "abort", True),
     ]
     assert not engine.has_unfinished_requests()
+
+
+def test_a_greedy_rows_filters_do_not_reach_the_sampled_rows() -> None:
+    """A greedy request with a top_k past every sampled row's once failed the step: the sampler gathers as
+    many candidates as the largest sampled top_k, and looked up the greedy row's k-th among them."""
+    vocab = 2000
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(6))
+    requests = [
+        fake_request([1], [], temperature=0.0, top_k=1000, top_p=0.5, min_p=0.3),
+        fake_request([1], [], temperature=0.8, top_k=20, seed=1),
+        fake_request([1], [], temperature=0.8, top_p=0.9, seed=2),
+    ]
+    batch = build_sampling_batch(requests, vocab, lambda tensor: tensor)
+    tokens = Sampler(seed=0, device=CPU)(logits.clone(), batch).token_ids
+    assert int(tokens[0]) == int(logits[0].argmax())
+    assert int(tokens[1]) in logits[1].topk(20).indices.tolist()

@@ -87,7 +87,7 @@ def test_sampling_defaults_come_from_the_models_generation_config(tmp_path: Path
     # A model without the file has no defaults; overrides still apply, even over "vllm".
     assert config_from_args(["--model", str(tmp_path / "bare")]).sampling_defaults == {}
     plain = ["--model", str(tmp_path / "bare"), "--generation-config", "vllm", "--override-generation-config"]
-    assert config_from_args([*plain, '{"top_k": 5}']).sampling_defaults == {"top_k": 5}
+    assert config_from_args([*plain, '{"top_k": 5.0}']).sampling_defaults == {"top_k": 5}
 
 
 @pytest.mark.parametrize(
@@ -97,6 +97,9 @@ def test_sampling_defaults_come_from_the_models_generation_config(tmp_path: Path
         ["--override-generation-config", "[1]"],
         ["--override-generation-config", "{not json"],
         ["--override-generation-config", '{"temperature": "hot"}'],
+        ["--override-generation-config", '{"top_p": 0}'],
+        ["--override-generation-config", '{"top_k": 20.5}'],
+        ["--override-generation-config", '{"max_new_tokens": 0}'],
     ],
 )
 def test_unusable_generation_configs_stop_the_start(tmp_path: Path, flags: list[str]) -> None:
