@@ -5,10 +5,11 @@ logit_bias -> penalties -> greedy rows take the argmax -> temperature -> min-p -
 draw. A row draws by inverse CDF: one uniform number from its request's own generator (a seeded
 request) or the engine's, and the first token whose running probability total passes it, so a seeded
 request's tokens do not depend on which other requests share the batch. One number a row, where the
-exponential race (argmax of p / E, E ~ Exp(1)) draws one per vocabulary entry: on the CPU those cost
-~1 us each (57 ms a step for 60 rows of 49,152). Top-k and top-p look at each row's likeliest
-TOP_CANDIDATES tokens (torch.topk) instead of sorting its vocabulary (113 ms for those rows); a row
-whose nucleus reaches past them, or that filters nothing, draws from its whole vocabulary.
+exponential race (argmax of p / E, E ~ Exp(1)) draws one per vocabulary entry: on the CPU those took
+57 ms a step for 60 rows of 49,152. Top-k and top-p look at each row's likeliest TOP_CANDIDATES tokens
+(torch.topk) instead of sorting its vocabulary (113 ms for those rows), and at more of them only for a
+row whose nucleus reaches past them (sample_top_k_top_p); a row that filters nothing draws from its
+whole softmax.
 
 Logprobs follow vLLM's default `logprobs_mode="raw_logprobs"`: they are the log_softmax of the
 logits as the model produced them (after a structured-output mask, applied before the sampler),
