@@ -206,8 +206,9 @@ class ResponseInputBuilder:
             service_tier=request.service_tier,
             store=request.store,
             background=request.background,
-            temperature=request.temperature,
-            top_p=request.top_p,
+            # The values used: the request's, else the generation config's (as vLLM reports them).
+            temperature=params.sampling.get("temperature"),
+            top_p=params.sampling.get("top_p"),
             top_logprobs=request.top_logprobs,
             text=request.text or TextConfig(),
             tool_choice=choice,

@@ -56,6 +56,7 @@ def test_unset_fields_take_the_generation_configs_values(sdk: openai.OpenAI) -> 
     response = sdk.responses.create(model=MODEL_NAME, input=POEM[0]["content"])
     assert response.usage is not None and response.usage.output_tokens == DEFAULT_TOKENS
     assert response.status == "incomplete" and response.output_text == greedy.choices[0].message.content
+    assert response.temperature == 0.0 and response.top_p is None  # the values used, as vLLM reports them
 
 
 def test_fields_the_request_sets_win(sdk: openai.OpenAI) -> None:
