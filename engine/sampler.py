@@ -134,13 +134,10 @@ class Sampler:
         logits = logits / temperature.unsqueeze(1)
         if batch.need_min_p:
             logits = apply_min_p(logits, batch.min_p)
+        top_k = batch.top_k if batch.max_top_k else None
+        top_p = batch.top_p if batch.need_top_p else None
         uniform = self._uniform(batch.generators, logits.device)
-        if batch.max_top_k or batch.need_top_p:
-            top_k = batch.top_k if batch.max_top_k else None
-            top_p = batch.top_p if batch.need_top_p else None
-            sampled = sample_top_k_top_p(logits, top_k, top_p, batch.max_top_k, uniform)
-        else:
-            sampled = draw(logits.softmax(dim=-1), uniform)
+        sampled = sample_top_k_top_p(logits, top_k, top_p, batch.max_top_k, uniform)
         return sampled if greedy is None else torch.where(is_greedy, greedy, sampled)
 
     def _uniform(self, generators: list[torch.Generator | None], device: torch.device) -> torch.Tensor:
@@ -200,12 +197,12 @@ def sample_top_k_top_p(
         filters |= top_p < 1.0
     if not bool(filters.all()):
         plain = (~filters).nonzero().squeeze(1)
-        sampled[plain] = draw(logits[plain].softmax(dim=-1), uniform[plain])
+        sampled[plain] = draw(_rows(logits, plain).softmax(dim=-1), uniform[plain])
     pending = filters.nonzero().squeeze(1)
     count = max(TOP_CANDIDATES, max_top_k)
     while pending.numel() > 0:
         count = min(count, vocab)
-        part = logits if pending.numel() == rows else logits[pending]
+        part = _rows(logits, pending)
         ids, probs, covered = filtered_candidates(
             part, None if top_k is None else top_k[pending], None if top_p is None else top_p[pending], count
         )
@@ -216,6 +213,11 @@ def sample_top_k_top_p(
         pending = pending[~covered]
         count *= CANDIDATES_GROWTH
     return sampled
+
+
+def _rows(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """logits[rows], without the copy when `rows` is every row."""
+    return logits if rows.numel() == logits.shape[0] else logits[rows]
 
 
 def filtered_candidates(
@@ -270,10 +272,10 @@ def apply_constraints(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tenso
 
 def apply_penalties(logits: torch.Tensor, penalties: Penalties) -> torch.Tensor:
     """vLLM's penalties on the rows `penalties.rows` of [N, V] logits, in place: repetition over prompt +
-    output tokens, then frequency
-    (times the output count) and presence (once per output token) subtracted. Only the tokens a row has
-    seen change, so only they are visited: each row's prompt and output ids sorted, and each distinct id
-    taken once with its output count (dense [P, V] count tables took 22 ms a step for 60 rows of 49,152)."""
+    output tokens, then frequency (times the output count) and presence (once per output token)
+    subtracted. Only the tokens a row has seen change, so only they are visited: each row's prompt and
+    output ids sorted, and each distinct id taken once with its output count (dense [P, V] count tables
+    took 22 ms a step for 60 rows of 49,152)."""
     vocab = logits.shape[1]
     tokens = torch.cat([penalties.prompt_tokens, penalties.output_tokens], dim=1)
     from_output = torch.zeros_like(tokens, dtype=torch.bool)

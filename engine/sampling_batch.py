@@ -26,21 +26,24 @@ def build_sampling_batch(requests: Sequence[Request], vocab_size: int, to_device
 
     suppressed_rows, suppressed_tokens = _banned_tokens(requests)
     logprob_rows = [row for row, request in enumerate(requests) if request.num_logprobs is not None]
+    # A greedy row's filters are off: the argmax is its token, and a filter would only cost (or, a top_k
+    # past every sampled row's, ask for more candidates than they gathered).
+    top_p = [1.0 if p.greedy else p.top_p for p in params]
+    top_k = [0 if p.greedy else p.top_k for p in params]
+    min_p = [0.0 if p.greedy else p.min_p for p in params]
     return SamplingBatch(
         temperature=column([0.0 if p.greedy else p.temperature for p in params], torch.float32),
-        # A greedy row's filters are off: the argmax is its token, and a filter would only cost (or, a top_k
-        # past every sampled row's, ask for more candidates than they gathered).
-        top_p=column([1.0 if p.greedy else p.top_p for p in params], torch.float32),
-        top_k=column([0 if p.greedy else p.top_k for p in params], torch.int64),
-        min_p=column([0.0 if p.greedy else p.min_p for p in params], torch.float32),
+        top_p=column(top_p, torch.float32),
+        top_k=column(top_k, torch.int64),
+        min_p=column(min_p, torch.float32),
         generators=[request.generator for request in requests],
         suppressed_rows=column(suppressed_rows, torch.int64),
         suppressed_tokens=column(suppressed_tokens, torch.int64),
         all_greedy=all(p.greedy for p in params),
         any_greedy=any(p.greedy for p in params),
-        max_top_k=max((p.top_k for p in params if not p.greedy), default=0),
-        need_top_p=any(p.top_p < 1.0 and not p.greedy for p in params),
-        need_min_p=any(p.min_p > 0.0 and not p.greedy for p in params),
+        max_top_k=max(top_k, default=0),
+        need_top_p=any(value < 1.0 for value in top_p),
+        need_min_p=any(value > 0.0 for value in min_p),
         restricted_rows=_restricted_rows(requests, column),
         allowed=_allowed(requests, column),
         logit_bias=_logit_bias(requests, column),

@@ -36,9 +36,9 @@ from frontend.serving.engine_params import (
     EngineParameters,
     add_response_format,
     api_error,
-    default_max_tokens,
     engine_parameters,
     kept_prompt,
+    max_tokens_or_default,
     truncated_length,
 )
 from frontend.serving.generation import Generation, chunks, collect, start_generation
@@ -199,9 +199,10 @@ class ChatHandler:
         max_tokens = request.output_token_limit()
         limit = await self.ctx.max_model_len()
         self._check_length(len(prompt_token_ids), max_tokens, request.truncate_prompt_tokens, limit)
-        if max_tokens is None and not request.use_beam_search:
-            kept_length = truncated_length(len(prompt_token_ids), request.truncate_prompt_tokens, limit or 0)
-            max_tokens = default_max_tokens(config.sampling_defaults, kept_length, limit)
+        if not request.use_beam_search:  # a beam search sizes itself (beam_search_settings)
+            max_tokens = max_tokens_or_default(
+                max_tokens, config.sampling_defaults, len(prompt_token_ids), request.truncate_prompt_tokens, limit
+            )
         generation = GenerationInput(
             prompt_token_ids=prompt_token_ids,
             # Always streamed from Triton, even for non-streamed HTTP answers: Triton notices a cancelled

@@ -15,9 +15,9 @@ from frontend.serving.engine_params import (
     EngineParameters,
     add_response_format,
     api_error,
-    default_max_tokens,
     engine_parameters,
     kept_prompt,
+    max_tokens_or_default,
     truncated_length,
 )
 from frontend.serving.generation import Generation, chunks, collect, start_generation
@@ -75,10 +75,12 @@ class CompletionHandler:
                 stream=True,
                 max_tokens=(
                     request.max_tokens
-                    if request.max_tokens is not None or request.use_beam_search
-                    else default_max_tokens(
+                    if request.use_beam_search
+                    else max_tokens_or_default(
+                        request.max_tokens,
                         self.ctx.config.sampling_defaults,
-                        truncated_length(len(prompt.token_ids), request.truncate_prompt_tokens, limit or 0),
+                        len(prompt.token_ids),
+                        request.truncate_prompt_tokens,
                         limit,
                     )
                 ),

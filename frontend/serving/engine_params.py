@@ -121,13 +121,19 @@ def engine_parameters(request: SamplingRequest, defaults: Mapping[str, Any]) -> 
     return params
 
 
-def default_max_tokens(defaults: Mapping[str, Any], num_prompt_tokens: int, limit: int | None) -> int | None:
-    """For a request that sets no max_tokens: the generation config's, within the room the context leaves
-    (as vLLM takes the smaller); None (the engine's own default: all the room) without one."""
-    value = defaults.get("max_tokens")
-    if value is None or limit is None:
+def max_tokens_or_default(
+    requested: int | None,
+    defaults: Mapping[str, Any],
+    num_prompt_tokens: int,
+    truncate_prompt_tokens: int | None,
+    limit: int | None,
+) -> int | None:
+    """The max_tokens a request sent; else the generation config's, within the room the context leaves the
+    prompt the engine keeps (as vLLM takes the smaller); else None (the engine's own default: all the room)."""
+    value = defaults.get("max_tokens") if requested is None else requested
+    if requested is not None or value is None or limit is None:
         return value
-    return max(1, min(int(value), limit - num_prompt_tokens))
+    return max(1, min(value, limit - truncated_length(num_prompt_tokens, truncate_prompt_tokens, limit)))
 
 
 def add_response_format(request: SamplingRequest, params: EngineParameters) -> None:

@@ -33,7 +33,7 @@ from frontend.protocol.responses import (
 )
 from frontend.reasoning import effort_template_kwargs
 from frontend.serving.context import ServingContext, unix_now
-from frontend.serving.engine_params import EngineParameters, default_max_tokens
+from frontend.serving.engine_params import EngineParameters, max_tokens_or_default
 from frontend.serving.responses_tools import tool_mode
 from frontend.templating import ChatPrompt, TemplateError
 from frontend.tool_parsers import NEEDS_SPECIAL_TOKENS, ToolParser
@@ -224,10 +224,12 @@ class ResponseInputBuilder:
             prompt_token_ids=prompt.token_ids,
             # Streamed from Triton even for non-streamed answers, so a cancel stops the engine promptly.
             stream=True,
-            max_tokens=(
-                request.max_output_tokens
-                if request.max_output_tokens is not None
-                else default_max_tokens(config.sampling_defaults, len(prompt.token_ids), await self.ctx.max_model_len())
+            max_tokens=max_tokens_or_default(
+                request.max_output_tokens,
+                config.sampling_defaults,
+                len(prompt.token_ids),
+                None,
+                await self.ctx.max_model_len(),
             ),
             sampling=params.sampling,
             cache_salt=request.prompt_cache_key,

@@ -9,7 +9,7 @@ from frontend.errors import APIError
 from frontend.protocol.chat import ChatCompletionRequest
 from frontend.protocol.completions import CompletionRequest
 from frontend.protocol.tokenize import TokenizeRequest
-from frontend.serving.engine_params import default_max_tokens, engine_parameters
+from frontend.serving.engine_params import engine_parameters, max_tokens_or_default
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -147,14 +147,14 @@ def test_generation_config_defaults_fill_only_what_the_request_leaves_unset() ->
     filled = engine_parameters(chat(temperature=0.0, presence_penalty=0.5), defaults).sampling
     assert (filled["temperature"], filled["top_k"], filled["top_p"]) == (0.0, 20, 0.95)
     assert (filled["repetition_penalty"], filled["presence_penalty"]) == (1.1, 0.5)
-    assert "max_tokens" not in filled  # the handlers' default_max_tokens, not a sampling field
+    assert "max_tokens" not in filled  # the handlers' max_tokens_or_default, not a sampling field
     # A beam search takes none of them (vLLM's ignores them too; top_p would be refused).
     beams = engine_parameters(chat(use_beam_search=True, n=2), defaults).sampling
     assert not {"temperature", "top_k", "top_p", "repetition_penalty"} & beams.keys()
 
 
 def test_default_max_tokens_keeps_within_the_context() -> None:
-    assert default_max_tokens({}, 10, 100) is None
-    assert default_max_tokens({"max_tokens": 50}, 10, None) == 50
-    assert default_max_tokens({"max_tokens": 50}, 10, 100) == 50
-    assert default_max_tokens({"max_tokens": 50}, 80, 100) == 20
+    assert max_tokens_or_default(None, {}, 10, None, 100) is None
+    assert max_tokens_or_default(None, {"max_tokens": 50}, 10, None, None) == 50
+    assert max_tokens_or_default(None, {"max_tokens": 50}, 10, None, 100) == 50
+    assert max_tokens_or_default(None, {"max_tokens": 50}, 80, None, 100) == 20
