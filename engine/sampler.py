@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.ops import greedy_argmax
+
 # Tokens a row's top-k / top-p filter considers before falling back to its whole vocabulary: a language
 # model's nucleus nearly always lies among its few hundred likeliest tokens.
 TOP_CANDIDATES = 256
@@ -127,8 +129,8 @@ class Sampler:
 
     def _sample(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         if batch.all_greedy:
-            return logits.argmax(dim=-1)
-        greedy = logits.argmax(dim=-1) if batch.any_greedy else None
+            return greedy_argmax(logits)
+        greedy = greedy_argmax(logits) if batch.any_greedy else None
         is_greedy = batch.temperature == 0
         temperature = torch.where(is_greedy, torch.ones_like(batch.temperature), batch.temperature)
         logits = logits / temperature.unsqueeze(1)

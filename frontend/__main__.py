@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
             "(--generation-config vllm turns them off)",
             config.sampling_defaults,
         )
+    if config.max_tokens_cap is not None:
+        logging.getLogger("frontend").info("no request generates more than %d tokens", config.max_tokens_cap)
     ctx = ServingContext(
         config=config,
         triton=TritonClient(config.triton_url, config.triton_model),

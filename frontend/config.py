@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frontend.generation_defaults import GenerationConfigError, generation_defaults
+from frontend.generation_defaults import GenerationConfigError, generation_defaults, max_tokens_cap
 from frontend.response_store import check_store_url, default_store_url
 
 TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral", "pythonic")
@@ -68,6 +68,9 @@ class FrontendConfig:
     # Sampling defaults for fields a request leaves unset (frontend/generation_defaults.py): SamplingParams
     # name -> value, max_tokens included.
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
+    # The most tokens any request may generate, whatever its max_tokens says (vLLM's bound from a generation
+    # config directory or --override-generation-config's max_new_tokens); None: only the context bounds them.
+    max_tokens_cap: int | None = None
 
     @property
     def model_name(self) -> str:
@@ -190,4 +193,5 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
         triton_speech_model=None if args.no_speech_model else args.triton_speech_model,
         speech_model_names=() if args.no_speech_model else tuple(args.speech_model_name),
         sampling_defaults=sampling_defaults,
+        max_tokens_cap=max_tokens_cap(args.generation_config, sampling_defaults, args.override_generation_config),
     )

@@ -6,7 +6,7 @@ temperature 1 from the whole vocabulary; a user moving from vLLM gets the same a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +72,12 @@ def generation_defaults(model: Path, source: str, overrides: dict[str, Any]) -> 
             value = int(value)
         defaults["max_tokens" if name == "max_new_tokens" else name] = value
     return defaults
+
+
+def max_tokens_cap(source: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> int | None:
+    """The bound vLLM puts on every request's max_tokens, one it sent included: the max_new_tokens of a
+    generation config directory named on the command line, or of --override-generation-config. The model's
+    own generation_config.json (source "auto") only sets the default a request may exceed."""
+    if source in ("auto", "vllm") and overrides.get("max_new_tokens") is None:
+        return None
+    return defaults.get("max_tokens")

@@ -171,6 +171,15 @@ def rotary_embedding(
     return rotary_embedding_ref(positions, query, key, cos_sin_cache, is_neox)
 
 
+def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:  # [N, V] -> [N] int64
+    """Each row's argmax as torch.argmax(dim=-1) answers it (the first index of the largest value; a NaN
+    ranks above every number); torch's own operator is the reference and the path off the C++ kernels."""
+    if logits.dim() == 2 and logits.dtype == torch.float32 and logits.stride(1) == 1 and logits.shape[1] > 0:
+        if _native(logits):
+            return torch.ops.tritonllm_cpu.greedy_argmax(logits)
+    return logits.argmax(dim=-1)
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [T, 2 * I] -> [T, I]
     """silu(x[:, :I]) * x[:, I:]."""
     if _triton(x):

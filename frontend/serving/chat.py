@@ -201,7 +201,12 @@ class ChatHandler:
         self._check_length(len(prompt_token_ids), max_tokens, request.truncate_prompt_tokens, limit)
         if not request.use_beam_search:  # a beam search sizes itself (beam_search_settings)
             max_tokens = max_tokens_or_default(
-                max_tokens, config.sampling_defaults, len(prompt_token_ids), request.truncate_prompt_tokens, limit
+                max_tokens,
+                config.sampling_defaults,
+                config.max_tokens_cap,
+                len(prompt_token_ids),
+                request.truncate_prompt_tokens,
+                limit,
             )
         generation = GenerationInput(
             prompt_token_ids=prompt_token_ids,

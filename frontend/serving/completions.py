@@ -79,6 +79,7 @@ class CompletionHandler:
                     else max_tokens_or_default(
                         request.max_tokens,
                         self.ctx.config.sampling_defaults,
+                        self.ctx.config.max_tokens_cap,
                         len(prompt.token_ids),
                         request.truncate_prompt_tokens,
                         limit,

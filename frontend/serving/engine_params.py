@@ -124,13 +124,17 @@ def engine_parameters(request: SamplingRequest, defaults: Mapping[str, Any]) -> 
 def max_tokens_or_default(
     requested: int | None,
     defaults: Mapping[str, Any],
+    cap: int | None,
     num_prompt_tokens: int,
     truncate_prompt_tokens: int | None,
     limit: int | None,
 ) -> int | None:
-    """The max_tokens a request sent; else the generation config's, within the room the context leaves the
-    prompt the engine keeps (as vLLM takes the smaller); else None (the engine's own default: all the room)."""
+    """The max_tokens a request sent, else the generation config's within the room the context leaves the
+    prompt the engine keeps (as vLLM takes the smaller), else None (the engine's own default: all the room);
+    never above `cap` (FrontendConfig.max_tokens_cap)."""
     value = defaults.get("max_tokens") if requested is None else requested
+    if cap is not None:
+        value = cap if value is None else min(value, cap)
     if requested is not None or value is None or limit is None:
         return value
     return max(1, min(value, limit - truncated_length(num_prompt_tokens, truncate_prompt_tokens, limit)))

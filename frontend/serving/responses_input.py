@@ -227,6 +227,7 @@ class ResponseInputBuilder:
             max_tokens=max_tokens_or_default(
                 request.max_output_tokens,
                 config.sampling_defaults,
+                config.max_tokens_cap,
                 len(prompt.token_ids),
                 None,
                 await self.ctx.max_model_len(),

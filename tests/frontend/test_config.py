@@ -90,6 +90,19 @@ def test_sampling_defaults_come_from_the_models_generation_config(tmp_path: Path
     assert config_from_args([*plain, '{"top_k": 5.0}']).sampling_defaults == {"top_k": 5}
 
 
+def test_max_new_tokens_caps_requests_only_where_vllm_caps_them(tmp_path: Path) -> None:
+    model = write_generation_config(tmp_path / "model", max_new_tokens=512)
+    # The model's own file sets a default a request may exceed; a directory named on the command line, or
+    # --override-generation-config, sets a bound on every request (vLLM's override_max_tokens).
+    assert config_from_args(["--model", str(model)]).max_tokens_cap is None
+    assert config_from_args(["--model", str(model), "--generation-config", str(model)]).max_tokens_cap == 512
+    for source in ("auto", "vllm"):
+        flags = ["--generation-config", source, "--override-generation-config", '{"max_new_tokens": 64}']
+        assert config_from_args(["--model", str(model), *flags]).max_tokens_cap == 64
+    other = write_generation_config(tmp_path / "other", temperature=0.5)
+    assert config_from_args(["--model", str(model), "--generation-config", str(other)]).max_tokens_cap is None
+
+
 @pytest.mark.parametrize(
     "flags",
     [

@@ -2,7 +2,9 @@
 
 This frontend reads its defaults from a directory whose generation_config.json (as a model creator writes
 one) asks for greedy decoding and 12 new tokens: requests that leave those fields unset get them, fields a
-request sets win, and the default checkpoint's own generation_config.json (no sampling field) sets none.
+request sets win, except a max_tokens above the directory's 12 (as vLLM, a generation config directory named on
+the command line bounds every request), and the default checkpoint's own generation_config.json (no sampling
+field) sets none.
 """
 
 from __future__ import annotations
@@ -68,6 +70,16 @@ def test_fields_the_request_sets_win(sdk: openai.OpenAI) -> None:
         for seed in range(3)
     }
     assert len(texts) > 1
+
+
+def test_the_directorys_max_new_tokens_bounds_every_request(sdk: openai.OpenAI) -> None:
+    chat = sdk.chat.completions.create(model=MODEL_NAME, messages=POEM, max_tokens=40)
+    assert chat.usage is not None and chat.usage.completion_tokens == DEFAULT_TOKENS
+    assert chat.choices[0].finish_reason == "length"
+    completion = sdk.completions.create(model=MODEL_NAME, prompt="Once upon a time", max_tokens=40)
+    assert completion.usage is not None and completion.usage.completion_tokens == DEFAULT_TOKENS
+    response = sdk.responses.create(model=MODEL_NAME, input=POEM[0]["content"], max_output_tokens=40)
+    assert response.usage is not None and response.usage.output_tokens == DEFAULT_TOKENS
 
 
 def test_a_generation_config_without_sampling_fields_sets_nothing(frontend_server: FrontendServer) -> None:

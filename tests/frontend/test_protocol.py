@@ -154,7 +154,12 @@ def test_generation_config_defaults_fill_only_what_the_request_leaves_unset() ->
 
 
 def test_default_max_tokens_keeps_within_the_context() -> None:
-    assert max_tokens_or_default(None, {}, 10, None, 100) is None
-    assert max_tokens_or_default(None, {"max_tokens": 50}, 10, None, None) == 50
-    assert max_tokens_or_default(None, {"max_tokens": 50}, 10, None, 100) == 50
-    assert max_tokens_or_default(None, {"max_tokens": 50}, 80, None, 100) == 20
+    assert max_tokens_or_default(None, {}, None, 10, None, 100) is None
+    assert max_tokens_or_default(None, {"max_tokens": 50}, None, 10, None, None) == 50
+    assert max_tokens_or_default(None, {"max_tokens": 50}, None, 10, None, 100) == 50
+    assert max_tokens_or_default(None, {"max_tokens": 50}, None, 80, None, 100) == 20
+    # A cap bounds what a request sent too, and serves as the value where nothing else sets one.
+    assert max_tokens_or_default(500, {"max_tokens": 50}, 64, 10, None, 1000) == 64
+    assert max_tokens_or_default(30, {}, 64, 10, None, 1000) == 30
+    assert max_tokens_or_default(None, {}, 64, 10, None, 1000) == 64
+    assert max_tokens_or_default(None, {}, 64, 80, None, 100) == 20
