@@ -149,13 +149,14 @@ ALWAYS_INLINE void rotate_head(const T* x, const float* cos, const float* sin, i
   for (int64_t i = rot_dim; i < head_dim; ++i) out[i * out_stride] = to_cache<O>(static_cast<float>(x[i]));
 }
 
-// A token's query heads (`heads` of them, head_stride apart) rotated into `out` ([heads, head_dim]), as
-// rotate_head does it, 16 features at a time where the halves allow (they are contiguous here, unlike a key's
-// place in the transposed cache): scalar, the queries took most of the op's time. Products and sums stay
-// apart (no fused multiply-add), as the reference's separate operators round them.
+// A token's query heads (`heads` of them, head_stride apart) rotated into `out` ([heads, head_dim]) as
+// rotate_head rotates one, 16 features at a time: their output is contiguous, unlike a key's column of the
+// transposed cache tile, and scalar they took most of the op's time. Products and sums stay apart (no fused
+// multiply-add), as the reference's separate operators round them.
 template <typename T>
-CPU_CLONES __attribute__((optimize("fp-contract=off"))) void rotate_queries(const T* __restrict__ x, int64_t head_stride, int64_t heads, const float* __restrict__ cos,
-                               const float* __restrict__ sin, int64_t rot_dim, int64_t head_dim, T* __restrict__ out) {
+CPU_CLONES __attribute__((optimize("fp-contract=off"))) void rotate_queries(
+    const T* __restrict__ x, int64_t head_stride, int64_t heads, const float* __restrict__ cos,
+    const float* __restrict__ sin, int64_t rot_dim, int64_t head_dim, T* __restrict__ out) {
   const int64_t half = rot_dim / 2;
   for (int64_t h = 0; h < heads; ++h, x += head_stride, out += head_dim) {
     int64_t i = 0;
