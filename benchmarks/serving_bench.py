@@ -223,11 +223,10 @@ def main() -> None:
     # The engine exactly as the profile's llm model builds it.
     engine = LLMEngine(engine_config(profile, str(ROOT / "model_repository" / "llm")))
     workload = make_workload(args.num_requests, engine.runner.spec.vocab_size, args.seed)
-    engine.generate([workload.prompts[0][:32]], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
     probes = probe_workload(engine.runner.spec.vocab_size, args.seed)
-    # A round of other prompts first, on both systems: the served stack's first requests after its start run
-    # slower (session 24: a probe p50 of 71 ms in the first round of 30 after the start, 58 in the next two;
-    # the engine 52 in both), and the probe is after what the path adds to every request.
+    # A round of other prompts first, on both systems, is their warm-up: the served stack's first requests
+    # after its start run slower (session 24: a probe p50 of 71 ms in the first round of 30 after the start,
+    # 58 in the next two; the engine 52 in both), and the probe is after what the path adds to every request.
     warm_probes = probe_workload(engine.runner.spec.vocab_size, args.seed + 100)
     run_engine(engine, warm_probes, 1)
     engine_probe = run_engine(engine, probes, 1)
@@ -243,8 +242,6 @@ def main() -> None:
         try:
             frontend = start_frontend(ROOT / profile["model"], triton, Path(logs), api_key=None)
             try:
-                warm = Workload([workload.prompts[0][:32]], [2])
-                asyncio.run(run_served(frontend.base_url, warm, 1))
                 asyncio.run(run_served(frontend.base_url, warm_probes, 1))
                 served_probe = asyncio.run(run_served(frontend.base_url, probes, 1))
                 for level in args.concurrency:

@@ -136,12 +136,12 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
 // One head: the first rot_dim features rotated by halves (x1 * cos - x2 * sin, x2 * cos + x1 * sin, in
 // float32), rounded to the activations' type T, then stored as O holds it (T, or the cache's type), as the
 // reference's rotate-then-write rounds it; the rest copied. `out` is written with strides (out_stride
-// apart), which serves the transposed key tiles.
+// apart), which serves the transposed key tiles. Pairs before `first` are left to the caller.
 template <typename T, typename O>
 ALWAYS_INLINE void rotate_head(const T* x, const float* cos, const float* sin, int64_t rot_dim, int64_t head_dim, O* out,
-                               int64_t out_stride) {
+                               int64_t out_stride, int64_t first = 0) {
   const int64_t half = rot_dim / 2;
-  for (int64_t i = 0; i < half; ++i) {
+  for (int64_t i = first; i < half; ++i) {
     const float x1 = static_cast<float>(x[i]), x2 = static_cast<float>(x[i + half]);
     out[i * out_stride] = to_cache<O>(round_to<T>(x1 * cos[i] - x2 * sin[i]));
     out[(i + half) * out_stride] = to_cache<O>(round_to<T>(x2 * cos[i] + x1 * sin[i]));
@@ -165,12 +165,7 @@ CPU_CLONES __attribute__((optimize("fp-contract=off"))) void rotate_queries(
       store(out + i, x1 * c - x2 * s);  // a bfloat16 store rounds as the reference's cast does
       store(out + i + half, x2 * c + x1 * s);
     }
-    for (; i < half; ++i) {
-      const float x1 = static_cast<float>(x[i]), x2 = static_cast<float>(x[i + half]);
-      out[i] = static_cast<T>(x1 * cos[i] - x2 * sin[i]);
-      out[i + half] = static_cast<T>(x2 * cos[i] + x1 * sin[i]);
-    }
-    for (i = rot_dim; i < head_dim; ++i) out[i] = x[i];
+    rotate_head<T, T>(x, cos, sin, rot_dim, head_dim, out, 1, i);  // the pairs past the last vector, the rest
   }
 }
 
