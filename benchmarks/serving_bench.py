@@ -88,8 +88,9 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def run_engine(engine: LLMEngine, workload: Workload, concurrency: int) -> RunResult:
-    """Keep `concurrency` requests in the engine, adding the next one as soon as one finishes.
+def run_engine(engine: LLMEngine, workload: Workload, concurrency: int, ignore_eos: bool = True) -> RunResult:
+    """Keep `concurrency` requests in the engine, adding the next one as soon as one finishes; greedy, each
+    to its output length (or, without `ignore_eos`, to EOS if that comes first).
 
     A token is stamped when the text it belongs to is released, as a streaming client sees it: a step
     whose tokens release no text yet (part of a UTF-8 character) gets no event from the frontend, so its
@@ -105,7 +106,7 @@ def run_engine(engine: LLMEngine, workload: Workload, concurrency: int) -> RunRe
         while waiting and in_flight < concurrency:
             index = waiting.popleft()
             params = SamplingParams(
-                temperature=0.0, max_tokens=workload.output_lengths[index], ignore_eos=True
+                temperature=0.0, max_tokens=workload.output_lengths[index], ignore_eos=ignore_eos
             )
             engine.add_request(f"bench-{index}", workload.prompts[index], params)
             timings[index] = RequestTiming(time.perf_counter())

@@ -7,7 +7,7 @@ AsyncEngine runs that loop in a thread for servers.
 """
 
 from engine.async_engine import AsyncEngine, RequestStream
-from engine.config import EngineConfig
+from engine.config import EngineConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import (
     CompletedRequest,
@@ -33,6 +33,7 @@ __all__ = [
     "RequestOutput",
     "RequestStream",
     "SamplingParams",
+    "SpeculativeConfig",
     "TokenLogprobs",
     "merge_outputs",
 ]

@@ -135,7 +135,9 @@ class BlockManager:
         """
         if not self.enable_caching:
             return
-        num_full = request.num_computed_tokens // self.block_size
+        # Accepted speculative tokens are computed a moment before the engine appends them to the request's
+        # tokens: their blocks are published by the next step's commit.
+        num_full = min(request.num_computed_tokens, request.num_tokens) // self.block_size
         for index in range(request.num_published_blocks, num_full):
             block = self._blocks[request.block_ids[index]]
             parent_uid = self._blocks[request.block_ids[index - 1]].uid if index > 0 else 0

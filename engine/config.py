@@ -2,10 +2,67 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 # The names engine.kv_cache.CACHE_DTYPES maps to element types, and auto (the model's dtype).
 KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
+
+
+@dataclass
+class SpeculativeConfig:
+    """vLLM's --speculative-config, n-gram method (prompt lookup): the tokens that followed the latest
+    earlier occurrence of a sequence's last n tokens are proposed as its next ones, and one forward
+    verifies them all. Draft models, EAGLE and MTP are not supported."""
+
+    # Tokens proposed at most per sequence and step.
+    num_speculative_tokens: int
+    # The n-gram lengths tried, longest first; vLLM's defaults: both 5, or one given sets the other.
+    prompt_lookup_min: int = 5
+    prompt_lookup_max: int = 5
+    method: str = "ngram"
+
+    def __post_init__(self) -> None:
+        if self.method != "ngram":
+            raise ValueError(
+                f"speculative method {self.method!r} is not supported: only 'ngram' (draft models, EAGLE, MTP are not)"
+            )
+        if self.num_speculative_tokens < 1:
+            raise ValueError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError(
+                f"need 1 <= prompt_lookup_min <= prompt_lookup_max, got {self.prompt_lookup_min} and "
+                f"{self.prompt_lookup_max}"
+            )
+
+    @classmethod
+    def from_json(cls, text: str) -> SpeculativeConfig:
+        """vLLM's JSON form: {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, ...}."""
+        try:
+            fields: Any = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"speculative_config is not valid JSON: {error}") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"speculative_config must be a JSON object, got {text!r}")
+        known = {"method", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max"}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"speculative_config keys not supported: {unknown} (known: {sorted(known)})")
+        if "num_speculative_tokens" not in fields:
+            raise ValueError("speculative_config needs num_speculative_tokens")
+        for name in known - {"method"}:
+            if name in fields and (not isinstance(fields[name], int) or isinstance(fields[name], bool)):
+                raise ValueError(f"speculative_config {name} must be an integer, got {fields[name]!r}")
+        given_min, given_max = fields.get("prompt_lookup_min"), fields.get("prompt_lookup_max")
+        low: int = given_min if given_min is not None else (given_max if given_max is not None else 5)
+        high: int = given_max if given_max is not None else low
+        return cls(
+            num_speculative_tokens=fields["num_speculative_tokens"],
+            prompt_lookup_min=low,
+            prompt_lookup_max=high,
+            method=str(fields.get("method", "ngram")),
+        )
 
 
 @dataclass
@@ -66,6 +123,8 @@ class EngineConfig:
     # (EngineOverloadedError -> 429) instead of letting the queue and its memory grow without bound.
     # None = unbounded.
     max_waiting_requests: int | None = None
+    # Speculative decoding (vLLM's --speculative-config); None: one token per sequence and step.
+    speculative_config: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -18,6 +18,7 @@ from engine.parallel_sampling import SequenceGroup, child_params
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
+from engine.speculative import NgramProposer, accepted_tokens, can_speculate
 from engine.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class LLMEngine:
         self.structured = StructuredOutputManager(
             self.tokenizer, spec.vocab_size, sorted(eos), config.max_num_seqs, self.runner.device
         )
+        speculative = config.speculative_config
+        self.proposer = NgramProposer(speculative) if speculative is not None else None
         # Running and waiting sequences by their own id (a client's id unless it asked for n > 1).
         self._requests: dict[str, Request] = {}
         # Requests with several sequences (n > 1 or best_of), by the client's id.
@@ -55,6 +58,8 @@ class LLMEngine:
         self._arrivals = itertools.count()
         self._prompt_tokens_total = 0
         self._generation_tokens_total = 0
+        self._spec_draft_tokens_total = 0
+        self._spec_accepted_tokens_total = 0
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -229,23 +234,56 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model, turn sampled tokens into outputs."""
         self._admit_compiled()
+        self._propose_drafts()
         scheduled = self.scheduler.schedule()
         if not scheduled.chunks:
             self.structured.wait_for_compile(COMPILE_WAIT_SECONDS)
             return self._take_pending()
         try:
-            sampled = [chunk.request for chunk in scheduled.chunks if chunk.sample]
-            result = self.runner.run(scheduled, lambda: self.structured.fill_bitmask(sampled))
+            result = self.runner.run(scheduled, self.structured.fill_bitmask)
         except Exception as error:  # a failed step must not take the engine down: fail its requests
             logger.exception("engine step failed; aborting %d requests", len(scheduled.chunks))
             return self._fail(scheduled, f"{type(error).__name__}: {error}")
-        self.scheduler.commit(scheduled)
-        processed = self._process(scheduled, result)
+        yielded, rejected = self._verify_drafts(scheduled, result)
+        self.scheduler.commit(scheduled, rejected)
+        processed = self._process(scheduled, result, yielded)
         # Taken last: if anything above raises, the final outputs queued by aborts wait for the next step
         # instead of being lost (their requests are gone from the engine, so nothing else would end them).
         return self._take_pending() + processed
 
-    def _process(self, scheduled: SchedulerOutput, result: RunnerOutput) -> list[RequestOutput]:
+    def _propose_drafts(self) -> None:
+        """Speculative tokens for each running request at its last token that may speculate, as many as
+        its max_tokens and max_model_len leave room for after the token the step is sure to yield."""
+        if self.proposer is None:
+            return
+        for request in self.scheduler.running:
+            request.draft_token_ids = []
+            if request.num_computed_tokens + 1 != request.num_tokens or not can_speculate(request):
+                continue
+            room = self.max_model_len - request.num_tokens - 1
+            if request.params.max_tokens is not None:
+                room = min(room, request.params.max_tokens - request.num_output_tokens - 1)
+            request.draft_token_ids = self.proposer.propose(request.all_token_ids, room)
+
+    def _verify_drafts(self, scheduled: SchedulerOutput, result: RunnerOutput) -> tuple[list[list[int]], dict[str, int]]:
+        """Per sampled chunk, the tokens the step yields (its sampled token, or its accepted drafts and the
+        model's token after them); and by request id, the drafts the model disagreed with."""
+        if self.proposer is None:
+            return result.sampled_token_ids, {}
+        yielded, rejected = [], {}
+        sampled = (chunk for chunk in scheduled.chunks if chunk.sample)
+        for chunk, targets in zip(sampled, result.sampled_token_ids, strict=True):
+            tokens = accepted_tokens(chunk.draft_token_ids, targets)
+            if chunk.draft_token_ids:
+                self._spec_draft_tokens_total += len(chunk.draft_token_ids)
+                self._spec_accepted_tokens_total += len(tokens) - 1
+                rejected[chunk.request.request_id] = len(chunk.draft_token_ids) + 1 - len(tokens)
+            yielded.append(tokens)
+        return yielded, rejected
+
+    def _process(
+        self, scheduled: SchedulerOutput, result: RunnerOutput, yielded: list[list[int]]
+    ) -> list[RequestOutput]:
         outputs: list[RequestOutput] = []
         now = time.monotonic()
         for chunk in result.prompt_logprobs:
@@ -255,13 +293,17 @@ class LLMEngine:
             if known >= 0:
                 recorded.extend(chunk.entries[known:])
         sampled = [chunk.request for chunk in scheduled.chunks if chunk.sample]
-        for request, token, logprobs in zip(sampled, result.sampled_token_ids, result.logprobs, strict=True):
+        for request, tokens, logprobs in zip(sampled, yielded, result.logprobs, strict=True):
             if request.first_token_time is None:
                 request.first_token_time = now
-            grammar_verdict = self.structured.accept(request, token)
-            if grammar_verdict is not None:  # the grammar completed ("stop", as EOS does) or failed ("abort")
-                request.finish_reason = grammar_verdict
-            output = self.outputs.append_token(request, token, logprobs)
+            for position, token in enumerate(tokens):
+                grammar_verdict = self.structured.accept(request, token)
+                if grammar_verdict is not None:  # the grammar completed ("stop", as EOS does) or failed ("abort")
+                    request.finish_reason = grammar_verdict
+                    tokens = tokens[: position + 1]
+                    break
+            output = self.outputs.append_tokens(request, tokens, logprobs)
+            self._generation_tokens_total += len(output.new_token_ids)
             group = self._groups.get(request.output_id) if request.parent_id is not None else None
             if group is not None and request.index == 0 and group.pending:
                 for sequence in group.release_pending():
@@ -275,7 +317,6 @@ class LLMEngine:
             outputs.extend(group.route(request, output))
             if output.finished:
                 del self._groups[group.request_id]
-        self._generation_tokens_total += len(sampled)
         return outputs
 
     def _schedule(self, request: Request) -> None:
@@ -327,6 +368,8 @@ class LLMEngine:
             num_preemptions=counters.num_preemptions,
             prompt_tokens_total=self._prompt_tokens_total,
             generation_tokens_total=self._generation_tokens_total,
+            spec_draft_tokens_total=self._spec_draft_tokens_total,
+            spec_accepted_tokens_total=self._spec_accepted_tokens_total,
         )
 
     def generate(

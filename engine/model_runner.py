@@ -29,6 +29,7 @@ from engine.sampling_batch import build_sampling_batch, token_logprobs
 from engine.scheduler import ScheduledChunk, SchedulerOutput
 from engine.structured_output.bitmask import GrammarBitmask
 from engine.tp_workers import RankZeroModel, TensorParallelWorkers
+from kernels.ops import greedy_argmax
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,9 +38,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class RunnerOutput:
     """What one step produced."""
 
-    # One sampled token per chunk whose `sample` is True, in chunk order.
-    sampled_token_ids: list[int]
-    # Aligned with sampled_token_ids: raw logprobs for requests that want them, else None.
+    # Per chunk whose `sample` is True, in chunk order: the sampled token, or for a chunk with k draft
+    # tokens the model's greedy choice at each of its last k + 1 rows (engine.speculative verifies them).
+    sampled_token_ids: list[list[int]]
+    # Aligned with sampled_token_ids: raw logprobs of the sampled token for requests that want them, else
+    # None (and None for chunks with drafts: their requests never ask).
     logprobs: list[TokenLogprobs | None]
     # Prompt logprobs of this step's prefill chunks, for requests that asked.
     prompt_logprobs: list[PromptLogprobsChunk]
@@ -111,11 +114,13 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(
-        self, out: SchedulerOutput, fill_grammar: Callable[[], GrammarBitmask | None] | None = None
+        self,
+        out: SchedulerOutput,
+        fill_grammar: Callable[[list[Request]], GrammarBitmask | None] | None = None,
     ) -> RunnerOutput:
-        """`fill_grammar` builds the structured-output mask of the sampled rows, applied to their logits
-        before sampling. It is called once the forward is launched: on CUDA the CPU fills the mask while
-        the GPU computes, instead of the GPU waiting for it."""
+        """`fill_grammar` builds the structured-output mask of the sampler's rows (row i: request i of the
+        list it is given), applied to their logits before sampling. It is called once the forward is
+        launched: on CUDA the CPU fills the mask while the GPU computes, instead of the GPU waiting for it."""
         input_ids, positions, attn, sample_rows = self._prepare_inputs(out.chunks)
         graphs = self.decode_graphs if not self._measuring_kv_scales else None
         if graphs is not None and graphs.can_run(len(out.chunks), attn):
@@ -130,26 +135,84 @@ class ModelRunner:
         if not sampled:
             return RunnerOutput(sampled_token_ids=[], logprobs=[], prompt_logprobs=prompt_logprobs)
         logits = self.model.compute_logits(hidden[sample_rows])
+        if any(chunk.draft_token_ids for chunk in out.chunks):
+            return self._verify(out.chunks, logits, prompt_logprobs, fill_grammar)
         batch = self._sampling_batch(sampled)
-        grammar = fill_grammar() if fill_grammar is not None else None
+        grammar = fill_grammar(sampled) if fill_grammar is not None else None
         if grammar is not None:
             grammar.apply(logits)
         result = self.sampler(logits, batch)
         return RunnerOutput(
-            sampled_token_ids=result.token_ids.tolist(),
+            sampled_token_ids=[[token] for token in result.token_ids.tolist()],
             logprobs=token_logprobs(sampled, batch, result),
             prompt_logprobs=prompt_logprobs,
         )
 
+    def _verify(
+        self,
+        chunks: list[ScheduledChunk],
+        logits: torch.Tensor,
+        prompt_logprobs: list[PromptLogprobsChunk],
+        fill_grammar: Callable[[list[Request]], GrammarBitmask | None] | None,
+    ) -> RunnerOutput:
+        """A step with draft tokens: their chunks' rows take the argmax (engine.speculative.can_speculate
+        admits only requests whose sampler would do just that), the other sampled chunks' rows the sampler."""
+        drafted_rows: list[int] = []
+        plain_rows: list[int] = []
+        plain: list[Request] = []
+        row = 0
+        for chunk in chunks:
+            if not chunk.sample:
+                continue
+            if chunk.draft_token_ids:
+                drafted_rows.extend(range(row, row + 1 + len(chunk.draft_token_ids)))
+            else:
+                plain_rows.append(row)
+                plain.append(chunk.request)
+            row += 1 + len(chunk.draft_token_ids)
+        greedy = iter(greedy_argmax(logits[torch.tensor(drafted_rows, device=logits.device)]).tolist())
+        plain_tokens: list[int] = []
+        plain_logprobs: list[TokenLogprobs | None] = []
+        if plain:
+            plain_logits = logits[torch.tensor(plain_rows, device=logits.device)]
+            batch = self._sampling_batch(plain)
+            grammar = fill_grammar(plain) if fill_grammar is not None else None
+            if grammar is not None:
+                grammar.apply(plain_logits)
+            result = self.sampler(plain_logits, batch)
+            plain_tokens = result.token_ids.tolist()
+            plain_logprobs = token_logprobs(plain, batch, result)
+        sampled_token_ids: list[list[int]] = []
+        logprobs: list[TokenLogprobs | None] = []
+        next_plain = 0
+        for chunk in chunks:
+            if not chunk.sample:
+                continue
+            if chunk.draft_token_ids:
+                sampled_token_ids.append([next(greedy) for _ in range(1 + len(chunk.draft_token_ids))])
+                logprobs.append(None)
+            else:
+                sampled_token_ids.append([plain_tokens[next_plain]])
+                logprobs.append(plain_logprobs[next_plain])
+                next_plain += 1
+        return RunnerOutput(sampled_token_ids, logprobs, prompt_logprobs)
+
     def _prepare_inputs(
         self, chunks: list[ScheduledChunk]
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
-        """One varlen batch: input ids, positions, metadata, and the row of each sampled chunk's last token."""
+        """One varlen batch: input ids, positions, metadata, and the rows to sample: each sampled chunk's
+        last known token and its draft tokens."""
         token_ids: list[int] = []
         starts, lengths, tables = [], [], []
+        sample_row_ids: list[int] = []
         for chunk in chunks:
             begin = chunk.num_computed_before
-            token_ids.extend(chunk.request.all_token_ids[begin : begin + chunk.num_tokens])
+            num_known = chunk.num_tokens - len(chunk.draft_token_ids)
+            token_ids.extend(chunk.request.all_token_ids[begin : begin + num_known])
+            token_ids.extend(chunk.draft_token_ids)
+            if chunk.sample:
+                # The last known token's row, then one per draft token.
+                sample_row_ids.extend(range(len(token_ids) - 1 - len(chunk.draft_token_ids), len(token_ids)))
             starts.append(begin)
             lengths.append(chunk.num_tokens)
             tables.append(chunk.request.block_ids)
@@ -170,10 +233,7 @@ class ModelRunner:
             block_tables[seq_index, positions // self.block_size] * self.block_size
             + positions % self.block_size
         )
-        sample_rows = torch.tensor(
-            [int(query_start_loc[i + 1]) - 1 for i, chunk in enumerate(chunks) if chunk.sample],
-            dtype=torch.int64,
-        )
+        sample_rows = torch.tensor(sample_row_ids, dtype=torch.int64)
         attn = AttentionMetadata(
             query_start_loc=self._to_device(query_start_loc.to(torch.int32)),
             seq_lens=self._to_device(seq_lens.to(torch.int32)),

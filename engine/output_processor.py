@@ -33,14 +33,33 @@ class OutputProcessor:
         """Forget a request that never ran (its admission failed half-way)."""
         self._texts.pop(request.request_id, None)
 
-    def append_token(
-        self, request: Request, token: int, logprobs: TokenLogprobs | None = None
+    def append_tokens(
+        self, request: Request, tokens: list[int], logprobs: TokenLogprobs | None = None
     ) -> RequestOutput:
-        """Record a sampled token (with its raw logprobs when computed), decide whether the request is
-        finished, release text."""
-        request.all_token_ids.append(token)
+        """Record a step's tokens in order (one sampled, or accepted speculative ones and the model's next)
+        up to the first that finishes the request, and release their text. `logprobs`: the raw logprobs
+        of a step's single sampled token, when computed."""
+        appended: list[int] = []
+        for token in tokens:
+            self._append(request, token)
+            appended.append(token)
+            if request.finish_reason is not None:
+                break
         if logprobs is not None:
             request.cumulative_logprob += logprobs.logprob
+        output = self._output(request, appended)
+        params = request.params
+        if logprobs is not None:
+            output.cumulative_logprob = request.cumulative_logprob
+            if params.logprobs is not None:
+                output.logprobs = [logprobs]
+        if params.prompt_logprobs is not None and request.num_output_tokens == 1:
+            output.prompt_logprobs = list(request.prompt_logprobs)
+        return output
+
+    def _append(self, request: Request, token: int) -> None:
+        """One token: the stop checks on it, then its text (and the stop strings on that)."""
+        request.all_token_ids.append(token)
         params = request.params
         text = self._texts[request.request_id]
         past_min_tokens = request.num_output_tokens >= params.min_tokens
@@ -61,14 +80,6 @@ class OutputProcessor:
             stop_string = text.append([token], check_stop=past_min_tokens and not is_stop_token)
             if stop_string is not None:
                 request.finish_reason, request.stop_reason = "stop", stop_string
-        output = self._output(request, [token])
-        if logprobs is not None:
-            output.cumulative_logprob = request.cumulative_logprob
-            if params.logprobs is not None:
-                output.logprobs = [logprobs]
-        if params.prompt_logprobs is not None and request.num_output_tokens == 1:
-            output.prompt_logprobs = list(request.prompt_logprobs)
-        return output
 
     def finish(self, request: Request, reason: str, error: str | None = None) -> RequestOutput:
         """The last output of a request ended outside the token path (abort, engine error)."""

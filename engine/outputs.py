@@ -138,5 +138,8 @@ class EngineStats:
     num_preemptions: int
     # Prompt tokens of admitted requests (cumulative).
     prompt_tokens_total: int
-    # Tokens sampled (cumulative).
+    # Tokens generated (cumulative; with speculative decoding a step may yield several per sequence).
     generation_tokens_total: int
+    # Speculative decoding (cumulative): draft tokens proposed and verified, and those the model accepted.
+    spec_draft_tokens_total: int = 0
+    spec_accepted_tokens_total: int = 0

@@ -51,6 +51,9 @@ class Request:
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)
     # Prompt followed by every generated token; append-only.
     all_token_ids: list[int] = field(default_factory=list)
+    # Speculative tokens proposed for the next step (engine.speculative): not part of all_token_ids; the
+    # scheduler takes them into that step's chunk (or drops them) and leaves this empty.
+    draft_token_ids: list[int] = field(default_factory=list)
     # Tokens whose K/V are in the cache. After a preemption it restarts at 0 (recompute).
     num_computed_tokens: int = 0
     # Physical KV blocks in order; append-only while running, emptied on preemption/finish.

@@ -1,7 +1,7 @@
 """Token-budget scheduler: continuous batching with chunked prefill and preemption by recompute.
 
 Every step each running request catches its computed tokens up to its total tokens (a decode is a
-chunk of one), within `max_num_batched_tokens`; running requests go first, then waiting ones join
+chunk of one, or of one plus its speculative draft tokens), within `max_num_batched_tokens`; running requests go first, then waiting ones join
 while budget, sequence slots and KV blocks last. Order is (priority, arrival): lower priority value
 first (vLLM semantics), FCFS among equals. When blocks run out, the running request that comes last
 in that order is preempted: its blocks are freed, it goes back to waiting, and later its prompt and
@@ -11,6 +11,7 @@ generated tokens are recomputed (prefix-cache hits make that cheap), so nothing 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from engine.block_manager import BlockManager
@@ -28,6 +29,9 @@ class ScheduledChunk:
     num_tokens: int
     # True when this chunk reaches the request's last known token: its last row is sampled.
     sample: bool
+    # Speculative tokens after the request's last known token, the chunk's last len() tokens: every row
+    # from the last known token on is sampled, and the step keeps what the model agrees with.
+    draft_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -88,10 +92,11 @@ class Scheduler:
         while index < len(self.running) and budget > 0:
             request = self.running[index]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self._allocate_or_preempt(request, num_new, out):
+            drafts = self._take_drafts(request, num_new, budget)
+            if not drafts and not self._allocate_or_preempt(request, num_new, out):
                 break  # the request itself was preempted: it was the last one in order
-            out.chunks.append(self._chunk(request, num_new))
-            budget -= num_new
+            out.chunks.append(self._chunk(request, num_new, drafts))
+            budget -= num_new + len(drafts)
             index += 1
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
             request = self.waiting[0]
@@ -113,11 +118,26 @@ class Scheduler:
         self.running.sort(key=lambda r: r.sort_key)
         return out
 
-    def commit(self, out: SchedulerOutput) -> None:
-        """Record that the step ran: its tokens' K/V are written, so their full blocks may be cached."""
+    def commit(self, out: SchedulerOutput, rejected_drafts: Mapping[str, int] | None = None) -> None:
+        """Record that the step ran: its tokens' K/V are written, so their full blocks may be cached.
+        `rejected_drafts`: by request id, the draft tokens the model disagreed with; their K/V, written past
+        the last accepted token, are not computed tokens (the request's next tokens overwrite them)."""
         for chunk in out.chunks:
-            chunk.request.num_computed_tokens = chunk.num_computed_before + chunk.num_tokens
+            rejected = rejected_drafts.get(chunk.request.request_id, 0) if rejected_drafts else 0
+            chunk.request.num_computed_tokens = chunk.num_computed_before + chunk.num_tokens - rejected
             self.block_manager.publish_computed_blocks(chunk.request)
+
+    def _take_drafts(self, request: Request, num_new: int, budget: int) -> list[int]:
+        """The request's draft tokens that fit this step, with their KV slots allocated; [] (and nothing
+        allocated) when it proposed none, is not at its last token, or they do not fit without preempting
+        anyone: drafts are a bet, never worth another request's progress."""
+        drafts, request.draft_token_ids = request.draft_token_ids, []
+        if not drafts or request.num_computed_tokens + num_new != request.num_tokens:
+            return []
+        drafts = drafts[: budget - num_new]
+        if drafts and self.block_manager.allocate_slots(request, num_new + len(drafts)):
+            return drafts
+        return []
 
     def _allocate_or_preempt(self, request: Request, num_new: int, out: SchedulerOutput) -> bool:
         """Allocate blocks for `request`, preempting from the back of the running order until they fit."""
@@ -132,14 +152,17 @@ class Scheduler:
     def _preempt(self, request: Request) -> None:
         self.block_manager.free(request)
         request.num_computed_tokens = 0
+        request.draft_token_ids = []
         self.counters.num_preemptions += 1
         self.add(request)
 
     @staticmethod
-    def _chunk(request: Request, num_new: int) -> ScheduledChunk:
+    def _chunk(request: Request, num_new: int, drafts: list[int] | None = None) -> ScheduledChunk:
+        """`num_new` of the request's known tokens, then `drafts`."""
         return ScheduledChunk(
             request=request,
             num_computed_before=request.num_computed_tokens,
-            num_tokens=num_new,
+            num_tokens=num_new + len(drafts or ()),
             sample=request.num_computed_tokens + num_new == request.num_tokens,
+            draft_token_ids=drafts or [],
         )

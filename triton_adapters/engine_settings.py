@@ -6,7 +6,7 @@ One function for the Triton model and for anything that must build the very engi
 
 from __future__ import annotations
 
-from engine import EngineConfig
+from engine import EngineConfig, SpeculativeConfig
 from triton_adapters.model_parameters import optional_int, parse_bool, resolve_model_path
 
 
@@ -44,4 +44,9 @@ def engine_config(
     if kv_cache_memory:
         config.kv_cache_memory = kv_cache_memory
     config.max_waiting_requests = optional_int(parameters, "max_waiting_requests")
+    # Optional (not in the profiles): vLLM's --speculative-config JSON, e.g. {"method": "ngram",
+    # "num_speculative_tokens": 4, "prompt_lookup_max": 4}.
+    speculative = parameters.get("speculative_config", "").strip()
+    if speculative:
+        config.speculative_config = SpeculativeConfig.from_json(speculative)
     return config

@@ -67,6 +67,13 @@ class LLMMetrics:
         self.preemptions = metric(
             "llm_num_preemptions_total", "Requests preempted for KV space", family.COUNTER
         )
+        # Speculative decoding (vLLM's spec_decode_num_draft_tokens / num_accepted_tokens); zero without it.
+        self.spec_draft_tokens = metric(
+            "llm_spec_decode_num_draft_tokens_total", "Speculative tokens proposed and verified", family.COUNTER
+        )
+        self.spec_accepted_tokens = metric(
+            "llm_spec_decode_num_accepted_tokens_total", "Speculative tokens the model accepted", family.COUNTER
+        )
         # Each counter that follows one of the engine's cumulative totals, and the total it has published.
         self._published: dict[str, float] = {}
 
@@ -83,6 +90,8 @@ class LLMMetrics:
         self._follow("preemptions", self.preemptions, stats.num_preemptions)
         self._follow("prompt_tokens", self.prompt_tokens, stats.prompt_tokens_total)
         self._follow("generation_tokens", self.generation_tokens, stats.generation_tokens_total)
+        self._follow("spec_draft_tokens", self.spec_draft_tokens, stats.spec_draft_tokens_total)
+        self._follow("spec_accepted_tokens", self.spec_accepted_tokens, stats.spec_accepted_tokens_total)
 
     def _follow(self, name: str, counter: Any, total: int) -> None:
         """Advance `counter` to the engine's cumulative `total` (one update, only when it moved)."""

@@ -66,3 +66,34 @@ def test_out_of_blocks_preempts_the_last_in_order_and_recomputes_its_output() ->
     out = run_step(scheduler)
     assert shape(out) == [("b", 0, 8, True)]
     assert b.all_token_ids == list(range(7)) + [7, 7]
+
+
+def decoding_pair(num_blocks: int, budget: int) -> tuple[Scheduler, Request, Request]:
+    """Requests a (4 prompt tokens) and b (3) after the step that ran both prompts and sampled a token each."""
+    scheduler = Scheduler(BlockManager(num_blocks, BLOCK, enable_caching=False), max_num_seqs=4, max_num_batched_tokens=budget)
+    a, b = request("a", 4, 0), request("b", 3, 1)
+    scheduler.add(a)
+    scheduler.add(b)
+    run_step(scheduler)
+    return scheduler, a, b
+
+
+def test_draft_tokens_ride_a_decode_within_the_budget_and_rejected_ones_are_not_computed() -> None:
+    scheduler, a, b = decoding_pair(num_blocks=8, budget=7)
+    a.draft_token_ids, b.draft_token_ids = [1, 2, 3, 4], [5, 6]
+    out = scheduler.schedule()
+    # a: its last token and 4 drafts (5 of the budget of 7); b: its last token and the one draft left room.
+    assert shape(out) == [("a", 4, 5, True), ("b", 3, 2, True)]
+    assert [c.draft_token_ids for c in out.chunks] == [[1, 2, 3, 4], [5]]
+    assert a.draft_token_ids == b.draft_token_ids == []
+    assert (len(a.block_ids), len(b.block_ids)) == (3, 2)  # the drafts' K/V are written too
+    scheduler.commit(out, {"a": 3})  # the model took one draft of a's and b's only one
+    assert (a.num_computed_tokens, b.num_computed_tokens) == (6, 5)
+
+
+def test_drafts_that_need_blocks_nobody_can_spare_are_dropped_not_paid_for_by_preemption() -> None:
+    scheduler, a, b = decoding_pair(num_blocks=3, budget=64)  # a: blocks 0 and 1 (its 5th token); b: 2
+    a.draft_token_ids = [1, 2, 3, 4, 5]  # would need a fourth block
+    out = scheduler.schedule()
+    assert shape(out) == [("a", 4, 1, True), ("b", 3, 1, True)]
+    assert out.preempted == [] and out.chunks[0].draft_token_ids == []

@@ -37,3 +37,13 @@ def test_gpu_instances_are_pinned_to_their_device() -> None:
     assert not unpinned.calculate_kv_scales
     measured = engine_config({**parameters, "kv_cache_dtype": "fp8", "calculate_kv_scales": "true"}, "/repo/llm")
     assert measured.calculate_kv_scales
+
+
+def test_speculative_decoding_takes_vllms_json() -> None:
+    parameters = {"model": "/ckpt/qwen3", "device": "cpu"}
+    assert engine_config(parameters, "/repo/llm").speculative_config is None
+    assert engine_config({**parameters, "speculative_config": " "}, "/repo/llm").speculative_config is None
+    text = '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}'
+    speculative = engine_config({**parameters, "speculative_config": text}, "/repo/llm").speculative_config
+    assert speculative is not None
+    assert (speculative.num_speculative_tokens, speculative.prompt_lookup_min, speculative.prompt_lookup_max) == (4, 3, 3)

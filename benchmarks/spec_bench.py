@@ -1,0 +1,121 @@
+"""N-gram speculative decoding against plain decoding: the same engine, built twice, one after the other.
+
+    python -m benchmarks.spec_bench [--dtype float32] [--concurrency 1 8] [--speculative-config JSON]
+
+Two workloads, greedy: chat requests that ask the model to repeat or lightly edit a passage of their
+prompt (the output copies the prompt: what prompt lookup is for), and benchmarks.engine_bench's seeded
+random-token workload (16 of its requests, ignore_eos: nothing to look up but what the model repeats by
+itself). Each runs at every concurrency level on both engines, which must produce the same tokens. Prints
+output tokens/s, time per output token p50 and the speedup, the share of draft tokens accepted, then a
+JSON line. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+from benchmarks.engine_bench import DEFAULT_MODEL, Workload, make_workload
+from benchmarks.serving_bench import RunResult, run_engine
+from engine import EngineConfig, LLMEngine, SpeculativeConfig
+
+PASSAGES = [
+    "The library opens at nine in the morning and closes at six in the evening. Visitors may borrow up to "
+    "five books at a time, and each loan lasts three weeks. Late returns cost ten cents a day.",
+    "To reset the router, unplug it from the wall, wait thirty seconds, and plug it back in. When the "
+    "light turns green, open the settings page and enter the password printed on the back of the device.",
+    "Our team meets every Monday at ten to review the previous week. Each person shares what they finished, "
+    "what they are working on, and anything that blocks them. The meeting should never last more than "
+    "thirty minutes.",
+    "Water boils at one hundred degrees Celsius at sea level. At higher altitudes the air pressure is lower, "
+    "so water boils at a lower temperature, and food takes longer to cook.",
+]
+INSTRUCTIONS = [
+    "Repeat the following text exactly:\n\n",
+    "Copy this paragraph, word for word:\n\n",
+]
+
+
+def copy_workload(engine: LLMEngine, count: int) -> Workload:
+    """Chat prompts asking for a passage back; outputs end at EOS (at most 128 tokens)."""
+    prompts = []
+    for index in range(count):
+        text = INSTRUCTIONS[index % len(INSTRUCTIONS)] + PASSAGES[index % len(PASSAGES)]
+        messages = [{"role": "user", "content": text}]
+        chat = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompts.append(engine.tokenizer.encode(str(chat), add_special_tokens=False))
+    return Workload(prompts, [128] * count)
+
+
+def time_per_output_token_p50_ms(result: RunResult) -> float:
+    """Per request, (last token - first token) / (tokens - 1): a step yielding several tokens counts for
+    all of them (inter-arrival gaps would count it once)."""
+    per_request = [
+        (timing.token_times[-1] - timing.token_times[0]) / (len(timing.token_times) - 1)
+        for timing in result.timings
+        if len(timing.token_times) > 1
+    ]
+    return statistics.median(per_request) * 1000 if per_request else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--speculative-config",
+        default='{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}',
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    settings = {"model": args.model, "device": "cpu", "dtype": args.dtype, "max_model_len": 2048}
+    speculative = SpeculativeConfig.from_json(args.speculative_config)
+    rows = []
+    for name in ("copy", "random"):
+        for concurrency in args.concurrency:
+            results = {}
+            for system, config in (("plain", None), ("ngram", speculative)):
+                engine = LLMEngine(EngineConfig(**settings, speculative_config=config))  # type: ignore[arg-type]
+                if name == "copy":
+                    workload = copy_workload(engine, max(4, 2 * concurrency))
+                else:
+                    workload = make_workload(16, engine.runner.spec.vocab_size, args.seed)
+                run_engine(engine, Workload([workload.prompts[0][:16]], [4]), 1)  # warm-up
+                before = engine.stats()
+                result = run_engine(engine, workload, concurrency, ignore_eos=name == "random")
+                after = engine.stats()
+                drafts = after.spec_draft_tokens_total - before.spec_draft_tokens_total
+                accepted = after.spec_accepted_tokens_total - before.spec_accepted_tokens_total
+                results[system] = (result, drafts, accepted)
+                engine.shutdown()
+            plain, ngram = results["plain"][0], results["ngram"][0]
+            assert plain.output_tokens == ngram.output_tokens, "speculation must not change greedy outputs"
+            _, drafts, accepted = results["ngram"]
+            row = {
+                "workload": name,
+                "concurrency": concurrency,
+                "output_tokens": plain.output_tokens,
+                "plain_tok_s": round(plain.output_tokens / plain.seconds, 1),
+                "ngram_tok_s": round(ngram.output_tokens / ngram.seconds, 1),
+                "speedup": round(plain.seconds / ngram.seconds, 3),
+                "plain_tpot_p50_ms": round(time_per_output_token_p50_ms(plain), 1),
+                "ngram_tpot_p50_ms": round(time_per_output_token_p50_ms(ngram), 1),
+                "draft_tokens": drafts,
+                "acceptance": round(accepted / drafts, 3) if drafts else 0.0,
+            }
+            rows.append(row)
+            print(
+                f"{name:>6} x{concurrency:<3} {row['output_tokens']:5d} tokens  plain {row['plain_tok_s']:7.1f} tok/s"
+                f"  ngram {row['ngram_tok_s']:7.1f} tok/s  speedup {row['speedup']:.3f}  TPOT p50"
+                f" {row['plain_tpot_p50_ms']} -> {row['ngram_tpot_p50_ms']} ms  drafts {drafts}, accepted"
+                f" {row['acceptance']:.0%}",
+                flush=True,
+            )
+    print(json.dumps({"benchmark": "speculative", "dtype": args.dtype, "config": args.speculative_config, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""N-gram speculative decoding: its configuration, proposer and verification, and an engine that speculates
+yielding exactly the tokens of one that does not (greedy outputs against Hugging Face's, sampled and
+constrained requests beside speculating ones, stops inside accepted drafts, preemption, prefix caching)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import LLMEngine, SamplingParams, SpeculativeConfig
+from engine.request import Request
+from engine.speculative import NgramProposer, accepted_tokens, can_speculate
+from tests.engine.conftest import EngineFactory, Reference
+
+SPECULATIVE = SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2, prompt_lookup_max=4)
+# Prompts whose greedy continuations repeat what came before, so that drafts are proposed and accepted.
+REPETITIVE_TEXTS = [
+    "1, 2, 3, 4, 5, 6, 7, 8,",
+    "Repeat after me three times: the quick brown fox jumps over the lazy dog. the quick brown fox",
+    "def fibonacci(n):",
+]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def speculating(make_engine: EngineFactory) -> LLMEngine:
+    return make_engine(kv_cache_memory=64 << 20, speculative_config=SPECULATIVE)
+
+
+def token_ids(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
+    return [result.token_ids for result in engine.generate(prompts, params)]
+
+
+# -- configuration ---------------------------------------------------------------------------------------
+
+
+def test_the_json_form_follows_vllms_defaults() -> None:
+    both = SpeculativeConfig.from_json('{"method": "ngram", "num_speculative_tokens": 3}')
+    assert (both.num_speculative_tokens, both.prompt_lookup_min, both.prompt_lookup_max) == (3, 5, 5)
+    only_max = SpeculativeConfig.from_json('{"num_speculative_tokens": 2, "prompt_lookup_max": 4}')
+    assert (only_max.prompt_lookup_min, only_max.prompt_lookup_max) == (4, 4)
+    only_min = SpeculativeConfig.from_json('{"num_speculative_tokens": 2, "prompt_lookup_min": 2}')
+    assert (only_min.prompt_lookup_min, only_min.prompt_lookup_max) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("[1]", "JSON object"),
+        ('{"method": "ngram"}', "needs num_speculative_tokens"),
+        ('{"method": "eagle", "num_speculative_tokens": 2}', "'eagle' is not supported"),
+        ('{"num_speculative_tokens": 0}', "num_speculative_tokens must be >= 1"),
+        ('{"num_speculative_tokens": "4"}', "must be an integer"),
+        ('{"num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2}', "prompt_lookup_min <="),
+        ('{"num_speculative_tokens": 2, "prompt_lookup_min": 0, "prompt_lookup_max": 2}', "1 <= prompt_lookup_min"),
+        ('{"num_speculative_tokens": 2, "model": "draft"}', "keys not supported: ['model']"),
+    ],
+)
+def test_bad_configurations_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        SpeculativeConfig.from_json(text)
+
+
+# -- proposer and verification ---------------------------------------------------------------------------
+
+
+def test_the_proposer_continues_the_latest_earlier_occurrence_of_the_longest_ngram() -> None:
+    proposer = NgramProposer(SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_min=1, prompt_lookup_max=3))
+    # "7 8" occurs twice before the end; the latest one is followed by 1 2.
+    assert proposer.propose([7, 8, 9, 9, 7, 8, 1, 2, 5, 7, 8], 10) == [1, 2, 5]
+    # The 3-gram "1 2 3" beats the 1-gram "3" whose latest occurrence is followed by something else.
+    assert proposer.propose([1, 2, 3, 4, 4, 3, 6, 1, 2, 3], 10) == [4, 4, 3]
+    # Continuations stop at the end of the sequence and at max_drafts.
+    assert proposer.propose([5, 6, 5], 10) == [6, 5]
+    assert proposer.propose([1, 2, 3, 1, 2, 3, 1, 2], 1) == [3]
+    assert proposer.propose([1, 2, 3, 1, 2, 3, 1, 2], 0) == []
+
+
+def test_the_proposer_proposes_nothing_without_a_recurring_ngram() -> None:
+    proposer = NgramProposer(SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_min=2, prompt_lookup_max=3))
+    # "3" recurs but no 2-gram does; the suffix's own occurrence never counts.
+    assert proposer.propose([1, 3, 4, 2, 3], 10) == []
+    assert proposer.propose([4, 4], 10) == []
+    assert proposer.propose([4], 10) == []
+
+
+def test_verification_keeps_drafts_up_to_the_first_disagreement_then_the_models_token() -> None:
+    assert accepted_tokens([], [7]) == [7]
+    assert accepted_tokens([1, 2, 3], [1, 2, 3, 4]) == [1, 2, 3, 4]
+    assert accepted_tokens([1, 2, 3], [1, 9, 3, 4]) == [1, 9]
+    assert accepted_tokens([1, 2, 3], [8, 2, 3, 4]) == [8]
+    with pytest.raises(AssertionError, match="2 drafts need 3 targets, got 2"):
+        accepted_tokens([1, 2], [1, 2])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"temperature": 0.7},
+        {"presence_penalty": 0.5},
+        {"frequency_penalty": 0.5},
+        {"repetition_penalty": 1.2},
+        {"logit_bias": {5: 1.0}},
+        {"allowed_token_ids": [1, 2]},
+        {"logprobs": 2},
+        {"min_tokens": 3},
+    ],
+)
+def test_only_plain_greedy_requests_speculate(change: dict) -> None:
+    def request(params: SamplingParams, **fields: object) -> Request:
+        return Request("r", [1, 2, 3], params, priority=0, arrival_seq=0, arrival_time=0.0, **fields)  # type: ignore[arg-type]
+
+    plain = SamplingParams(temperature=0.0, max_tokens=8)
+    assert can_speculate(request(plain))
+    changed = SamplingParams(**{"temperature": 0.0, "max_tokens": 8, **change})
+    num_logprobs = changed.logprobs
+    assert not can_speculate(request(changed, num_logprobs=num_logprobs))
+    assert not can_speculate(request(plain, parent_id="parent"))
+    assert not can_speculate(request(plain, bad_words_token_ids=((5,),)))
+
+
+# -- the engine ------------------------------------------------------------------------------------------
+
+
+def test_greedy_outputs_match_hugging_face(speculating: LLMEngine, reference: Reference) -> None:
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in reference.max_tokens]
+    assert token_ids(speculating, reference.prompts, params) == reference.outputs
+
+
+def test_repetitive_prompts_accept_drafts_and_keep_the_outputs(engine: LLMEngine, speculating: LLMEngine) -> None:
+    prompts = [speculating.tokenizer.encode(text) for text in REPETITIVE_TEXTS]
+    before = speculating.stats()
+    one_by_one = [token_ids(speculating, [prompt], GREEDY)[0] for prompt in prompts]
+    after = speculating.stats()
+    assert one_by_one == token_ids(engine, prompts, GREEDY)
+    assert token_ids(speculating, prompts, GREEDY) == one_by_one
+    drafts = after.spec_draft_tokens_total - before.spec_draft_tokens_total
+    accepted = after.spec_accepted_tokens_total - before.spec_accepted_tokens_total
+    assert 0 < accepted <= drafts
+    # Every accepted draft is a token the step did not need a forward of its own for.
+    assert after.generation_tokens_total - before.generation_tokens_total == 3 * GREEDY.max_tokens
+
+
+def test_sampled_and_constrained_requests_run_beside_speculating_ones(
+    engine: LLMEngine, speculating: LLMEngine
+) -> None:
+    prompts = [speculating.tokenizer.encode(text) for text in REPETITIVE_TEXTS]
+    params = [
+        GREEDY,
+        SamplingParams(temperature=0.8, top_p=0.9, seed=11, max_tokens=30, ignore_eos=True),
+        SamplingParams(temperature=0.0, repetition_penalty=1.3, logprobs=2, max_tokens=30, ignore_eos=True),
+    ]
+    expected = engine.generate(prompts, params)
+    got = speculating.generate(prompts, params)
+    assert [result.token_ids for result in got] == [result.token_ids for result in expected]
+    assert [result.text for result in got] == [result.text for result in expected]
+
+
+def test_stops_inside_accepted_drafts_end_the_request_where_they_would(
+    engine: LLMEngine, speculating: LLMEngine
+) -> None:
+    prompt = speculating.tokenizer.encode(REPETITIVE_TEXTS[0])
+    free = token_ids(engine, [prompt], GREEDY)[0]
+    text = speculating.tokenizer.decode(free)
+    # A stop string, a stop token and a max_tokens all falling well after the first drafts are accepted.
+    stop_string = text[len(text) * 2 // 3 :].split(",")[0].strip() or text[-3:]
+    cases = [
+        SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True, stop=[stop_string]),
+        SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True, stop_token_ids=[free[25]]),
+        SamplingParams(temperature=0.0, max_tokens=23, ignore_eos=True),
+    ]
+    for params in cases:
+        accepted = speculating.stats().spec_accepted_tokens_total
+        want, got = engine.generate([prompt], params)[0], speculating.generate([prompt], params)[0]
+        assert speculating.stats().spec_accepted_tokens_total > accepted
+        assert (got.token_ids, got.text, got.finish_reason, got.stop_reason) == (
+            want.token_ids,
+            want.text,
+            want.finish_reason,
+            want.stop_reason,
+        ), params
+
+
+def test_preempted_speculating_requests_keep_their_outputs(make_engine: EngineFactory, engine: LLMEngine) -> None:
+    small = make_engine(num_kv_blocks=6, speculative_config=SPECULATIVE)
+    prompts = [small.tokenizer.encode(text) for text in REPETITIVE_TEXTS]
+    assert token_ids(small, prompts, GREEDY) == token_ids(engine, prompts, GREEDY)
+    assert small.stats().num_preemptions > 0
+    assert small.stats().kv_blocks_free == small.stats().kv_blocks_total
+
+
+def test_blocks_filled_by_accepted_drafts_serve_prefix_hits(engine: LLMEngine, make_engine: EngineFactory) -> None:
+    fresh = make_engine(kv_cache_memory=64 << 20, speculative_config=SPECULATIVE)
+    prompt = fresh.tokenizer.encode(REPETITIVE_TEXTS[1])
+    first = token_ids(fresh, [prompt], GREEDY)[0]
+    assert fresh.stats().spec_accepted_tokens_total > 0
+    # The prompt and its output again: every full block of both is a hit, and the continuation is the same.
+    again = prompt + first
+    hits_before = fresh.stats().prefix_cache_hit_tokens
+    assert token_ids(fresh, [again], GREEDY) == token_ids(engine, [again], GREEDY)
+    block_size = fresh.block_manager.block_size
+    assert fresh.stats().prefix_cache_hit_tokens - hits_before == (len(again) - 1) // block_size * block_size
