@@ -29,7 +29,6 @@ from engine.sampling_batch import build_sampling_batch, token_logprobs
 from engine.scheduler import ScheduledChunk, SchedulerOutput
 from engine.structured_output.bitmask import GrammarBitmask
 from engine.tp_workers import RankZeroModel, TensorParallelWorkers
-from kernels.ops import greedy_argmax
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,10 +38,10 @@ class RunnerOutput:
     """What one step produced."""
 
     # Per chunk whose `sample` is True, in chunk order: the sampled token, or for a chunk with k draft
-    # tokens the model's greedy choice at each of its last k + 1 rows (engine.speculative verifies them).
+    # tokens the token sampled at each of its last k + 1 rows (engine.speculative verifies them).
     sampled_token_ids: list[list[int]]
-    # Aligned with sampled_token_ids: raw logprobs of the sampled token for requests that want them, else
-    # None (and None for chunks with drafts: their requests never ask).
+    # Aligned with sampled_token_ids: raw logprobs of the (first) sampled token for requests that want
+    # them, else None (requests that want them never speculate).
     logprobs: list[TokenLogprobs | None]
     # Prompt logprobs of this step's prefill chunks, for requests that asked.
     prompt_logprobs: list[PromptLogprobsChunk]
@@ -131,71 +130,33 @@ class ModelRunner:
             # even when it is a step of one-token prompts a graph could replay.
             self._measuring_kv_scales = False
         prompt_logprobs = compute_prompt_logprobs(out.chunks, hidden, self.model.compute_logits)
-        sampled = [chunk.request for chunk in out.chunks if chunk.sample]
-        if not sampled:
+        if not any(chunk.sample for chunk in out.chunks):
             return RunnerOutput(sampled_token_ids=[], logprobs=[], prompt_logprobs=prompt_logprobs)
         logits = self.model.compute_logits(hidden[sample_rows])
-        if any(chunk.draft_token_ids for chunk in out.chunks):
-            return self._verify(out.chunks, logits, prompt_logprobs, fill_grammar)
-        batch = self._sampling_batch(sampled)
-        grammar = fill_grammar(sampled) if fill_grammar is not None else None
+        # One sampler row per sampled position: a chunk with k drafts samples each of its last k + 1 rows
+        # with its request's settings (engine.speculative).
+        rows = [chunk.request for chunk in out.chunks if chunk.sample for _ in range(1 + len(chunk.draft_token_ids))]
+        batch = self._sampling_batch(rows)
+        grammar = fill_grammar(rows) if fill_grammar is not None else None
         if grammar is not None:
             grammar.apply(logits)
         result = self.sampler(logits, batch)
+        tokens = result.token_ids.tolist()
+        logprobs = token_logprobs(rows, batch, result)
+        sampled_token_ids: list[list[int]] = []
+        first_rows: list[int] = []
+        row = 0
+        for chunk in out.chunks:
+            if chunk.sample:
+                count = 1 + len(chunk.draft_token_ids)
+                sampled_token_ids.append(tokens[row : row + count])
+                first_rows.append(row)
+                row += count
         return RunnerOutput(
-            sampled_token_ids=[[token] for token in result.token_ids.tolist()],
-            logprobs=token_logprobs(sampled, batch, result),
+            sampled_token_ids=sampled_token_ids,
+            logprobs=[logprobs[row] for row in first_rows],
             prompt_logprobs=prompt_logprobs,
         )
-
-    def _verify(
-        self,
-        chunks: list[ScheduledChunk],
-        logits: torch.Tensor,
-        prompt_logprobs: list[PromptLogprobsChunk],
-        fill_grammar: Callable[[list[Request]], GrammarBitmask | None] | None,
-    ) -> RunnerOutput:
-        """A step with draft tokens: their chunks' rows take the argmax (engine.speculative.can_speculate
-        admits only requests whose sampler would do just that), the other sampled chunks' rows the sampler."""
-        drafted_rows: list[int] = []
-        plain_rows: list[int] = []
-        plain: list[Request] = []
-        row = 0
-        for chunk in chunks:
-            if not chunk.sample:
-                continue
-            if chunk.draft_token_ids:
-                drafted_rows.extend(range(row, row + 1 + len(chunk.draft_token_ids)))
-            else:
-                plain_rows.append(row)
-                plain.append(chunk.request)
-            row += 1 + len(chunk.draft_token_ids)
-        greedy = iter(greedy_argmax(logits[torch.tensor(drafted_rows, device=logits.device)]).tolist())
-        plain_tokens: list[int] = []
-        plain_logprobs: list[TokenLogprobs | None] = []
-        if plain:
-            plain_logits = logits[torch.tensor(plain_rows, device=logits.device)]
-            batch = self._sampling_batch(plain)
-            grammar = fill_grammar(plain) if fill_grammar is not None else None
-            if grammar is not None:
-                grammar.apply(plain_logits)
-            result = self.sampler(plain_logits, batch)
-            plain_tokens = result.token_ids.tolist()
-            plain_logprobs = token_logprobs(plain, batch, result)
-        sampled_token_ids: list[list[int]] = []
-        logprobs: list[TokenLogprobs | None] = []
-        next_plain = 0
-        for chunk in chunks:
-            if not chunk.sample:
-                continue
-            if chunk.draft_token_ids:
-                sampled_token_ids.append([next(greedy) for _ in range(1 + len(chunk.draft_token_ids))])
-                logprobs.append(None)
-            else:
-                sampled_token_ids.append([plain_tokens[next_plain]])
-                logprobs.append(plain_logprobs[next_plain])
-                next_plain += 1
-        return RunnerOutput(sampled_token_ids, logprobs, prompt_logprobs)
 
     def _prepare_inputs(
         self, chunks: list[ScheduledChunk]

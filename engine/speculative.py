@@ -1,10 +1,17 @@
 """N-gram speculative decoding: propose a sequence's next tokens from its own history, verify them in one
 forward, keep the longest prefix the model agrees with.
 
-Which sequences speculate: greedy ones whose next token is the plain argmax of the model's logits (no
-penalties, biases, allowed or banned tokens, grammar, logprobs, pending min_tokens, n > 1), so that
-verification is exact: every token a step yields is the one a step without drafts would have chosen.
-Sampled sequences run without drafts (vLLM verifies those by rejection sampling; that is not done here).
+Verification samples a token at every draft position, exactly as a step without drafts would there (the
+sequence's own temperature, top-k, top-p, min-p, logit_bias, allowed tokens; the argmax when greedy), and
+keeps the drafts up to the first the sample differs from, then that sample. For a draft that is one
+certain token (n-gram drafts are), this is rejection sampling: a draft d is kept with probability p(d),
+and a differing sample is distributed as p without d, renormalised; so the tokens are distributed as
+without drafts, and greedy ones are the same tokens.
+
+Which sequences speculate: those whose distribution at a position does not depend on the tokens the same
+step adds before it (no penalties, bad words or pending min_tokens), with no grammar, logprobs, own seed
+(a seeded request's tokens would then depend on its drafts, which depend on the batch's free blocks and
+budget) or n > 1. The others run one token a step beside them.
 """
 
 from __future__ import annotations
@@ -16,18 +23,14 @@ from engine.request import Request
 
 
 def can_speculate(request: Request) -> bool:
-    """Its next tokens are the argmax of the raw logits, position after position."""
+    """Its next tokens may be verified together (see the module docstring)."""
     params = request.params
     return (
-        params.temperature == 0.0
+        request.generator is None
         and request.parent_id is None
         and request.num_logprobs is None
         and params.structured_outputs is None
-        and params.presence_penalty == 0.0
-        and params.frequency_penalty == 0.0
-        and params.repetition_penalty == 1.0
-        and not params.logit_bias
-        and params.allowed_token_ids is None
+        and not params.has_penalties
         and not request.bad_words_token_ids
         and request.num_output_tokens >= params.min_tokens
     )
@@ -57,9 +60,9 @@ class NgramProposer:
 
 
 def accepted_tokens(draft_token_ids: list[int], target_token_ids: list[int]) -> list[int]:
-    """The tokens a verified step yields: the drafts up to the first the model disagrees with, then the
-    model's own token there (or after the last draft, when it agrees with all). `target_token_ids` holds
-    the model's choice at each position: len(draft_token_ids) + 1 of them."""
+    """The tokens a verified step yields: the drafts up to the first the model's sample differs from, then
+    that sample (or the one after the last draft, when all agree). `target_token_ids` holds the token
+    sampled at each position: len(draft_token_ids) + 1 of them."""
     assert len(target_token_ids) == len(draft_token_ids) + 1, (
         f"{len(draft_token_ids)} drafts need {len(draft_token_ids) + 1} targets, got {len(target_token_ids)}"
     )
