@@ -1,24 +1,36 @@
 """N-gram speculative decoding against plain decoding: the same engine, built twice, one after the other.
 
-    python -m benchmarks.spec_bench [--dtype float32] [--concurrency 1 8] [--speculative-config JSON]
+    python -m benchmarks.spec_bench [--dtype float32] [--concurrency 1 8] [--speculative-config JSON] [--served]
 
 Two workloads, greedy: chat requests that ask the model to repeat or lightly edit a passage of their
 prompt (the output copies the prompt: what prompt lookup is for), and benchmarks.engine_bench's seeded
 random-token workload (16 of its requests, ignore_eos: nothing to look up but what the model repeats by
 itself). Each runs at every concurrency level on both engines, which must produce the same tokens. Prints
 output tokens/s, time per output token p50 and the speedup, the share of draft tokens accepted, then a
-JSON line. Not a test.
+JSON line. With --served, the copy requests instead go one at a time through the whole stack (frontend ->
+tritonserver -> engine, the cpu-default profile rendered with and without speculative_config), greedy and
+at temperature 0.7 (sampled answers differ between the two stacks, so their token counts do too). Not a
+test.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
 
 from benchmarks.engine_bench import DEFAULT_MODEL, Workload, make_workload
-from benchmarks.serving_bench import RunResult, run_engine
+from benchmarks.serving_bench import MODEL_NAME, RunResult, run_engine
+from benchmarks.sse_client import post_events
 from engine import EngineConfig, LLMEngine, SpeculativeConfig
+from ensemble_configs.render import render_repository
+from tests.servers import ROOT, start_frontend, start_triton
 
 PASSAGES = [
     "The library opens at nine in the morning and closes at six in the evening. Visitors may borrow up to "
@@ -37,11 +49,14 @@ INSTRUCTIONS = [
 ]
 
 
+def copy_messages(count: int) -> list[str]:
+    return [INSTRUCTIONS[index % len(INSTRUCTIONS)] + PASSAGES[index % len(PASSAGES)] for index in range(count)]
+
+
 def copy_workload(engine: LLMEngine, count: int) -> Workload:
     """Chat prompts asking for a passage back; outputs end at EOS (at most 128 tokens)."""
     prompts = []
-    for index in range(count):
-        text = INSTRUCTIONS[index % len(INSTRUCTIONS)] + PASSAGES[index % len(PASSAGES)]
+    for text in copy_messages(count):
         messages = [{"role": "user", "content": text}]
         chat = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         prompts.append(engine.tokenizer.encode(str(chat), add_special_tokens=False))
@@ -59,6 +74,68 @@ def time_per_output_token_p50_ms(result: RunResult) -> float:
     return statistics.median(per_request) * 1000 if per_request else 0.0
 
 
+async def stream_chat(base_url: str, text: str, temperature: float) -> list[float]:
+    """Arrival time of each output token of one streamed chat answer (up to 128 tokens)."""
+    body = {
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": 128,
+        "temperature": temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    times: list[float] = []
+    async for data in post_events(base_url, "/chat/completions", body):
+        total = (json.loads(data).get("usage") or {}).get("completion_tokens", len(times))
+        times += [time.perf_counter()] * (total - len(times))
+    return times
+
+
+def served_rows(speculative_config: str, dtype: str) -> list[dict[str, object]]:
+    rows = []
+    for system, value in (("plain", ""), ("ngram", speculative_config)):
+        with tempfile.TemporaryDirectory(prefix="spec-bench-") as name:
+            folder = Path(name)
+            profile = yaml.safe_load((ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml").read_text())
+            profile.update(
+                model=str(ROOT / profile["model"]),
+                whisper_model=str(ROOT / profile["whisper_model"]),
+                dtype=dtype,
+                speculative_config=value,
+            )
+            (folder / "profile.yaml").write_text(yaml.safe_dump(profile))
+            render_repository(folder / "profile.yaml", folder / "model_repository")
+            triton = start_triton(folder / "model_repository", folder)
+            try:
+                frontend = start_frontend(ROOT / profile["model"], triton, folder, api_key=None)
+                try:
+                    asyncio.run(stream_chat(frontend.base_url, "Say hi.", 0.0))  # warm-up
+                    for temperature in (0.0, 0.7):
+                        start = time.perf_counter()
+                        answers = [asyncio.run(stream_chat(frontend.base_url, text, temperature)) for text in copy_messages(8)]
+                        seconds = time.perf_counter() - start
+                        tokens = sum(len(times) for times in answers)
+                        tpots = [(times[-1] - times[0]) / (len(times) - 1) for times in answers if len(times) > 1]
+                        row = {
+                            "system": system,
+                            "temperature": temperature,
+                            "output_tokens": tokens,
+                            "tok_s": round(tokens / seconds, 1),
+                            "tpot_p50_ms": round(statistics.median(tpots) * 1000, 1),
+                        }
+                        rows.append(row)
+                        print(
+                            f"served {system:>5} temperature {temperature}: {tokens} tokens, {row['tok_s']} tok/s, time per"
+                            f" output token p50 {row['tpot_p50_ms']} ms",
+                            flush=True,
+                        )
+                finally:
+                    frontend.process.stop()
+            finally:
+                triton.process.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
@@ -69,7 +146,12 @@ def main() -> None:
         default='{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}',
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--served", action="store_true", help="the copy requests through the whole stack instead")
     args = parser.parse_args()
+    if args.served:
+        rows = served_rows(args.speculative_config, args.dtype)
+        print(json.dumps({"benchmark": "speculative_served", "config": args.speculative_config, "rows": rows}))
+        return
 
     settings = {"model": args.model, "device": "cpu", "dtype": args.dtype, "max_model_len": 2048}
     speculative = SpeculativeConfig.from_json(args.speculative_config)

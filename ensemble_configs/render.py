@@ -36,10 +36,17 @@ def _format(value: object) -> str:
     return str(value)
 
 
+def _escaped(value: str) -> str:
+    """A value as it may sit inside a protobuf text string (a JSON value such as speculative_config's)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def render_configs(profile: dict[str, str]) -> dict[str, str]:
     """Model name -> rendered config.pbtxt text."""
     return {
-        template.parent.name: Template(template.read_text()).substitute(profile)
+        template.parent.name: Template(template.read_text()).substitute(
+            {name: _escaped(value) for name, value in profile.items()}
+        )
         for template in sorted(TEMPLATES.glob("*/config.pbtxt"))
     }
 

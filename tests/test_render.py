@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
 from ensemble_configs.render import load_profile, render_configs, render_repository
 
@@ -34,3 +36,12 @@ def test_missing_variable_is_an_error(tmp_path: Path) -> None:
     profile.write_text("model: somewhere\n")
     with pytest.raises(KeyError):
         render_configs(load_profile(profile))
+
+
+def test_a_json_value_survives_the_protobuf_text_string() -> None:
+    """speculative_config is JSON: its quotes are escaped in config.pbtxt and read back as written."""
+    profile = load_profile(PROFILES / "cpu-default.yaml")
+    value = '{"method": "ngram", "num_speculative_tokens": 4, "note": "a \\\\ b"}'
+    profile["speculative_config"] = value
+    config = text_format.Parse(render_configs(profile)["llm"], model_config_pb2.ModelConfig())
+    assert config.parameters["speculative_config"].string_value == value

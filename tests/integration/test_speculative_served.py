@@ -1,6 +1,6 @@
-"""Speculative decoding configured as README.md says (a `speculative_config` parameter line in the llm
-model's config.pbtxt), served by a tritonserver of its own: the same text as the shared server's, and the
-speculation counters on Triton's metrics."""
+"""Speculative decoding configured as README.md says (a profile's `speculative_config`, rendered into the
+llm model's parameters), served by a tritonserver of its own: the same text as the shared server's, and
+the speculation counters on Triton's metrics."""
 
 from __future__ import annotations
 
@@ -18,10 +18,7 @@ from tests.servers import ROOT, TritonServer, start_triton
 
 pytestmark = pytest.mark.slow
 
-PARAMETER = (
-    'parameters { key: "speculative_config" value { string_value: "{\\"method\\": \\"ngram\\", '
-    '\\"num_speculative_tokens\\": 4, \\"prompt_lookup_max\\": 4, \\"prompt_lookup_min\\": 2}" } }\n'
-)
+SPECULATIVE_CONFIG = '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}'
 REQUEST = {
     "text_input": "1, 2, 3, 4, 5, 6, 7, 8,",
     "max_tokens": 40,
@@ -37,12 +34,11 @@ def speculating_server(model_path: Path, tmp_path_factory: pytest.TempPathFactor
     profile = yaml.safe_load((ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml").read_text())
     # Absolute paths: the rendered repository does not sit inside the project.
     profile.update(model=str(model_path), whisper_model=str(ROOT / profile["whisper_model"]), kv_cache_memory=64 << 20)
+    profile["speculative_config"] = SPECULATIVE_CONFIG
     profile_path = folder / "speculative.yaml"
     profile_path.write_text(yaml.safe_dump(profile))
     repository = folder / "model_repository"
     render_repository(profile_path, repository)
-    llm_config = repository / "llm" / "config.pbtxt"
-    llm_config.write_text(llm_config.read_text() + PARAMETER)
     server = start_triton(repository, folder)
     yield server
     server.process.stop()

@@ -19,6 +19,7 @@ def test_the_cpu_profile_builds_the_engine_it_describes() -> None:
     assert config.enable_prefix_caching and config.tensor_parallel_size == 1
     assert not config.enforce_eager and config.cpu_weight_format == "auto"
     assert config.stream_interval == 1 and config.kv_cache_dtype == "auto" and not config.calculate_kv_scales
+    assert config.speculative_config is None
 
 
 def test_gpu_instances_are_pinned_to_their_device() -> None:
