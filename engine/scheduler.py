@@ -1,11 +1,12 @@
 """Token-budget scheduler: continuous batching with chunked prefill and preemption by recompute.
 
 Every step each running request catches its computed tokens up to its total tokens (a decode is a
-chunk of one, or of one plus its speculative draft tokens), within `max_num_batched_tokens`; running requests go first, then waiting ones join
-while budget, sequence slots and KV blocks last. Order is (priority, arrival): lower priority value
-first (vLLM semantics), FCFS among equals. When blocks run out, the running request that comes last
-in that order is preempted: its blocks are freed, it goes back to waiting, and later its prompt and
-generated tokens are recomputed (prefix-cache hits make that cheap), so nothing is lost.
+chunk of one, or of one plus its speculative draft tokens), within `max_num_batched_tokens`; running
+requests go first, then waiting ones join while budget, sequence slots and KV blocks last. Order is
+(priority, arrival): lower priority value first (vLLM semantics), FCFS among equals. When blocks run
+out, the running request that comes last in that order is preempted: its blocks are freed, it goes back
+to waiting, and later its prompt and generated tokens are recomputed (prefix-cache hits make that
+cheap), so nothing is lost.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class ScheduledChunk:
     # True when this chunk reaches the request's last known token: its last row is sampled.
     sample: bool
     # Speculative tokens after the request's last known token, the chunk's last len() tokens: every row
-    # from the last known token on is sampled, and the step keeps what the model agrees with.
+    # from the last known token on is sampled, and the step keeps the drafts its samples agree with.
     draft_token_ids: list[int] = field(default_factory=list)
 
 

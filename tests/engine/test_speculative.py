@@ -5,6 +5,8 @@ tokens of the same distribution when sampling."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -85,6 +87,24 @@ def test_the_proposer_proposes_nothing_without_a_recurring_ngram() -> None:
     assert proposer.propose([1, 3, 4, 2, 3], 10) == []
     assert proposer.propose([4, 4], 10) == []
     assert proposer.propose([4], 10) == []
+
+
+def test_the_proposer_agrees_with_the_definition_on_random_sequences() -> None:
+    """Brute force: for n from the longest down, the latest earlier window equal to the last n tokens."""
+    config = SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_min=2, prompt_lookup_max=4)
+    proposer = NgramProposer(config)
+
+    def by_definition(tokens: list[int]) -> list[int]:
+        for n in range(min(config.prompt_lookup_max, len(tokens) - 1), config.prompt_lookup_min - 1, -1):
+            for start in range(len(tokens) - n - 1, -1, -1):
+                if tokens[start : start + n] == tokens[-n:]:
+                    return tokens[start + n : start + n + 3]
+        return []
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        tokens = [rng.randrange(rng.choice([2, 4, 16])) for _ in range(rng.randrange(1, 40))]
+        assert proposer.propose(tokens, 10) == by_definition(tokens), tokens
 
 
 def test_verification_keeps_drafts_up_to_the_first_disagreement_then_the_models_token() -> None:
