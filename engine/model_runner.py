@@ -40,9 +40,8 @@ class RunnerOutput:
     # Per chunk whose `sample` is True, in chunk order: the sampled token, or for a chunk with k draft
     # tokens the token sampled at each of its last k + 1 rows (engine.speculative verifies them).
     sampled_token_ids: list[list[int]]
-    # Aligned with sampled_token_ids: raw logprobs of the (first) sampled token for requests that want
-    # them, else None (requests that want them never speculate).
-    logprobs: list[TokenLogprobs | None]
+    # Aligned with sampled_token_ids, token for token: raw logprobs for requests that want them, else None.
+    logprobs: list[list[TokenLogprobs | None]]
     # Prompt logprobs of this step's prefill chunks, for requests that asked.
     prompt_logprobs: list[PromptLogprobsChunk]
 
@@ -144,18 +143,16 @@ class ModelRunner:
         tokens = result.token_ids.tolist()
         logprobs = token_logprobs(rows, batch, result)
         sampled_token_ids: list[list[int]] = []
-        first_rows: list[int] = []
+        chunk_logprobs: list[list[TokenLogprobs | None]] = []
         row = 0
         for chunk in out.chunks:
             if chunk.sample:
                 count = 1 + len(chunk.draft_token_ids)
                 sampled_token_ids.append(tokens[row : row + count])
-                first_rows.append(row)
+                chunk_logprobs.append(logprobs[row : row + count])
                 row += count
         return RunnerOutput(
-            sampled_token_ids=sampled_token_ids,
-            logprobs=[logprobs[row] for row in first_rows],
-            prompt_logprobs=prompt_logprobs,
+            sampled_token_ids=sampled_token_ids, logprobs=chunk_logprobs, prompt_logprobs=prompt_logprobs
         )
 
     def _prepare_inputs(

@@ -34,25 +34,25 @@ class OutputProcessor:
         self._texts.pop(request.request_id, None)
 
     def append_tokens(
-        self, request: Request, tokens: list[int], logprobs: TokenLogprobs | None = None
+        self, request: Request, tokens: list[int], logprobs: list[TokenLogprobs | None] | None = None
     ) -> RequestOutput:
         """Record a step's tokens in order (one sampled, or accepted speculative ones and the model's next)
-        up to the first that finishes the request, and release their text. `logprobs`: the raw logprobs
-        of a step's single sampled token, when computed."""
+        up to the first that finishes the request, and release their text. `logprobs`: aligned with
+        `tokens`, their raw logprobs where computed."""
         appended: list[int] = []
         for token in tokens:
             self._append(request, token)
             appended.append(token)
             if request.finish_reason is not None:
                 break
-        if logprobs is not None:
-            request.cumulative_logprob += logprobs.logprob
+        kept = [entry for entry in (logprobs or [])[: len(appended)] if entry is not None]
         output = self._output(request, appended)
         params = request.params
-        if logprobs is not None:
+        if kept:
+            request.cumulative_logprob += sum(entry.logprob for entry in kept)
             output.cumulative_logprob = request.cumulative_logprob
             if params.logprobs is not None:
-                output.logprobs = [logprobs]
+                output.logprobs = kept
         if params.prompt_logprobs is not None and request.num_output_tokens == 1:
             output.prompt_logprobs = list(request.prompt_logprobs)
         return output

@@ -9,9 +9,9 @@ and a differing sample is distributed as p without d, renormalised; so the token
 without drafts, and greedy ones are the same tokens.
 
 Which sequences speculate: those whose distribution at a position does not depend on the tokens the same
-step adds before it (no penalties, bad words or pending min_tokens), with no grammar, logprobs, own seed
-(a seeded request's tokens would then depend on its drafts, which depend on the batch's free blocks and
-budget) or n > 1. The others run one token a step beside them.
+step adds before it (no penalties, bad words or pending min_tokens), with no grammar, own seed (a seeded
+request's tokens would then depend on its drafts, which depend on the batch's free blocks and budget) or
+n > 1. The others run one token a step beside them. Logprobs come from each position's own row.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ def can_speculate(request: Request) -> bool:
     return (
         request.generator is None
         and request.parent_id is None
-        and request.num_logprobs is None
         and params.structured_outputs is None
         and not params.has_penalties
         and not request.bad_words_token_ids

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from engine import LLMEngine, SamplingParams, SpeculativeConfig
+from engine import LLMEngine, SamplingParams, SpeculativeConfig, TokenLogprobs
 from engine.request import Request
 from engine.speculative import NgramProposer, accepted_tokens, can_speculate
 from engine.structured_output.params import StructuredOutputsParams
@@ -126,10 +126,12 @@ def speculating_request(params: SamplingParams, **fields: object) -> Request:
         {"temperature": 0.0},
         {"temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05},
         {"temperature": 0.7, "logit_bias": {5: 1.0}, "allowed_token_ids": [1, 2, 5]},
+        {"temperature": 0.0, "logprobs": 2},
     ],
 )
 def test_requests_whose_positions_sample_alike_speculate(settings: dict) -> None:
-    assert can_speculate(speculating_request(SamplingParams(max_tokens=8, **settings)))
+    params = SamplingParams(max_tokens=8, **settings)
+    assert can_speculate(speculating_request(params, num_logprobs=params.logprobs))
 
 
 @pytest.mark.parametrize(
@@ -139,7 +141,6 @@ def test_requests_whose_positions_sample_alike_speculate(settings: dict) -> None
         ({"frequency_penalty": 0.5}, {}),
         ({"repetition_penalty": 1.2}, {}),
         ({"min_tokens": 3}, {}),
-        ({"logprobs": 2}, {"num_logprobs": 2}),
         ({"seed": 7}, {"generator": torch.Generator().manual_seed(7)}),
         ({"bad_words": ["x"]}, {"bad_words_token_ids": ((5,),)}),
         ({"structured_outputs": StructuredOutputsParams(choice=["a", "b"])}, {}),
@@ -264,3 +265,33 @@ def test_sampled_tokens_keep_their_distribution(engine: LLMEngine, speculating: 
     drafts = after.spec_draft_tokens_total - before.spec_draft_tokens_total
     accepted = after.spec_accepted_tokens_total - before.spec_accepted_tokens_total
     assert 0.2 * drafts < accepted < 0.9 * drafts
+
+
+def test_logprobs_of_accepted_drafts_are_their_own_positions(engine: LLMEngine, speculating: LLMEngine) -> None:
+    prompt = speculating.tokenizer.encode(REPETITIVE_TEXTS[1])
+    params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, logprobs=3)
+    accepted = speculating.stats().spec_accepted_tokens_total
+
+    def run(on: LLMEngine) -> tuple[list[int], list[TokenLogprobs], float | None]:
+        request_id = f"logprobs-{on.stats().generation_tokens_total}"
+        on.add_request(request_id, prompt, params)
+        tokens: list[int] = []
+        entries: list[TokenLogprobs] = []
+        cumulative = None
+        while on.has_unfinished_requests():
+            for output in on.step():
+                tokens += output.new_token_ids
+                entries += output.logprobs or []
+                cumulative = output.cumulative_logprob
+        return tokens, entries, cumulative
+
+    plain_tokens, plain_entries, plain_total = run(engine)
+    tokens, entries, total = run(speculating)
+    assert speculating.stats().spec_accepted_tokens_total > accepted
+    assert tokens == plain_tokens and len(entries) == len(tokens)
+    assert [entry.token_id for entry in entries] == tokens
+    for got, want in zip(entries, plain_entries, strict=True):
+        # A draft's row is computed in a prefill-shaped batch: the same values to float32 rounding.
+        assert got.logprob == pytest.approx(want.logprob, abs=1e-4)
+        assert [token for token, _ in got.top] == [token for token, _ in want.top]
+    assert total == pytest.approx(plain_total, abs=1e-3)
