@@ -28,7 +28,7 @@ import yaml
 
 from benchmarks.engine_bench import make_workload
 from benchmarks.serving_bench import MODEL_NAME, PROFILE, RunResult, run_served
-from ensemble_configs.render import render_repository
+from ensemble_configs.render import render_variant
 from tests.servers import ROOT, ServerProcess, free_port, start_frontend, start_triton
 
 PEER_VENV = ROOT / ".venv-peer"
@@ -53,20 +53,12 @@ def install_peer() -> Path:
 
 def our_repository(dtype: str, stream_interval: int, directory: Path) -> Path:
     """The checked-in model repository when its profile already runs `dtype` and `stream_interval`; else
-    that profile rendered with them into `directory` (checkpoint paths made absolute, since the rendering
-    lives elsewhere)."""
+    that profile rendered with them into `directory`."""
     profile = yaml.safe_load(PROFILE.read_text())
     if (profile["dtype"], profile["stream_interval"]) == (dtype, stream_interval):
         return ROOT / "model_repository"
-    profile.update(dtype=dtype, stream_interval=stream_interval, model=str(CHECKPOINT),
-                   whisper_model=str(ROOT / profile["whisper_model"]))  # fmt: skip
-    name = f"cpu-{dtype}-interval{stream_interval}"
-    directory.mkdir(parents=True, exist_ok=True)
-    profile_path = directory / f"{name}.yaml"
-    profile_path.write_text(yaml.safe_dump(profile))
-    repository = directory / f"model_repository-{name}"
-    render_repository(profile_path, repository)
-    return repository
+    overrides = {"dtype": dtype, "stream_interval": stream_interval}
+    return render_variant(PROFILE, overrides, directory, f"cpu-{dtype}-interval{stream_interval}")
 
 
 def start_vllm(

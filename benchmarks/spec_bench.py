@@ -23,14 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from benchmarks.engine_bench import DEFAULT_MODEL, Workload, make_workload
-from benchmarks.serving_bench import MODEL_NAME, RunResult, run_engine
+from benchmarks.serving_bench import MODEL_NAME, PROFILE, RunResult, run_engine
 from benchmarks.sse_client import post_events
 from engine import EngineConfig, LLMEngine, SpeculativeConfig
-from ensemble_configs.render import render_repository
+from ensemble_configs.render import render_variant
 from tests.servers import ROOT, start_frontend, start_triton
+
+CHECKPOINT = ROOT / "models" / MODEL_NAME
 
 PASSAGES = [
     "The library opens at nine in the morning and closes at six in the evening. Visitors may borrow up to "
@@ -96,18 +96,10 @@ def served_rows(speculative_config: str, dtype: str) -> list[dict[str, object]]:
     for system, value in (("plain", ""), ("ngram", speculative_config)):
         with tempfile.TemporaryDirectory(prefix="spec-bench-") as name:
             folder = Path(name)
-            profile = yaml.safe_load((ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml").read_text())
-            profile.update(
-                model=str(ROOT / profile["model"]),
-                whisper_model=str(ROOT / profile["whisper_model"]),
-                dtype=dtype,
-                speculative_config=value,
-            )
-            (folder / "profile.yaml").write_text(yaml.safe_dump(profile))
-            render_repository(folder / "profile.yaml", folder / "model_repository")
-            triton = start_triton(folder / "model_repository", folder)
+            overrides = {"dtype": dtype, "speculative_config": value}
+            triton = start_triton(render_variant(PROFILE, overrides, folder, system), folder)
             try:
-                frontend = start_frontend(ROOT / profile["model"], triton, folder, api_key=None)
+                frontend = start_frontend(CHECKPOINT, triton, folder, api_key=None)
                 try:
                     asyncio.run(stream_chat(frontend.base_url, "Say hi.", 0.0))  # warm-up
                     for temperature in (0.0, 0.7):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from string import Template
 
@@ -18,7 +19,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
-CODE_SOURCE = HERE.parent / "model_repository"
+PROJECT = HERE.parent
+CODE_SOURCE = PROJECT / "model_repository"
 
 
 def load_profile(path: Path) -> dict[str, str]:
@@ -61,6 +63,23 @@ def render_repository(profile_path: Path, output: Path) -> None:
         target = model_dir / "1" / "model.py"
         if code.exists() and code.resolve() != target.resolve():
             shutil.copy2(code, target)
+
+
+def render_variant(profile_path: Path, overrides: Mapping[str, object], folder: Path, name: str) -> Path:
+    """The profile with `overrides`, written as folder/<name>.yaml and rendered into (and returned as)
+    folder/model_repository-<name>. Its relative checkpoint paths are made absolute against the project:
+    a rendering outside it would resolve them against its own parent folder."""
+    profile = yaml.safe_load(profile_path.read_text())
+    for key in ("model", "whisper_model"):
+        if not Path(profile[key]).is_absolute():
+            profile[key] = str(PROJECT / profile[key])
+    profile.update(overrides)
+    folder.mkdir(parents=True, exist_ok=True)
+    variant = folder / f"{name}.yaml"
+    variant.write_text(yaml.safe_dump(profile))
+    repository = folder / f"model_repository-{name}"
+    render_repository(variant, repository)
+    return repository
 
 
 def main() -> None:

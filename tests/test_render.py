@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from ensemble_configs.render import load_profile, render_configs, render_repository
+from ensemble_configs.render import load_profile, render_configs, render_repository, render_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "ensemble_configs" / "profiles"
@@ -45,3 +45,14 @@ def test_a_json_value_survives_the_protobuf_text_string() -> None:
     profile["speculative_config"] = value
     config = text_format.Parse(render_configs(profile)["llm"], model_config_pb2.ModelConfig())
     assert config.parameters["speculative_config"].string_value == value
+
+
+def test_a_variant_rendered_elsewhere_finds_the_projects_checkpoints(tmp_path: Path) -> None:
+    repository = render_variant(PROFILES / "cpu-default.yaml", {"max_num_seqs": 2}, tmp_path, "small")
+    assert repository == tmp_path / "model_repository-small"
+    config = text_format.Parse((repository / "llm" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.parameters["model"].string_value == str(ROOT / "models" / "SmolLM2-135M-Instruct")
+    assert config.parameters["max_num_seqs"].string_value == "2"
+    # Absolute paths (the Qwen3 profile's /models/...) stay as written.
+    qwen = render_variant(PROFILES / "qwen3-14b-tp2.yaml", {}, tmp_path, "qwen")
+    assert '"/models/Qwen3-14B"' in (qwen / "llm" / "config.pbtxt").read_text()

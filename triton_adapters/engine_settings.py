@@ -44,8 +44,8 @@ def engine_config(
     if kv_cache_memory:
         config.kv_cache_memory = kv_cache_memory
     config.max_waiting_requests = optional_int(parameters, "max_waiting_requests")
-    # Optional (not in the profiles): vLLM's --speculative-config JSON, e.g. {"method": "ngram",
-    # "num_speculative_tokens": 4, "prompt_lookup_max": 4}.
+    # vLLM's --speculative-config JSON, e.g. {"method": "ngram", "num_speculative_tokens": 4,
+    # "prompt_lookup_max": 4}; empty (every shipped profile) or absent: off.
     speculative = parameters.get("speculative_config", "").strip()
     if speculative:
         config.speculative_config = SpeculativeConfig.from_json(speculative)

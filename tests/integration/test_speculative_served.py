@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from ensemble_configs.render import render_repository
+from ensemble_configs.render import render_variant
 from tests.integration.triton_requests import generate, scrape_metric
 from tests.servers import ROOT, TritonServer, start_triton
 
@@ -31,14 +30,8 @@ REQUEST = {
 @pytest.fixture(scope="module")
 def speculating_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     folder = tmp_path_factory.mktemp("speculative")
-    profile = yaml.safe_load((ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml").read_text())
-    # Absolute paths: the rendered repository does not sit inside the project.
-    profile.update(model=str(model_path), whisper_model=str(ROOT / profile["whisper_model"]), kv_cache_memory=64 << 20)
-    profile["speculative_config"] = SPECULATIVE_CONFIG
-    profile_path = folder / "speculative.yaml"
-    profile_path.write_text(yaml.safe_dump(profile))
-    repository = folder / "model_repository"
-    render_repository(profile_path, repository)
+    overrides = {"kv_cache_memory": 64 << 20, "speculative_config": SPECULATIVE_CONFIG}
+    repository = render_variant(ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml", overrides, folder, "speculative")
     server = start_triton(repository, folder)
     yield server
     server.process.stop()

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from ensemble_configs.render import render_repository
+from ensemble_configs.render import render_variant
 from tests.integration.triton_requests import scrape_metric
 from tests.servers import ROOT, FrontendServer, TritonServer, free_ports, start_frontend, start_triton
 
@@ -40,23 +39,10 @@ class PrivateStack:
         self.triton = start_triton(self.repository, self.log_dir, ports=self.ports)
 
 
-def render_small_repository(output: Path) -> Path:
-    profile = yaml.safe_load((ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml").read_text())
-    profile.update(SMALL_PROFILE)
-    # Absolute paths: the rendered repository does not sit inside the project.
-    profile["model"] = str(ROOT / profile["model"])
-    profile["whisper_model"] = str(ROOT / profile["whisper_model"])
-    profile_path = output / "small.yaml"
-    profile_path.write_text(yaml.safe_dump(profile))
-    repository = output / "model_repository"
-    render_repository(profile_path, repository)
-    return repository
-
-
 @pytest.fixture(scope="module")
 def private_stack(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateStack]:
     folder = tmp_path_factory.mktemp("private-stack")
-    repository = render_small_repository(folder)
+    repository = render_variant(ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml", SMALL_PROFILE, folder, "small")
     ports = free_ports(3)
     triton = start_triton(repository, folder, ports=ports)
     try:
