@@ -61,6 +61,7 @@ class _Submission:
     params: SamplingParams
     priority: int
     cache_salt: str | None
+    lora_name: str | None
 
 
 @dataclass
@@ -110,13 +111,14 @@ class AsyncEngine:
         *,
         priority: int = 0,
         cache_salt: str | None = None,
+        lora_name: str | None = None,
         on_output: OutputCallback | None = None,
     ) -> RequestStream:
         """Queue a request. Validation happens here (InvalidRequestError), and admission:
         EngineOverloadedError when `max_waiting_requests` are already waiting, EngineDeadError once the
         loop thread has stopped. `on_output` is called from the engine thread and must not block; without
         it, outputs queue in the returned stream."""
-        self._engine.validate_request(prompt_token_ids, params)
+        self._engine.validate_request(prompt_token_ids, params, lora_name)
         stream = RequestStream(request_id)
         with self._cond:
             if self._inbox.stopping:
@@ -135,7 +137,7 @@ class AsyncEngine:
                 )
             self._sinks[request_id] = on_output or stream.put
             self._inbox.submissions.append(
-                _Submission(request_id, list(prompt_token_ids), params, priority, cache_salt)
+                _Submission(request_id, list(prompt_token_ids), params, priority, cache_salt, lora_name)
             )
             self._cond.notify()
         return stream
@@ -205,6 +207,7 @@ class AsyncEngine:
                         submission.params,
                         priority=submission.priority,
                         cache_salt=submission.cache_salt,
+                        lora_name=submission.lora_name,
                     )
                 except InvalidRequestError as error:  # e.g. an id reused after its abort was queued
                     self._deliver([self._rejected(submission, str(error))])

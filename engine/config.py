@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # The names engine.kv_cache.CACHE_DTYPES maps to element types, and auto (the model's dtype).
@@ -125,6 +125,9 @@ class EngineConfig:
     max_waiting_requests: int | None = None
     # Speculative decoding (vLLM's --speculative-config); None: one token per sequence and step.
     speculative_config: SpeculativeConfig | None = None
+    # LoRA adapters by name -> PEFT adapter directory (vLLM's --lora-modules, vllm_backend's
+    # multi_lora.json), all loaded at start; a request names one (lora_name) or none.
+    lora_modules: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -150,3 +153,6 @@ class EngineConfig:
             raise ValueError(f"max_waiting_requests must be >= 0, got {self.max_waiting_requests}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        for name, path in self.lora_modules.items():
+            if not (isinstance(name, str) and name and isinstance(path, str) and path):
+                raise ValueError(f"lora_modules maps adapter names to directories, got {name!r}: {path!r}")

@@ -63,8 +63,13 @@ class LLMEngine:
 
     # -- requests -----------------------------------------------------------------------------------
 
-    def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def validate_request(
+        self, prompt_token_ids: list[int], params: SamplingParams, lora_name: str | None = None
+    ) -> None:
         """Raise InvalidRequestError for a request the engine can never serve (no state is touched)."""
+        if lora_name is not None and lora_name not in self.config.lora_modules:
+            loaded = ", ".join(self.config.lora_modules) or "none"
+            raise InvalidRequestError(f"LoRA adapter {lora_name!r} is not loaded (loaded: {loaded})")
         prompt_token_ids = self._truncated(prompt_token_ids, params)
         num_prompt = len(prompt_token_ids)
         if num_prompt == 0:
@@ -117,15 +122,20 @@ class LLMEngine:
         *,
         priority: int = 0,
         cache_salt: str | None = None,
+        lora_name: str | None = None,
     ) -> None:
+        """`lora_name` names one of config.lora_modules to serve the request with; None: the base model."""
         if request_id in self._requests or request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        self.validate_request(prompt_token_ids, params)
+        self.validate_request(prompt_token_ids, params, lora_name)
         prompt = self._truncated(prompt_token_ids, params)
         if params.prompt_logprobs is not None:
             # Prompt logprobs need every prompt position's logits: never read the shared prefix cache
             # (n > 1 sequences still share the first sequence's blocks under this private salt).
             cache_salt = f"{cache_salt or ''}\x00prompt-logprobs:{next(self._arrivals)}"
+        if lora_name is not None:
+            # An adapter changes every layer's keys and values: its blocks are its own.
+            cache_salt = f"{cache_salt or ''}\x00lora:{lora_name}"
         arrival_seq, arrival_time = next(self._arrivals), time.monotonic()
         bad_words = self._bad_words_token_ids(params.bad_words)
         num_sequences = params.num_sequences
@@ -141,6 +151,7 @@ class LLMEngine:
                 arrival_seq=arrival_seq,
                 arrival_time=arrival_time,
                 cache_salt=cache_salt,
+                lora_name=lora_name,
                 generator=self._generator(sequence_params.seed),
                 min_tokens_suppressed=self._min_tokens_suppressed(params),
                 parent_id=None if num_sequences == 1 else request_id,
@@ -373,19 +384,26 @@ class LLMEngine:
         )
 
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        lora_name: str | None | list[str | None] = None,
     ) -> list[CompletedRequest]:
-        """Run `prompts` to completion; results in input order. For offline use: outputs of requests
-        added by other means while it runs are consumed and dropped."""
+        """Run `prompts` to completion; results in input order. `lora_name`: one adapter for every prompt
+        or one per prompt. For offline use: outputs of requests added by other means while it runs are
+        consumed and dropped."""
         per_prompt = params if isinstance(params, list) else [params] * len(prompts)
-        if len(per_prompt) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} SamplingParams")
+        adapters = lora_name if isinstance(lora_name, list) else [lora_name] * len(prompts)
+        if len(per_prompt) != len(prompts) or len(adapters) != len(prompts):
+            raise ValueError(
+                f"{len(prompts)} prompts but {len(per_prompt)} SamplingParams and {len(adapters)} lora names"
+            )
         if any(prompt_params.num_sequences > 1 for prompt_params in per_prompt):
             raise ValueError("generate() returns one sequence per prompt; step() streams n > 1 sequences")
         batch = next(self._arrivals)
         ids = [f"generate-{batch}-{index}" for index in range(len(prompts))]
-        for request_id, prompt, prompt_params in zip(ids, prompts, per_prompt, strict=True):
-            self.add_request(request_id, prompt, prompt_params)
+        for request_id, prompt, prompt_params, adapter in zip(ids, prompts, per_prompt, adapters, strict=True):
+            self.add_request(request_id, prompt, prompt_params, lora_name=adapter)
         results = {
             request_id: CompletedRequest(request_id, list(prompt), [], "", None, None, 0, None)
             for request_id, prompt in zip(ids, prompts, strict=True)

@@ -95,6 +95,8 @@ class ModelRunner:
                 f"{self.spec.max_position_embeddings}"
             )
         self.sampler = Sampler(config.seed, self.device)
+        # Adapter name -> its slot in the model (ModelShard attached them in this order; 0 is the base).
+        self.lora_slots = {name: slot for slot, name in enumerate(config.lora_modules, start=1)}
         self.num_blocks = shard.num_blocks
         self.kv_cache = shard.kv_cache
         # Decode steps replay CUDA graphs (one rank only: the tensor-parallel workers run eagerly).
@@ -120,11 +122,13 @@ class ModelRunner:
         list it is given), applied to their logits before sampling. It is called once the forward is
         launched: on CUDA the CPU fills the mask while the GPU computes, instead of the GPU waiting for it."""
         input_ids, positions, attn, sample_rows = self._prepare_inputs(out.chunks)
-        graphs = self.decode_graphs if not self._measuring_kv_scales else None
+        lora_slots = self._lora_slots(out.chunks)
+        # The graphs are captured without adapters: steps with any run eagerly.
+        graphs = self.decode_graphs if not self._measuring_kv_scales and lora_slots is None else None
         if graphs is not None and graphs.can_run(len(out.chunks), attn):
             hidden = graphs.run(input_ids, positions, attn)
         else:
-            hidden = self.model.forward(input_ids, positions, self.kv_cache, attn)
+            hidden = self.model.forward(input_ids, positions, self.kv_cache, attn, lora_slots)
             # calculate_kv_scales measures in the first forward, which runs eagerly (graphs never measure),
             # even when it is a step of one-token prompts a graph could replay.
             self._measuring_kv_scales = False
@@ -202,6 +206,15 @@ class ModelRunner:
         )
         input_tensor = self._to_device(torch.tensor(token_ids, dtype=torch.int64))
         return input_tensor, self._to_device(positions), attn, self._to_device(sample_rows)
+
+    def _lora_slots(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:
+        """Each token's adapter slot [T] (0: none), None when no chunk's request has an adapter."""
+        slots = [self.lora_slots[chunk.request.lora_name] if chunk.request.lora_name else 0 for chunk in chunks]
+        if not any(slots):
+            return None
+        lengths = [chunk.num_tokens for chunk in chunks]
+        per_token = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lengths))
+        return self._to_device(per_token)
 
     def _sampling_batch(self, requests: list[Request]) -> SamplingBatch:
         return build_sampling_batch(requests, self.spec.vocab_size, self._to_device)

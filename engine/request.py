@@ -32,6 +32,8 @@ class Request:
     arrival_time: float
     # Mixed into the prefix-cache hash so different salts never share blocks.
     cache_salt: str | None = None
+    # The LoRA adapter (EngineConfig.lora_modules) this request runs with; None: the base model.
+    lora_name: str | None = None
     # The request's own generator when params.seed is set.
     generator: torch.Generator | None = None
     # Token ids masked while fewer than params.min_tokens were generated (EOS unless ignored, stop ids).

@@ -36,9 +36,9 @@ from engine.models.sharding import check_tensor_parallel
 
 logger = logging.getLogger(__name__)
 
-# Header: kind, then up to five sizes. FORWARD: tokens, sequences, block-table width, max query length,
-# max sequence length. LOGITS: rows.
-_HEADER = struct.Struct("<6q")
+# Header: kind, then up to six sizes. FORWARD: tokens, sequences, block-table width, max query length,
+# max sequence length, whether LoRA slots follow (1) or not (0). LOGITS: rows.
+_HEADER = struct.Struct("<7q")
 _STOP, _FORWARD, _LOGITS = 0, 1, 2
 # How long shutdown waits for a worker to exit on its own before killing it.
 _JOIN_SECONDS = 10.0
@@ -51,27 +51,36 @@ def rank_device(base: torch.device, rank: int) -> torch.device:
     return torch.device("cuda", (base.index or 0) + rank)
 
 
-def pack_step(input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata) -> torch.Tensor:
+def pack_step(
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    attn: AttentionMetadata,
+    lora_slots: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The forward's inputs as one int64 tensor on their device (see unpack_step for the layout)."""
-    return torch.cat(
-        (
-            input_ids,
-            positions,
-            attn.slot_mapping,
-            attn.query_start_loc.to(torch.int64),
-            attn.seq_lens.to(torch.int64),
-            attn.block_tables.to(torch.int64).flatten(),
-        )
-    )
+    parts = [
+        input_ids,
+        positions,
+        attn.slot_mapping,
+        attn.query_start_loc.to(torch.int64),
+        attn.seq_lens.to(torch.int64),
+        attn.block_tables.to(torch.int64).flatten(),
+    ]
+    return torch.cat(parts if lora_slots is None else [*parts, lora_slots])
+
+
+def packed_step_size(num_tokens: int, num_seqs: int, width: int, has_lora: bool) -> int:
+    return (3 + has_lora) * num_tokens + 2 * num_seqs + 1 + num_seqs * width
 
 
 def unpack_step(
-    packed: torch.Tensor, num_seqs: int, width: int, max_query_len: int, max_seq_len: int
-) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-    """Inverse of pack_step: [ids T | positions T | slots T | query_start_loc S+1 | seq_lens S | tables S*W]."""
-    num_tokens = (packed.numel() - (num_seqs + 1) - num_seqs * (1 + width)) // 3
-    ids, positions, slots, starts, lens, tables = packed.split(
-        (num_tokens, num_tokens, num_tokens, num_seqs + 1, num_seqs, num_seqs * width)
+    packed: torch.Tensor, num_seqs: int, width: int, max_query_len: int, max_seq_len: int, has_lora: bool
+) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor | None]:
+    """Inverse of pack_step: [ids T | positions T | slots T | query_start_loc S+1 | seq_lens S | tables S*W],
+    then the LoRA slots [T] when has_lora."""
+    num_tokens = (packed.numel() - (num_seqs + 1) - num_seqs * (1 + width)) // (3 + has_lora)
+    ids, positions, slots, starts, lens, tables, lora_slots = packed.split(
+        (num_tokens, num_tokens, num_tokens, num_seqs + 1, num_seqs, num_seqs * width, num_tokens * has_lora)
     )
     attn = AttentionMetadata(
         query_start_loc=starts.to(torch.int32),
@@ -81,7 +90,7 @@ def unpack_step(
         max_query_len=max_query_len,
         max_seq_len=max_seq_len,
     )
-    return ids, positions, attn
+    return ids, positions, attn, lora_slots if has_lora else None
 
 
 class TensorParallelWorkers:
@@ -134,17 +143,24 @@ class TensorParallelWorkers:
             raise
         self.group.diagnose = self._diagnose
 
-    def send_forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata) -> None:
+    def send_forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        lora_slots: torch.Tensor | None,
+    ) -> None:
         """Before rank 0's forward: the workers run the same forward on their shards."""
         num_seqs, width = attn.block_tables.shape
-        self._send(_FORWARD, input_ids.numel(), num_seqs, width, attn.max_query_len, attn.max_seq_len)
-        self.group.broadcast(pack_step(input_ids, positions, attn))
+        has_lora = int(lora_slots is not None)
+        self._send(_FORWARD, input_ids.numel(), num_seqs, width, attn.max_query_len, attn.max_seq_len, has_lora)
+        self.group.broadcast(pack_step(input_ids, positions, attn, lora_slots))
 
     def send_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Before rank 0's logits: the workers compute their vocabulary slice for the same rows. Returns
         the rows as broadcast (contiguous)."""
         hidden = hidden.contiguous()
-        self._send(_LOGITS, hidden.shape[0], 0, 0, 0, 0)
+        self._send(_LOGITS, hidden.shape[0], 0, 0, 0, 0, 0)
         self.group.broadcast(hidden)
         return hidden
 
@@ -208,9 +224,10 @@ class RankZeroModel:
         positions: torch.Tensor,
         kv_cache: torch.Tensor,
         attn: AttentionMetadata,
+        lora_slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self._workers.send_forward(input_ids, positions, attn)
-        return self.model.forward(input_ids, positions, kv_cache, attn)
+        self._workers.send_forward(input_ids, positions, attn, lora_slots)
+        return self.model.forward(input_ids, positions, kv_cache, attn, lora_slots)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.compute_logits(self._workers.send_logits(hidden))
@@ -223,7 +240,7 @@ def _joined_key(rank: int) -> str:
 def _stop_workers(processes: list[BaseProcess], channels: list[Connection]) -> None:
     for channel in channels:
         try:
-            channel.send_bytes(_HEADER.pack(_STOP, 0, 0, 0, 0, 0))
+            channel.send_bytes(_HEADER.pack(_STOP, 0, 0, 0, 0, 0, 0))
         except OSError:
             pass
     for process in processes:
@@ -276,13 +293,15 @@ def _serve(shard: ModelShard, channel: Connection) -> None:
         if kind == _STOP:
             return
         if kind == _FORWARD:
-            num_tokens, num_seqs, width, max_query_len, max_seq_len = sizes
+            num_tokens, num_seqs, width, max_query_len, max_seq_len, has_lora = sizes
             packed = torch.empty(
-                3 * num_tokens + 2 * num_seqs + 1 + num_seqs * width, dtype=torch.int64, device=device
+                packed_step_size(num_tokens, num_seqs, width, bool(has_lora)), dtype=torch.int64, device=device
             )
             group.broadcast(packed)
-            input_ids, positions, attn = unpack_step(packed, num_seqs, width, max_query_len, max_seq_len)
-            model.forward(input_ids, positions, shard.kv_cache, attn)
+            input_ids, positions, attn, lora_slots = unpack_step(
+                packed, num_seqs, width, max_query_len, max_seq_len, bool(has_lora)
+            )
+            model.forward(input_ids, positions, shard.kv_cache, attn, lora_slots)
         elif kind == _LOGITS:
             hidden = torch.empty((sizes[0], shard.spec.hidden_size), dtype=shard.dtype, device=device)
             group.broadcast(hidden)

@@ -54,6 +54,8 @@ class GenerationInput:
     priority: int = 0
     # The client's prefix-cache isolation key, or None (build_inputs adds the tenant's).
     cache_salt: str | None = None
+    # The LoRA adapter (a name of the llm model's lora_modules) to generate with; None: the base model.
+    lora_name: str | None = None
     # Triton request id, for correlating logs.
     request_id: str = ""
 
@@ -127,6 +129,8 @@ def build_inputs(request: GenerationInput) -> list[InferInput]:
     cache_salt = tenant_cache_salt(request.cache_salt)
     if cache_salt:
         inputs.append(bytes_tensor("cache_salt", cache_salt))
+    if request.lora_name is not None:
+        inputs.append(bytes_tensor("lora_name", request.lora_name))
     return inputs
 
 

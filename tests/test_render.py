@@ -39,12 +39,16 @@ def test_missing_variable_is_an_error(tmp_path: Path) -> None:
 
 
 def test_a_json_value_survives_the_protobuf_text_string() -> None:
-    """speculative_config is JSON: its quotes are escaped in config.pbtxt and read back as written."""
+    """speculative_config and lora_modules are JSON: their quotes are escaped in config.pbtxt and read back as written."""
     profile = load_profile(PROFILES / "cpu-default.yaml")
     value = '{"method": "ngram", "num_speculative_tokens": 4, "note": "a \\\\ b"}'
     profile["speculative_config"] = value
     config = text_format.Parse(render_configs(profile)["llm"], model_config_pb2.ModelConfig())
     assert config.parameters["speculative_config"].string_value == value
+    adapters = '{"sql": "/adapters/sql-lora", "chat": "adapters/chat"}'
+    profile["lora_modules"] = adapters
+    config = text_format.Parse(render_configs(profile)["llm"], model_config_pb2.ModelConfig())
+    assert config.parameters["lora_modules"].string_value == adapters
 
 
 def test_a_variant_rendered_elsewhere_finds_the_projects_checkpoints(tmp_path: Path) -> None:

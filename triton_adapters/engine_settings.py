@@ -6,6 +6,8 @@ One function for the Triton model and for anything that must build the very engi
 
 from __future__ import annotations
 
+import json
+
 from engine import EngineConfig, SpeculativeConfig
 from triton_adapters.model_parameters import optional_int, parse_bool, resolve_model_path
 
@@ -40,6 +42,7 @@ def engine_config(
         # Optional (not in the profiles): force a float32 CPU weight format instead of timing them at load.
         cpu_weight_format=parameters.get("cpu_weight_format", "auto"),
         stream_interval=int(parameters.get("stream_interval") or "1"),
+        lora_modules=lora_modules(parameters.get("lora_modules", ""), model_repository),
     )
     if kv_cache_memory:
         config.kv_cache_memory = kv_cache_memory
@@ -50,3 +53,23 @@ def engine_config(
     if speculative:
         config.speculative_config = SpeculativeConfig.from_json(speculative)
     return config
+
+
+def lora_modules(value: str, model_repository: str) -> dict[str, str]:
+    """The `lora_modules` parameter, vllm_backend's multi_lora.json as one JSON object ({"sql":
+    "/adapters/sql-lora"}), as adapter name -> directory; relative directories resolve as the checkpoint's.
+    Empty: no adapters."""
+    if not value.strip():
+        return {}
+    try:
+        modules = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"lora_modules is not valid JSON: {error}") from None
+    if not isinstance(modules, dict):
+        raise ValueError(f"lora_modules must be a JSON object of adapter name -> directory, got {value!r}")
+    for name, path in modules.items():
+        if not name.strip():
+            raise ValueError("lora_modules: an adapter name is empty")
+        if not isinstance(path, str) or not path.strip():
+            raise ValueError(f"lora_modules: adapter {name!r} needs a directory (a non-empty string): {path!r}")
+    return {name: resolve_model_path(path, model_repository) for name, path in modules.items()}

@@ -118,6 +118,8 @@ class GenerationRequest:
     # What finish_reason reads before a sequence ends: "" (ours), or "None" under vllm_backend's
     # return_finish_reason (it sends str(None)).
     unfinished_reason: str = ""
+    # The LoRA adapter (a name of the llm model's lora_modules) that serves the request; None: the base model.
+    lora_name: str | None = None
 
 
 def _scalar(array: np.ndarray) -> Any:
@@ -156,6 +158,11 @@ def _json_parameters(raw: str) -> dict[str, Any]:
         elif key in JSON_DICT_FIELDS:
             if not isinstance(value, dict):
                 raise ValueError(f"parameter '{key}' must be a JSON object, got {value!r}")
+            fields[key] = value
+        elif key == "lora_name":
+            # vllm_backend's key: the request's adapter, not a sampling parameter (parse_generation_request).
+            if not isinstance(value, str):
+                raise ValueError(f"parameter 'lora_name' must be an adapter name (a string), got {value!r}")
             fields[key] = value
         elif key in NEUTRAL_VALUES:
             _check_neutral(key, value)
@@ -216,6 +223,9 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
     guided = structured_outputs_from_tensors(inputs)
     if guided is not None:  # tensors win over sampling_parameters here too
         fields["structured_outputs"] = guided
+    lora_name = fields.pop("lora_name", None)
+    if "lora_name" in inputs:  # a tensor wins, as everywhere; sent empty, it names nothing
+        lora_name = _scalar(inputs["lora_name"]) or lora_name
     return GenerationRequest(
         prompt_token_ids=[int(token) for token in inputs["input_ids"].reshape(-1)],
         sampling_params=_sampling_params(fields),
@@ -227,6 +237,7 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
         output_tokens_per_response=_flag(inputs, "return_num_output_tokens", default=False),
         cumulative_logprob=_flag(inputs, "return_cumulative_logprob", default=False),
         unfinished_reason="None" if _flag(inputs, "return_finish_reason", default=False) else "",
+        lora_name=lora_name or None,
     )
 
 

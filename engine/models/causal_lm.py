@@ -10,6 +10,7 @@ from engine.distributed import TensorParallelGroup
 from engine.kv_cache import layer_caches, stores_keys_transposed
 from engine.models.layers import Attention, DecoderLayer, RMSNorm, RotaryEmbedding
 from engine.models.linear import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from engine.models.lora import LoRABatch
 from engine.models.sharding import head_shard
 from engine.models.spec import ModelSpec
 
@@ -89,15 +90,18 @@ class CausalLM(nn.Module):
         positions: torch.Tensor,
         kv_cache: torch.Tensor,
         attn: AttentionMetadata,
+        lora_slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids, positions [T] int64 for the step's tokens; kv_cache
         [num_layers, 2, num_blocks, self.num_kv_heads, block_size, head_dim] (engine.kv_cache), written in
-        place at attn.slot_mapping. Returns the final hidden states [T, hidden_size]."""
+        place at attn.slot_mapping; lora_slots [T] int64, each token's LoRA adapter slot (0: none;
+        engine.models.lora), None when no token has one. Returns the final hidden states [T, hidden_size]."""
+        lora = LoRABatch.from_slots(lora_slots) if lora_slots is not None else None
         hidden = self.model.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
         for i, layer in enumerate(self.model.layers):
             key_cache, value_cache = layer_caches(kv_cache[i], self.keys_transposed)
-            hidden, residual = layer(positions, hidden, residual, key_cache, value_cache, attn)
+            hidden, residual = layer(positions, hidden, residual, key_cache, value_cache, attn, lora)
         assert residual is not None, "a model needs at least one layer"
         out, _ = self.model.norm.add_and_norm(hidden, residual)
         return out

@@ -6,6 +6,8 @@ the Triton kernel on CUDA and, on the CPU, the C++ kernel where one is built or 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -17,6 +19,9 @@ from engine.models.sharding import RowSlice, head_shard
 from engine.models.spec import ModelSpec
 from kernels import ops
 from kernels.native_library import FP8_DTYPES
+
+if TYPE_CHECKING:
+    from engine.models.lora import LoRABatch
 
 # calculate_kv_scales brings the largest key (as rotation can make it) and value of the forward it measures
 # to these (vLLM's K_SCALE_CONSTANT and V_SCALE_CONSTANT): e4m3 reaches 448, so later keys may grow 2.2x
@@ -121,9 +126,10 @@ class Attention(nn.Module):
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         attn: AttentionMetadata,
+        lora: LoRABatch | None = None,
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj.split(self.qkv_proj(hidden))
+        q, k, v = self.qkv_proj.split(self.qkv_proj(hidden, lora))
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
@@ -150,7 +156,7 @@ class Attention(nn.Module):
         )
         if scaled:
             out = out * self.v_scale
-        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim), lora)
 
     def _measure_kv_scales(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Scales that bring this forward's largest key to K_SCALE_RANGE and value to V_SCALE_RANGE (vLLM's
@@ -184,8 +190,8 @@ class MLP(nn.Module):
         self.gate_up_proj = ColumnParallelLinear(spec.hidden_size, (inter, inter), bias, dtype, device)
         self.down_proj = RowParallelLinear(inter, spec.hidden_size, bias, dtype, device, group)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+    def forward(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x, lora)), lora)
 
 
 class DecoderLayer(nn.Module):
@@ -215,14 +221,16 @@ class DecoderLayer(nn.Module):
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         attn: AttentionMetadata,
+        lora: LoRABatch | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden is the previous sublayer's output and residual the stream before it (None at layer 0).
-        The caches are this layer's [num_blocks, num_kv_heads, block_size, head_dim] (engine.kv_cache)."""
+        The caches are this layer's [num_blocks, num_kv_heads, block_size, head_dim] (engine.kv_cache);
+        `lora` says which rows take which adapter's updates (None: the base model for every row)."""
         if residual is None:
             residual = hidden
             normed = self.input_layernorm(hidden)
         else:
             normed, residual = self.input_layernorm.add_and_norm(hidden, residual)
-        hidden = self.self_attn(positions, normed, key_cache, value_cache, attn)
+        hidden = self.self_attn(positions, normed, key_cache, value_cache, attn, lora)
         normed, residual = self.post_attention_layernorm.add_and_norm(hidden, residual)
-        return self.mlp(normed), residual
+        return self.mlp(normed, lora), residual

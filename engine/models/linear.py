@@ -13,7 +13,7 @@ memory-mapped file and never materialises the whole tensor.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from torch import nn
 from engine.distributed import TensorParallelGroup
 from engine.models.packed_gemm import PrepackedWeight, prepack
 from engine.models.sharding import RowSlice, vocab_slice
+
+if TYPE_CHECKING:
+    from engine.models.lora import LoRABatch, ProjectionLoRA
 
 
 class CheckpointTensor(Protocol):
@@ -67,6 +70,8 @@ class _Projection(nn.Module):
 
     weight: nn.Parameter
     packed: PrepackedWeight | None = None
+    # The LoRA adapters' updates of this projection (engine.models.lora), None where none targets it.
+    lora: ProjectionLoRA | None = None
 
     def pack(self, format_name: str, keep_weight: bool = False) -> None:
         """Move the weight into the prepacked format `format_name`. The plain copy is freed unless something
@@ -79,6 +84,16 @@ class _Projection(nn.Module):
         if self.packed is not None:
             return self.packed.linear(x, bias)
         return F.linear(x, self.weight, bias)
+
+
+# Checkpoint projections that live inside one of our fused layers: name -> (fused layer, row block).
+FUSED_PROJECTIONS = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
 
 
 class ColumnParallelLinear(_Projection):
@@ -94,13 +109,17 @@ class ColumnParallelLinear(_Projection):
         device: torch.device,
     ) -> None:
         super().__init__()
+        self.in_features = in_features
         self.slices = tuple(slices)
         self.output_sizes = tuple(s.size for s in self.slices)
         self.weight = _parameter((sum(self.output_sizes), in_features), dtype, device)
         self.bias = _parameter((sum(self.output_sizes),), dtype, device) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(x, self.bias)
+    def forward(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
+        y = self.project(x, self.bias)
+        if lora is not None and self.lora is not None:
+            self.lora.add_to(x, y, lora)
+        return y
 
     def load(self, param_name: str, shard: int, source: CheckpointTensor, checkpoint_name: str) -> None:
         """This rank's rows of projection number `shard` into its row block of `weight` or `bias`."""
@@ -129,14 +148,20 @@ class RowParallelLinear(_Projection):
     ) -> None:
         super().__init__()
         self.cols = cols
+        self.out_features = out_features
         self.group = group
         self.weight = _parameter((out_features, cols.size), dtype, device)
         self.bias = _parameter((out_features,), dtype, device) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.group.size == 1:
-            return self.project(x, self.bias)
-        y = self.group.all_reduce(self.project(x, None))
+    def forward(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
+        single = self.group.size == 1
+        y = self.project(x, self.bias if single else None)
+        if lora is not None and self.lora is not None:
+            # Before the sum: each rank's update covers its input columns, as its product does.
+            self.lora.add_to(x, y, lora)
+        if single:
+            return y
+        y = self.group.all_reduce(y)
         # Added after the sum: adding it on every rank would count it tp times.
         return y if self.bias is None else y.add_(self.bias)
 

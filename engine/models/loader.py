@@ -13,19 +13,16 @@ from safetensors import safe_open
 from engine.distributed import TensorParallelGroup
 from engine.models.causal_lm import CausalLM
 from engine.models.layers import Attention
-from engine.models.linear import SHARDED_LAYERS, CheckpointTensor, ColumnParallelLinear, load_slice
+from engine.models.linear import (
+    FUSED_PROJECTIONS,
+    SHARDED_LAYERS,
+    CheckpointTensor,
+    ColumnParallelLinear,
+    load_slice,
+)
 from engine.models.registry import resolve_architecture
 from engine.models.sharding import check_tensor_parallel
 from engine.models.spec import ModelSpec, build_spec, read_json
-
-# Checkpoint projections that live inside one of our fused layers: name -> (fused layer, row block).
-_FUSED = {
-    "q_proj": ("qkv_proj", 0),
-    "k_proj": ("qkv_proj", 1),
-    "v_proj": ("qkv_proj", 2),
-    "gate_proj": ("gate_up_proj", 0),
-    "up_proj": ("gate_up_proj", 1),
-}
 
 
 def read_spec(model_path: str | Path, dtype: torch.dtype) -> ModelSpec:
@@ -143,8 +140,8 @@ def load_checkpoint(model: CausalLM, model_dir: Path) -> None:
         module_name, _, param_name = name.rpartition(".")
         parent, _, leaf = module_name.rpartition(".")
         shard = 0
-        if leaf in _FUSED:
-            fused_leaf, shard = _FUSED[leaf]
+        if leaf in FUSED_PROJECTIONS:
+            fused_leaf, shard = FUSED_PROJECTIONS[leaf]
             module_name = f"{parent}.{fused_leaf}"
         module = modules.get(module_name)
         param = getattr(module, param_name, None)

@@ -197,6 +197,7 @@ class BeamSearch:
             sampling=sampling,
             priority=self.request.priority,
             cache_salt=self.request.cache_salt,
+            lora_name=self.request.lora_name,
             request_id=f"{self.request.request_id}-beam-{step}-{index}",
         )
         top: list[tuple[int, float]] | None = None

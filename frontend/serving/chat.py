@@ -56,7 +56,7 @@ ENDPOINT = "/v1/chat/completions"
 class PreparedChat:
     """A validated chat request, ready for Triton."""
 
-    # The served model name to answer with.
+    # The served model name (or LoRA adapter name) to answer with.
     model: str
     # What goes to the engine model.
     generation: GenerationInput
@@ -155,7 +155,7 @@ class ChatHandler:
 
     async def _prepare(self, request: ChatCompletionRequest, request_id: str) -> PreparedChat:
         config = self.ctx.config
-        model = self.ctx.check_model(request.model)
+        served = await self.ctx.resolve_model(request.model)
         if request.stream_options is not None and not request.stream:
             raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
         params = engine_parameters(request, config.sampling_defaults)
@@ -218,13 +218,14 @@ class ChatHandler:
             sampling=params.sampling,
             priority=request.priority,
             cache_salt=request.cache_salt if request.cache_salt is not None else request.prompt_cache_key,
+            lora_name=served.lora_name,
             request_id=request_id,
         )
         max_tool_calls = 1 if request.parallel_tool_calls is False else None
         kept = kept_prompt(prompt_token_ids, request.truncate_prompt_tokens, limit)
         named_call = isinstance(request.tool_choice, NamedToolChoice)
         return PreparedChat(
-            model, generation, params, tool_parser, max_tool_calls, kept, legacy_functions, named_call
+            served.name, generation, params, tool_parser, max_tool_calls, kept, legacy_functions, named_call
         )
 
     def _tool_mode(

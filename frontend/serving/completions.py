@@ -46,7 +46,8 @@ class CompletionHandler:
     async def create(
         self, request: CompletionRequest, request_id: str
     ) -> CompletionResponse | AsyncIterator[str]:
-        model = self.ctx.check_model(request.model)
+        served = await self.ctx.resolve_model(request.model)
+        model = served.name
         if request.stream_options is not None and not request.stream:
             raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
         if request.suffix:
@@ -88,6 +89,7 @@ class CompletionHandler:
                 sampling=params.sampling,
                 priority=request.priority,
                 cache_salt=request.cache_salt,
+                lora_name=served.lora_name,
                 request_id=f"{request_id}-{index}",
             )
             for index, prompt in enumerate(prompts)

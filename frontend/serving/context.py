@@ -18,6 +18,26 @@ from frontend.triton_client import TritonClient
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A request's model: the name its response echoes and the LoRA adapter that serves it."""
+
+    # The served model name or the adapter's name, as the response's `model` field reports it.
+    name: str
+    # The llm model's adapter (a name of its lora_modules) that serves the request; None: the base model.
+    lora_name: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineModel:
+    """What the frontend reads from the llm model's `parameters` (Triton's get_model_config)."""
+
+    # The engine's context length (engine_context_length); None where it cannot be told.
+    max_model_len: int | None
+    # LoRA adapter name -> directory as configured (engine_lora_modules), in the configured order.
+    lora_modules: dict[str, str]
+
+
 @dataclass
 class ServingContext:
     """Long-lived objects built once at startup; handlers never keep per-request state here."""
@@ -32,9 +52,19 @@ class ServingContext:
     metrics: FrontendMetrics
     # Unix time the server started: `created` of the model cards.
     started: int
-    # The engine's context length, once Triton has told it (max_model_len below); None inside means it
-    # could not be told.
-    _engine_max_model_len: tuple[int | None] | None = field(default=None, init=False, repr=False)
+    # What the llm model's parameters say, once Triton has told them (_engine_model).
+    _engine: EngineModel | None = field(default=None, init=False, repr=False)
+
+    async def _engine_model(self) -> EngineModel | None:
+        """The llm model's parameters as the frontend reads them, asked of Triton once it answers (they are
+        fixed while it runs: adapters load at start only); None until then, asked again next time."""
+        if self._engine is None:
+            parameters = await self.triton.model_parameters(self.config.triton_timeout_s)
+            if parameters is None:
+                return None
+            length = await asyncio.to_thread(engine_context_length, parameters, self.config.model)
+            self._engine = EngineModel(length, engine_lora_modules(parameters))
+        return self._engine
 
     async def max_model_len(self) -> int | None:
         """The context length requests are checked against and /v1/models reports: --max-model-len when
@@ -42,21 +72,26 @@ class ServingContext:
         then, or where it cannot be told: the engine alone checks."""
         if self.config.max_model_len is not None:
             return self.config.max_model_len
-        if self._engine_max_model_len is None:
-            parameters = await self.triton.model_parameters(self.config.triton_timeout_s)
-            if parameters is None:
-                return None
-            length = await asyncio.to_thread(engine_context_length, parameters, self.config.model)
-            self._engine_max_model_len = (length,)
-        return self._engine_max_model_len[0]
+        engine = await self._engine_model()
+        return None if engine is None else engine.max_model_len
 
-    def check_model(self, model: str | None) -> str:
-        """The canonical served name for a request's `model` (None: the default); 404 for unknown ones."""
-        if model is None or model == "":
-            return self.config.model_name
-        if model not in self.config.served_model_names:
-            raise model_not_found(model)
-        return model
+    async def lora_modules(self) -> dict[str, str]:
+        """The LoRA adapters the engine serves, name -> directory as its llm model configures them; none
+        while Triton cannot say."""
+        engine = await self._engine_model()
+        return {} if engine is None else engine.lora_modules
+
+    async def resolve_model(self, model: str | None) -> ServedModel:
+        """What a request's `model` names (None or "": the default served name); 404 for unknown ones. A
+        served name wins over an adapter of the same name. While Triton cannot be asked only the served
+        names are known: an adapter's name is a 404 then, and Triton is asked again on the next request."""
+        if not model:
+            return ServedModel(self.config.model_name)
+        if model in self.config.served_model_names:
+            return ServedModel(model)
+        if model in await self.lora_modules():
+            return ServedModel(model, lora_name=model)
+        raise model_not_found(model)
 
     @property
     def system_fingerprint(self) -> str:
@@ -81,6 +116,23 @@ def engine_context_length(parameters: dict[str, str], frontend_model: Path) -> i
             return None
     served = Path(parameters.get("model", "")).expanduser()
     return checkpoint_context_length(served if served.is_absolute() and served.is_dir() else frontend_model)
+
+
+def engine_lora_modules(parameters: dict[str, str]) -> dict[str, str]:
+    """The LoRA adapters of the llm model's `lora_modules` parameter (a JSON object of name -> directory,
+    vllm_backend's multi_lora.json), read here without the engine (which validates them and would refuse to
+    load a bad value). Empty where it is empty or absent, or not such an object."""
+    text = parameters.get("lora_modules", "").strip()
+    if not text:
+        return {}
+    try:
+        modules = json.loads(text)
+    except ValueError:
+        modules = None
+    if not isinstance(modules, dict) or not all(isinstance(path, str) for path in modules.values()):
+        logger.warning("the engine model's lora_modules %r is not a JSON object of names and directories", text)
+        return {}
+    return modules
 
 
 def checkpoint_context_length(model_dir: Path) -> int | None:

@@ -148,7 +148,7 @@ class ResponseInputBuilder:
         self, request: ResponsesRequest, history: list[Item], response_id: str
     ) -> PreparedResponse:
         config = self.ctx.config
-        model = self.ctx.check_model(request.model)
+        served = await self.ctx.resolve_model(request.model)
         _check_includes(request.include)
         if not request.input and not history:
             raise bad_request("input is required (and must not be empty)", param="input")
@@ -196,7 +196,7 @@ class ResponseInputBuilder:
             created_at=unix_now(),
             status="in_progress",
             instructions=request.instructions,
-            model=model,
+            model=served.name,
             parallel_tool_calls=request.parallel_tool_calls is not False,
             previous_response_id=request.previous_response_id,
             conversation=request.conversation_reference(),
@@ -234,6 +234,7 @@ class ResponseInputBuilder:
             ),
             sampling=params.sampling,
             cache_salt=request.prompt_cache_key,
+            lora_name=served.lora_name,
             request_id=response_id,
         )
         parse_reasoning = config.reasoning_parser is not None and "structured_outputs" not in params.sampling

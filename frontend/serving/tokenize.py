@@ -20,7 +20,8 @@ class TokenizeHandler:
         self.ctx = ctx
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
-        self.ctx.check_model(request.model)
+        # An adapter shares the base model's tokenizer and chat template.
+        await self.ctx.resolve_model(request.model)
         templater = self.ctx.templater
         if request.messages is not None:
             if request.continue_final_message and request.add_generation_prompt:
@@ -54,7 +55,7 @@ class TokenizeHandler:
         )
 
     async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
-        self.ctx.check_model(request.model)
+        await self.ctx.resolve_model(request.model)
         vocab = self.ctx.templater.vocab_size
         if any(token < 0 or token >= vocab for token in request.tokens):
             raise bad_request(f"token ids must be in [0, {vocab})", param="tokens")

@@ -14,7 +14,7 @@ from engine.distributed import TensorParallelGroup
 from engine.models import load_model, read_spec
 from engine.models.sharding import check_tensor_parallel, head_shard
 from engine.models.spec import ModelSpec
-from engine.tp_workers import pack_step, unpack_step
+from engine.tp_workers import pack_step, packed_step_size, unpack_step
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +102,16 @@ def test_packed_step_round_trips() -> None:
         max_seq_len=9,
     )
     ids, positions = torch.tensor([11, 12, 13, 14]), torch.tensor([0, 1, 2, 8])
-    got_ids, got_positions, got = unpack_step(pack_step(ids, positions, attn), 2, 2, 3, 9)
-    assert torch.equal(got_ids, ids) and torch.equal(got_positions, positions)
-    for field in dataclasses.fields(AttentionMetadata):
-        value, expected = getattr(got, field.name), getattr(attn, field.name)
-        if isinstance(expected, torch.Tensor):
-            assert value.dtype == expected.dtype and torch.equal(value, expected), field.name
-        else:
-            assert value == expected, field.name
+    lora_slots = torch.tensor([0, 0, 0, 2])
+    for slots in (None, lora_slots):
+        packed = pack_step(ids, positions, attn, slots)
+        assert packed.numel() == packed_step_size(4, 2, 2, slots is not None)
+        got_ids, got_positions, got, got_slots = unpack_step(packed, 2, 2, 3, 9, slots is not None)
+        assert torch.equal(got_ids, ids) and torch.equal(got_positions, positions)
+        assert got_slots is None if slots is None else torch.equal(got_slots, slots)
+        for field in dataclasses.fields(AttentionMetadata):
+            value, expected = getattr(got, field.name), getattr(attn, field.name)
+            if isinstance(expected, torch.Tensor):
+                assert value.dtype == expected.dtype and torch.equal(value, expected), field.name
+            else:
+                assert value == expected, field.name

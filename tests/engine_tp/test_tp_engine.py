@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from tests.engine_tp.conftest import EngineFactory
+from tests.lora_adapter import write_random_adapter
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 # Seeded sampling follows the logits closely, so it also catches differences greedy ties could hide.
@@ -137,3 +138,19 @@ def test_invalid_tensor_parallel_size_is_refused_before_any_worker_starts(model_
     assert multiprocessing.active_children() == before
     with pytest.raises(ValueError, match="tensor_parallel_size must be >= 1"):
         EngineConfig(model=str(model_path), tensor_parallel_size=0)
+
+
+def test_lora_adapter_split_across_ranks(make_engine: EngineFactory, tiny_qwen3: Path, tmp_path: Path) -> None:
+    # Each rank keeps B's rows of its q/k/v heads and gate/up features, and A's columns of its o/down
+    # inputs; a batch mixing the adapter and the base model generates what tp=1 does.
+    adapter = write_random_adapter(tiny_qwen3, tmp_path / "adapter", seed=3, rank=4, weight_std=0.2)
+    prompts, params = TINY_PROMPTS * 2, [GREEDY, GREEDY, SEEDED, SEEDED]
+    names: list[str | None] = ["tiny", None, "tiny", None]
+    single = make_engine(tiny_qwen3, 1, max_num_batched_tokens=16, lora_modules={"tiny": str(adapter)})
+    expected = [result.token_ids for result in single.generate(prompts, params, lora_name=names)]
+    assert expected != [result.token_ids for result in single.generate(prompts, params)]
+    parallel = make_engine(tiny_qwen3, 2, max_num_batched_tokens=16, lora_modules={"tiny": str(adapter)})
+    try:
+        assert [result.token_ids for result in parallel.generate(prompts, params, lora_name=names)] == expected
+    finally:
+        parallel.shutdown()

@@ -37,6 +37,7 @@ INPUT_DTYPES: dict[str, Any] = {
     "return_unchanged_outputs": np.bool_,
     "guided_decoding_guide_type": np.object_,
     "guided_decoding_guide": np.object_,
+    "lora_name": np.object_,
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ensemble_configs.render import load_profile
 from tests.servers import ROOT
 from triton_adapters.engine_settings import engine_config
@@ -19,7 +21,7 @@ def test_the_cpu_profile_builds_the_engine_it_describes() -> None:
     assert config.enable_prefix_caching and config.tensor_parallel_size == 1
     assert not config.enforce_eager and config.cpu_weight_format == "auto"
     assert config.stream_interval == 1 and config.kv_cache_dtype == "auto" and not config.calculate_kv_scales
-    assert config.speculative_config is None
+    assert config.speculative_config is None and config.lora_modules == {}
 
 
 def test_gpu_instances_are_pinned_to_their_device() -> None:
@@ -48,3 +50,30 @@ def test_speculative_decoding_takes_vllms_json() -> None:
     speculative = engine_config({**parameters, "speculative_config": text}, "/repo/llm").speculative_config
     assert speculative is not None
     assert (speculative.num_speculative_tokens, speculative.prompt_lookup_min, speculative.prompt_lookup_max) == (4, 3, 3)
+
+
+def test_lora_modules_take_vllm_backends_multi_lora_json() -> None:
+    """Adapter name -> directory; relative directories resolve as the checkpoint's (against the folder that
+    holds the repository)."""
+    parameters = {"model": "/ckpt/qwen3", "device": "cpu"}
+    assert engine_config(parameters, "/repo/llm").lora_modules == {}
+    assert engine_config({**parameters, "lora_modules": " "}, "/repo/llm").lora_modules == {}
+    text = '{"sql": "/adapters/sql-lora", "chat": "adapters/chat"}'
+    modules = engine_config({**parameters, "lora_modules": text}, str(ROOT / "model_repository" / "llm")).lora_modules
+    assert modules == {"sql": "/adapters/sql-lora", "chat": str(ROOT / "adapters" / "chat")}
+    assert list(modules) == ["sql", "chat"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("sql=/adapters/sql", "not valid JSON"),
+        ('["/adapters/sql"]', "must be a JSON object"),
+        ('{"": "/adapters/sql"}', "adapter name is empty"),
+        ('{"sql": ""}', "adapter 'sql' needs a directory"),
+        ('{"sql": {"path": "/adapters/sql"}}', "adapter 'sql' needs a directory"),
+    ],
+)
+def test_bad_lora_modules_are_refused_by_name(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        engine_config({"model": "/ckpt/qwen3", "device": "cpu", "lora_modules": value}, "/repo/llm")

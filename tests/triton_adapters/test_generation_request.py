@@ -78,6 +78,22 @@ def test_tensor_wins_over_json() -> None:
     assert request.sampling_params.max_tokens == 9
 
 
+def test_lora_name_from_the_tensor_or_vllm_backends_json_key() -> None:
+    """The adapter is the request's, not a sampling parameter; the tensor wins, and empty names nothing."""
+    assert parse_generation_request(tensors()).lora_name is None
+    assert parse_generation_request(tensors(lora_name="sql")).lora_name == "sql"
+    keyed = parse_generation_request(tensors(sampling_parameters=json.dumps({"lora_name": "sql", "temperature": 0})))
+    assert keyed.lora_name == "sql" and keyed.sampling_params.temperature == 0.0
+    both = tensors(sampling_parameters=json.dumps({"lora_name": "sql"}), lora_name="chat")
+    assert parse_generation_request(both).lora_name == "chat"
+    empty = tensors(sampling_parameters=json.dumps({"lora_name": "sql"}), lora_name="")
+    assert parse_generation_request(empty).lora_name == "sql"
+    assert parse_generation_request(tensors(lora_name="")).lora_name is None
+    assert parse_generation_request(tensors(sampling_parameters=json.dumps({"lora_name": ""}))).lora_name is None
+    with pytest.raises(ValueError, match="parameter 'lora_name'"):
+        parse_generation_request(tensors(sampling_parameters=json.dumps({"lora_name": 3})))
+
+
 @pytest.mark.parametrize(
     "values",
     [

@@ -164,6 +164,7 @@ class TritonPythonModel:
                 generation.sampling_params,
                 priority=generation.priority,
                 cache_salt=generation.cache_salt,
+                lora_name=generation.lora_name,
                 on_output=self.outputs.put,
             )
         except ValueError as error:

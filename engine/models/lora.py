@@ -1,0 +1,140 @@
+"""LoRA updates inside the model: every loaded adapter's low-rank product, added to the rows of the
+requests that chose it (an adapter per request, several in one batch, none for the others).
+
+Adapters get slots 1.. in load order (0 is the base model). Under tensor parallelism each rank keeps its
+share: a column-parallel projection (q|k|v, gate|up) the rows of B that match its output rows (A whole);
+a row-parallel one (o, down) the columns of A that match its input columns (B whole), so its partial
+update is summed by the same all-reduce as its partial product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from engine.lora import LoRAAdapter
+from engine.models.linear import FUSED_PROJECTIONS, ColumnParallelLinear, RowParallelLinear
+
+if TYPE_CHECKING:
+    from engine.models.causal_lm import CausalLM
+
+
+@dataclass(frozen=True)
+class LoRABatch:
+    """The step's token rows by adapter slot: (slot, rows), rows None where the slot has every row."""
+
+    groups: tuple[tuple[int, torch.Tensor | None], ...]
+
+    @staticmethod
+    def from_slots(slots: torch.Tensor) -> LoRABatch | None:
+        """slots [T]: the adapter slot of each token (0: none). None when no token has an adapter."""
+        groups = []
+        for slot in torch.unique(slots).tolist():
+            if slot != 0:
+                rows = torch.nonzero(slots == slot).squeeze(1)
+                groups.append((slot, None if rows.numel() == slots.numel() else rows))
+        return LoRABatch(tuple(groups)) if groups else None
+
+
+@dataclass(frozen=True)
+class _OutputPart:
+    """One targeted projection of a (possibly fused) layer: its output columns and B (this rank's rows,
+    scaled), its rank columns following the previous part's."""
+
+    out_start: int
+    b: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _SlotUpdate:
+    """y += (x @ a_t) @ b_t: a_t [in, R] stacks the A of every targeted projection of the layer (q, k
+    and v in one matmul), b_t [R, out] puts each one's B in its block of output columns (zeros
+    elsewhere), so a layer's update is two matmuls whatever it fuses: at decode sizes the count of small
+    ops, not their arithmetic, is what an update costs."""
+
+    a_t: torch.Tensor
+    b_t: torch.Tensor
+
+
+class ProjectionLoRA:
+    """The adapters' updates of one projection layer, by slot."""
+
+    def __init__(self) -> None:
+        self._updates: dict[int, _SlotUpdate] = {}
+
+    def set(self, slot: int, a: torch.Tensor, parts: tuple[_OutputPart, ...], out_features: int) -> None:
+        """a [R, in] and the parts' B [size, rank] (their ranks summing to R), in the model's dtype."""
+        b_t = a.new_zeros((a.shape[0], out_features))
+        rank_start = 0
+        for part in parts:
+            rank, size = part.b.shape[1], part.b.shape[0]
+            b_t[rank_start : rank_start + rank, part.out_start : part.out_start + size] = part.b.T
+            rank_start += rank
+        self._updates[slot] = _SlotUpdate(a.T.contiguous(), b_t)
+
+    def add_to(self, x: torch.Tensor, y: torch.Tensor, batch: LoRABatch) -> None:
+        """y [T, out] += each row's adapter update of x [T, in], in place."""
+        for slot, rows in batch.groups:
+            update = self._updates.get(slot)
+            if update is None:  # this adapter leaves this projection alone
+                continue
+            if rows is None:
+                y.addmm_(x @ update.a_t, update.b_t)
+            else:
+                y.index_add_(0, rows, (x.index_select(0, rows) @ update.a_t) @ update.b_t)
+
+
+def attach_adapters(model: CausalLM, adapters: list[LoRAAdapter]) -> None:
+    """Give adapter i slot i + 1 in every projection it targets (this rank's share, in the model's dtype
+    and device); shapes that do not fit the model are refused naming the adapter and tensor."""
+    dtype, device = model.spec.dtype, next(model.parameters()).device
+    for slot, adapter in enumerate(adapters, start=1):
+        by_layer: dict[str, list[tuple[int, str]]] = {}
+        for module_name in adapter.weights:
+            parent, _, leaf = module_name.rpartition(".")
+            fused, shard = FUSED_PROJECTIONS.get(leaf, (leaf, 0))
+            by_layer.setdefault(f"{parent}.{fused}", []).append((shard, module_name))
+        for layer_name, targets in by_layer.items():
+            layer = model.model.get_submodule(layer_name)
+            if isinstance(layer, ColumnParallelLinear):
+                a, parts = _column_update(adapter, layer, sorted(targets))
+            elif isinstance(layer, RowParallelLinear):
+                a, parts = _row_update(adapter, layer, targets[0][1])
+            else:
+                raise ValueError(f"LoRA adapter {adapter.name!r}: {layer_name} is not a projection")
+            if layer.lora is None:
+                layer.lora = ProjectionLoRA()
+            out_features = sum(layer.output_sizes) if isinstance(layer, ColumnParallelLinear) else layer.out_features
+            parts = tuple(_OutputPart(part.out_start, part.b.to(device, dtype)) for part in parts)
+            layer.lora.set(slot, a.to(device, dtype), parts, out_features)
+
+
+def _check(adapter: LoRAAdapter, module_name: str, a: torch.Tensor, b: torch.Tensor, in_size: int, out_size: int) -> None:
+    if a.shape[1] != in_size or b.shape[0] != out_size:
+        raise ValueError(
+            f"LoRA adapter {adapter.name!r}: {module_name} has A {tuple(a.shape)} and B {tuple(b.shape)}; the "
+            f"model's projection is {out_size} x {in_size}"
+        )
+
+
+def _column_update(
+    adapter: LoRAAdapter, layer: ColumnParallelLinear, targets: list[tuple[int, str]]
+) -> tuple[torch.Tensor, tuple[_OutputPart, ...]]:
+    factors, parts = [], []
+    for shard, module_name in targets:
+        weights, rows = adapter.weights[module_name], layer.slices[shard]
+        _check(adapter, module_name, weights.a, weights.b, layer.in_features, rows.total)
+        parts.append(_OutputPart(sum(layer.output_sizes[:shard]), weights.b[rows.start : rows.start + rows.size]))
+        factors.append(weights.a)
+    return torch.cat(factors), tuple(parts)
+
+
+def _row_update(
+    adapter: LoRAAdapter, layer: RowParallelLinear, module_name: str
+) -> tuple[torch.Tensor, tuple[_OutputPart, ...]]:
+    weights, cols = adapter.weights[module_name], layer.cols
+    _check(adapter, module_name, weights.a, weights.b, cols.total, layer.out_features)
+    a = weights.a[:, cols.start : cols.start + cols.size]
+    return a, (_OutputPart(0, weights.b),)

@@ -1,0 +1,215 @@
+"""LoRA adapters: the engine's outputs with an adapter equal Hugging Face + PEFT's with the same adapter,
+for every projection PEFT targets, rsLoRA, several adapters and the base model mixed in one batch, prefix
+caching kept apart per adapter; adapters the engine cannot serve are refused naming why."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from engine import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams, SpeculativeConfig
+from engine.lora import load_adapter
+from engine.models.lora import LoRABatch
+from tests.engine.conftest import PROMPT_TEXTS, EngineFactory, torch_threads
+from tests.lora_adapter import write_random_adapter
+
+MAX_TOKENS = 10
+GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+PROMPTS = PROMPT_TEXTS[:3]
+
+
+@pytest.fixture(scope="module")
+def adapters(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two adapters PEFT wrote: every projection at rank 8, and q/v only at rank 4 with rsLoRA."""
+    root = tmp_path_factory.mktemp("lora")
+    every = write_random_adapter(model_dir, root / "every", seed=1)
+    qv = write_random_adapter(
+        model_dir, root / "qv", seed=2, rank=4, target_modules=("q_proj", "v_proj"), use_rslora=True
+    )
+    return {"every": str(every), "qv": str(qv)}
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    return [tokenizer.encode(text) for text in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def peft_outputs(model_dir: Path, adapters: dict[str, str], prompts: list[list[int]]) -> dict[str | None, list[list[int]]]:
+    """Greedy tokens of Hugging Face transformers with PEFT's own LoRA layers (float32), by adapter."""
+    # Imported here, not at collection: PEFT imports triton, and triton.language's own jit functions must be
+    # built after tests/kernels/conftest.py sets TRITON_INTERPRET (else the interpreted kernels cannot call them).
+    from peft import PeftModel
+
+    def greedy(model: torch.nn.Module) -> list[list[int]]:
+        outputs = []
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            generated = model.generate(  # type: ignore[operator]
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=MAX_TOKENS
+            )
+            outputs.append(generated[0, len(prompt) :].tolist())
+        return outputs
+
+    results: dict[str | None, list[list[int]]] = {}
+    with torch.inference_mode(), torch_threads(1):
+        for name in (None, *adapters):
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+            if name is not None:
+                model = PeftModel.from_pretrained(model, adapters[name])
+            results[name] = greedy(model.eval())
+    return results
+
+
+@pytest.fixture(scope="module")
+def lora_engine(make_engine: EngineFactory, adapters: dict[str, str]) -> LLMEngine:
+    return make_engine(lora_modules=adapters, kv_cache_memory=32 << 20)
+
+
+def test_each_adapter_matches_peft(
+    lora_engine: LLMEngine, prompts: list[list[int]], peft_outputs: dict[str | None, list[list[int]]]
+) -> None:
+    # The adapters change the outputs (else the comparison would prove nothing).
+    assert peft_outputs["every"] != peft_outputs[None] and peft_outputs["qv"] != peft_outputs[None]
+    for name in (None, "every", "qv"):
+        results = lora_engine.generate(prompts, GREEDY, lora_name=name)
+        assert [r.token_ids for r in results] == peft_outputs[name], name
+
+
+def test_adapters_and_base_mixed_in_one_batch(
+    lora_engine: LLMEngine, prompts: list[list[int]], peft_outputs: dict[str | None, list[list[int]]]
+) -> None:
+    names: list[str | None] = ["every", None, "qv", "qv", "every", None]
+    batch = [prompts[i % len(prompts)] for i in range(len(names))]
+    results = lora_engine.generate(batch, GREEDY, lora_name=names)
+    expected = [peft_outputs[name][i % len(prompts)] for i, name in enumerate(names)]
+    assert [r.token_ids for r in results] == expected
+
+
+def test_prefix_cache_is_kept_apart_per_adapter(lora_engine: LLMEngine, tokenizer: PreTrainedTokenizerBase) -> None:
+    # Four full blocks of 16 tokens: the base model's blocks must not serve the adapter, nor one adapter's
+    # the other's, while the same adapter hits its own.
+    prompt = tokenizer.encode("A long shared prefix about the history of bridges and rivers. " * 6)
+    assert len(prompt) > 64
+    params = SamplingParams(temperature=0.0, max_tokens=2)
+    cached = {}
+    for label, name in (("base", None), ("every", "every"), ("qv", "qv"), ("every again", "every")):
+        [result] = lora_engine.generate([prompt], params, lora_name=name)
+        cached[label] = result.num_cached_tokens
+    assert cached["every"] == 0 and cached["qv"] == 0
+    assert cached["every again"] >= 64
+
+
+def test_speculation_and_preemption_keep_adapter_outputs(
+    make_engine: EngineFactory,
+    adapters: dict[str, str],
+    prompts: list[list[int]],
+    peft_outputs: dict[str | None, list[list[int]]],
+) -> None:
+    # 4 blocks: all six requests together need more, so some are preempted and recomputed with their
+    # adapter; n-gram drafts are verified through the adapter's layers too.
+    engine = make_engine(
+        lora_modules=adapters,
+        num_kv_blocks=4,
+        speculative_config=SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_min=1, prompt_lookup_max=2),
+    )
+    names: list[str | None] = ["every", "qv", None] * 2
+    batch = [prompts[i % len(prompts)] for i in range(len(names))]
+    results = engine.generate(batch, GREEDY, lora_name=names)
+    assert [r.token_ids for r in results] == [peft_outputs[n][i % len(prompts)] for i, n in enumerate(names)]
+    stats = engine.stats()
+    assert stats.num_preemptions > 0 and stats.spec_draft_tokens_total > 0
+
+
+def test_parallel_sequences_inherit_the_adapter(
+    lora_engine: LLMEngine, prompts: list[list[int]], peft_outputs: dict[str | None, list[list[int]]]
+) -> None:
+    lora_engine.add_request("n2", prompts[0], SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, n=2), lora_name="qv")
+    tokens: dict[int, list[int]] = {0: [], 1: []}
+    while lora_engine.has_unfinished_requests():
+        for output in lora_engine.step():
+            tokens[output.index].extend(output.new_token_ids)
+    assert tokens[0] == tokens[1] == peft_outputs["qv"][0]
+
+
+def test_unknown_adapter_is_refused_by_name(lora_engine: LLMEngine, prompts: list[list[int]]) -> None:
+    with pytest.raises(InvalidRequestError, match=r"LoRA adapter 'sql' is not loaded \(loaded: every, qv\)"):
+        lora_engine.add_request("unknown", prompts[0], GREEDY, lora_name="sql")
+    assert not lora_engine.has_unfinished_requests()
+
+
+def test_batch_groups_rows_by_slot() -> None:
+    assert LoRABatch.from_slots(torch.tensor([0, 0, 0])) is None
+    assert LoRABatch.from_slots(torch.tensor([2, 2])) == LoRABatch(((2, None),))
+    batch = LoRABatch.from_slots(torch.tensor([1, 0, 2, 1]))
+    assert batch is not None
+    assert [(slot, rows.tolist() if rows is not None else None) for slot, rows in batch.groups] == [
+        (1, [0, 3]),
+        (2, [2]),
+    ]
+
+
+Weights = dict[str, torch.Tensor]
+
+
+def _edited_copy(
+    source: str, target: Path, config_changes: dict, edit_weights: Callable[[Weights], Weights] | None = None
+) -> Path:
+    """A copy of adapter `source` in `target` with some config keys changed and its weights edited."""
+    target.mkdir()
+    config = json.loads((Path(source) / "adapter_config.json").read_text())
+    (target / "adapter_config.json").write_text(json.dumps({**config, **config_changes}))
+    weights = load_file(Path(source) / "adapter_model.safetensors")
+    save_file(weights if edit_weights is None else edit_weights(weights), target / "adapter_model.safetensors")
+    return target
+
+
+@pytest.mark.parametrize(
+    ("config_changes", "message"),
+    [
+        ({"use_dora": True}, "not supported: use_dora=True"),
+        ({"bias": "all"}, "not supported: bias='all'"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"rank_pattern": {"q_proj": 2}}, "rank_pattern"),
+        ({"r": 16}, r"has A \(8, \d+\) and B \(576, 8\), not rank 16"),
+    ],
+)
+def test_unsupported_adapters_are_refused(
+    adapters: dict[str, str], tmp_path: Path, config_changes: dict, message: str
+) -> None:
+    edited = _edited_copy(adapters["every"], tmp_path / "edited", config_changes)
+    with pytest.raises(ValueError, match=message):
+        load_adapter("edited", edited)
+
+
+def test_adapters_of_other_layers_or_models_are_refused(
+    make_engine: EngineFactory, adapters: dict[str, str], tmp_path: Path
+) -> None:
+    def with_head(weights: Weights) -> Weights:
+        return {**weights, "base_model.model.lm_head.lora_A.weight": torch.zeros(8, 576)}
+
+    head = _edited_copy(adapters["every"], tmp_path / "head", {}, with_head)
+    with pytest.raises(ValueError, match="lm_head.lora_A.weight is not a LoRA factor of a supported projection"):
+        load_adapter("head", head)
+
+    def widened(weights: Weights) -> Weights:
+        name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+        return {**weights, name: torch.zeros(8, 1024)}
+
+    other_model = _edited_copy(adapters["every"], tmp_path / "other", {}, widened)
+    with pytest.raises(ValueError, match=r"layers.0.self_attn.q_proj has A \(8, 1024\).*576 x 576"):
+        make_engine(lora_modules={"other": str(other_model)})
+    with pytest.raises(ValueError, match=r"cannot read .*adapter_config.json: No such file"):
+        load_adapter("missing", tmp_path / "missing")
+    pickled = _edited_copy(adapters["every"], tmp_path / "pickled", {})
+    (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
+    with pytest.raises(ValueError, match=r"has adapter_model.bin \(pickled; re-save it"):
+        load_adapter("pickled", pickled)
+    with pytest.raises(ValueError, match="lora_modules maps adapter names to directories"):
+        EngineConfig(model="m", lora_modules={"": "/x"})

@@ -1,0 +1,135 @@
+"""LoRA adapters configured as README.md says (a profile's `lora_modules`, rendered into the llm model's
+parameters) and served by a stack of their own, tritonserver and frontend: /v1/models lists them, a request
+names one as its `model` through the OpenAI SDK or as `lora_name` over Triton, unknown names are refused
+and the server goes on serving."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+from openai.types import Completion
+
+from ensemble_configs.render import render_variant
+from tests.frontend.conftest import MODEL_NAME
+from tests.integration.triton_requests import generate, stream_outputs
+from tests.lora_adapter import write_random_adapter
+from tests.servers import ROOT, FrontendServer, TritonServer, start_frontend, start_triton
+
+pytestmark = pytest.mark.slow
+
+ADAPTERS = {"sql": 1, "chat": 2}  # name -> the seed of its random weights
+# Over three full KV blocks, so that a request with another adapter (or none) could find the earlier ones'
+# prompt blocks in the prefix cache: it must not use them.
+PROMPT = (
+    "Here is a short story about a lighthouse keeper who lived alone on a rocky island far from the coast, "
+    "and the strange ship that appeared one night in a storm. The story begins"
+)
+MAX_TOKENS = 12
+# The greedy answers' settings as Triton tensors.
+GREEDY = {"temperature": 0.0, "max_tokens": MAX_TOKENS}
+# Every answer MAX_TOKENS long (an early EOS would make texts harder to tell apart); the token ids come back.
+EXTRA = {"ignore_eos": True, "return_token_ids": True}
+
+
+@dataclass
+class LoraStack:
+    triton: TritonServer
+    frontend: FrontendServer
+    # Adapter name -> its directory, as lora_modules names it.
+    adapters: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def stack(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoraStack]:
+    folder = tmp_path_factory.mktemp("lora")
+    adapters = {name: write_random_adapter(model_path, folder / name, seed=seed) for name, seed in ADAPTERS.items()}
+    overrides = {
+        "kv_cache_memory": 64 << 20,
+        "lora_modules": json.dumps({name: str(path) for name, path in adapters.items()}),
+    }
+    repository = render_variant(ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml", overrides, folder, "lora")
+    triton = start_triton(repository, folder)
+    try:
+        frontend = start_frontend(model_path, triton, folder, api_key=None)
+    except Exception:
+        triton.process.stop()
+        raise
+    yield LoraStack(triton, frontend, adapters)
+    frontend.process.stop()
+    triton.process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stack: LoraStack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.frontend.base_url, api_key="none", max_retries=0)
+
+
+def complete(client: openai.OpenAI, model: str, **extra: object) -> Completion:
+    return client.completions.create(
+        model=model, prompt=PROMPT, temperature=0, max_tokens=MAX_TOKENS, extra_body={**EXTRA, **extra}
+    )
+
+
+def test_models_lists_the_adapters_after_the_base_model(client: openai.OpenAI, stack: LoraStack) -> None:
+    models = list(client.models.list())
+    assert [model.id for model in models[:3]] == [MODEL_NAME, "sql", "chat"]
+    base, *adapters = models[:3]
+    for card in adapters:
+        assert card.model_extra is not None and card.model_extra["parent"] == MODEL_NAME
+        assert card.model_extra["root"] == str(stack.adapters[card.id])
+        assert card.model_extra["max_model_len"] == base.model_extra["max_model_len"] == 8192  # type: ignore[index]
+    assert client.models.retrieve("chat").model_extra["parent"] == MODEL_NAME  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+def test_each_adapter_answers_its_own_way_and_the_same_each_time(client: openai.OpenAI, stack: LoraStack) -> None:
+    # The adapter first, on a prompt nothing has cached; its second answer follows the base model's, whose
+    # prompt blocks it must not take for its own.
+    sql = complete(client, "sql")
+    base = complete(client, MODEL_NAME)
+    chat = complete(client, "chat")
+    again = complete(client, "sql")
+    texts = [answer.choices[0].text for answer in (base, sql, chat)]
+    assert len(set(texts)) == 3, texts
+    assert again.choices[0].text == sql.choices[0].text
+    assert (base.model, sql.model, chat.model) == (MODEL_NAME, "sql", "chat")
+    assert all(answer.usage is not None and answer.usage.completion_tokens == MAX_TOKENS for answer in (base, sql))
+
+    # Over Triton, the same tokens: vllm_backend's sampling_parameters key on the llm model, and the
+    # lora_name tensor on the ensemble.
+    prompt_ids = sql.choices[0].model_extra["prompt_token_ids"]  # type: ignore[index]
+    sampling = {"lora_name": "sql", "temperature": 0, "max_tokens": MAX_TOKENS, "ignore_eos": True}
+    outputs = stream_outputs(stack.triton.grpc_url, {"input_ids": prompt_ids, "sampling_parameters": sampling}, "llm")
+    native = [int(token) for output in outputs for token in output["output_token_ids"]]
+    assert native == sql.choices[0].model_extra["token_ids"]  # type: ignore[index]
+    request = {"text_input": PROMPT, "prompt_token_ids": prompt_ids, "lora_name": "chat", **GREEDY, "ignore_eos": True}
+    through_ensemble = generate(stack.triton.grpc_url, request)
+    assert through_ensemble.error is None, through_ensemble.error
+    assert through_ensemble.token_ids == chat.choices[0].model_extra["token_ids"]  # type: ignore[index]
+
+    # A beam search sends each step to the engine with the adapter: one beam is the greedy answer.
+    beam = complete(client, "sql", use_beam_search=True)
+    assert beam.choices[0].text == sql.choices[0].text and beam.model == "sql"
+
+
+def test_a_streamed_chat_names_its_adapter(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    assert chunks and all(chunk.model == "chat" for chunk in chunks)
+
+
+def test_unknown_adapters_are_refused_and_serving_goes_on(client: openai.OpenAI, stack: LoraStack) -> None:
+    with pytest.raises(openai.NotFoundError):
+        complete(client, "nope")
+    refused = generate(stack.triton.grpc_url, {"text_input": PROMPT, "sampling_parameters": {"lora_name": "nope"}})
+    assert refused.error is not None and "nope" in str(refused.error)
+    after = generate(stack.triton.grpc_url, {"text_input": PROMPT, "lora_name": "sql", **GREEDY})
+    assert after.error is None and after.num_output_tokens > 0
