@@ -96,7 +96,7 @@ class CausalLM(nn.Module):
         [num_layers, 2, num_blocks, self.num_kv_heads, block_size, head_dim] (engine.kv_cache), written in
         place at attn.slot_mapping; lora_slots [T] int64, each token's LoRA adapter slot (0: none;
         engine.models.lora), None when no token has one. Returns the final hidden states [T, hidden_size]."""
-        lora = LoRABatch.from_slots(lora_slots) if lora_slots is not None else None
+        lora = LoRABatch.from_slots(lora_slots, self.spec.dtype) if lora_slots is not None else None
         hidden = self.model.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
         for i, layer in enumerate(self.model.layers):

@@ -23,18 +23,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LoRABatch:
-    """The step's token rows by adapter slot: (slot, rows), rows None where the slot has every row."""
+    """The step's token rows by adapter slot: (slot, mask), mask [T, 1] in the model's dtype (1 on the
+    slot's rows, 0 elsewhere), None where the slot has every row."""
 
     groups: tuple[tuple[int, torch.Tensor | None], ...]
 
     @staticmethod
-    def from_slots(slots: torch.Tensor) -> LoRABatch | None:
+    def from_slots(slots: torch.Tensor, dtype: torch.dtype) -> LoRABatch | None:
         """slots [T]: the adapter slot of each token (0: none). None when no token has an adapter."""
         groups = []
         for slot in torch.unique(slots).tolist():
             if slot != 0:
-                rows = torch.nonzero(slots == slot).squeeze(1)
-                groups.append((slot, None if rows.numel() == slots.numel() else rows))
+                rows = slots == slot
+                groups.append((slot, None if bool(rows.all()) else rows.unsqueeze(1).to(dtype)))
         return LoRABatch(tuple(groups)) if groups else None
 
 
@@ -75,15 +76,17 @@ class ProjectionLoRA:
         self._updates[slot] = _SlotUpdate(a.T.contiguous(), b_t)
 
     def add_to(self, x: torch.Tensor, y: torch.Tensor, batch: LoRABatch) -> None:
-        """y [T, out] += each row's adapter update of x [T, in], in place."""
-        for slot, rows in batch.groups:
+        """y [T, out] += each row's adapter update of x [T, in], in place. An adapter that has some of the
+        rows computes x @ A.T on all of them and zeroes the others: one multiplication by the mask costs less
+        than gathering its rows and scattering their updates back (an update is R columns wide)."""
+        for slot, mask in batch.groups:
             update = self._updates.get(slot)
             if update is None:  # this adapter leaves this projection alone
                 continue
-            if rows is None:
-                y.addmm_(x @ update.a_t, update.b_t)
-            else:
-                y.index_add_(0, rows, (x.index_select(0, rows) @ update.a_t) @ update.b_t)
+            xa = x @ update.a_t
+            if mask is not None:
+                xa.mul_(mask)
+            y.addmm_(xa, update.b_t)
 
 
 def attach_adapters(model: CausalLM, adapters: list[LoRAAdapter]) -> None:

@@ -145,14 +145,12 @@ def test_unknown_adapter_is_refused_by_name(lora_engine: LLMEngine, prompts: lis
 
 
 def test_batch_groups_rows_by_slot() -> None:
-    assert LoRABatch.from_slots(torch.tensor([0, 0, 0])) is None
-    assert LoRABatch.from_slots(torch.tensor([2, 2])) == LoRABatch(((2, None),))
-    batch = LoRABatch.from_slots(torch.tensor([1, 0, 2, 1]))
+    assert LoRABatch.from_slots(torch.tensor([0, 0, 0]), torch.float32) is None
+    assert LoRABatch.from_slots(torch.tensor([2, 2]), torch.float32) == LoRABatch(((2, None),))
+    batch = LoRABatch.from_slots(torch.tensor([1, 0, 2, 1]), torch.bfloat16)
     assert batch is not None
-    assert [(slot, rows.tolist() if rows is not None else None) for slot, rows in batch.groups] == [
-        (1, [0, 3]),
-        (2, [2]),
-    ]
+    groups = [(slot, mask.dtype, mask.squeeze(1).tolist()) for slot, mask in batch.groups if mask is not None]
+    assert groups == [(1, torch.bfloat16, [1, 0, 0, 1]), (2, torch.bfloat16, [0, 0, 1, 0])]
 
 
 Weights = dict[str, torch.Tensor]
