@@ -19,6 +19,7 @@ from engine.outputs import (
     TokenLogprobs,
     merge_outputs,
 )
+from engine.pooling import PoolingParams
 from engine.sampling_params import SamplingParams
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "EngineOverloadedError",
     "InvalidRequestError",
     "LLMEngine",
+    "PoolingParams",
     "RequestOutput",
     "RequestStream",
     "SamplingParams",

@@ -22,6 +22,7 @@ from engine.outputs import (
     InvalidRequestError,
     RequestOutput,
 )
+from engine.pooling import PoolingParams
 from engine.sampling_params import SamplingParams
 from engine.stream_interval import StreamCoalescer
 
@@ -58,7 +59,7 @@ class RequestStream:
 class _Submission:
     request_id: str
     prompt_token_ids: list[int]
-    params: SamplingParams
+    params: SamplingParams | PoolingParams
     priority: int
     cache_salt: str | None
     lora_name: str | None
@@ -107,7 +108,7 @@ class AsyncEngine:
         self,
         request_id: str,
         prompt_token_ids: list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         *,
         priority: int = 0,
         cache_salt: str | None = None,
@@ -215,7 +216,9 @@ class AsyncEngine:
                     logger.exception("adding request %s raised", submission.request_id)
                     self._deliver([self._rejected(submission, f"{type(error).__name__}: {error}")])
                 else:
-                    coalescer.add(submission.request_id, submission.params.stream_interval)
+                    # An embedding request has one output: nothing to coalesce.
+                    interval = submission.params.stream_interval if isinstance(submission.params, SamplingParams) else 1
+                    coalescer.add(submission.request_id, interval)
             aborts = inbox.aborts + (engine.unfinished_request_ids() if inbox.stopping else [])
             for request_id in aborts:
                 engine.abort_request(request_id)

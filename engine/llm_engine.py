@@ -15,9 +15,10 @@ from engine.model_runner import ModelRunner, RunnerOutput
 from engine.output_processor import OutputProcessor
 from engine.outputs import CompletedRequest, EngineStats, InvalidRequestError, RequestOutput
 from engine.parallel_sampling import SequenceGroup, child_params
+from engine.pooling import PooledState, PoolingParams, default_pooling_type
 from engine.request import Request
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerOutput
+from engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from engine.speculative import NgramProposer, accepted_tokens, can_speculate
 from engine.structured_output.manager import StructuredOutputManager
 
@@ -25,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 # How long an idle step waits for a grammar compile before returning to its caller's loop.
 COMPILE_WAIT_SECONDS = 0.005
+
+
+# An embedding request's sampling parameters: it never samples, and its text state and stop checks are never
+# reached; the defaults keep them inert.
+_NO_SAMPLING = SamplingParams()
 
 
 class LLMEngine:
@@ -49,6 +55,8 @@ class LLMEngine:
         )
         speculative = config.speculative_config
         self.proposer = NgramProposer(speculative) if speculative is not None else None
+        # Embedding requests that name no pooling type get the checkpoint's own.
+        self.default_pooling_type = default_pooling_type(config.model)
         # Running and waiting sequences by their own id (a client's id unless it asked for n > 1).
         self._requests: dict[str, Request] = {}
         # Requests with several sequences (n > 1 or best_of), by the client's id.
@@ -64,7 +72,7 @@ class LLMEngine:
     # -- requests -----------------------------------------------------------------------------------
 
     def validate_request(
-        self, prompt_token_ids: list[int], params: SamplingParams, lora_name: str | None = None
+        self, prompt_token_ids: list[int], params: SamplingParams | PoolingParams, lora_name: str | None = None
     ) -> None:
         """Raise InvalidRequestError for a request the engine can never serve (no state is touched)."""
         if lora_name is not None and lora_name not in self.config.lora_modules:
@@ -74,6 +82,13 @@ class LLMEngine:
         num_prompt = len(prompt_token_ids)
         if num_prompt == 0:
             raise InvalidRequestError("the prompt is empty")
+        vocab_size = self.runner.spec.vocab_size
+        bad = [token for token in prompt_token_ids if not (isinstance(token, int) and 0 <= token < vocab_size)]
+        if bad:
+            raise InvalidRequestError(f"prompt token ids out of range [0, {vocab_size}): {bad[:8]}")
+        if isinstance(params, PoolingParams):
+            self._validate_pooling(num_prompt, params)
+            return
         if num_prompt >= self.max_model_len:
             raise InvalidRequestError(
                 f"the prompt has {num_prompt} tokens; max_model_len is {self.max_model_len}, so at most "
@@ -89,10 +104,6 @@ class LLMEngine:
                 f"a request of {params.num_sequences} sequences (n or best_of) exceeds max_num_seqs "
                 f"{self.config.max_num_seqs}"
             )
-        vocab_size = self.runner.spec.vocab_size
-        bad = [token for token in prompt_token_ids if not (isinstance(token, int) and 0 <= token < vocab_size)]
-        if bad:
-            raise InvalidRequestError(f"prompt token ids out of range [0, {vocab_size}): {bad[:8]}")
         for name, tokens in (
             ("logit_bias", list(params.logit_bias)),
             ("allowed_token_ids", params.allowed_token_ids or []),
@@ -102,40 +113,59 @@ class LLMEngine:
                 raise InvalidRequestError(
                     f"parameter '{name}' has token ids out of range [0, {vocab_size}): {outside[:8]}"
                 )
-        longest = min(num_prompt + (params.max_tokens or self.max_model_len), self.max_model_len)
-        if self.block_manager.blocks_needed(longest) > self.block_manager.num_blocks:
-            raise InvalidRequestError(
-                f"a request of up to {longest} tokens needs {self.block_manager.blocks_needed(longest)} KV blocks; "
-                f"the pool has {self.block_manager.num_blocks}"
-            )
+        self._check_pool_holds(min(num_prompt + (params.max_tokens or self.max_model_len), self.max_model_len))
         if params.structured_outputs is not None:
             try:
                 self.structured.validate(params.structured_outputs)
             except ValueError as error:
                 raise InvalidRequestError(str(error)) from None
 
+    def _validate_pooling(self, num_prompt: int, params: PoolingParams) -> None:
+        if num_prompt > self.max_model_len:
+            raise InvalidRequestError(
+                f"the input has {num_prompt} tokens; max_model_len is {self.max_model_len}"
+            )
+        hidden_size = self.runner.spec.hidden_size
+        if params.dimensions is not None and params.dimensions > hidden_size:
+            raise InvalidRequestError(
+                f"parameter 'dimensions' is {params.dimensions}, more than the model's embedding size {hidden_size}"
+            )
+        self._check_pool_holds(num_prompt)
+
+    def _check_pool_holds(self, num_tokens: int) -> None:
+        if self.block_manager.blocks_needed(num_tokens) > self.block_manager.num_blocks:
+            raise InvalidRequestError(
+                f"a request of up to {num_tokens} tokens needs {self.block_manager.blocks_needed(num_tokens)} KV "
+                f"blocks; the pool has {self.block_manager.num_blocks}"
+            )
+
     def add_request(
         self,
         request_id: str,
         prompt_token_ids: list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         *,
         priority: int = 0,
         cache_salt: str | None = None,
         lora_name: str | None = None,
     ) -> None:
-        """`lora_name` names one of config.lora_modules to serve the request with; None: the base model."""
+        """Generate with SamplingParams, or embed the prompt with PoolingParams (one output, its
+        `embedding`). `lora_name` names one of config.lora_modules to serve the request with; None: the
+        base model."""
         if request_id in self._requests or request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         self.validate_request(prompt_token_ids, params, lora_name)
         prompt = self._truncated(prompt_token_ids, params)
+        if lora_name is not None:
+            # An adapter changes every layer's keys and values: its blocks are its own.
+            cache_salt = f"{cache_salt or ''}\x00lora:{lora_name}"
+        if isinstance(params, PoolingParams):
+            self._add_pooling_request(request_id, prompt, params, priority, cache_salt, lora_name)
+            return
         if params.prompt_logprobs is not None:
             # Prompt logprobs need every prompt position's logits: never read the shared prefix cache
             # (n > 1 sequences still share the first sequence's blocks under this private salt).
             cache_salt = f"{cache_salt or ''}\x00prompt-logprobs:{next(self._arrivals)}"
-        if lora_name is not None:
-            # An adapter changes every layer's keys and values: its blocks are its own.
-            cache_salt = f"{cache_salt or ''}\x00lora:{lora_name}"
         arrival_seq, arrival_time = next(self._arrivals), time.monotonic()
         bad_words = self._bad_words_token_ids(params.bad_words)
         num_sequences = params.num_sequences
@@ -178,6 +208,41 @@ class LLMEngine:
             raise
         self._prompt_tokens_total += len(prompt)
 
+    def _add_pooling_request(
+        self,
+        request_id: str,
+        prompt: list[int],
+        params: PoolingParams,
+        priority: int,
+        cache_salt: str | None,
+        lora_name: str | None,
+    ) -> None:
+        pooling_type = params.pooling_type or self.default_pooling_type
+        if pooling_type != "LAST":
+            # MEAN and CLS read rows a prefix-cache hit would skip: compute every one of them.
+            cache_salt = f"{cache_salt or ''}\x00pooling:{next(self._arrivals)}"
+        request = Request(
+            request_id=request_id,
+            prompt_token_ids=prompt,
+            params=_NO_SAMPLING,
+            priority=priority,
+            arrival_seq=next(self._arrivals),
+            arrival_time=time.monotonic(),
+            cache_salt=cache_salt,
+            lora_name=lora_name,
+            pooling=params,
+            pooled=PooledState(pooling_type),
+        )
+        self._requests[request_id] = request
+        self.outputs.add(request)
+        try:
+            self._schedule(request)
+        except BaseException:
+            del self._requests[request_id]
+            self.outputs.discard(request)
+            raise
+        self._prompt_tokens_total += len(prompt)
+
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:
             return None
@@ -191,7 +256,7 @@ class LLMEngine:
         stops = tuple(token for token in params.stop_token_ids if token < self.runner.spec.vocab_size)
         return tuple(dict.fromkeys(suppressed + stops))
 
-    def _truncated(self, prompt_token_ids: list[int], params: SamplingParams) -> list[int]:
+    def _truncated(self, prompt_token_ids: list[int], params: SamplingParams | PoolingParams) -> list[int]:
         """truncate_prompt_tokens: keep the last k prompt tokens (-1: as many as max_model_len allows)."""
         keep = params.truncate_prompt_tokens
         if keep is None:
@@ -262,6 +327,20 @@ class LLMEngine:
         # instead of being lost (their requests are gone from the engine, so nothing else would end them).
         return self._take_pending() + processed
 
+    def _pool(self, chunk: ScheduledChunk, rows: torch.Tensor, now: float) -> RequestOutput | None:
+        """Add an embedding request's chunk to its pooled state; its one output once the chunk completes
+        its prompt (the request then ends, as a generation does at its last token)."""
+        request = chunk.request
+        assert request.pooled is not None and request.pooling is not None
+        request.pooled.add_chunk(rows, chunk.num_computed_before)
+        if chunk.num_computed_before + chunk.num_tokens < request.num_tokens:
+            return None
+        request.first_token_time = now
+        embedding = request.pooled.finish(rows[-1], request.num_prompt_tokens, request.pooling)
+        self._unschedule(request)
+        del self._requests[request.request_id]
+        return self.outputs.finish_pooled(request, embedding)
+
     def _propose_drafts(self) -> None:
         """Speculative tokens for each running request at its last token that may speculate, as many as
         its max_tokens and max_model_len leave room for after the token the step is sure to yield."""
@@ -303,6 +382,10 @@ class LLMEngine:
             known = len(recorded) - chunk.first_position
             if known >= 0:
                 recorded.extend(chunk.entries[known:])
+        for pooling_chunk, rows in result.pooling_rows:
+            pooled = self._pool(pooling_chunk, rows, now)
+            if pooled is not None:
+                outputs.append(pooled)
         sampled = [chunk.request for chunk in scheduled.chunks if chunk.sample]
         for request, tokens, logprobs in zip(sampled, yielded, result.logprobs, strict=True):
             if request.first_token_time is None:
@@ -423,3 +506,20 @@ class LLMEngine:
                         result.time_to_first_token = output.first_token_time - output.arrival_time
                     remaining.discard(output.request_id)
         return [results[request_id] for request_id in ids]
+
+    def embed(
+        self, prompts: list[list[int]], params: PoolingParams | None = None, lora_name: str | None = None
+    ) -> list[list[float]]:
+        """Each prompt's embedding (vLLM's LLM.embed), in input order; for offline use, as generate()."""
+        batch = next(self._arrivals)
+        ids = [f"embed-{batch}-{index}" for index in range(len(prompts))]
+        for request_id, prompt in zip(ids, prompts, strict=True):
+            self.add_request(request_id, prompt, params or PoolingParams(), lora_name=lora_name)
+        embeddings: dict[str, list[float]] = {}
+        while len(embeddings) < len(ids):
+            for output in self.step():
+                if output.request_id in ids and output.embedding is not None:
+                    embeddings[output.request_id] = output.embedding
+                elif output.request_id in ids and output.finished:
+                    raise RuntimeError(f"embedding request {output.request_id} ended without one: {output.error}")
+        return [embeddings[request_id] for request_id in ids]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +44,19 @@ class RunnerOutput:
     logprobs: list[list[TokenLogprobs | None]]
     # Prompt logprobs of this step's prefill chunks, for requests that asked.
     prompt_logprobs: list[PromptLogprobsChunk]
+    # Each chunk of an embedding request with its rows' final hidden states [num_tokens, hidden_size]
+    # (engine.pooling): the engine pools them.
+    pooling_rows: list[tuple[ScheduledChunk, torch.Tensor]] = field(default_factory=list)
+
+
+def _pooling_rows(chunks: list[ScheduledChunk], hidden: torch.Tensor) -> list[tuple[ScheduledChunk, torch.Tensor]]:
+    """The hidden rows of every embedding request's chunk (chunks lie in `hidden` one after the other)."""
+    rows, start = [], 0
+    for chunk in chunks:
+        if chunk.request.pooling is not None:
+            rows.append((chunk, hidden[start : start + chunk.num_tokens]))
+        start += chunk.num_tokens
+    return rows
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,8 +146,11 @@ class ModelRunner:
             # even when it is a step of one-token prompts a graph could replay.
             self._measuring_kv_scales = False
         prompt_logprobs = compute_prompt_logprobs(out.chunks, hidden, self.model.compute_logits)
+        pooling_rows = _pooling_rows(out.chunks, hidden)
         if not any(chunk.sample for chunk in out.chunks):
-            return RunnerOutput(sampled_token_ids=[], logprobs=[], prompt_logprobs=prompt_logprobs)
+            return RunnerOutput(
+                sampled_token_ids=[], logprobs=[], prompt_logprobs=prompt_logprobs, pooling_rows=pooling_rows
+            )
         logits = self.model.compute_logits(hidden[sample_rows])
         # One sampler row per sampled position: a chunk with k drafts samples each of its last k + 1 rows
         # with its request's settings (engine.speculative).
@@ -156,7 +172,10 @@ class ModelRunner:
                 chunk_logprobs.append(logprobs[row : row + count])
                 row += count
         return RunnerOutput(
-            sampled_token_ids=sampled_token_ids, logprobs=chunk_logprobs, prompt_logprobs=prompt_logprobs
+            sampled_token_ids=sampled_token_ids,
+            logprobs=chunk_logprobs,
+            prompt_logprobs=prompt_logprobs,
+            pooling_rows=pooling_rows,
         )
 
     def _prepare_inputs(

@@ -81,6 +81,13 @@ class OutputProcessor:
             if stop_string is not None:
                 request.finish_reason, request.stop_reason = "stop", stop_string
 
+    def finish_pooled(self, request: Request, embedding: list[float]) -> RequestOutput:
+        """The one output of an embedding request: its vector, finish_reason "stop"."""
+        request.finish_reason = "stop"
+        output = self._output(request, [])
+        output.embedding = embedding
+        return output
+
     def finish(self, request: Request, reason: str, error: str | None = None) -> RequestOutput:
         """The last output of a request ended outside the token path (abort, engine error)."""
         request.finish_reason = reason

@@ -78,6 +78,8 @@ class RequestOutput:
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     # Sum of the sampled tokens' logprobs so far, when logprobs (or best_of) made the engine compute them.
     cumulative_logprob: float | None = None
+    # An embedding request's vector (engine.pooling), on its one and final output; None for generation.
+    embedding: list[float] | None = None
 
 
 def merge_outputs(earlier: RequestOutput, later: RequestOutput) -> RequestOutput:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.outputs import TokenLogprobs
+from engine.pooling import PooledState, PoolingParams
 from engine.sampling_params import SamplingParams
 
 
@@ -34,6 +35,10 @@ class Request:
     cache_salt: str | None = None
     # The LoRA adapter (EngineConfig.lora_modules) this request runs with; None: the base model.
     lora_name: str | None = None
+    # An embedding request (engine.pooling): it prefills its prompt and ends with the pooled vector, never
+    # sampling (`params` are then inert defaults); `pooled` gathers its chunks' rows.
+    pooling: PoolingParams | None = None
+    pooled: PooledState | None = None
     # The request's own generator when params.seed is set.
     generator: torch.Generator | None = None
     # Token ids masked while fewer than params.min_tokens were generated (EOS unless ignored, stop ids).

@@ -28,7 +28,8 @@ class ScheduledChunk:
     # Tokens computed this step: all_token_ids[num_computed_before : num_computed_before + num_tokens].
     num_computed_before: int
     num_tokens: int
-    # True when this chunk reaches the request's last known token: its last row is sampled.
+    # True when this chunk reaches the request's last known token: its last row is sampled (never for an
+    # embedding request, which is pooled instead).
     sample: bool
     # Speculative tokens after the request's last known token, the chunk's last len() tokens: every row
     # from the last known token on is sampled, and the step keeps the drafts its samples agree with.
@@ -164,6 +165,6 @@ class Scheduler:
             request=request,
             num_computed_before=request.num_computed_tokens,
             num_tokens=num_new + len(drafts or ()),
-            sample=request.num_computed_tokens + num_new == request.num_tokens,
+            sample=request.num_computed_tokens + num_new == request.num_tokens and request.pooling is None,
             draft_token_ids=drafts or [],
         )

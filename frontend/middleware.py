@@ -28,6 +28,7 @@ KNOWN_PATHS = frozenset(
     {
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/embeddings",
         "/v1/models",
         "/v1/responses",
         "/v1/audio/transcriptions",

@@ -13,10 +13,12 @@ from pydantic import BaseModel
 
 from frontend.protocol.chat import ChatCompletionRequest
 from frontend.protocol.completions import CompletionRequest
+from frontend.protocol.embeddings import EmbeddingRequest
 from frontend.protocol.tokenize import DetokenizeRequest, TokenizeRequest
 from frontend.serving.chat import ChatHandler
 from frontend.serving.completions import CompletionHandler
 from frontend.serving.context import ServingContext
+from frontend.serving.embeddings import EmbeddingHandler
 from frontend.serving.models import ModelsHandler
 from frontend.serving.tokenize import TokenizeHandler
 
@@ -90,6 +92,7 @@ def build_router(ctx: ServingContext) -> APIRouter:
     router = APIRouter()
     chat = ChatHandler(ctx)
     completions = CompletionHandler(ctx)
+    embeddings = EmbeddingHandler(ctx)
     models = ModelsHandler(ctx)
     tokenizer = TokenizeHandler(ctx)
 
@@ -101,6 +104,12 @@ def build_router(ctx: ServingContext) -> APIRouter:
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
         return respond(
             await until_disconnect(request, completions.create(body, _response_id("cmpl", request, body.request_id)))
+        )
+
+    @router.post("/v1/embeddings")
+    async def create_embedding(body: EmbeddingRequest, request: Request) -> Response:
+        return respond(
+            await until_disconnect(request, embeddings.create(body, _response_id("embd", request, body.request_id)))
         )
 
     @router.get("/v1/models")

@@ -107,14 +107,60 @@ class GenerationChunk:
     stop_reason: int | str | None = None
 
 
+@dataclass
+class EmbeddingInput:
+    """One embedding request as the engine model takes it (its `pooling_parameters` input)."""
+
+    # The input's token ids (a text input tokenized as the endpoint decided).
+    prompt_token_ids: list[int]
+    # vLLM PoolingParams names -> values; empty: the engine's defaults.
+    pooling: dict[str, Any] = field(default_factory=dict)
+    # vLLM priority (lower is sooner).
+    priority: int = 0
+    # The client's prefix-cache isolation key, or None (the tenant's is added as for generations).
+    cache_salt: str | None = None
+    # The LoRA adapter to embed with; None: the base model.
+    lora_name: str | None = None
+    # Triton request id, for correlating logs.
+    request_id: str = ""
+
+
+@dataclass
+class Embedding:
+    """The engine model's answer to an EmbeddingInput."""
+
+    # float32 [hidden size, or the dimensions asked].
+    vector: np.ndarray
+    # Tokens the engine embedded (after truncate_prompt_tokens).
+    num_input_tokens: int
+    # Of those, tokens served from the prefix cache.
+    num_cached_tokens: int
+
+
 INT32_MAX = 2**31 - 1
 
 
-def build_inputs(request: GenerationInput) -> list[InferInput]:
+def _request_inputs(
+    prompt_token_ids: list[int], priority: int, cache_salt: str | None, lora_name: str | None
+) -> list[InferInput]:
+    """The tensors of every engine model request: its prompt, priority, prefix-cache salt and adapter."""
     inputs = [
-        tensor("input_ids", np.asarray(request.prompt_token_ids, dtype=np.int32), "INT32"),
+        tensor("input_ids", np.asarray(prompt_token_ids, dtype=np.int32), "INT32"),
+        tensor("priority", np.array([priority], dtype=np.int32), "INT32"),
+    ]
+    # Every request passes here, so no endpoint can forget the tenant's share of the salt.
+    salt = tenant_cache_salt(cache_salt)
+    if salt:
+        inputs.append(bytes_tensor("cache_salt", salt))
+    if lora_name is not None:
+        inputs.append(bytes_tensor("lora_name", lora_name))
+    return inputs
+
+
+def build_inputs(request: GenerationInput) -> list[InferInput]:
+    inputs = _request_inputs(request.prompt_token_ids, request.priority, request.cache_salt, request.lora_name)
+    inputs += [
         tensor("stream", np.array([request.stream], dtype=np.bool_), "BOOL"),
-        tensor("priority", np.array([request.priority], dtype=np.int32), "INT32"),
         # Each output costs every hop of every streamed token; parse_response carries the counts over.
         tensor("return_unchanged_outputs", np.array([False]), "BOOL"),
     ]
@@ -125,13 +171,30 @@ def build_inputs(request: GenerationInput) -> list[InferInput]:
         inputs.append(tensor("max_tokens", np.array([max_tokens], dtype=np.int32), "INT32"))
     if request.sampling:
         inputs.append(bytes_tensor("sampling_parameters", json.dumps(request.sampling)))
-    # Every generation passes here, so no endpoint can forget the tenant's share of the salt.
-    cache_salt = tenant_cache_salt(request.cache_salt)
-    if cache_salt:
-        inputs.append(bytes_tensor("cache_salt", cache_salt))
-    if request.lora_name is not None:
-        inputs.append(bytes_tensor("lora_name", request.lora_name))
     return inputs
+
+
+def build_embedding_inputs(request: EmbeddingInput) -> list[InferInput]:
+    inputs = _request_inputs(request.prompt_token_ids, request.priority, request.cache_salt, request.lora_name)
+    # Sent even when empty: its presence is what makes the request an embedding.
+    inputs.append(bytes_tensor("pooling_parameters", json.dumps(request.pooling)))
+    return inputs
+
+
+def parse_embedding(result: InferResult) -> Embedding:
+    """The one response of an embedding request; one without a vector (the engine aborted the request)
+    is a TritonError."""
+    outputs = output_arrays(result)
+    vector = outputs.get("embedding")
+    if vector is None:
+        finish = outputs.get("finish_reason")
+        reason = finish[0].decode("utf-8") if finish is not None else ""
+        raise TritonError(f"the engine model answered an embedding request without one (finish_reason {reason!r})")
+    return Embedding(
+        vector=vector,
+        num_input_tokens=int(_scalar(outputs, "num_input_tokens")),
+        num_cached_tokens=int(_scalar(outputs, "num_cached_tokens")),
+    )
 
 
 def _scalar(outputs: dict[str, np.ndarray], name: str, earlier: Any = None) -> Any:
@@ -304,6 +367,31 @@ class TritonClient:
         finally:
             await responses.aclose()
             if not finished:
+                self._abort_in_background(triton_request_id)
+
+    async def embed(self, request: EmbeddingInput) -> Embedding:
+        """The engine model's one response to an embedding request. Cancelled before it comes (client gone,
+        task cancelled), the gRPC call is cancelled and the request aborted in the engine."""
+        triton_request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
+        responses = self._streams.stream(
+            self.model,
+            build_embedding_inputs(request),
+            triton_request_id,
+            stall_s=self.stall_probe_s,
+            is_dead=self._engine_is_gone,
+        )
+        answered = False
+        try:
+            result = await anext(responses)
+            answered = True
+            return parse_embedding(result)
+        except TritonError:
+            # Triton ended the request itself: nothing is left to abort.
+            answered = True
+            raise
+        finally:
+            await responses.aclose()
+            if not answered:
                 self._abort_in_background(triton_request_id)
 
     async def _engine_is_gone(self) -> bool:

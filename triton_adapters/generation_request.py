@@ -4,19 +4,21 @@ Two client conventions arrive here and may be mixed in one request:
   * TensorRT-LLM style: one tensor per parameter (`temperature`, `top_k`, `stop_words`, ...);
   * vllm_backend style: one `sampling_parameters` BYTES tensor holding a JSON object with vLLM names.
 Individual tensors win over the JSON object when both name the same parameter. A parameter the
-engine cannot honour yet is rejected by name, never silently dropped.
+engine cannot honour yet is rejected by name, never silently dropped. A `pooling_parameters` input makes
+the request an embedding request instead (triton_adapters/embedding.py).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from engine import SamplingParams
+from engine import PoolingParams, SamplingParams
+from triton_adapters.embedding import pooling_params
+from triton_adapters.json_input import json_object
 from triton_adapters.structured_request import JSON_KEYS as STRUCTURED_JSON_KEYS
 from triton_adapters.structured_request import structured_outputs_from_json, structured_outputs_from_tensors
 
@@ -98,8 +100,9 @@ class GenerationRequest:
 
     # Prompt token ids from preprocess.
     prompt_token_ids: list[int]
-    # Validated engine sampling parameters.
-    sampling_params: SamplingParams
+    # Validated engine parameters: SamplingParams to generate, PoolingParams (the `pooling_parameters`
+    # input) to embed the prompt.
+    params: SamplingParams | PoolingParams
     # True: one response per engine step carrying a text delta; False: one response with everything.
     stream: bool
     # vLLM priority: lower values are scheduled first.
@@ -121,6 +124,11 @@ class GenerationRequest:
     # The LoRA adapter (a name of the llm model's lora_modules) that serves the request; None: the base model.
     lora_name: str | None = None
 
+    @property
+    def num_sequences(self) -> int:
+        """Sequences the request's responses carry: n of a generation, 1 of an embedding."""
+        return self.params.n if isinstance(self.params, SamplingParams) else 1
+
 
 def _scalar(array: np.ndarray) -> Any:
     value = array.reshape(-1)[0]
@@ -141,12 +149,7 @@ def _check_neutral(name: str, value: Any) -> None:
 
 
 def _json_parameters(raw: str) -> dict[str, Any]:
-    try:
-        loaded = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError as error:
-        raise ValueError(f"sampling_parameters is not valid JSON: {error}") from None
-    if not isinstance(loaded, dict):
-        raise ValueError("sampling_parameters must be a JSON object")
+    loaded = json_object(raw, "sampling_parameters")
     fields: dict[str, Any] = {}
     for key, value in loaded.items():
         if value is None:
@@ -202,6 +205,17 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
     """Build a request from the llm model's input tensors (name -> numpy array, absent = not sent)."""
     if "input_ids" not in inputs:
         raise ValueError("input 'input_ids' is required")
+    if "pooling_parameters" in inputs:
+        return GenerationRequest(
+            prompt_token_ids=_token_ids(inputs),
+            params=pooling_params(_scalar(inputs["pooling_parameters"]), inputs),
+            # One response whatever the client asked: there is nothing to stream.
+            stream=False,
+            priority=_priority(inputs),
+            cache_salt=_cache_salt(inputs),
+            exclude_input_in_output=True,
+            lora_name=(_scalar(inputs["lora_name"]) or None) if "lora_name" in inputs else None,
+        )
     fields: dict[str, Any] = {}
     if "sampling_parameters" in inputs:
         fields.update(_json_parameters(_scalar(inputs["sampling_parameters"])))
@@ -227,11 +241,11 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
     if "lora_name" in inputs:  # a tensor wins, as everywhere; sent empty, it names nothing
         lora_name = _scalar(inputs["lora_name"]) or lora_name
     return GenerationRequest(
-        prompt_token_ids=[int(token) for token in inputs["input_ids"].reshape(-1)],
-        sampling_params=_sampling_params(fields),
+        prompt_token_ids=_token_ids(inputs),
+        params=_sampling_params(fields),
         stream=_flag(inputs, "stream", default=False),
-        priority=int(_scalar(inputs["priority"])) if "priority" in inputs else 0,
-        cache_salt=(_scalar(inputs["cache_salt"]) or None) if "cache_salt" in inputs else None,
+        priority=_priority(inputs),
+        cache_salt=_cache_salt(inputs),
         exclude_input_in_output=_flag(inputs, "exclude_input_in_output", default=True),
         return_unchanged_outputs=_flag(inputs, "return_unchanged_outputs", default=True),
         output_tokens_per_response=_flag(inputs, "return_num_output_tokens", default=False),
@@ -244,3 +258,16 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
 def _flag(inputs: Mapping[str, np.ndarray], name: str, default: bool) -> bool:
     """A BOOL input's value; `default` when it was not sent."""
     return bool(_scalar(inputs[name])) if name in inputs else default
+
+
+def _token_ids(inputs: Mapping[str, np.ndarray]) -> list[int]:
+    return [int(token) for token in inputs["input_ids"].reshape(-1)]
+
+
+def _priority(inputs: Mapping[str, np.ndarray]) -> int:
+    return int(_scalar(inputs["priority"])) if "priority" in inputs else 0
+
+
+def _cache_salt(inputs: Mapping[str, np.ndarray]) -> str | None:
+    """The request's prefix-cache salt; sent empty, none."""
+    return (_scalar(inputs["cache_salt"]) or None) if "cache_salt" in inputs else None

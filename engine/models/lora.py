@@ -100,13 +100,15 @@ def attach_adapters(model: CausalLM, adapters: list[LoRAAdapter]) -> None:
             fused, shard = FUSED_PROJECTIONS.get(leaf, (leaf, 0))
             by_layer.setdefault(f"{parent}.{fused}", []).append((shard, module_name))
         for layer_name, targets in by_layer.items():
-            layer = model.model.get_submodule(layer_name)
+            try:
+                layer = model.model.get_submodule(layer_name)
+            except AttributeError:  # e.g. a layer index past this model's depth
+                raise ValueError(f"LoRA adapter {adapter.name!r}: the model has no {targets[0][1]}") from None
             if isinstance(layer, ColumnParallelLinear):
                 a, parts = _column_update(adapter, layer, sorted(targets))
-            elif isinstance(layer, RowParallelLinear):
+            else:  # engine.lora reads only q/k/v/gate/up (column-parallel) and o/down (row-parallel) targets
+                assert isinstance(layer, RowParallelLinear)
                 a, parts = _row_update(adapter, layer, targets[0][1])
-            else:
-                raise ValueError(f"LoRA adapter {adapter.name!r}: {layer_name} is not a projection")
             if layer.lora is None:
                 layer.lora = ProjectionLoRA()
             out_features = sum(layer.output_sizes) if isinstance(layer, ColumnParallelLinear) else layer.out_features

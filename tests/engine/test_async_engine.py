@@ -16,6 +16,7 @@ from engine import (
     EngineDeadError,
     EngineOverloadedError,
     InvalidRequestError,
+    PoolingParams,
     RequestOutput,
     SamplingParams,
 )
@@ -254,3 +255,15 @@ def test_a_full_queue_refuses_new_requests_until_it_drains(model_dir: Path, refe
         assert [o for o in later if o.finished][0].finish_reason == "length"
     finally:
         engine.shutdown()
+
+
+def test_embedding_request_has_one_output(async_engine: AsyncEngine, reference: Reference) -> None:
+    outputs: queue.Queue[RequestOutput] = queue.Queue()
+    async_engine.submit("embed", reference.prompts[0], PoolingParams(dimensions=32), on_output=outputs.put)
+    output = outputs.get(timeout=60)
+    assert output.finished and output.finish_reason == "stop" and output.embedding is not None
+    assert len(output.embedding) == 32 and output.num_prompt_tokens == len(reference.prompts[0])
+    assert outputs.empty()
+    with pytest.raises(InvalidRequestError, match="parameter 'dimensions' is 4096"):
+        async_engine.submit("too-wide", reference.prompts[0], PoolingParams(dimensions=4096))
+    wait_for_free_blocks(async_engine)

@@ -203,6 +203,14 @@ def test_adapters_of_other_layers_or_models_are_refused(
     other_model = _edited_copy(adapters["every"], tmp_path / "other", {}, widened)
     with pytest.raises(ValueError, match=r"layers.0.self_attn.q_proj has A \(8, 1024\).*576 x 576"):
         make_engine(lora_modules={"other": str(other_model)})
+
+    def deeper(weights: Weights) -> Weights:
+        prefix = "base_model.model.model.layers.40.mlp.down_proj"
+        return {**weights, f"{prefix}.lora_A.weight": torch.zeros(8, 1536), f"{prefix}.lora_B.weight": torch.zeros(576, 8)}
+
+    deeper_model = _edited_copy(adapters["every"], tmp_path / "deeper", {}, deeper)
+    with pytest.raises(ValueError, match="LoRA adapter 'deeper': the model has no layers.40.mlp.down_proj"):
+        make_engine(lora_modules={"deeper": str(deeper_model)})
     with pytest.raises(ValueError, match=r"cannot read .*adapter_config.json: No such file"):
         load_adapter("missing", tmp_path / "missing")
     pickled = _edited_copy(adapters["every"], tmp_path / "pickled", {})

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 from openai.types import Completion
@@ -116,6 +117,19 @@ def test_each_adapter_answers_its_own_way_and_the_same_each_time(client: openai.
     # A beam search sends each step to the engine with the adapter: one beam is the greedy answer.
     beam = complete(client, "sql", use_beam_search=True)
     assert beam.choices[0].text == sql.choices[0].text and beam.model == "sql"
+
+
+def test_an_adapter_embeds_its_own_way(client: openai.OpenAI) -> None:
+    """LoRA adapters apply to embeddings too (model=<adapter>), and the answer names the adapter."""
+
+    def embed(model: str) -> np.ndarray:
+        reply = client.embeddings.create(model=model, input=PROMPT, encoding_format="float")
+        assert reply.model == model
+        return np.asarray(reply.data[0].embedding)
+
+    sql, base, chat, again = embed("sql"), embed(MODEL_NAME), embed("chat"), embed("sql")
+    assert min(np.abs(sql - base).max(), np.abs(chat - base).max(), np.abs(sql - chat).max()) > 1e-3
+    assert np.abs(again - sql).max() < 1e-5
 
 
 def test_a_streamed_chat_names_its_adapter(client: openai.OpenAI) -> None:

@@ -17,6 +17,7 @@ INPUT_DTYPES: dict[str, Any] = {
     "max_tokens": np.int32,
     "stream": np.bool_,
     "sampling_parameters": np.object_,
+    "pooling_parameters": np.object_,
     "temperature": np.float32,
     "top_p": np.float32,
     "top_k": np.int32,
@@ -45,7 +46,7 @@ def make_inputs(values: dict[str, Any]) -> list[grpcclient.InferInput]:
     inputs = []
     for name, value in values.items():
         items = value if isinstance(value, list) else [value]
-        if name == "sampling_parameters" and isinstance(value, dict):
+        if isinstance(value, dict):  # sampling_parameters, pooling_parameters: JSON objects
             items = [json.dumps(value)]
         dtype = INPUT_DTYPES[name]
         if dtype is np.object_:

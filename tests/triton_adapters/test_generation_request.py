@@ -25,8 +25,8 @@ def tensors(**values: object) -> dict[str, np.ndarray]:
 def test_defaults_follow_vllm() -> None:
     request = parse_generation_request(tensors())
     assert request.prompt_token_ids == [5, 6, 7]
-    assert request.sampling_params.max_tokens == 16
-    assert request.sampling_params.temperature == 1.0
+    assert request.params.max_tokens == 16
+    assert request.params.temperature == 1.0
     assert not request.stream and request.exclude_input_in_output and request.return_unchanged_outputs
     assert request.priority == 0 and request.cache_salt is None
     assert not parse_generation_request(tensors(return_unchanged_outputs=False)).return_unchanged_outputs
@@ -48,7 +48,7 @@ def test_tensorrt_llm_tensors() -> None:
             pad_id=np.int32(0),
         )
     )
-    params = request.sampling_params
+    params = request.params
     assert (params.max_tokens, params.top_k, params.seed, params.min_tokens) == (32, 4, 7, 2)
     assert params.temperature == pytest.approx(0.5)
     assert params.stop == ["\n\n", "END"]
@@ -66,7 +66,7 @@ def test_vllm_backend_json_with_string_numbers() -> None:
         "stream_interval": "4",
     }
     request = parse_generation_request(tensors(sampling_parameters=json.dumps(sampling)))
-    params = request.sampling_params
+    params = request.params
     assert params.max_tokens == 20 and params.temperature == 0.0 and params.top_p == pytest.approx(0.9)
     assert params.ignore_eos and params.stop == ["x"] and params.stream_interval == 4
 
@@ -75,7 +75,7 @@ def test_tensor_wins_over_json() -> None:
     request = parse_generation_request(
         tensors(sampling_parameters=json.dumps({"max_tokens": 5}), max_tokens=np.int32(9))
     )
-    assert request.sampling_params.max_tokens == 9
+    assert request.params.max_tokens == 9
 
 
 def test_lora_name_from_the_tensor_or_vllm_backends_json_key() -> None:
@@ -83,7 +83,7 @@ def test_lora_name_from_the_tensor_or_vllm_backends_json_key() -> None:
     assert parse_generation_request(tensors()).lora_name is None
     assert parse_generation_request(tensors(lora_name="sql")).lora_name == "sql"
     keyed = parse_generation_request(tensors(sampling_parameters=json.dumps({"lora_name": "sql", "temperature": 0})))
-    assert keyed.lora_name == "sql" and keyed.sampling_params.temperature == 0.0
+    assert keyed.lora_name == "sql" and keyed.params.temperature == 0.0
     both = tensors(sampling_parameters=json.dumps({"lora_name": "sql"}), lora_name="chat")
     assert parse_generation_request(both).lora_name == "chat"
     empty = tensors(sampling_parameters=json.dumps({"lora_name": "sql"}), lora_name="")
@@ -131,14 +131,14 @@ def test_penalties_logprobs_and_sequences() -> None:
             bad_words=["cat", ""],
         )
     )
-    params = request.sampling_params
+    params = request.params
     assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty) == (0.5, -0.5, 1.2)
     assert params.logit_bias == {42: 3.0, 7: -100.0} and params.allowed_token_ids == [1, 2, 42]
     assert params.bad_words == ["cat"] and params.truncate_prompt_tokens == 2
     assert (params.logprobs, params.prompt_logprobs, params.n, params.best_of) == (3, 1, 2, 3)
     # TensorRT-LLM's return_log_probs asks for the sampled tokens' logprobs.
-    assert parse_generation_request(tensors(return_log_probs=True)).sampling_params.logprobs == 0
-    assert parse_generation_request(tensors(return_log_probs=False)).sampling_params.logprobs is None
+    assert parse_generation_request(tensors(return_log_probs=True)).params.logprobs == 0
+    assert parse_generation_request(tensors(return_log_probs=False)).params.logprobs is None
 
 
 @pytest.mark.parametrize(

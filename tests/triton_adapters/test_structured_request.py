@@ -14,7 +14,7 @@ SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required"
 
 
 def constraint(**values: object) -> StructuredOutputsParams | None:
-    return parse_generation_request(tensors(**values)).sampling_params.structured_outputs
+    return parse_generation_request(tensors(**values)).params.structured_outputs
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ Threads (STYLE.md, "Serving"):
   * the engine loop thread (inside AsyncEngine) steps the batch and pushes every RequestOutput onto
     one queue;
   * the sender thread drains that queue into Triton responses (one per engine step for streamed
-    requests, one in all otherwise; the last carries FINAL), polls `is_cancelled()` to abort
-    requests in the engine, and publishes engine metrics.
+    requests, one in all otherwise, and one `embedding` for an embedding request; the last carries
+    FINAL), polls `is_cancelled()` to abort requests in the engine, and publishes engine metrics.
 finalize() aborts what is left, lets the sender end every request, and stops the engine.
 """
 
@@ -26,6 +26,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from engine import AsyncEngine, EngineDeadError, EngineOverloadedError, RequestOutput, merge_outputs
+from triton_adapters.embedding import embedding_tensors
 from triton_adapters.engine_settings import engine_config
 from triton_adapters.generation_request import parse_generation_request
 from triton_adapters.llm_metrics import LLMMetrics
@@ -147,7 +148,7 @@ class TritonPythonModel:
             client_request_id=request.request_id(),
             sender=sender,
             stream=generation.stream,
-            parallel=generation.sampling_params.n > 1,
+            parallel=generation.num_sequences > 1,
             prompt_text=prompt_text,
             arrival=time.monotonic(),
             return_unchanged=generation.return_unchanged_outputs,
@@ -161,7 +162,7 @@ class TritonPythonModel:
             self.engine.submit(
                 state.request_id,
                 generation.prompt_token_ids,
-                generation.sampling_params,
+                generation.params,
                 priority=generation.priority,
                 cache_salt=generation.cache_salt,
                 lora_name=generation.lora_name,
@@ -266,6 +267,10 @@ class TritonPythonModel:
         """The response's tensors; those with nothing to say are left out (see sequence_outputs), and so
         are, when the client asked, those that stay the same between a sequence's first and last responses
         or follow from the tokens sent."""
+        if output.embedding is not None:
+            return pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(name, array) for name, array in embedding_tensors(output).items()]
+            )
 
         def scalar(value: int) -> np.ndarray:
             return np.array([value], dtype=np.int32)

@@ -1,0 +1,94 @@
+"""/v1/embeddings: OpenAI's request and response, with vLLM's extensions (EmbeddingCompletionRequest)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# OpenAI's limit on the inputs of one request; each is one engine request, all in flight at once.
+MAX_INPUTS = 2048
+
+
+class EmbeddingRequest(BaseModel):
+    """Unknown fields (vLLM's chat-style `messages`, its `embed_dtype`, ...) are refused naming them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # OpenAI requires it, vLLM does not: absent, the default served model.
+    model: str | None = None
+    # One text, a batch of texts, one token-id input or a batch of token-id inputs.
+    input: str | list[str] | list[int] | list[list[int]]
+    # "base64": each vector's little-endian float32 bytes, base64-encoded (what the OpenAI SDK asks for
+    # unless told otherwise, and decodes itself).
+    encoding_format: Literal["float", "base64"] = "float"
+    # Keep the first this many values of each vector (Matryoshka), normalized after the cut.
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    # vLLM's request id in the body (as chat's: the X-Request-Id header when none was sent).
+    request_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")
+    # vLLM: keep only the last k tokens of each input (-1: as many as the context holds).
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    # vLLM: L2-normalize the vectors; None: the engine's default (true).
+    normalize: bool | None = None
+    # vLLM: the tokenizer's special tokens (a BOS) around a text input; token-id inputs go as sent.
+    add_special_tokens: bool = True
+    # vLLM: lower values are scheduled first. It travels to the engine as an INT32 tensor.
+    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
+    # vLLM: separates prefix-cache entries between tenants.
+    cache_salt: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: str | list) -> str | list:
+        """OpenAI refuses an empty string, empty arrays and more than MAX_INPUTS inputs (the length of one
+        token-id input is the context length's concern)."""
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("input must not be an empty string")
+            return value
+        if not value:
+            raise ValueError("input must not be an empty list")
+        if isinstance(value[0], int):
+            return value
+        if any(not item for item in value):
+            raise ValueError("input must not hold an empty string or an empty list")
+        if len(value) > MAX_INPUTS:
+            raise ValueError(f"input may hold at most {MAX_INPUTS} inputs, got {len(value)}")
+        return value
+
+    def pooling_parameters(self) -> dict[str, Any]:
+        """The llm model's `pooling_parameters` (vLLM's PoolingParams names): what the request set, the
+        engine's defaults for the rest."""
+        fields = {
+            "dimensions": self.dimensions,
+            "normalize": self.normalize,
+            "truncate_prompt_tokens": self.truncate_prompt_tokens,
+        }
+        return {name: value for name, value in fields.items() if value is not None}
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    # The vector, or its encoding under encoding_format "base64".
+    embedding: list[float] | str
+    # The input's position in the request.
+    index: int
+
+
+class EmbeddingUsage(BaseModel):
+    # Tokens of every input, as the engine embedded them (after truncate_prompt_tokens).
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    # vLLM's extension, as its: "embd-<request id>".
+    id: str
+    object: Literal["list"] = "list"
+    # vLLM's extension: Unix time of the answer.
+    created: int
+    model: str
+    # One per input, in input order.
+    data: list[EmbeddingData]
+    usage: EmbeddingUsage
