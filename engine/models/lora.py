@@ -39,6 +39,11 @@ class LoRABatch:
         return LoRABatch(tuple(groups)) if groups else None
 
 
+# Rows up to which a CPU model narrower than float32 computes its LoRA updates in float32 (_SlotUpdate):
+# measured on 2 Zen 4 cores, float32 wins up to ~32 rows, bfloat16 beyond.
+FLOAT32_MAX_ROWS = 32
+
+
 @dataclass(frozen=True)
 class _OutputPart:
     """One targeted projection of a (possibly fused) layer: its output columns and B (this rank's rows,
@@ -57,6 +62,24 @@ class _SlotUpdate:
 
     a_t: torch.Tensor
     b_t: torch.Tensor
+    # float32 copies for steps of few rows on the CPU when the model's dtype is narrower: a bfloat16
+    # matmul of 16 rows by rank 24 costs ~40 us there (the fixed cost of oneDNN's call), a float32 one
+    # ~8; None where the model's own dtype serves every size.
+    a_t_float: torch.Tensor | None = None
+    b_t_float: torch.Tensor | None = None
+
+    def apply(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """y += the update of x's rows (those `mask` keeps; all without one), in place."""
+        if self.a_t_float is not None and self.b_t_float is not None and x.shape[0] <= FLOAT32_MAX_ROWS:
+            xa = x.float() @ self.a_t_float
+            if mask is not None:
+                xa.mul_(mask)
+            y.add_(xa @ self.b_t_float)  # rounded to y's dtype as the sum is stored
+            return
+        xa = x @ self.a_t
+        if mask is not None:
+            xa.mul_(mask)
+        y.addmm_(xa, self.b_t)
 
 
 class ProjectionLoRA:
@@ -73,7 +96,11 @@ class ProjectionLoRA:
             rank, size = part.b.shape[1], part.b.shape[0]
             b_t[rank_start : rank_start + rank, part.out_start : part.out_start + size] = part.b.T
             rank_start += rank
-        self._updates[slot] = _SlotUpdate(a.T.contiguous(), b_t)
+        a_t = a.T.contiguous()
+        if a.device.type == "cpu" and a.dtype != torch.float32:
+            self._updates[slot] = _SlotUpdate(a_t, b_t, a_t.float(), b_t.float())
+        else:
+            self._updates[slot] = _SlotUpdate(a_t, b_t)
 
     def add_to(self, x: torch.Tensor, y: torch.Tensor, batch: LoRABatch) -> None:
         """y [T, out] += each row's adapter update of x [T, in], in place. An adapter that has some of the
@@ -81,12 +108,8 @@ class ProjectionLoRA:
         than gathering its rows and scattering their updates back (an update is R columns wide)."""
         for slot, mask in batch.groups:
             update = self._updates.get(slot)
-            if update is None:  # this adapter leaves this projection alone
-                continue
-            xa = x @ update.a_t
-            if mask is not None:
-                xa.mul_(mask)
-            y.addmm_(xa, update.b_t)
+            if update is not None:  # else this adapter leaves this projection alone
+                update.apply(x, y, mask)
 
 
 def attach_adapters(model: CausalLM, adapters: list[LoRAAdapter]) -> None:

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from engine import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams, SpeculativeConfig
 from engine.lora import load_adapter
-from engine.models.lora import LoRABatch
+from engine.models.lora import FLOAT32_MAX_ROWS, LoRABatch, ProjectionLoRA, _OutputPart
 from tests.engine.conftest import PROMPT_TEXTS, EngineFactory, torch_threads
 from tests.lora_adapter import write_random_adapter
 
@@ -151,6 +151,31 @@ def test_batch_groups_rows_by_slot() -> None:
     assert batch is not None
     groups = [(slot, mask.dtype, mask.squeeze(1).tolist()) for slot, mask in batch.groups if mask is not None]
     assert groups == [(1, torch.bfloat16, [1, 0, 0, 1]), (2, torch.bfloat16, [0, 0, 1, 0])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_rows", [FLOAT32_MAX_ROWS, FLOAT32_MAX_ROWS + 1])
+def test_projection_update_of_a_fused_layer(dtype: torch.dtype, num_rows: int) -> None:
+    # q (rank 4) and v (rank 2) of a q|k|v layer with outputs 8|4|4; every other row takes the adapter.
+    # A bfloat16 model computes updates of few rows in float32 and of more in bfloat16: both sizes.
+    generator = torch.Generator().manual_seed(0)
+    a_q, a_v = torch.randn(4, 16, generator=generator), torch.randn(2, 16, generator=generator)
+    b_q, b_v = torch.randn(8, 4, generator=generator), torch.randn(4, 2, generator=generator)
+    lora = ProjectionLoRA()
+    parts = (_OutputPart(0, b_q.to(dtype)), _OutputPart(12, b_v.to(dtype)))
+    lora.set(1, torch.cat([a_q, a_v]).to(dtype), parts, out_features=16)
+    x = torch.randn(num_rows, 16, generator=generator).to(dtype)
+    slots = torch.arange(num_rows) % 2
+    batch = LoRABatch.from_slots(slots, dtype)
+    assert batch is not None
+    y = torch.zeros(num_rows, 16, dtype=dtype)
+    lora.add_to(x, y, batch)
+    expected = torch.zeros(num_rows, 16)
+    expected[:, :8] = x.float() @ a_q.to(dtype).float().T @ b_q.to(dtype).float().T
+    expected[:, 12:] = x.float() @ a_v.to(dtype).float().T @ b_v.to(dtype).float().T
+    expected[slots == 0] = 0
+    tolerance = 1e-5 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(y.float(), expected, atol=tolerance, rtol=0.02 if dtype == torch.bfloat16 else 1e-5)
 
 
 Weights = dict[str, torch.Tensor]
