@@ -235,12 +235,7 @@ class LLMEngine:
         )
         self._requests[request_id] = request
         self.outputs.add(request)
-        try:
-            self._schedule(request)
-        except BaseException:
-            del self._requests[request_id]
-            self.outputs.discard(request)
-            raise
+        self.scheduler.add(request)  # no grammar to compile first
         self._prompt_tokens_total += len(prompt)
 
     def _generator(self, seed: int | None) -> torch.Generator | None:

@@ -4,8 +4,9 @@ An adapter changes some of the base model's projections W (out x in) into W + s 
 B (out x r) and s = lora_alpha / r (lora_alpha / sqrt(r) with rsLoRA). The engine never merges them into
 W: every request picks its own adapter or none, so the low-rank product is added per request
 (engine.models.lora). What this reads: the projections of the decoder layers (q, k, v, o, gate, up,
-down), plain LoRA. Refused with a message naming the reason: DoRA, trained biases, modules_to_save,
-per-module rank or alpha patterns, embedding or LM head adapters, pickled .bin weights.
+down), plain LoRA. Refused with a message naming the reason: DoRA, trained biases (PEFT's lora_bias
+too), modules_to_save, per-module rank or alpha patterns, factors stored transposed (fan_in_fan_out),
+embedding or LM head adapters, pickled .bin weights.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def _read_config(name: str, directory: Path) -> dict[str, Any]:
         "peft_type": config.get("peft_type", "LORA") != "LORA",
         "use_dora": bool(config.get("use_dora")),
         "bias": config.get("bias", "none") != "none",
+        # A bias on B (PEFT's lora_bias) or factors stored transposed (GPT-2's Conv1D layers).
+        "lora_bias": bool(config.get("lora_bias")),
+        "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
         "modules_to_save": bool(config.get("modules_to_save")),
         "rank_pattern": bool(config.get("rank_pattern")),
         "alpha_pattern": bool(config.get("alpha_pattern")),

@@ -198,6 +198,8 @@ def _edited_copy(
     [
         ({"use_dora": True}, "not supported: use_dora=True"),
         ({"bias": "all"}, "not supported: bias='all'"),
+        ({"lora_bias": True}, "not supported: lora_bias=True"),
+        ({"fan_in_fan_out": True}, "not supported: fan_in_fan_out=True"),
         ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
         ({"rank_pattern": {"q_proj": 2}}, "rank_pattern"),
         ({"r": 16}, r"has A \(8, \d+\) and B \(576, 8\), not rank 16"),
