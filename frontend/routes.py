@@ -14,12 +14,14 @@ from pydantic import BaseModel
 from frontend.protocol.chat import ChatCompletionRequest
 from frontend.protocol.completions import CompletionRequest
 from frontend.protocol.embeddings import EmbeddingRequest
+from frontend.protocol.scores import RerankRequest, ScoreRequest
 from frontend.protocol.tokenize import DetokenizeRequest, TokenizeRequest
 from frontend.serving.chat import ChatHandler
 from frontend.serving.completions import CompletionHandler
 from frontend.serving.context import ServingContext
 from frontend.serving.embeddings import EmbeddingHandler
 from frontend.serving.models import ModelsHandler
+from frontend.serving.scores import ScoreHandler
 from frontend.serving.tokenize import TokenizeHandler
 
 T = TypeVar("T")
@@ -94,6 +96,7 @@ def build_router(ctx: ServingContext) -> APIRouter:
     completions = CompletionHandler(ctx)
     embeddings = EmbeddingHandler(ctx)
     models = ModelsHandler(ctx)
+    scores = ScoreHandler(ctx)
     tokenizer = TokenizeHandler(ctx)
 
     @router.post("/v1/chat/completions")
@@ -111,6 +114,23 @@ def build_router(ctx: ServingContext) -> APIRouter:
         return respond(
             await until_disconnect(request, embeddings.create(body, _response_id("embd", request, body.request_id)))
         )
+
+    @router.post("/v1/score")
+    async def create_score(body: ScoreRequest, request: Request) -> Response:
+        return respond(
+            await until_disconnect(request, scores.score(body, _response_id("score", request, None)))
+        )
+
+    @router.post("/v1/rerank")
+    async def rerank(body: RerankRequest, request: Request) -> Response:
+        return respond(
+            await until_disconnect(request, scores.rerank(body, _response_id("rerank", request, None)))
+        )
+
+    # vLLM's other spellings of the same endpoints: /score, and Jina's /rerank and Cohere's /v2/rerank.
+    router.add_api_route("/score", create_score, methods=["POST"])
+    router.add_api_route("/rerank", rerank, methods=["POST"])
+    router.add_api_route("/v2/rerank", rerank, methods=["POST"])
 
     @router.get("/v1/models")
     async def list_models() -> Response:

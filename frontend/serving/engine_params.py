@@ -164,8 +164,9 @@ def kept_prompt(token_ids: list[int], truncate_prompt_tokens: int | None, max_mo
     return token_ids[len(token_ids) - keep :]
 
 
-def api_error(error: TritonError, params: EngineParameters, prompt_field: str) -> APIError:
-    """What a Triton failure means to the client: its fault (400), Triton's absence (503), or a bug (502)."""
+def api_error(error: TritonError, params: EngineParameters, prompt_field: str | None) -> APIError:
+    """What a Triton failure means to the client: its fault (400), Triton's absence (503), or a bug (502).
+    A context-length refusal names `prompt_field` (None where the inputs come from several fields)."""
     message = str(error)
     if isinstance(error, TritonOverloadedError):
         return overloaded(f"the server is overloaded: {message}")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -130,6 +131,25 @@ def test_an_adapter_embeds_its_own_way(client: openai.OpenAI) -> None:
     sql, base, chat, again = embed("sql"), embed(MODEL_NAME), embed("chat"), embed("sql")
     assert min(np.abs(sql - base).max(), np.abs(chat - base).max(), np.abs(sql - chat).max()) > 1e-3
     assert np.abs(again - sql).max() < 1e-5
+
+
+def test_an_adapter_scores_with_its_own_embeddings(client: openai.OpenAI, stack: LoraStack) -> None:
+    """/v1/score with model=<adapter>: the cosine similarity of that adapter's embeddings, named by it."""
+    texts = [PROMPT, "A lighthouse keeper alone on an island."]
+
+    def similarities(model: str) -> tuple[float, float]:
+        reply = client.embeddings.create(model=model, input=texts, encoding_format="float")
+        first, second = (np.asarray(item.embedding) for item in reply.data)
+        expected = float(first @ second / (np.linalg.norm(first) * np.linalg.norm(second)))
+        body = {"model": model, "text_1": texts[0], "text_2": texts[1]}
+        scored = httpx.post(f"{stack.frontend.base_url}/score", json=body, timeout=120).json()
+        assert scored["model"] == model, scored
+        return scored["data"][0]["score"], expected
+
+    sql, base = similarities("sql"), similarities(MODEL_NAME)
+    assert abs(sql[0] - sql[1]) < 1e-5 and abs(base[0] - base[1]) < 1e-5
+    # The adapter moves the similarity, so a score that ignored it would fail above.
+    assert abs(sql[1] - base[1]) > 1e-2
 
 
 def test_a_streamed_chat_names_its_adapter(client: openai.OpenAI) -> None:

@@ -1,0 +1,145 @@
+"""/score and /rerank for an embedding model, as vLLM serves them for one (ServingScores._embedding_score):
+a pair's score is the cosine similarity of its two texts' embeddings. Each distinct text is embedded once,
+however many pairs it is in, through the pooling step /v1/embeddings uses (pooling.embed_batch). There is no
+cross-encoder path: no model here has a classification head to score a pair in one forward."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from frontend.protocol.embeddings import EmbeddingUsage
+from frontend.protocol.scores import (
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    RerankUsage,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreResponseData,
+    as_list,
+)
+from frontend.serving.context import ServedModel, ServingContext, unix_now
+from frontend.serving.pooling import EmbeddingBatch, check_length, embed_batch, encode_texts
+
+SCORE_ENDPOINT = "/v1/score"
+RERANK_ENDPOINT = "/v1/rerank"
+# The floor under the product of the norms, torch's CosineSimilarity's (vLLM's scorer): no division by zero.
+NORM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Texts:
+    """One side of the pairs, as a request field sent it."""
+
+    # The request field (text_1, text_2, query, documents): what a refusal names.
+    param: str
+    # Its texts, in request order.
+    texts: list[str]
+    # Whether the field was a list, so that a refusal says which of its texts.
+    listed: bool
+
+    @classmethod
+    def of(cls, param: str, value: str | list[str]) -> Texts:
+        return cls(param, as_list(value), not isinstance(value, str))
+
+    def label(self, index: int) -> str:
+        return f"{self.param} {index}" if self.listed else self.param
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A request's pairs, scored."""
+
+    # The model, or LoRA adapter, that embedded them.
+    served: ServedModel
+    # One per pair, in pair order.
+    scores: list[float]
+    # Tokens embedded: each distinct text once.
+    prompt_tokens: int
+
+
+class ScoreHandler:
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+
+    async def score(self, request: ScoreRequest, request_id: str) -> ScoreResponse:
+        arrival = time.monotonic()
+        scored = await self._score(
+            Texts.of("text_1", request.text_1), Texts.of("text_2", request.text_2), request, request_id
+        )
+        self._record(SCORE_ENDPOINT, arrival, scored.prompt_tokens)
+        return ScoreResponse(
+            id=request_id,
+            created=unix_now(),
+            model=scored.served.name,
+            data=[ScoreResponseData(index=index, score=score) for index, score in enumerate(scored.scores)],
+            usage=EmbeddingUsage(prompt_tokens=scored.prompt_tokens, total_tokens=scored.prompt_tokens),
+        )
+
+    async def rerank(self, request: RerankRequest, request_id: str) -> RerankResponse:
+        arrival = time.monotonic()
+        scored = await self._score(
+            Texts.of("query", request.query), Texts.of("documents", request.documents), request, request_id
+        )
+        self._record(RERANK_ENDPOINT, arrival, scored.prompt_tokens)
+        results = [
+            RerankResult(index=index, document=RerankDocument(text=text), relevance_score=score)
+            for index, (text, score) in enumerate(zip(request.documents, scored.scores, strict=True))
+        ]
+        # sorted() is stable under reverse=True too: equal scores keep document order, as in vLLM.
+        results = sorted(results, key=lambda result: result.relevance_score, reverse=True)
+        return RerankResponse(
+            id=request_id,
+            model=scored.served.name,
+            usage=RerankUsage(total_tokens=scored.prompt_tokens),
+            results=results[: request.top_n or len(results)],
+        )
+
+    async def _score(
+        self, first: Texts, second: Texts, request: ScoreRequest | RerankRequest, request_id: str
+    ) -> Scored:
+        """Each pair's cosine similarity: `first`'s one text against each of `second`'s, or the two paired
+        element-wise (the protocol models have refused any other pairing)."""
+        served = await self.ctx.resolve_model(request.model)
+        # Each distinct text once, in order of first appearance (a 1:N query, a text on both sides).
+        distinct = list(dict.fromkeys([*first.texts, *second.texts]))
+        # With the tokenizer's special tokens, as vLLM's scoring tokenizes.
+        token_ids = dict(zip(distinct, await encode_texts(self.ctx, distinct, True), strict=True))
+        truncate = request.truncate_prompt_tokens
+        limit = await self.ctx.max_model_len()
+        for side in (first, second):
+            for index, text in enumerate(side.texts):
+                check_length(token_ids[text], truncate, limit, side.param, side.label(index))
+        embeddings = await embed_batch(
+            self.ctx,
+            EmbeddingBatch(
+                token_ids=[token_ids[text] for text in distinct],
+                served=served,
+                pooling={} if truncate is None else {"truncate_prompt_tokens": truncate},
+                request_id=request_id,
+                # A text may stand in both fields.
+                prompt_field=None,
+                priority=request.priority,
+            ),
+        )
+        vectors = {text: embedding.vector for text, embedding in zip(distinct, embeddings, strict=True)}
+        firsts = first.texts * len(second.texts) if len(first.texts) == 1 else first.texts
+        return Scored(
+            served=served,
+            scores=[cosine(vectors[a], vectors[b]) for a, b in zip(firsts, second.texts, strict=True)],
+            prompt_tokens=sum(embedding.num_input_tokens for embedding in embeddings),
+        )
+
+    def _record(self, endpoint: str, arrival: float, prompt_tokens: int) -> None:
+        self.ctx.metrics.e2e_latency.labels(endpoint).observe(time.monotonic() - arrival)
+        self.ctx.metrics.prompt_tokens.inc(prompt_tokens)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity, in float64 (the engine's float32 vectors are unit length by default)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return float(np.dot(a64, b64) / max(float(np.linalg.norm(a64) * np.linalg.norm(b64)), NORM_EPS))
