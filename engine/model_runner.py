@@ -228,6 +228,8 @@ class ModelRunner:
 
     def _lora_slots(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:
         """Each token's adapter slot [T] (0: none), None when no chunk's request has an adapter."""
+        if not self.lora_slots:  # no adapters loaded: nothing to look up in every step
+            return None
         slots = [self.lora_slots[chunk.request.lora_name] if chunk.request.lora_name else 0 for chunk in chunks]
         if not any(slots):
             return None

@@ -38,26 +38,32 @@ from frontend.triton_stream import (
 )
 
 
-@dataclass
-class GenerationInput:
-    """One generation request as the engine model takes it."""
+@dataclass(kw_only=True)
+class EngineRequest:
+    """What every request to the engine model carries, a generation or an embedding (_request_inputs)."""
 
     # The prompt's token ids (chat prompts templated, then tokenized, as the endpoint decided).
     prompt_token_ids: list[int]
+    # vLLM priority (lower is sooner).
+    priority: int = 0
+    # The client's prefix-cache isolation key, or None (_request_inputs adds the tenant's).
+    cache_salt: str | None = None
+    # The LoRA adapter (a name of the llm model's lora_modules) to serve it with; None: the base model.
+    lora_name: str | None = None
+    # Triton request id, for correlating logs.
+    request_id: str = ""
+
+
+@dataclass(kw_only=True)
+class GenerationInput(EngineRequest):
+    """One generation request as the engine model takes it."""
+
     # True: one response per engine step with a text delta; False: one response with everything.
     stream: bool
     # Output token limit; None lets the engine fill the context.
     max_tokens: int | None = None
     # vLLM SamplingParams names -> values; the engine rejects by name what it does not support.
     sampling: dict[str, Any] = field(default_factory=dict)
-    # vLLM priority (lower is sooner).
-    priority: int = 0
-    # The client's prefix-cache isolation key, or None (build_inputs adds the tenant's).
-    cache_salt: str | None = None
-    # The LoRA adapter (a name of the llm model's lora_modules) to generate with; None: the base model.
-    lora_name: str | None = None
-    # Triton request id, for correlating logs.
-    request_id: str = ""
 
     @property
     def num_sequences(self) -> int:
@@ -107,22 +113,12 @@ class GenerationChunk:
     stop_reason: int | str | None = None
 
 
-@dataclass
-class EmbeddingInput:
+@dataclass(kw_only=True)
+class EmbeddingInput(EngineRequest):
     """One embedding request as the engine model takes it (its `pooling_parameters` input)."""
 
-    # The input's token ids (a text input tokenized as the endpoint decided).
-    prompt_token_ids: list[int]
     # vLLM PoolingParams names -> values; empty: the engine's defaults.
     pooling: dict[str, Any] = field(default_factory=dict)
-    # vLLM priority (lower is sooner).
-    priority: int = 0
-    # The client's prefix-cache isolation key, or None (the tenant's is added as for generations).
-    cache_salt: str | None = None
-    # The LoRA adapter to embed with; None: the base model.
-    lora_name: str | None = None
-    # Triton request id, for correlating logs.
-    request_id: str = ""
 
 
 @dataclass
@@ -140,25 +136,23 @@ class Embedding:
 INT32_MAX = 2**31 - 1
 
 
-def _request_inputs(
-    prompt_token_ids: list[int], priority: int, cache_salt: str | None, lora_name: str | None
-) -> list[InferInput]:
+def _request_inputs(request: EngineRequest) -> list[InferInput]:
     """The tensors of every engine model request: its prompt, priority, prefix-cache salt and adapter."""
     inputs = [
-        tensor("input_ids", np.asarray(prompt_token_ids, dtype=np.int32), "INT32"),
-        tensor("priority", np.array([priority], dtype=np.int32), "INT32"),
+        tensor("input_ids", np.asarray(request.prompt_token_ids, dtype=np.int32), "INT32"),
+        tensor("priority", np.array([request.priority], dtype=np.int32), "INT32"),
     ]
     # Every request passes here, so no endpoint can forget the tenant's share of the salt.
-    salt = tenant_cache_salt(cache_salt)
+    salt = tenant_cache_salt(request.cache_salt)
     if salt:
         inputs.append(bytes_tensor("cache_salt", salt))
-    if lora_name is not None:
-        inputs.append(bytes_tensor("lora_name", lora_name))
+    if request.lora_name is not None:
+        inputs.append(bytes_tensor("lora_name", request.lora_name))
     return inputs
 
 
 def build_inputs(request: GenerationInput) -> list[InferInput]:
-    inputs = _request_inputs(request.prompt_token_ids, request.priority, request.cache_salt, request.lora_name)
+    inputs = _request_inputs(request)
     inputs += [
         tensor("stream", np.array([request.stream], dtype=np.bool_), "BOOL"),
         # Each output costs every hop of every streamed token; parse_response carries the counts over.
@@ -175,7 +169,7 @@ def build_inputs(request: GenerationInput) -> list[InferInput]:
 
 
 def build_embedding_inputs(request: EmbeddingInput) -> list[InferInput]:
-    inputs = _request_inputs(request.prompt_token_ids, request.priority, request.cache_salt, request.lora_name)
+    inputs = _request_inputs(request)
     # Sent even when empty: its presence is what makes the request an embedding.
     inputs.append(bytes_tensor("pooling_parameters", json.dumps(request.pooling)))
     return inputs

@@ -7,9 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,27 @@ class FrontendServer:
         except httpx.ReadTimeout:
             return True
         return False
+
+    def leave_and_expect_release(
+        self, path: str, body: dict[str, Any], held: Callable[[], float], what: str, release_s: float
+    ) -> None:
+        """POST `body` as a client that gives up after 4 s (post_and_leave) while the engine works on it,
+        then assert the engine lets go of it: `held()` (a Triton gauge of the engine's requests, refreshed
+        every 0.5 s) shows it within those 4 s and is back to 0 within `release_s` after the client left.
+        `what` names the request in the failure message."""
+        outcome: list[bool] = []
+        caller = threading.Thread(target=lambda: outcome.append(self.post_and_leave(path, body, 4.0)))
+        caller.start()
+        deadline = time.monotonic() + 4.0
+        while held() < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert held() >= 1
+        caller.join(timeout=20)
+        assert outcome == [True], f"{what} should still be running when the client gives up"
+        deadline = time.monotonic() + release_s
+        while held() > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert held() == 0
 
 
 def start_frontend(

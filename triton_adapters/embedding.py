@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine import PoolingParams, RequestOutput
-from triton_adapters.json_input import json_object
+from triton_adapters.json_input import build_params, json_object
 
 # pooling_parameters key -> the JSON type its value must have (null: the default). Strict, unlike
 # sampling_parameters' coercion of strings: no client of this input predates it.
@@ -53,14 +53,7 @@ def pooling_params(raw: str, input_names: Iterable[str]) -> PoolingParams:
         )
     loaded = json_object(raw, "pooling_parameters")
     fields = {key: _checked(key, value) for key, value in loaded.items() if value is not None}
-    try:
-        return PoolingParams(**fields)
-    except ValueError as error:
-        # PoolingParams' messages start with the field at fault ("dimensions must be >= 1, got 0").
-        name = str(error).split(" ", 1)[0]
-        if name in JSON_FIELDS:
-            raise ValueError(f"parameter '{name}': {error}") from None
-        raise
+    return build_params(PoolingParams, fields)
 
 
 def _checked(key: str, value: Any) -> Any:

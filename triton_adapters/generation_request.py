@@ -18,7 +18,7 @@ import numpy as np
 
 from engine import PoolingParams, SamplingParams
 from triton_adapters.embedding import pooling_params
-from triton_adapters.json_input import json_object
+from triton_adapters.json_input import build_params, json_object
 from triton_adapters.structured_request import JSON_KEYS as STRUCTURED_JSON_KEYS
 from triton_adapters.structured_request import structured_outputs_from_json, structured_outputs_from_tensors
 
@@ -188,19 +188,6 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         raise ValueError(f"parameter '{key}' must be {kind.__name__}, got {value!r}") from None
 
 
-def _sampling_params(fields: dict[str, Any]) -> SamplingParams:
-    """SamplingParams from the request's fields; a refusal names its parameter the way clients (and the
-    frontend, which turns it into the OpenAI error's `param`) read it: SamplingParams' messages start with
-    the field at fault ("seed must be ...", "best_of (1) must be >= n (2)")."""
-    try:
-        return SamplingParams(**fields)
-    except ValueError as error:
-        name = str(error).split(" ", 1)[0]
-        if name in SamplingParams.__dataclass_fields__:
-            raise ValueError(f"parameter '{name}': {error}") from None
-        raise
-
-
 def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequest:
     """Build a request from the llm model's input tensors (name -> numpy array, absent = not sent)."""
     if "input_ids" not in inputs:
@@ -242,7 +229,7 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
         lora_name = _scalar(inputs["lora_name"]) or lora_name
     return GenerationRequest(
         prompt_token_ids=_token_ids(inputs),
-        params=_sampling_params(fields),
+        params=build_params(SamplingParams, fields),
         stream=_flag(inputs, "stream", default=False),
         priority=_priority(inputs),
         cache_salt=_cache_salt(inputs),

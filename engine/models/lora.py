@@ -89,7 +89,8 @@ class ProjectionLoRA:
         self._updates: dict[int, _SlotUpdate] = {}
 
     def set(self, slot: int, a: torch.Tensor, parts: tuple[_OutputPart, ...], out_features: int) -> None:
-        """a [R, in] and the parts' B [size, rank] (their ranks summing to R), in the model's dtype."""
+        """a [R, in] in the model's dtype and device; the parts' B [size, rank] (their ranks summing to R) in
+        any, copied into a's."""
         b_t = a.new_zeros((a.shape[0], out_features))
         rank_start = 0
         for part in parts:
@@ -135,7 +136,6 @@ def attach_adapters(model: CausalLM, adapters: list[LoRAAdapter]) -> None:
             if layer.lora is None:
                 layer.lora = ProjectionLoRA()
             out_features = sum(layer.output_sizes) if isinstance(layer, ColumnParallelLinear) else layer.out_features
-            parts = tuple(_OutputPart(part.out_start, part.b.to(device, dtype)) for part in parts)
             layer.lora.set(slot, a.to(device, dtype), parts, out_features)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
 import urllib.request
 
@@ -343,21 +342,9 @@ def test_non_streamed_disconnect_cancels_too(
         "max_tokens": 2000,
         "ignore_eos": True,
     }
-    outcome: list[bool] = []
-    caller = threading.Thread(
-        target=lambda: outcome.append(frontend_server.post_and_leave("/chat/completions", body, 4.0))
+    frontend_server.leave_and_expect_release(
+        "/chat/completions", body, lambda: running_requests(triton_server), "the 2000-token request", release_s=10.0
     )
-    caller.start()
-    deadline = time.monotonic() + 4.0
-    while running_requests(triton_server) < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert running_requests(triton_server) >= 1
-    caller.join(timeout=20)
-    assert outcome == [True], "the 2000-token request should still be running when the client gives up"
-    deadline = time.monotonic() + 10.0
-    while running_requests(triton_server) > 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert running_requests(triton_server) == 0
 
 
 def test_health_and_metrics(frontend_server: FrontendServer, client: openai.OpenAI) -> None:

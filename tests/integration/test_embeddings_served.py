@@ -6,8 +6,6 @@ raw vectors; refusals in OpenAI's shape; and the llm model's own `pooling_parame
 from __future__ import annotations
 
 import base64
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -166,19 +164,9 @@ def test_a_client_that_leaves_aborts_its_embeddings(
     """32 inputs of nearly the whole context: over a minute of prefill on two cores if nothing aborted them
     (16 took 34 s), against the 4 s the client waits and the 20 s the test then allows."""
     body = {"model": MODEL_NAME, "input": [[7] * (MAX_MODEL_LEN - 8)] * 32}
-    outcome: list[bool] = []
-    caller = threading.Thread(target=lambda: outcome.append(frontend_server.post_and_leave("/embeddings", body, 4.0)))
-    caller.start()
-    deadline = time.monotonic() + 4.0
-    while engine_requests(triton_server) < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert engine_requests(triton_server) >= 1
-    caller.join(timeout=20)
-    assert outcome == [True], "the embeddings should still be running when the client gives up"
-    deadline = time.monotonic() + 20.0
-    while engine_requests(triton_server) > 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert engine_requests(triton_server) == 0
+    frontend_server.leave_and_expect_release(
+        "/embeddings", body, lambda: engine_requests(triton_server), "the embeddings", release_s=20.0
+    )
 
 
 def engine_requests(triton_server: TritonServer) -> float:
