@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,65 +14,23 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from frontend.audio_routes import build_audio_router
+from frontend.batch_routes import build_batch_router
 from frontend.conversations_routes import build_conversations_router
-from frontend.errors import APIError
+from frontend.errors import APIError, validation_error
+from frontend.file_store import FileStore
 from frontend.middleware import RequestGuard
 from frontend.response_store import open_store
 from frontend.responses_routes import build_responses_router
 from frontend.routes import ClientDisconnected, build_router
 from frontend.serving.audio import AudioHandler
+from frontend.serving.batches import BatchHandler
 from frontend.serving.context import ServingContext
 from frontend.serving.conversations import ConversationsHandler
+from frontend.serving.files import FilesHandler
 from frontend.serving.responses import ResponsesHandler
 
 # Status for a request whose client left (nginx's convention); nobody reads it, the metrics do.
 CLIENT_CLOSED_REQUEST = 499
-
-
-def _param(location: tuple[Any, ...]) -> str | None:
-    """`("body", "messages", 0, "content")` -> "messages.0.content" (the request field at fault).
-
-    Pydantic also puts union member tags ("str", "list[TextContentPart]", "function-after[...]") into
-    locations; they name no request field and are dropped."""
-    parts = [str(part) for part in location if part != "body" and not _is_union_tag(part)]
-    return ".".join(parts) or None
-
-
-def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict"))
-
-
-def validation_error(error: RequestValidationError) -> APIError:
-    """Pydantic's complaints as one OpenAI 400 naming the first field at fault."""
-    details = error.errors()
-    if any(detail.get("type") == "json_invalid" for detail in details):
-        return APIError(
-            400, "The request body is not valid JSON.", "invalid_request_error", None, "invalid_json"
-        )
-    # A complaint about the body as a whole that is not a request-level rule (those are value errors, such
-    # as "send exactly one of 'prompt' and 'messages'"): the body is no JSON object.
-    if any(tuple(detail.get("loc", ())) == ("body",) and detail.get("type") != "value_error" for detail in details):
-        return APIError(
-            400,
-            "The request body must be a JSON object (sent with Content-Type: application/json).",
-            "invalid_request_error",
-            None,
-            "invalid_json",
-        )
-    messages = []
-    for detail in details:
-        where = _param(tuple(detail.get("loc", ())))
-        messages.append(f"{where}: {detail.get('msg')}" if where else str(detail.get("msg")))
-        if detail.get("type") == "extra_forbidden" and where:
-            messages[-1] = f"{where}: unsupported parameter"
-    first = details[0] if details else {}
-    return APIError(
-        400,
-        "; ".join(messages) or "invalid request",
-        "invalid_request_error",
-        _param(tuple(first.get("loc", ()))),
-        "invalid_value",
-    )
 
 
 def _json(error: APIError) -> JSONResponse:
@@ -83,14 +42,24 @@ def build_app(ctx: ServingContext) -> FastAPI:
     conversations = ConversationsHandler(store)
     responses = ResponsesHandler(ctx, store, conversations)
     audio = AudioHandler(ctx)
+    # Without a files directory, one that lasts as long as the app.
+    scratch = tempfile.TemporaryDirectory(prefix="tritonllm-files-") if ctx.config.files_dir is None else None
+    file_store = FileStore(Path(scratch.name) if scratch is not None else ctx.config.files_dir)  # type: ignore[arg-type]
+    files = FilesHandler(file_store)
+    batches = BatchHandler(ctx, file_store, responses)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batches.resume()
         yield
-        # Before the Triton channel closes: cancelling background responses cancels their Triton streams.
+        # Before the Triton channel closes: stopping batches and background responses cancels their Triton
+        # streams.
+        await batches.close()
         await responses.close()
         await ctx.triton.close()
         await audio.close()
+        if scratch is not None:
+            scratch.cleanup()
 
     app = FastAPI(
         title="tritonllm OpenAI-compatible server",
@@ -104,6 +73,7 @@ def build_app(ctx: ServingContext) -> FastAPI:
     app.include_router(build_responses_router(responses))
     app.include_router(build_conversations_router(conversations))
     app.include_router(build_audio_router(audio))
+    app.include_router(build_batch_router(files, batches))
 
     @app.exception_handler(APIError)
     async def on_api_error(_: Request, error: APIError) -> Response:
@@ -111,7 +81,7 @@ def build_app(ctx: ServingContext) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, error: RequestValidationError) -> Response:
-        return _json(validation_error(error))
+        return _json(validation_error(error.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, error: StarletteHTTPException) -> Response:
@@ -130,6 +100,7 @@ def build_app(ctx: ServingContext) -> FastAPI:
         RequestGuard,  # type: ignore[arg-type]
         api_keys=ctx.config.api_keys,
         max_body_bytes=ctx.config.max_request_body_bytes,
+        max_upload_bytes=ctx.config.max_upload_bytes,
         metrics=ctx.metrics,
         isolate_api_keys=ctx.config.isolate_api_keys,
     )

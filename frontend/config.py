@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frontend.file_store import default_files_dir
 from frontend.generation_defaults import GenerationConfigError, generation_defaults, max_tokens_cap
 from frontend.response_store import check_store_url, default_store_url
 
@@ -61,6 +62,10 @@ class FrontendConfig:
     triton_timeout_s: float = 5.0
     # Where the Responses API keeps responses: `sqlite:///PATH` (`sqlite://` is in memory, lost at exit).
     response_store: str = "sqlite://"
+    # Where the Files and Batch APIs keep files and batches; None: a temporary directory, removed at exit.
+    files_dir: Path | None = None
+    # Largest file upload in bytes (POST /v1/files; 413 above it): OpenAI's limit.
+    max_upload_bytes: int = 512 * 1024 * 1024
     # Decoupled Triton speech-recognition model behind /v1/audio/*; None serves no audio endpoints (404).
     triton_speech_model: str | None = "whisper"
     # Speech model ids clients send and /v1/models lists ("whisper-1" is what OpenAI code sends).
@@ -120,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Responses API store: sqlite:///PATH (one host), or postgresql://USER:PASSWORD@HOST:PORT/DB shared "
         "by replicas (default: $TRITONLLM_RESPONSE_STORE, else sqlite in the state dir)",
     )
+    parser.add_argument(
+        "--files-dir",
+        default=str(default_files_dir()),
+        help="Files and Batch APIs: the directory of uploaded files, batches and their results "
+        "(default: $TRITONLLM_FILES_DIR, else files/ in the state dir)",
+    )
+    parser.add_argument("--max-upload-bytes", type=int, default=512 * 1024 * 1024, help="largest file upload")
     parser.add_argument(
         "--triton-speech-model", default="whisper", help="Triton speech model behind /v1/audio/*"
     )
@@ -190,6 +202,8 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
         response_role=args.response_role,
         max_request_body_bytes=args.max_request_body_bytes,
         response_store=args.response_store,
+        files_dir=Path(args.files_dir),
+        max_upload_bytes=args.max_upload_bytes,
         triton_speech_model=None if args.no_speech_model else args.triton_speech_model,
         speech_model_names=() if args.no_speech_model else tuple(args.speech_model_name),
         sampling_defaults=sampling_defaults,

@@ -35,6 +35,8 @@ KNOWN_PATHS = frozenset(
         "/v1/responses",
         "/v1/audio/transcriptions",
         "/v1/audio/translations",
+        "/v1/files",
+        "/v1/batches",
         "/score",
         "/rerank",
         "/v2/rerank",
@@ -44,6 +46,14 @@ KNOWN_PATHS = frozenset(
     | OPEN_PATHS
 )
 RESPONSE_ACTIONS = frozenset({"cancel", "input_items", "tool_outputs"})
+# Collections whose objects are addressed by id, and the actions on one: /v1/files/{file_id}/content.
+ID_PATHS = {
+    "/v1/responses/": ("response_id", RESPONSE_ACTIONS),
+    "/v1/files/": ("file_id", frozenset({"content"})),
+    "/v1/batches/": ("batch_id", frozenset({"cancel"})),
+}
+# The path whose body may be as large as a file upload rather than a request.
+UPLOAD_PATH = "/v1/files"
 
 
 def endpoint_label(path: str) -> str:
@@ -52,12 +62,13 @@ def endpoint_label(path: str) -> str:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
-    if path.startswith("/v1/responses/"):
-        rest = path.removeprefix("/v1/responses/").split("/")
-        if len(rest) == 1:
-            return "/v1/responses/{response_id}"
-        if len(rest) == 2 and rest[1] in RESPONSE_ACTIONS:
-            return f"/v1/responses/{{response_id}}/{rest[1]}"
+    for collection, (name, actions) in ID_PATHS.items():
+        if path.startswith(collection):
+            rest = path.removeprefix(collection).split("/")
+            if len(rest) == 1:
+                return f"{collection}{{{name}}}"
+            if len(rest) == 2 and rest[1] in actions:
+                return f"{collection}{{{name}}}/{rest[1]}"
     return "other"
 
 
@@ -69,12 +80,14 @@ class RequestGuard:
         max_body_bytes: int,
         metrics: FrontendMetrics,
         isolate_api_keys: bool = False,
+        max_upload_bytes: int | None = None,
     ):
         self.app = app
         self.api_keys = [key.encode() for key in api_keys]
         # Tenant id of each key when keys are isolated, else None for all.
         self.tenants = [tenant_of(key) if isolate_api_keys else None for key in api_keys]
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes or max_body_bytes
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -115,13 +128,14 @@ class RequestGuard:
                     ),
                 )
                 return
-            body = await self._read_body(headers, receive)
+            limit = self.max_upload_bytes if scope["path"] == UPLOAD_PATH else self.max_body_bytes
+            body = await self._read_body(headers, receive, limit)
             if body is None:
                 await self._error(
                     send_with_id,
                     APIError(
                         413,
-                        f"Request body exceeds {self.max_body_bytes} bytes.",
+                        f"Request body exceeds {limit} bytes.",
                         "invalid_request_error",
                         None,
                         "request_too_large",
@@ -161,10 +175,11 @@ class RequestGuard:
             return False, None
         return True, self.tenants[matches.index(True)]
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
-        """The whole body, or None once it exceeds the limit (checked on Content-Length and on the bytes)."""
+    @staticmethod
+    async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes | None:
+        """The whole body, or None once it exceeds `limit` (checked on Content-Length and on the bytes)."""
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isdigit() and int(declared) > limit:
             return None
         parts: list[bytes] = []
         size = 0
@@ -174,7 +189,7 @@ class RequestGuard:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 return None
             parts.append(chunk)
             if not message.get("more_body", False):

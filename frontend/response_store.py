@@ -536,8 +536,12 @@ def default_store_url() -> str:
     """`$TRITONLLM_RESPONSE_STORE`, else a database in the user's state directory (XDG)."""
     if os.environ.get("TRITONLLM_RESPONSE_STORE"):
         return os.environ["TRITONLLM_RESPONSE_STORE"]
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return f"sqlite:///{state / 'tritonllm' / 'responses.db'}"
+    return f"sqlite:///{state_dir() / 'responses.db'}"
+
+
+def state_dir() -> Path:
+    """Where the frontend keeps what outlives it by default: tritonllm/ in the user's XDG state directory."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "tritonllm"
 
 
 def sqlite_path(url: str) -> str:

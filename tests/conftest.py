@@ -27,6 +27,16 @@ def response_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session", autouse=True)
+def files_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Frontends started by the tests keep Files and Batch API objects in a temporary directory, not the
+    user's."""
+    directory = tmp_path_factory.mktemp("files")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRITONLLM_FILES_DIR", str(directory))
+        yield directory
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     if not (DEFAULT_MODEL / "model.safetensors").exists():

@@ -118,3 +118,15 @@ def test_max_new_tokens_caps_requests_only_where_vllm_caps_them(tmp_path: Path) 
 def test_unusable_generation_configs_stop_the_start(tmp_path: Path, flags: list[str]) -> None:
     with pytest.raises(SystemExit):
         config_from_args(["--model", str(tmp_path), *flags])
+
+
+def test_files_dir_flag_and_its_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TRITONLLM_FILES_DIR", str(tmp_path / "from-env"))
+    assert config_from_args(["--model", "m"]).files_dir == tmp_path / "from-env"
+    monkeypatch.delenv("TRITONLLM_FILES_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    default = config_from_args(["--model", "m"])
+    assert default.files_dir == tmp_path / "state" / "tritonllm" / "files"
+    assert default.max_upload_bytes == 512 * 1024 * 1024
+    chosen = config_from_args(["--model", "m", "--files-dir", "/srv/files", "--max-upload-bytes", "1000"])
+    assert (chosen.files_dir, chosen.max_upload_bytes) == (Path("/srv/files"), 1000)
