@@ -14,7 +14,7 @@ from frontend.file_store import default_files_dir
 from frontend.generation_defaults import GenerationConfigError, generation_defaults, max_tokens_cap
 from frontend.response_store import check_store_url, default_store_url
 
-TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral", "pythonic")
+TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral", "pythonic", "qwen3_coder")
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
 
 

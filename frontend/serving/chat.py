@@ -43,10 +43,16 @@ from frontend.serving.engine_params import (
 )
 from frontend.serving.generation import Generation, chunks, collect, start_generation
 from frontend.serving.logprobs import LogprobFormatter, requested_prompt_logprobs
-from frontend.serving.responses_tools import ANY_OBJECT, CallArrayParser, NamedCallParser, call_array_schema
+from frontend.serving.responses_tools import (
+    ANY_OBJECT,
+    CallArrayParser,
+    NamedCallParser,
+    auto_parser,
+    call_array_schema,
+)
 from frontend.serving.sse import DONE, error_frame, frame
 from frontend.templating import TemplateError
-from frontend.tool_parsers import NEEDS_SPECIAL_TOKENS, TOOL_PARSERS, ToolParser
+from frontend.tool_parsers import NEEDS_SPECIAL_TOKENS, ToolParser
 from frontend.triton_client import GenerationChunk, GenerationInput, TritonError
 
 ENDPOINT = "/v1/chat/completions"
@@ -176,9 +182,6 @@ class ChatHandler:
             raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
         if request.logprobs:
             params.set("logprobs", request.top_logprobs or 0)
-        needs_special = config.tool_call_parser in NEEDS_SPECIAL_TOKENS
-        if needs_special and tool_parser is TOOL_PARSERS[config.tool_call_parser or ""]:
-            params.set("skip_special_tokens", False)
         try:
             prompt = await asyncio.to_thread(
                 self.ctx.templater.render,
@@ -241,18 +244,22 @@ class ChatHandler:
             return None
         if choice == "none":
             return None
+        # In the Responses API's terms, which the parsers and the forcing constraints read.
+        tools = [
+            FunctionTool(type="function", name=tool.function.name, parameters=tool.function.parameters)
+            for tool in request.tools
+        ]
         if choice in (None, "auto"):
             if not (config.enable_auto_tool_choice and config.tool_call_parser):
                 raise bad_request(
                     '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser',
                     param="tool_choice",
                 )
-            return TOOL_PARSERS[config.tool_call_parser]
+            if config.tool_call_parser in NEEDS_SPECIAL_TOKENS:
+                # Its markers are special tokens: the text it reads must keep them.
+                params.set("skip_special_tokens", False)
+            return auto_parser(config.tool_call_parser, tools)
         # Forced exactly as the Responses API forces it: a named function's arguments, or an array of calls.
-        tools = [
-            FunctionTool(type="function", name=tool.function.name, parameters=tool.function.parameters)
-            for tool in request.tools
-        ]
         if not isinstance(choice, NamedToolChoice):
             max_calls = 1 if request.parallel_tool_calls is False else None
             schema = call_array_schema(tools, max_calls)

@@ -74,6 +74,14 @@ def call_array_schema(tools: list[FunctionTool], max_calls: int | None) -> dict[
     return schema
 
 
+def auto_parser(name: str, tools: list[FunctionTool]) -> Callable[[], ToolParser]:
+    """Builds the `--tool-call-parser` parser of each answer (tool_choice "auto"); it may read the tools'
+    parameter types."""
+    parser = TOOL_PARSERS[name]
+    schemas = {tool.name: tool.parameters or ANY_OBJECT for tool in tools}
+    return lambda: parser.for_tools(schemas)
+
+
 def tool_mode(
     tools: list[FunctionTool],
     choice: str | FunctionToolChoice,
@@ -99,7 +107,7 @@ def tool_mode(
                 '(or pass tool_choice "required", a named function, or "none")',
                 param="tool_choice",
             )
-        return TOOL_PARSERS[configured_parser], None
+        return auto_parser(configured_parser, tools), None
     if isinstance(choice, FunctionToolChoice):
         named = [tool for tool in tools if tool.name == choice.name]
         if not named:

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from frontend.protocol.chat import FunctionCall, ToolCall
+
+# The parameters JSON schema of each function a request offers, by function name.
+FunctionSchemas = Mapping[str, Mapping[str, Any]]
 
 
 @dataclass
@@ -53,6 +58,12 @@ def partial_marker_length(text: str, marker: str) -> int:
 
 class ToolParser(ABC):
     """Incremental extraction of tool calls from one generated message."""
+
+    @classmethod
+    def for_tools(cls, tools: FunctionSchemas) -> ToolParser:
+        """The parser of one message answering a request that offers `tools`. Most syntaxes carry all
+        they need and ignore them; one whose arguments are untyped text reads the declared types there."""
+        return cls()
 
     @abstractmethod
     def feed(self, text: str) -> ToolParseDelta:

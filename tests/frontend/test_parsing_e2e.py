@@ -5,11 +5,14 @@ request-level chat template) makes it generate one more block, which the parsers
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
 
 from tests.frontend.conftest import MODEL_NAME
+from tests.servers import TritonServer, start_frontend
 
 pytestmark = pytest.mark.slow
 
@@ -141,3 +144,59 @@ def test_reasoning_effort_switches_thinking_under_a_reasoning_parser(
         extra_body={"chat_template": template, "chat_template_kwargs": {"expected": True, "enable_thinking": True}},
     )  # fmt: skip
     assert reply.usage and reply.usage.completion_tokens == 1
+
+
+QWEN3_CODER_BLOCK = (
+    "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+    "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>\n"
+)
+QWEN3_CODER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            },
+        },
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def qwen3_coder_client(
+    model_path: Path, triton_server: TritonServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[openai.OpenAI]:
+    """A frontend on the session's Triton parsing Qwen3-Coder's XML tool calls."""
+    log_dir = tmp_path_factory.mktemp("frontend-qwen3-coder")
+    args = ("--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder")
+    frontend = start_frontend(model_path, triton_server, log_dir, api_key=None, extra_args=args)
+    try:
+        yield openai.OpenAI(base_url=frontend.base_url, api_key="none", max_retries=0)
+    finally:
+        frontend.process.stop()
+
+
+def test_qwen3_coder_call_is_typed_by_the_tool_schema(qwen3_coder_client: openai.OpenAI) -> None:
+    """`days` is text in the XML; the tool declares it an integer, so the arguments hold the number 3."""
+    request = {
+        **REQUEST,
+        "messages": [{"role": "user", "content": "Weather?\n" + QWEN3_CODER_BLOCK * 4}],
+        "tools": QWEN3_CODER_TOOLS,
+        "max_tokens": 64,
+    }
+    whole = qwen3_coder_client.chat.completions.create(**request).choices[0]  # type: ignore[call-overload]
+    assert whole.finish_reason == "tool_calls", whole.message
+    assert not whole.message.content
+    [call] = whole.message.tool_calls or []
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city": "Paris", "days": 3}')
+    name, arguments = "", ""
+    for chunk in qwen3_coder_client.chat.completions.create(**request, stream=True):  # type: ignore[call-overload]
+        if not chunk.choices:
+            continue
+        for piece in chunk.choices[0].delta.tool_calls or []:
+            assert piece.function is not None
+            name += piece.function.name or ""
+            arguments += piece.function.arguments or ""
+    assert (name, arguments) == (call.function.name, call.function.arguments)

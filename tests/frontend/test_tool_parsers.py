@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from frontend.config import TOOL_CALL_PARSERS
+from frontend.protocol.chat import ChatCompletionRequest
+from frontend.serving.chat import ChatHandler
+from frontend.templating import ChatTemplater
 from frontend.tool_parsers import TOOL_PARSERS, ToolParser, extract
+from tests.frontend.conftest import MODEL_NAME, offline_config, offline_serving_context
 
 HERMES = (
     'Let me check.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>\n'
@@ -23,12 +31,18 @@ MISTRAL = (
     '{"name": "get_time", "arguments": {"tz": "Europe/Paris"}}]'
 )
 PYTHONIC = '[get_weather(city="Paris", unit="C"), get_time(tz="Europe/Paris")]'
+QWEN3_CODER = (
+    "Let me check.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+    "<parameter=unit>\nC\n</parameter>\n</function>\n</tool_call>\n"
+    "<tool_call>\n<function=get_time>\n<parameter=tz>\nEurope/Paris\n</parameter>\n</function>\n</tool_call>"
+)
 EXPECTED_CALLS = [("get_weather", {"city": "Paris", "unit": "C"}), ("get_time", {"tz": "Europe/Paris"})]
 CASES = {
     "hermes": (HERMES, "Let me check."),
     "llama3_json": (LLAMA3, ""),
     "mistral": (MISTRAL, "Let me check."),
     "pythonic": (PYTHONIC, ""),
+    "qwen3_coder": (QWEN3_CODER, "Let me check.\n"),
 }
 # Texts each parser must leave as plain content.
 PLAIN = {
@@ -36,6 +50,13 @@ PLAIN = {
     "llama3_json": "The answer is {not json} here.",
     "mistral": "Plain [TOOL answer] text.",
     "pythonic": "Sure, here is the list [1, 2].",
+    "qwen3_coder": 'A <tool_call> block needs <function=f>: <tool_call>{"name": "f"}</tool_call> is none.',
+}
+
+CHAT_REQUEST: dict[str, Any] = {
+    "model": MODEL_NAME,
+    "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
 }
 
 
@@ -60,6 +81,18 @@ def streamed(parser: ToolParser, pieces: list[str]) -> tuple[str, list[tuple[str
 def split(text: str, cuts: list[int]) -> list[str]:
     points = sorted({cut % (len(text) + 1) for cut in cuts})
     return [text[start:end] for start, end in zip([0, *points], [*points, len(text)], strict=True)]
+
+
+def chat_handler(model_path: Path, templater: ChatTemplater, tool_call_parser: str) -> ChatHandler:
+    """Chat requests prepared as a frontend with `--enable-auto-tool-choice --tool-call-parser ...` would."""
+    config = offline_config(
+        model_path, max_model_len=512, enable_auto_tool_choice=True, tool_call_parser=tool_call_parser
+    )
+    return ChatHandler(offline_serving_context(config, templater))
+
+
+def test_every_parser_is_a_command_line_choice() -> None:
+    assert sorted(TOOL_CALL_PARSERS) == sorted(TOOL_PARSERS) == sorted(CASES)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -120,3 +153,14 @@ def test_truncated_call_keeps_what_was_generated() -> None:
     whole = extract(TOOL_PARSERS["hermes"](), text)
     assert whole[1][0].function.arguments == '{"a": [1, 2'
     assert streamed(TOOL_PARSERS["hermes"](), list(text))[1] == [("f", '{"a": [1, 2')]
+
+
+@pytest.mark.parametrize(("choice", "keeps"), [("auto", True), ("required", False)])
+def test_mistral_calls_keep_special_tokens_in_the_text(
+    model_path: Path, templater: ChatTemplater, choice: str, keeps: bool
+) -> None:
+    """[TOOL_CALLS] is a special token: the text the mistral parser reads must keep it (a forced call is
+    read by another parser)."""
+    request = ChatCompletionRequest.model_validate({**CHAT_REQUEST, "tool_choice": choice})
+    prepared = asyncio.run(chat_handler(model_path, templater, "mistral")._prepare(request, "id"))
+    assert prepared.params.sampling.get("skip_special_tokens", True) is not keeps
