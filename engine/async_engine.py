@@ -63,6 +63,7 @@ class _Submission:
     priority: int
     cache_salt: str | None
     lora_name: str | None
+    lora_path: str | None
 
 
 @dataclass
@@ -113,13 +114,14 @@ class AsyncEngine:
         priority: int = 0,
         cache_salt: str | None = None,
         lora_name: str | None = None,
+        lora_path: str | None = None,
         on_output: OutputCallback | None = None,
     ) -> RequestStream:
         """Queue a request. Validation happens here (InvalidRequestError), and admission:
         EngineOverloadedError when `max_waiting_requests` are already waiting, EngineDeadError once the
         loop thread has stopped. `on_output` is called from the engine thread and must not block; without
         it, outputs queue in the returned stream."""
-        self._engine.validate_request(prompt_token_ids, params, lora_name)
+        self._engine.validate_request(prompt_token_ids, params, lora_name, lora_path)
         stream = RequestStream(request_id)
         with self._cond:
             if self._inbox.stopping:
@@ -138,7 +140,7 @@ class AsyncEngine:
                 )
             self._sinks[request_id] = on_output or stream.put
             self._inbox.submissions.append(
-                _Submission(request_id, list(prompt_token_ids), params, priority, cache_salt, lora_name)
+                _Submission(request_id, list(prompt_token_ids), params, priority, cache_salt, lora_name, lora_path)
             )
             self._cond.notify()
         return stream
@@ -209,12 +211,13 @@ class AsyncEngine:
                         priority=submission.priority,
                         cache_salt=submission.cache_salt,
                         lora_name=submission.lora_name,
+                        lora_path=submission.lora_path,
                     )
                 except InvalidRequestError as error:  # e.g. an id reused after its abort was queued
-                    self._deliver([self._rejected(submission, str(error))])
+                    self._deliver([self._rejected(submission, str(error), by_request=True)])
                 except Exception as error:  # a bug admitting this one request: it fails, the loop goes on
                     logger.exception("adding request %s raised", submission.request_id)
-                    self._deliver([self._rejected(submission, f"{type(error).__name__}: {error}")])
+                    self._deliver([self._rejected(submission, f"{type(error).__name__}: {error}", by_request=False)])
                 else:
                     # An embedding request has one output: nothing to coalesce.
                     interval = submission.params.stream_interval if isinstance(submission.params, SamplingParams) else 1
@@ -252,8 +255,11 @@ class AsyncEngine:
                 logger.exception("output callback of %s raised", output.request_id)
 
     @staticmethod
-    def _rejected(submission: _Submission, error: str) -> RequestOutput:
-        return AsyncEngine._failed(submission.request_id, error, len(submission.prompt_token_ids))
+    def _rejected(submission: _Submission, error: str, by_request: bool) -> RequestOutput:
+        """The one output of a submission add_request refused: `by_request` when the request is at fault."""
+        failed = AsyncEngine._failed(submission.request_id, error, len(submission.prompt_token_ids))
+        failed.rejected = by_request
+        return failed
 
     @staticmethod
     def _failed(request_id: str, error: str, num_prompt_tokens: int = 0) -> RequestOutput:

@@ -128,6 +128,12 @@ class EngineConfig:
     # LoRA adapters by name -> PEFT adapter directory (vLLM's --lora-modules, vllm_backend's
     # multi_lora.json), all loaded at start; a request names one (lora_name) or none.
     lora_modules: dict[str, str] = field(default_factory=dict)
+    # Requests may bring adapters by name and directory (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING and
+    # /v1/load_lora_adapter): loaded at their first request, kept for the next (engine.lora_slots).
+    allow_runtime_lora_updating: bool = False
+    # Most adapters loaded at once, lora_modules included (vLLM's --max-loras); runtime ones beyond it
+    # evict the least recently used one no request is using.
+    max_loras: int = 8
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -142,7 +148,9 @@ class EngineConfig:
             )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be auto|cpu|cuda|cuda:N, got {self.device!r}")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size", "stream_interval"):
+        for name in (
+            "block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size", "stream_interval", "max_loras",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:

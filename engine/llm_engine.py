@@ -72,12 +72,17 @@ class LLMEngine:
     # -- requests -----------------------------------------------------------------------------------
 
     def validate_request(
-        self, prompt_token_ids: list[int], params: SamplingParams | PoolingParams, lora_name: str | None = None
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams | PoolingParams,
+        lora_name: str | None = None,
+        lora_path: str | None = None,
     ) -> None:
         """Raise InvalidRequestError for a request the engine can never serve (no state is touched)."""
-        if lora_name is not None and lora_name not in self.config.lora_modules:
-            loaded = ", ".join(self.config.lora_modules) or "none"
-            raise InvalidRequestError(f"LoRA adapter {lora_name!r} is not loaded (loaded: {loaded})")
+        if lora_name is not None:
+            self.runner.adapters.check(lora_name, lora_path)
+        elif lora_path is not None:
+            raise InvalidRequestError("lora_path needs the lora_name of the adapter it holds")
         prompt_token_ids = self._truncated(prompt_token_ids, params)
         num_prompt = len(prompt_token_ids)
         if num_prompt == 0:
@@ -148,17 +153,22 @@ class LLMEngine:
         priority: int = 0,
         cache_salt: str | None = None,
         lora_name: str | None = None,
+        lora_path: str | None = None,
     ) -> None:
         """Generate with SamplingParams, or embed the prompt with PoolingParams (one output, its
-        `embedding`). `lora_name` names one of config.lora_modules to serve the request with; None: the
-        base model."""
+        `embedding`). `lora_name` names the LoRA adapter to serve the request with (None: the base model):
+        one of config.lora_modules, or, with runtime loading allowed, the adapter in directory `lora_path`,
+        loaded now if it is not yet (engine.lora_slots)."""
         if request_id in self._requests or request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        self.validate_request(prompt_token_ids, params, lora_name)
+        self.validate_request(prompt_token_ids, params, lora_name, lora_path)
         prompt = self._truncated(prompt_token_ids, params)
         if lora_name is not None:
+            adapter = self.runner.adapters.acquire(
+                lora_name, lora_path, self._adapters_in_use, self._load_lora, self.runner.unload_lora
+            )
             # An adapter changes every layer's keys and values: its blocks are its own.
-            cache_salt = f"{cache_salt or ''}\x00lora:{lora_name}"
+            cache_salt = f"{cache_salt or ''}\x00lora:{lora_name}:{adapter.load_id}"
         if isinstance(params, PoolingParams):
             self._add_pooling_request(request_id, prompt, params, priority, cache_salt, lora_name)
             return
@@ -207,6 +217,15 @@ class LLMEngine:
             self.structured.remove(sequences[0].request_id)
             raise
         self._prompt_tokens_total += len(prompt)
+
+    def _adapters_in_use(self) -> set[str]:
+        return {request.lora_name for request in self._requests.values() if request.lora_name is not None}
+
+    def _load_lora(self, name: str, path: str, slot: int) -> None:
+        try:
+            self.runner.load_lora(name, path, slot)
+        except ValueError as error:  # the directory holds no adapter this model can take
+            raise InvalidRequestError(str(error)) from None
 
     def _add_pooling_request(
         self,
@@ -466,10 +485,12 @@ class LLMEngine:
         prompts: list[list[int]],
         params: SamplingParams | list[SamplingParams],
         lora_name: str | None | list[str | None] = None,
+        lora_paths: dict[str, str] | None = None,
     ) -> list[CompletedRequest]:
         """Run `prompts` to completion; results in input order. `lora_name`: one adapter for every prompt
-        or one per prompt. For offline use: outputs of requests added by other means while it runs are
-        consumed and dropped."""
+        or one per prompt; `lora_paths`: the directories of adapters not in lora_modules, by name (runtime
+        loading). For offline use: outputs of requests added by other means while it runs are consumed and
+        dropped."""
         per_prompt = params if isinstance(params, list) else [params] * len(prompts)
         adapters = lora_name if isinstance(lora_name, list) else [lora_name] * len(prompts)
         if len(per_prompt) != len(prompts) or len(adapters) != len(prompts):
@@ -481,7 +502,8 @@ class LLMEngine:
         batch = next(self._arrivals)
         ids = [f"generate-{batch}-{index}" for index in range(len(prompts))]
         for request_id, prompt, prompt_params, adapter in zip(ids, prompts, per_prompt, adapters, strict=True):
-            self.add_request(request_id, prompt, prompt_params, lora_name=adapter)
+            path = (lora_paths or {}).get(adapter) if adapter is not None else None
+            self.add_request(request_id, prompt, prompt_params, lora_name=adapter, lora_path=path)
         results = {
             request_id: CompletedRequest(request_id, list(prompt), [], "", None, None, 0, None)
             for request_id, prompt in zip(ids, prompts, strict=True)

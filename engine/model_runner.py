@@ -19,8 +19,11 @@ from engine.attention_metadata import AttentionMetadata
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeCudaGraphs
 from engine.distributed import TensorParallelGroup
+from engine.lora import load_adapter
+from engine.lora_slots import AdapterSlots
 from engine.model_shard import ModelShard
 from engine.models import CausalLM
+from engine.models.lora import attach_adapter, detach_adapter
 from engine.outputs import TokenLogprobs
 from engine.prompt_logprobs import PromptLogprobsChunk, compute_prompt_logprobs
 from engine.request import Request
@@ -108,8 +111,9 @@ class ModelRunner:
                 f"{self.spec.max_position_embeddings}"
             )
         self.sampler = Sampler(config.seed, self.device)
-        # Adapter name -> its slot in the model (ModelShard attached them in this order; 0 is the base).
-        self.lora_slots = {name: slot for slot, name in enumerate(config.lora_modules, start=1)}
+        # Which adapter is in which slot (ModelShard attached lora_modules in their order; 0 is the base).
+        self.adapters = AdapterSlots(config.lora_modules, config.max_loras, config.allow_runtime_lora_updating)
+        self._local_model = shard.model
         self.num_blocks = shard.num_blocks
         self.kv_cache = shard.kv_cache
         # Decode steps replay CUDA graphs (one rank only: the tensor-parallel workers run eagerly).
@@ -226,11 +230,23 @@ class ModelRunner:
         input_tensor = self._to_device(torch.tensor(token_ids, dtype=torch.int64))
         return input_tensor, self._to_device(positions), attn, self._to_device(sample_rows)
 
+    def load_lora(self, name: str, path: str, slot: int) -> None:
+        """Read the adapter at `path` and put it in `slot` on every rank (ValueError: it does not fit)."""
+        adapter = load_adapter(name, path)
+        attach_adapter(self._local_model, adapter, slot)
+        if self.workers is not None:
+            self.workers.attach_lora(name, path, slot)
+
+    def unload_lora(self, slot: int) -> None:
+        detach_adapter(self._local_model, slot)
+        if self.workers is not None:
+            self.workers.detach_lora(slot)
+
     def _lora_slots(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:
         """Each token's adapter slot [T] (0: none), None when no chunk's request has an adapter."""
-        if not self.lora_slots:  # no adapters loaded: nothing to look up in every step
+        if not self.adapters.adapters:  # no adapters loaded: nothing to look up in every step
             return None
-        slots = [self.lora_slots[chunk.request.lora_name] if chunk.request.lora_name else 0 for chunk in chunks]
+        slots = [self.adapters.slot_of(chunk.request.lora_name) if chunk.request.lora_name else 0 for chunk in chunks]
         if not any(slots):
             return None
         lengths = [chunk.num_tokens for chunk in chunks]

@@ -18,7 +18,7 @@ from engine.host_memory import keep_freed_memory, zeros_on_huge_pages
 from engine.kv_cache import resolve_cache_dtype
 from engine.lora import load_adapter
 from engine.models import CausalLM, load_model, packed_gemm
-from engine.models.lora import attach_adapters
+from engine.models.lora import attach_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ class ModelShard:
         self.group = group
         self.block_size = config.block_size
         self.model: CausalLM = load_model(config.model, dtype, device, group)
-        # Slot i + 1 is the i-th adapter of lora_modules on every rank (ModelRunner numbers them the same).
-        attach_adapters(self.model, [load_adapter(name, path) for name, path in config.lora_modules.items()])
+        # Slot i + 1 is the i-th adapter of lora_modules on every rank (engine.lora_slots numbers them so).
+        for slot, (name, path) in enumerate(config.lora_modules.items(), start=1):
+            attach_adapter(self.model, load_adapter(name, path), slot)
         if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
             self._prepack_weights(config.cpu_weight_format, config.kv_cache_memory)
         elif config.cpu_weight_format not in ("auto", packed_gemm.PLAIN):

@@ -30,8 +30,10 @@ from torch.distributed import TCPStore
 from engine.attention_metadata import AttentionMetadata
 from engine.config import EngineConfig
 from engine.distributed import TensorParallelError, TensorParallelGroup
+from engine.lora import load_adapter
 from engine.model_shard import ModelShard
 from engine.models import CausalLM, read_spec
+from engine.models.lora import attach_adapter, detach_adapter
 from engine.models.sharding import check_tensor_parallel
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ logger = logging.getLogger(__name__)
 # Header: kind, then up to six sizes. FORWARD: tokens, sequences, block-table width, max query length,
 # max sequence length, whether LoRA slots follow (1) or not (0). LOGITS: rows.
 _HEADER = struct.Struct("<7q")
-_STOP, _FORWARD, _LOGITS = 0, 1, 2
+_STOP, _FORWARD, _LOGITS, _ATTACH_LORA, _DETACH_LORA = 0, 1, 2, 3, 4
 # How long shutdown waits for a worker to exit on its own before killing it.
 _JOIN_SECONDS = 10.0
 
@@ -164,6 +166,13 @@ class TensorParallelWorkers:
         self.group.broadcast(hidden)
         return hidden
 
+    def attach_lora(self, name: str, path: str, slot: int) -> None:
+        """The workers load the adapter from `path` (the same files rank 0 just read) into `slot`."""
+        self._send(_ATTACH_LORA, slot, 0, 0, 0, 0, 0, payload=(name, path))
+
+    def detach_lora(self, slot: int) -> None:
+        self._send(_DETACH_LORA, slot, 0, 0, 0, 0, 0)
+
     def shutdown(self) -> None:
         """Stop the workers (waiting for them to exit) and release the process group. Idempotent."""
         self._finalizer()
@@ -178,11 +187,14 @@ class TensorParallelWorkers:
                 raise TensorParallelError(f"tensor-parallel workers failed to start: {self._diagnose()}")
             time.sleep(0.05)
 
-    def _send(self, kind: int, *sizes: int) -> None:
+    def _send(self, kind: int, *sizes: int, payload: object = None) -> None:
+        """The header of a call, and its `payload` (pickled) where it has one."""
         header = _HEADER.pack(kind, *sizes)
         try:
             for channel in self._channels:
                 channel.send_bytes(header)
+                if payload is not None:
+                    channel.send(payload)
         except OSError as error:  # a worker is gone: its end of the pipe is closed
             raise TensorParallelError(f"tensor-parallel worker lost: {self._diagnose()}") from error
 
@@ -306,3 +318,8 @@ def _serve(shard: ModelShard, channel: Connection) -> None:
             hidden = torch.empty((sizes[0], shard.spec.hidden_size), dtype=shard.dtype, device=device)
             group.broadcast(hidden)
             model.gather_logits(hidden)
+        elif kind == _ATTACH_LORA:
+            name, path = channel.recv()
+            attach_adapter(model, load_adapter(name, path), sizes[0])
+        elif kind == _DETACH_LORA:
+            detach_adapter(model, sizes[0])

@@ -18,6 +18,7 @@ from frontend.batch_routes import build_batch_router
 from frontend.conversations_routes import build_conversations_router
 from frontend.errors import APIError, validation_error
 from frontend.file_store import FileStore
+from frontend.lora_routes import build_lora_router
 from frontend.middleware import RequestGuard
 from frontend.response_store import open_store
 from frontend.responses_routes import build_responses_router
@@ -27,6 +28,7 @@ from frontend.serving.batches import BatchHandler
 from frontend.serving.context import ServingContext
 from frontend.serving.conversations import ConversationsHandler
 from frontend.serving.files import FilesHandler
+from frontend.serving.lora import LoRAAdapterHandler
 from frontend.serving.responses import ResponsesHandler
 
 # Status for a request whose client left (nginx's convention); nobody reads it, the metrics do.
@@ -74,6 +76,7 @@ def build_app(ctx: ServingContext) -> FastAPI:
     app.include_router(build_conversations_router(conversations))
     app.include_router(build_audio_router(audio))
     app.include_router(build_batch_router(files, batches))
+    app.include_router(build_lora_router(LoRAAdapterHandler(ctx)))
 
     @app.exception_handler(APIError)
     async def on_api_error(_: Request, error: APIError) -> Response:

@@ -37,6 +37,8 @@ KNOWN_PATHS = frozenset(
         "/v1/audio/translations",
         "/v1/files",
         "/v1/batches",
+        "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter",
         "/score",
         "/rerank",
         "/v2/rerank",

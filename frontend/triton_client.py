@@ -50,6 +50,9 @@ class EngineRequest:
     cache_salt: str | None = None
     # The LoRA adapter (a name of the llm model's lora_modules) to serve it with; None: the base model.
     lora_name: str | None = None
+    # The directory of an adapter loaded at run time (/v1/load_lora_adapter): the engine loads it from
+    # there at the first request that brings it.
+    lora_path: str | None = None
     # Triton request id, for correlating logs.
     request_id: str = ""
 
@@ -148,6 +151,8 @@ def _request_inputs(request: EngineRequest) -> list[InferInput]:
         inputs.append(bytes_tensor("cache_salt", salt))
     if request.lora_name is not None:
         inputs.append(bytes_tensor("lora_name", request.lora_name))
+    if request.lora_path is not None:
+        inputs.append(bytes_tensor("lora_path", request.lora_path))
     return inputs
 
 

@@ -35,6 +35,7 @@ ACCEPTED_INPUTS = frozenset(
         "priority",
         "cache_salt",
         "lora_name",
+        "lora_path",
         "stream",
         "return_unchanged_outputs",
         "return_num_input_tokens",

@@ -43,6 +43,8 @@ def engine_config(
         cpu_weight_format=parameters.get("cpu_weight_format", "auto"),
         stream_interval=int(parameters.get("stream_interval") or "1"),
         lora_modules=lora_modules(parameters.get("lora_modules", ""), model_repository),
+        allow_runtime_lora_updating=parse_bool(parameters.get("allow_runtime_lora_updating", "false")),
+        max_loras=int(parameters.get("max_loras") or "8"),
     )
     if kv_cache_memory:
         config.kv_cache_memory = kv_cache_memory

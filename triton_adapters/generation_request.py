@@ -123,6 +123,8 @@ class GenerationRequest:
     unfinished_reason: str = ""
     # The LoRA adapter (a name of the llm model's lora_modules) that serves the request; None: the base model.
     lora_name: str | None = None
+    # The directory of an adapter loaded at its first request (allow_runtime_lora_updating), named lora_name.
+    lora_path: str | None = None
 
     @property
     def num_sequences(self) -> int:
@@ -201,7 +203,8 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
             priority=_priority(inputs),
             cache_salt=_cache_salt(inputs),
             exclude_input_in_output=True,
-            lora_name=(_scalar(inputs["lora_name"]) or None) if "lora_name" in inputs else None,
+            lora_name=_text(inputs, "lora_name"),
+            lora_path=_text(inputs, "lora_path"),
         )
     fields: dict[str, Any] = {}
     if "sampling_parameters" in inputs:
@@ -239,7 +242,13 @@ def parse_generation_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequ
         cumulative_logprob=_flag(inputs, "return_cumulative_logprob", default=False),
         unfinished_reason="None" if _flag(inputs, "return_finish_reason", default=False) else "",
         lora_name=lora_name or None,
+        lora_path=_text(inputs, "lora_path"),
     )
+
+
+def _text(inputs: Mapping[str, np.ndarray], name: str) -> str | None:
+    """A string input's value; None when it is absent or sent empty."""
+    return (_scalar(inputs[name]) or None) if name in inputs else None
 
 
 def _flag(inputs: Mapping[str, np.ndarray], name: str, default: bool) -> bool:

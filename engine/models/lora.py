@@ -1,7 +1,7 @@
 """LoRA updates inside the model: every loaded adapter's low-rank product, added to the rows of the
 requests that chose it (an adapter per request, several in one batch, none for the others).
 
-Adapters get slots 1.. in load order (0 is the base model). Under tensor parallelism each rank keeps its
+Adapters sit in slots 1.. (0 is the base model; engine.lora_slots says which is where). Under tensor parallelism each rank keeps its
 share: a column-parallel projection (q|k|v, gate|up) the rows of B that match its output rows (A whole);
 a row-parallel one (o, down) the columns of A that match its input columns (B whole), so its partial
 update is summed by the same all-reduce as its partial product.
@@ -103,6 +103,9 @@ class ProjectionLoRA:
         else:
             self._updates[slot] = _SlotUpdate(a_t, b_t)
 
+    def remove(self, slot: int) -> None:
+        self._updates.pop(slot, None)
+
     def add_to(self, x: torch.Tensor, y: torch.Tensor, batch: LoRABatch) -> None:
         """y [T, out] += each row's adapter update of x [T, in], in place. An adapter that has some of the
         rows computes x @ A.T on all of them and zeroes the others: one multiplication by the mask costs less
@@ -113,30 +116,40 @@ class ProjectionLoRA:
                 update.apply(x, y, mask)
 
 
-def attach_adapters(model: CausalLM, adapters: list[LoRAAdapter]) -> None:
-    """Give adapter i slot i + 1 in every projection it targets (this rank's share, in the model's dtype
-    and device); shapes that do not fit the model are refused naming the adapter and tensor."""
+def attach_adapter(model: CausalLM, adapter: LoRAAdapter, slot: int) -> None:
+    """Put the adapter in `slot` of every projection it targets (this rank's share, in the model's dtype
+    and device). Shapes that do not fit the model are refused naming the adapter and tensor, before any
+    projection changes."""
     dtype, device = model.spec.dtype, next(model.parameters()).device
-    for slot, adapter in enumerate(adapters, start=1):
-        by_layer: dict[str, list[tuple[int, str]]] = {}
-        for module_name in adapter.weights:
-            parent, _, leaf = module_name.rpartition(".")
-            fused, shard = FUSED_PROJECTIONS.get(leaf, (leaf, 0))
-            by_layer.setdefault(f"{parent}.{fused}", []).append((shard, module_name))
-        for layer_name, targets in by_layer.items():
-            try:
-                layer = model.model.get_submodule(layer_name)
-            except AttributeError:  # e.g. a layer index past this model's depth
-                raise ValueError(f"LoRA adapter {adapter.name!r}: the model has no {targets[0][1]}") from None
-            if isinstance(layer, ColumnParallelLinear):
-                a, parts = _column_update(adapter, layer, sorted(targets))
-            else:  # engine.lora reads only q/k/v/gate/up (column-parallel) and o/down (row-parallel) targets
-                assert isinstance(layer, RowParallelLinear)
-                a, parts = _row_update(adapter, layer, targets[0][1])
-            if layer.lora is None:
-                layer.lora = ProjectionLoRA()
-            out_features = sum(layer.output_sizes) if isinstance(layer, ColumnParallelLinear) else layer.out_features
-            layer.lora.set(slot, a.to(device, dtype), parts, out_features)
+    by_layer: dict[str, list[tuple[int, str]]] = {}
+    for module_name in adapter.weights:
+        parent, _, leaf = module_name.rpartition(".")
+        fused, shard = FUSED_PROJECTIONS.get(leaf, (leaf, 0))
+        by_layer.setdefault(f"{parent}.{fused}", []).append((shard, module_name))
+    updates = []
+    for layer_name, targets in by_layer.items():
+        try:
+            layer = model.model.get_submodule(layer_name)
+        except AttributeError:  # e.g. a layer index past this model's depth
+            raise ValueError(f"LoRA adapter {adapter.name!r}: the model has no {targets[0][1]}") from None
+        if isinstance(layer, ColumnParallelLinear):
+            a, parts = _column_update(adapter, layer, sorted(targets))
+        else:  # engine.lora reads only q/k/v/gate/up (column-parallel) and o/down (row-parallel) targets
+            assert isinstance(layer, RowParallelLinear)
+            a, parts = _row_update(adapter, layer, targets[0][1])
+        updates.append((layer, a, parts))
+    for layer, a, parts in updates:
+        if layer.lora is None:
+            layer.lora = ProjectionLoRA()
+        out_features = sum(layer.output_sizes) if isinstance(layer, ColumnParallelLinear) else layer.out_features
+        layer.lora.set(slot, a.to(device, dtype), parts, out_features)
+
+
+def detach_adapter(model: CausalLM, slot: int) -> None:
+    """Empty `slot` in every projection (the adapter that was there no longer changes any)."""
+    for module in model.modules():
+        if isinstance(module, ColumnParallelLinear | RowParallelLinear) and module.lora is not None:
+            module.lora.remove(slot)
 
 
 def _check(adapter: LoRAAdapter, module_name: str, a: torch.Tensor, b: torch.Tensor, in_size: int, out_size: int) -> None:

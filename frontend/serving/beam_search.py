@@ -198,6 +198,7 @@ class BeamSearch:
             priority=self.request.priority,
             cache_salt=self.request.cache_salt,
             lora_name=self.request.lora_name,
+            lora_path=self.request.lora_path,
             request_id=f"{self.request.request_id}-beam-{step}-{index}",
         )
         top: list[tuple[int, float]] | None = None

@@ -222,6 +222,7 @@ class ChatHandler:
             priority=request.priority,
             cache_salt=request.cache_salt if request.cache_salt is not None else request.prompt_cache_key,
             lora_name=served.lora_name,
+            lora_path=served.lora_path,
             request_id=request_id,
         )
         max_tool_calls = 1 if request.parallel_tool_calls is False else None

@@ -90,6 +90,7 @@ class CompletionHandler:
                 priority=request.priority,
                 cache_salt=request.cache_salt,
                 lora_name=served.lora_name,
+                lora_path=served.lora_path,
                 request_id=f"{request_id}-{index}",
             )
             for index, prompt in enumerate(prompts)

@@ -26,6 +26,9 @@ class ServedModel:
     name: str
     # The llm model's adapter (a name of its lora_modules) that serves the request; None: the base model.
     lora_name: str | None = None
+    # The directory of an adapter loaded at run time (/v1/load_lora_adapter), sent with each request so
+    # that whichever engine instance serves it can load it; None for the base model and configured ones.
+    lora_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class EngineModel:
     max_model_len: int | None
     # LoRA adapter name -> directory as configured (engine_lora_modules), in the configured order.
     lora_modules: dict[str, str]
+    # Whether requests may bring adapters by directory (allow_runtime_lora_updating).
+    runtime_lora: bool = False
 
 
 @dataclass
@@ -52,18 +57,22 @@ class ServingContext:
     metrics: FrontendMetrics
     # Unix time the server started: `created` of the model cards.
     started: int
+    # Adapters loaded through /v1/load_lora_adapter, name -> directory (this frontend's, as in vLLM's
+    # server: lost when it stops).
+    runtime_adapters: dict[str, str] = field(default_factory=dict)
     # What the llm model's parameters say, once Triton has told them (_engine_model).
     _engine: EngineModel | None = field(default=None, init=False, repr=False)
 
     async def _engine_model(self) -> EngineModel | None:
         """The llm model's parameters as the frontend reads them, asked of Triton once it answers (they are
-        fixed while it runs: adapters load at start only); None until then, asked again next time."""
+        fixed while it runs); None until then, asked again next time."""
         if self._engine is None:
             parameters = await self.triton.model_parameters(self.config.triton_timeout_s)
             if parameters is None:
                 return None
             length = await asyncio.to_thread(engine_context_length, parameters, self.config.model)
-            self._engine = EngineModel(length, engine_lora_modules(parameters))
+            runtime_lora = parameters.get("allow_runtime_lora_updating", "").strip().lower() in ("1", "true", "yes")
+            self._engine = EngineModel(length, engine_lora_modules(parameters), runtime_lora)
         return self._engine
 
     async def max_model_len(self) -> int | None:
@@ -76,10 +85,15 @@ class ServingContext:
         return None if engine is None else engine.max_model_len
 
     async def lora_modules(self) -> dict[str, str]:
-        """The LoRA adapters the engine serves, name -> directory as its llm model configures them; none
-        while Triton cannot say."""
+        """The LoRA adapters the engine serves, name -> directory: those its llm model configures (none while
+        Triton cannot say), then those loaded at run time."""
         engine = await self._engine_model()
-        return {} if engine is None else engine.lora_modules
+        return {**({} if engine is None else engine.lora_modules), **self.runtime_adapters}
+
+    async def runtime_lora(self) -> bool:
+        """Whether the engine loads adapters requests bring (False while Triton cannot say)."""
+        engine = await self._engine_model()
+        return engine is not None and engine.runtime_lora
 
     async def resolve_model(self, model: str | None) -> ServedModel:
         """What a request's `model` names (None or "": the default served name); 404 for unknown ones. A
@@ -89,6 +103,8 @@ class ServingContext:
             return ServedModel(self.config.model_name)
         if model in self.config.served_model_names:
             return ServedModel(model)
+        if model in self.runtime_adapters:
+            return ServedModel(model, lora_name=model, lora_path=self.runtime_adapters[model])
         if model in await self.lora_modules():
             return ServedModel(model, lora_name=model)
         raise model_not_found(model)

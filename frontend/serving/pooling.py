@@ -75,6 +75,7 @@ async def embed_batch(ctx: ServingContext, batch: EmbeddingBatch) -> list[Embedd
                     priority=batch.priority,
                     cache_salt=batch.cache_salt,
                     lora_name=batch.served.lora_name,
+                    lora_path=batch.served.lora_path,
                     request_id=f"{batch.request_id}-{index}",
                 )
             )

@@ -235,6 +235,7 @@ class ResponseInputBuilder:
             sampling=params.sampling,
             cache_salt=request.prompt_cache_key,
             lora_name=served.lora_name,
+            lora_path=served.lora_path,
             request_id=response_id,
         )
         parse_reasoning = config.reasoning_parser is not None and "structured_outputs" not in params.sampling

@@ -117,9 +117,9 @@ def test_an_abort_still_ends_its_stream_when_the_next_step_raises(
     monkeypatch.undo()
     wait_for_free_blocks(async_engine)
     params = SamplingParams(temperature=0.0, max_tokens=reference.max_tokens[0])
-    assert [t for o in async_engine.submit("after-fail", reference.prompts[0], params) for t in o.new_token_ids] == (
-        reference.outputs[0]
-    )
+    assert [
+        t for o in async_engine.submit("after-fail", reference.prompts[0], params) for t in o.new_token_ids
+    ] == (reference.outputs[0])
 
 
 def test_a_request_that_fails_admission_fails_alone(
@@ -141,9 +141,9 @@ def test_a_request_that_fails_admission_fails_alone(
     monkeypatch.undo()
     assert async_engine.is_alive()
     params = SamplingParams(temperature=0.0, max_tokens=reference.max_tokens[0])
-    assert [t for o in async_engine.submit("after-bug", reference.prompts[0], params) for t in o.new_token_ids] == (
-        reference.outputs[0]
-    )
+    assert [
+        t for o in async_engine.submit("after-bug", reference.prompts[0], params) for t in o.new_token_ids
+    ] == (reference.outputs[0])
 
 
 class _LoopKiller(BaseException):
@@ -177,6 +177,28 @@ def test_submit_validates_synchronously(async_engine: AsyncEngine) -> None:
     assert [o.finished for o in stream][-1]
     with pytest.raises(StopIteration):
         stream.get(timeout=1)
+
+
+def test_a_request_refused_on_the_loop_thread_is_the_requests_fault(model_dir: Path, tmp_path: Path) -> None:
+    # The adapter directory is read when the loop takes the request up: a directory without an adapter
+    # fails it there, marked as the request's fault (a 400, not an engine failure, to the client).
+    engine = AsyncEngine(
+        EngineConfig(
+            model=str(model_dir),
+            device="cpu",
+            max_model_len=512,
+            num_kv_blocks=16,
+            allow_runtime_lora_updating=True,
+        )
+    )
+    try:
+        stream = engine.submit(
+            "lora", [1, 2, 3], SamplingParams(max_tokens=2), lora_name="x", lora_path=str(tmp_path)
+        )
+        [output] = list(stream)
+        assert output.finished and output.rejected and "adapter_config.json" in (output.error or "")
+    finally:
+        engine.shutdown()
 
 
 def test_the_engine_is_built_and_stepped_on_its_loop_thread(

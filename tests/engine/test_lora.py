@@ -41,7 +41,9 @@ def prompts(tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def peft_outputs(model_dir: Path, adapters: dict[str, str], prompts: list[list[int]]) -> dict[str | None, list[list[int]]]:
+def peft_outputs(
+    model_dir: Path, adapters: dict[str, str], prompts: list[list[int]]
+) -> dict[str | None, list[list[int]]]:
     """Greedy tokens of Hugging Face transformers with PEFT's own LoRA layers (float32), by adapter."""
     # Imported here, not at collection: PEFT imports triton, and triton.language's own jit functions must be
     # built after tests/kernels/conftest.py sets TRITON_INTERPRET (else the interpreted kernels cannot call them).
@@ -92,7 +94,9 @@ def test_adapters_and_base_mixed_in_one_batch(
     assert [r.token_ids for r in results] == expected
 
 
-def test_prefix_cache_is_kept_apart_per_adapter(lora_engine: LLMEngine, tokenizer: PreTrainedTokenizerBase) -> None:
+def test_prefix_cache_is_kept_apart_per_adapter(
+    lora_engine: LLMEngine, tokenizer: PreTrainedTokenizerBase
+) -> None:
     # Four full blocks of 16 tokens: the base model's blocks must not serve the adapter, nor one adapter's
     # the other's, while the same adapter hits its own.
     prompt = tokenizer.encode("A long shared prefix about the history of bridges and rivers. " * 6)
@@ -117,7 +121,9 @@ def test_speculation_and_preemption_keep_adapter_outputs(
     engine = make_engine(
         lora_modules=adapters,
         num_kv_blocks=4,
-        speculative_config=SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_min=1, prompt_lookup_max=2),
+        speculative_config=SpeculativeConfig(
+            num_speculative_tokens=3, prompt_lookup_min=1, prompt_lookup_max=2
+        ),
     )
     names: list[str | None] = ["every", "qv", None] * 2
     batch = [prompts[i % len(prompts)] for i in range(len(names))]
@@ -130,7 +136,9 @@ def test_speculation_and_preemption_keep_adapter_outputs(
 def test_parallel_sequences_inherit_the_adapter(
     lora_engine: LLMEngine, prompts: list[list[int]], peft_outputs: dict[str | None, list[list[int]]]
 ) -> None:
-    lora_engine.add_request("n2", prompts[0], SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, n=2), lora_name="qv")
+    lora_engine.add_request(
+        "n2", prompts[0], SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, n=2), lora_name="qv"
+    )
     tokens: dict[int, list[int]] = {0: [], 1: []}
     while lora_engine.has_unfinished_requests():
         for output in lora_engine.step():
@@ -142,6 +150,76 @@ def test_unknown_adapter_is_refused_by_name(lora_engine: LLMEngine, prompts: lis
     with pytest.raises(InvalidRequestError, match=r"LoRA adapter 'sql' is not loaded \(loaded: every, qv\)"):
         lora_engine.add_request("unknown", prompts[0], GREEDY, lora_name="sql")
     assert not lora_engine.has_unfinished_requests()
+
+
+def test_adapters_loaded_at_run_time_match_peft(
+    make_engine: EngineFactory,
+    adapters: dict[str, str],
+    prompts: list[list[int]],
+    peft_outputs: dict[str | None, list[list[int]]],
+) -> None:
+    # One configured adapter, the other brought by its requests: loaded at the first, kept for the next.
+    engine = make_engine(
+        lora_modules={"every": adapters["every"]}, allow_runtime_lora_updating=True, kv_cache_memory=32 << 20
+    )
+    names: list[str | None] = ["qv", "every", None, "qv"]
+    batch = [prompts[i % len(prompts)] for i in range(len(names))]
+    results = engine.generate(batch, GREEDY, lora_name=names, lora_paths={"qv": adapters["qv"]})
+    assert [r.token_ids for r in results] == [peft_outputs[n][i % len(prompts)] for i, n in enumerate(names)]
+    assert engine.runner.adapters.slot_of("qv") == 2
+    # Once loaded, its name alone serves (as the configured one's does).
+    assert engine.generate(prompts[:1], GREEDY, lora_name="qv")[0].token_ids == peft_outputs["qv"][0]
+
+
+def test_runtime_adapters_take_turns_in_max_loras_slots(
+    make_engine: EngineFactory,
+    adapters: dict[str, str],
+    prompts: list[list[int]],
+    peft_outputs: dict[str | None, list[list[int]]],
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    engine = make_engine(max_loras=1, allow_runtime_lora_updating=True, kv_cache_memory=32 << 20)
+    # The same prompt under the same name but another adapter must not reuse the first one's blocks.
+    prefix = tokenizer.encode("A long shared prefix about the history of bridges and rivers. " * 6)
+    short = SamplingParams(temperature=0.0, max_tokens=2)
+    [first] = engine.generate([prefix], short, lora_name="a", lora_paths={"a": adapters["every"]})
+    # One slot: "b" evicts the idle "a", then "a" (its old directory) evicts "b" and is loaded afresh.
+    for name, directory in (("b", "qv"), ("a", "every"), ("b", "qv")):
+        [result] = engine.generate(
+            prompts[:1], GREEDY, lora_name=name, lora_paths={name: adapters[directory]}
+        )
+        assert result.token_ids == peft_outputs[directory][0], name
+        assert list(engine.runner.adapters.adapters) == [name]
+    [again] = engine.generate([prefix], short, lora_name="b", lora_paths={"b": adapters["every"]})
+    assert first.num_cached_tokens == 0 and again.num_cached_tokens == 0
+    assert engine.runner.adapters.adapters["b"].path == adapters["every"]
+
+    # An adapter in use keeps its slot: a request for another one is refused until it ends.
+    engine.add_request("busy", prompts[0], GREEDY, lora_name="b")
+    with pytest.raises(InvalidRequestError, match="all 1 LoRA adapter slots"):
+        engine.add_request("waits", prompts[1], GREEDY, lora_name="c", lora_path=adapters["qv"])
+    with pytest.raises(InvalidRequestError, match="serving requests with"):
+        engine.add_request("other-dir", prompts[1], GREEDY, lora_name="b", lora_path=adapters["qv"])
+    while engine.has_unfinished_requests():
+        engine.step()
+    [result] = engine.generate(prompts[:1], GREEDY, lora_name="c", lora_paths={"c": adapters["qv"]})
+    assert result.token_ids == peft_outputs["qv"][0]
+
+
+def test_runtime_loading_refusals(
+    make_engine: EngineFactory, adapters: dict[str, str], prompts: list[list[int]], tmp_path: Path
+) -> None:
+    static = make_engine(lora_modules={"every": adapters["every"]}, kv_cache_memory=16 << 20)
+    with pytest.raises(InvalidRequestError, match="allow_runtime_lora_updating is off"):
+        static.add_request("r1", prompts[0], GREEDY, lora_name="qv", lora_path=adapters["qv"])
+    with pytest.raises(InvalidRequestError, match="configured \\(lora_modules\\) with"):
+        static.add_request("r2", prompts[0], GREEDY, lora_name="every", lora_path=adapters["qv"])
+    with pytest.raises(InvalidRequestError, match="lora_path needs the lora_name"):
+        static.add_request("r3", prompts[0], GREEDY, lora_path=adapters["qv"])
+    dynamic = make_engine(allow_runtime_lora_updating=True, kv_cache_memory=16 << 20)
+    with pytest.raises(InvalidRequestError, match="adapter_config.json"):
+        dynamic.add_request("r4", prompts[0], GREEDY, lora_name="missing", lora_path=str(tmp_path))
+    assert not dynamic.runner.adapters.adapters and not dynamic.has_unfinished_requests()
 
 
 def test_batch_groups_rows_by_slot() -> None:
@@ -175,7 +253,9 @@ def test_projection_update_of_a_fused_layer(dtype: torch.dtype, num_rows: int) -
     expected[:, 12:] = x.float() @ a_v.to(dtype).float().T @ b_v.to(dtype).float().T
     expected[slots == 0] = 0
     tolerance = 1e-5 if dtype == torch.float32 else 0.1
-    torch.testing.assert_close(y.float(), expected, atol=tolerance, rtol=0.02 if dtype == torch.bfloat16 else 1e-5)
+    torch.testing.assert_close(
+        y.float(), expected, atol=tolerance, rtol=0.02 if dtype == torch.bfloat16 else 1e-5
+    )
 
 
 Weights = dict[str, torch.Tensor]
@@ -189,7 +269,9 @@ def _edited_copy(
     config = json.loads((Path(source) / "adapter_config.json").read_text())
     (target / "adapter_config.json").write_text(json.dumps({**config, **config_changes}))
     weights = load_file(Path(source) / "adapter_model.safetensors")
-    save_file(weights if edit_weights is None else edit_weights(weights), target / "adapter_model.safetensors")
+    save_file(
+        weights if edit_weights is None else edit_weights(weights), target / "adapter_model.safetensors"
+    )
     return target
 
 
@@ -220,7 +302,9 @@ def test_adapters_of_other_layers_or_models_are_refused(
         return {**weights, "base_model.model.lm_head.lora_A.weight": torch.zeros(8, 576)}
 
     head = _edited_copy(adapters["every"], tmp_path / "head", {}, with_head)
-    with pytest.raises(ValueError, match="lm_head.lora_A.weight is not a LoRA factor of a supported projection"):
+    with pytest.raises(
+        ValueError, match="lm_head.lora_A.weight is not a LoRA factor of a supported projection"
+    ):
         load_adapter("head", head)
 
     def widened(weights: Weights) -> Weights:
@@ -233,7 +317,11 @@ def test_adapters_of_other_layers_or_models_are_refused(
 
     def deeper(weights: Weights) -> Weights:
         prefix = "base_model.model.model.layers.40.mlp.down_proj"
-        return {**weights, f"{prefix}.lora_A.weight": torch.zeros(8, 1536), f"{prefix}.lora_B.weight": torch.zeros(576, 8)}
+        return {
+            **weights,
+            f"{prefix}.lora_A.weight": torch.zeros(8, 1536),
+            f"{prefix}.lora_B.weight": torch.zeros(576, 8),
+        }
 
     deeper_model = _edited_copy(adapters["every"], tmp_path / "deeper", {}, deeper)
     with pytest.raises(ValueError, match="LoRA adapter 'deeper': the model has no layers.40.mlp.down_proj"):

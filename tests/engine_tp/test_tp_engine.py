@@ -140,7 +140,9 @@ def test_invalid_tensor_parallel_size_is_refused_before_any_worker_starts(model_
         EngineConfig(model=str(model_path), tensor_parallel_size=0)
 
 
-def test_lora_adapter_split_across_ranks(make_engine: EngineFactory, tiny_qwen3: Path, tmp_path: Path) -> None:
+def test_lora_adapter_split_across_ranks(
+    make_engine: EngineFactory, tiny_qwen3: Path, tmp_path: Path
+) -> None:
     # Each rank keeps B's rows of its q/k/v heads and gate/up features, and A's columns of its o/down
     # inputs; a batch mixing the adapter and the base model generates what tp=1 does.
     adapter = write_random_adapter(tiny_qwen3, tmp_path / "adapter", seed=3, rank=4, weight_std=0.2)
@@ -151,6 +153,34 @@ def test_lora_adapter_split_across_ranks(make_engine: EngineFactory, tiny_qwen3:
     assert expected != [result.token_ids for result in single.generate(prompts, params)]
     parallel = make_engine(tiny_qwen3, 2, max_num_batched_tokens=16, lora_modules={"tiny": str(adapter)})
     try:
-        assert [result.token_ids for result in parallel.generate(prompts, params, lora_name=names)] == expected
+        assert [
+            result.token_ids for result in parallel.generate(prompts, params, lora_name=names)
+        ] == expected
+    finally:
+        parallel.shutdown()
+
+
+def test_runtime_lora_adapters_reach_every_rank(
+    make_engine: EngineFactory, tiny_qwen3: Path, tmp_path: Path
+) -> None:
+    # Loaded at a request's arrival on rank 0 and the workers alike, and unloaded from both: with one slot,
+    # "second" replaces "first", then "first" comes back; each generates what tp=1 does.
+    adapters = {
+        name: str(write_random_adapter(tiny_qwen3, tmp_path / name, seed=seed, rank=4, weight_std=0.2))
+        for name, seed in (("first", 4), ("second", 5))
+    }
+    prompts, params = TINY_PROMPTS, GREEDY
+    single = make_engine(tiny_qwen3, 1, max_num_batched_tokens=16, lora_modules=adapters)
+    expected = {
+        name: [r.token_ids for r in single.generate(prompts, params, lora_name=name)] for name in adapters
+    }
+    assert expected["first"] != expected["second"]
+    parallel = make_engine(
+        tiny_qwen3, 2, max_num_batched_tokens=16, allow_runtime_lora_updating=True, max_loras=1
+    )
+    try:
+        for name in ("first", "second", "first"):
+            results = parallel.generate(prompts, params, lora_name=name, lora_paths=adapters)
+            assert [r.token_ids for r in results] == expected[name], name
     finally:
         parallel.shutdown()

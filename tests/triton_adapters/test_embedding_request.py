@@ -39,6 +39,8 @@ def test_vllm_names_and_the_requests_own_inputs() -> None:
     assert not request.stream
     assert (request.priority, request.cache_salt, request.lora_name) == (-2, "tenant-a", "sql")
     assert parse_generation_request(pooling({}, lora_name="", cache_salt="")).lora_name is None
+    brought = parse_generation_request(pooling({}, lora_name="sql", lora_path="/adapters/sql"))
+    assert (brought.lora_name, brought.lora_path) == ("sql", "/adapters/sql")
 
 
 def test_a_generation_keeps_its_sampling_params() -> None:

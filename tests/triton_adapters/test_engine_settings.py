@@ -22,6 +22,9 @@ def test_the_cpu_profile_builds_the_engine_it_describes() -> None:
     assert not config.enforce_eager and config.cpu_weight_format == "auto"
     assert config.stream_interval == 1 and config.kv_cache_dtype == "auto" and not config.calculate_kv_scales
     assert config.speculative_config is None and config.lora_modules == {}
+    assert not config.allow_runtime_lora_updating and config.max_loras == 8
+    runtime = engine_config({"model": "/ckpt", "allow_runtime_lora_updating": "true", "max_loras": "2"}, "/repo/llm")
+    assert runtime.allow_runtime_lora_updating and runtime.max_loras == 2
 
 
 def test_gpu_instances_are_pinned_to_their_device() -> None:

@@ -92,6 +92,10 @@ def test_lora_name_from_the_tensor_or_vllm_backends_json_key() -> None:
     assert parse_generation_request(tensors(sampling_parameters=json.dumps({"lora_name": ""}))).lora_name is None
     with pytest.raises(ValueError, match="parameter 'lora_name'"):
         parse_generation_request(tensors(sampling_parameters=json.dumps({"lora_name": 3})))
+    # A runtime adapter's directory travels beside its name (the engine loads it at its first request).
+    brought = parse_generation_request(tensors(lora_name="sql", lora_path="/adapters/sql"))
+    assert (brought.lora_name, brought.lora_path) == ("sql", "/adapters/sql")
+    assert parse_generation_request(tensors(lora_name="sql", lora_path="")).lora_path is None
 
 
 @pytest.mark.parametrize(

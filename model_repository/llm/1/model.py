@@ -166,6 +166,7 @@ class TritonPythonModel:
                 priority=generation.priority,
                 cache_salt=generation.cache_salt,
                 lora_name=generation.lora_name,
+                lora_path=generation.lora_path,
                 on_output=self.outputs.put,
             )
         except ValueError as error:
@@ -248,7 +249,8 @@ class TritonPythonModel:
         if error_message:
             # Every sequence of an n > 1 request fails at once; the last one's output ends the request.
             if output.finished:
-                _send_error(state.sender, f"engine error: {error_message}")
+                # A refusal is the request's fault (INVALID_ARG, a 400 at the frontend); others the engine's.
+                _send_error(state.sender, error_message if output.rejected else f"engine error: {error_message}")
             return
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
         if state.stream:
