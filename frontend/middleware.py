@@ -39,6 +39,7 @@ KNOWN_PATHS = frozenset(
         "/v1/batches",
         "/v1/load_lora_adapter",
         "/v1/unload_lora_adapter",
+        "/pooling",
         "/score",
         "/rerank",
         "/v2/rerank",

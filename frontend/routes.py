@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from frontend.protocol.chat import ChatCompletionRequest
 from frontend.protocol.completions import CompletionRequest
 from frontend.protocol.embeddings import EmbeddingRequest
+from frontend.protocol.pooling import PoolingRequest
 from frontend.protocol.scores import RerankRequest, ScoreRequest
 from frontend.protocol.tokenize import DetokenizeRequest, TokenizeRequest
 from frontend.serving.chat import ChatHandler
@@ -113,6 +114,13 @@ def build_router(ctx: ServingContext) -> APIRouter:
     async def create_embedding(body: EmbeddingRequest, request: Request) -> Response:
         return respond(
             await until_disconnect(request, embeddings.create(body, _response_id("embd", request, body.request_id)))
+        )
+
+    # vLLM's Pooling API, at the path vLLM serves it (no /v1 prefix).
+    @router.post("/pooling")
+    async def create_pooling(body: PoolingRequest, request: Request) -> Response:
+        return respond(
+            await until_disconnect(request, embeddings.pool(body, _response_id("pool", request, body.request_id)))
         )
 
     @router.post("/v1/score")

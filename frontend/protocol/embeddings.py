@@ -1,29 +1,37 @@
-"""/v1/embeddings: OpenAI's request and response, with vLLM's extensions (EmbeddingCompletionRequest)."""
+"""/v1/embeddings: OpenAI's request and response, with vLLM's extensions: its EmbeddingCompletionRequest
+(`input`) and EmbeddingChatRequest (`messages`, rendered with the chat template) in one model. Its shared base
+is /pooling's too (frontend/protocol/pooling.py)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from frontend.protocol.chat import ChatMessage
 
 # OpenAI's limit on the inputs of one request; each is one engine request, all in flight at once.
 MAX_INPUTS = 2048
+# vLLM's chat-form fields: with `input` they would change nothing, so they are refused there.
+CHAT_FIELDS = ("add_generation_prompt", "continue_final_message", "chat_template", "chat_template_kwargs")
 
 
-class EmbeddingRequest(BaseModel):
-    """Unknown fields (vLLM's chat-style `messages`, its `embed_dtype`, ...) are refused naming them."""
+class EmbeddingInputRequest(BaseModel):
+    """What /v1/embeddings and /pooling share: the inputs, in one of two forms, and how they are embedded.
+    Unknown fields (vLLM's `embed_dtype`, `mm_processor_kwargs`, ...) are refused naming them."""
 
     model_config = ConfigDict(extra="forbid")
 
     # OpenAI requires it, vLLM does not: absent, the default served model.
     model: str | None = None
-    # One text, a batch of texts, one token-id input or a batch of token-id inputs.
-    input: str | list[str] | list[int] | list[list[int]]
+    # One text, a batch of texts, one token-id input or a batch of token-id inputs. Exactly one of `input`
+    # and `messages`.
+    input: str | list[str] | list[int] | list[list[int]] | None = None
+    # vLLM's chat form: one conversation, rendered with the chat template into one input.
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     # "base64": each vector's little-endian float32 bytes, base64-encoded (what the OpenAI SDK asks for
     # unless told otherwise, and decodes itself).
     encoding_format: Literal["float", "base64"] = "float"
-    # Keep the first this many values of each vector (Matryoshka), normalized after the cut.
-    dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
     # vLLM's request id in the body (as chat's: the X-Request-Id header when none was sent).
     request_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")
@@ -31,8 +39,15 @@ class EmbeddingRequest(BaseModel):
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     # vLLM: L2-normalize the vectors; None: the engine's default (true).
     normalize: bool | None = None
-    # vLLM: the tokenizer's special tokens (a BOS) around a text input; token-id inputs go as sent.
-    add_special_tokens: bool = True
+    # vLLM: the tokenizer's special tokens (a BOS) around the input. None: true for texts, false for
+    # messages (their template writes its own, as vLLM's chat form assumes); token-id inputs go as sent.
+    add_special_tokens: bool | None = None
+    # vLLM's chat form, as chat completions takes them, with vLLM's embedding defaults: no generation
+    # prompt (the conversation is embedded as it stands).
+    add_generation_prompt: bool = False
+    continue_final_message: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     # vLLM: lower values are scheduled first. It travels to the engine as an INT32 tensor.
     priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
     # vLLM: separates prefix-cache entries between tenants.
@@ -40,9 +55,11 @@ class EmbeddingRequest(BaseModel):
 
     @field_validator("input")
     @classmethod
-    def _not_empty(cls, value: str | list) -> str | list:
+    def _not_empty(cls, value: str | list | None) -> str | list | None:
         """OpenAI refuses an empty string, empty arrays and more than MAX_INPUTS inputs (the length of one
         token-id input is the context length's concern)."""
+        if value is None:
+            return value
         if isinstance(value, str):
             if not value:
                 raise ValueError("input must not be an empty string")
@@ -57,15 +74,34 @@ class EmbeddingRequest(BaseModel):
             raise ValueError(f"input may hold at most {MAX_INPUTS} inputs, got {len(value)}")
         return value
 
+    @model_validator(mode="after")
+    def _one_form(self) -> EmbeddingInputRequest:
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("send exactly one of 'input' and 'messages'")
+        if self.input is not None:
+            sent = [name for name in CHAT_FIELDS if name in self.model_fields_set]
+            if sent:
+                raise ValueError(f"{', '.join(sent)} only apply to 'messages', not to 'input'")
+        if self.continue_final_message and self.add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        return self
+
     def pooling_parameters(self) -> dict[str, Any]:
         """The llm model's `pooling_parameters` (vLLM's PoolingParams names): what the request set, the
         engine's defaults for the rest."""
-        fields = {
-            "dimensions": self.dimensions,
-            "normalize": self.normalize,
-            "truncate_prompt_tokens": self.truncate_prompt_tokens,
-        }
+        fields = {"normalize": self.normalize, "truncate_prompt_tokens": self.truncate_prompt_tokens}
         return {name: value for name, value in fields.items() if value is not None}
+
+
+class EmbeddingRequest(EmbeddingInputRequest):
+    # Keep the first this many values of each vector (Matryoshka), normalized after the cut.
+    dimensions: int | None = Field(default=None, ge=1)
+
+    def pooling_parameters(self) -> dict[str, Any]:
+        parameters = super().pooling_parameters()
+        if self.dimensions is not None:
+            parameters["dimensions"] = self.dimensions
+        return parameters
 
 
 class EmbeddingData(BaseModel):

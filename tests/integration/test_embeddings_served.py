@@ -1,13 +1,15 @@
 """Embeddings through the whole stack, the session's tritonserver and frontend, with the official OpenAI SDK:
 the vectors are Hugging Face's last hidden state of the last token, L2-normalized (the default pooling of a
 checkpoint without a sentence-transformers config); both encodings, token-id inputs, Matryoshka dimensions and
-raw vectors; refusals in OpenAI's shape; and the llm model's own `pooling_parameters` over Triton."""
+raw vectors; vLLM's chat form (`messages`, embedded as their templated token ids) and its /pooling (the same
+vectors); refusals in OpenAI's shape; and the llm model's own `pooling_parameters` over Triton."""
 
 from __future__ import annotations
 
 import base64
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openai
@@ -30,6 +32,10 @@ TEXTS = [
 ]
 HIDDEN_SIZE = 576  # SmolLM2-135M's
 MAX_MODEL_LEN = 8192  # the cpu-default profile's
+MESSAGES = [
+    {"role": "system", "content": "You embed sentences for search."},
+    {"role": "user", "content": "The capital of France is Paris."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +44,13 @@ def client(frontend_server: FrontendServer) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def token_ids(model_path: Path) -> list[list[int]]:
+def tokenizer(model_path: Path) -> Any:
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+@pytest.fixture(scope="module")
+def token_ids(tokenizer: Any) -> list[list[int]]:
     """TEXTS as the frontend tokenizes them (with the tokenizer's special tokens)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     return [tokenizer.encode(text) for text in TEXTS]
 
 
@@ -134,6 +144,138 @@ def test_refusals_are_openai_errors_and_serving_goes_on(client: openai.OpenAI) -
     assert truncated.usage.prompt_tokens == 16
     after = client.embeddings.create(model=MODEL_NAME, input="still serving", encoding_format="float")
     assert len(after.data[0].embedding) == HIDDEN_SIZE
+
+
+def chat_embedding(client: openai.OpenAI, **body: Any) -> openai.types.CreateEmbeddingResponse:
+    """/v1/embeddings in vLLM's chat form, which the SDK's embeddings.create (it requires `input`) cannot send."""
+    return client.post(
+        "/embeddings",
+        cast_to=openai.types.CreateEmbeddingResponse,
+        body={"model": MODEL_NAME, "encoding_format": "float", **body},
+    )
+
+
+def pooling(client: openai.OpenAI, frontend_server: FrontendServer, **body: Any) -> dict[str, Any]:
+    """vLLM's /pooling, served at the root as vLLM serves it (not under the SDK's /v1)."""
+    reply = client.post(f"{frontend_server.root_url}/pooling", cast_to=object, body={"model": MODEL_NAME, **body})
+    assert isinstance(reply, dict)
+    return reply
+
+
+def pooled(reply: dict[str, Any]) -> list[np.ndarray]:
+    assert reply["object"] == "list" and reply["model"] == MODEL_NAME and reply["id"].startswith("pool-")
+    assert reply["created"] > 0 and set(reply["usage"]) == {"prompt_tokens", "total_tokens"}
+    assert [item["index"] for item in reply["data"]] == list(range(len(reply["data"])))
+    assert all(item["object"] == "pooling" for item in reply["data"])
+    return [
+        np.frombuffer(base64.b64decode(item["data"]), dtype="<f4").astype(np.float64)
+        if isinstance(item["data"], str)
+        else np.asarray(item["data"], dtype=np.float64)
+        for item in reply["data"]
+    ]
+
+
+def test_messages_embed_as_their_templated_token_ids(client: openai.OpenAI, tokenizer: Any) -> None:
+    """The chat form is the conversation's token ids (the chat template, rendered here by Hugging Face) as one
+    token-id input, under each of vLLM's template flags; its default adds no generation prompt."""
+    finished = [*MESSAGES, {"role": "assistant", "content": "Paris"}]
+    cases = [
+        ({}, MESSAGES, {}),
+        ({"add_generation_prompt": True}, MESSAGES, {"add_generation_prompt": True}),
+        ({"continue_final_message": True}, finished, {"continue_final_message": True}),
+    ]
+    got = []
+    for flags, messages, template_flags in cases:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **template_flags)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        reply = chat_embedding(client, messages=messages, **flags)
+        assert reply.object == "list" and reply.model == MODEL_NAME and len(reply.data) == 1
+        assert reply.usage.prompt_tokens == reply.usage.total_tokens == len(ids)
+        [vector] = vectors(reply)
+        [expected] = vectors(client.embeddings.create(model=MODEL_NAME, input=ids, encoding_format="float"))
+        assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+        assert np.abs(vector - expected).max() < 1e-6, flags
+        got.append(vector)
+    # The flags change what is embedded.
+    assert np.abs(got[0] - got[1]).max() > 1e-3 and np.abs(got[0] - got[2]).max() > 1e-3
+    # The rest of the request applies as to an input: raw vectors, Matryoshka dimensions.
+    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False)
+    [raw] = vectors(chat_embedding(client, messages=MESSAGES, normalize=False, dimensions=64))
+    [expected_raw] = vectors(
+        client.embeddings.create(
+            model=MODEL_NAME,
+            input=tokenizer.encode(text, add_special_tokens=False),
+            dimensions=64,
+            encoding_format="float",
+            extra_body={"normalize": False},
+        )
+    )
+    assert raw.shape == (64,) and np.abs(raw - expected_raw).max() < 1e-4 * max(1.0, float(np.abs(raw).max()))
+
+
+def test_pooling_answers_the_embeddings_vectors(
+    client: openai.OpenAI, frontend_server: FrontendServer, token_ids: list[list[int]]
+) -> None:
+    """vLLM's /pooling for an embedding model is its `embed` task: /v1/embeddings' vectors (normalized unless
+    told otherwise), in vLLM's PoolingResponse, from texts, token ids or messages, as floats or base64."""
+    expected = vectors(client.embeddings.create(model=MODEL_NAME, input=TEXTS, encoding_format="float"))
+    reply = pooling(client, frontend_server, input=TEXTS)
+    tokens = sum(len(ids) for ids in token_ids)
+    assert reply["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    for name, other in (
+        ("float", pooled(reply)),
+        ("base64", pooled(pooling(client, frontend_server, input=TEXTS, encoding_format="base64"))),
+        ("token ids", pooled(pooling(client, frontend_server, input=token_ids, task="embed"))),
+    ):
+        assert len(other) == len(expected), name
+        for vector, want in zip(other, expected, strict=True):
+            assert vector.shape == (HIDDEN_SIZE,) and np.abs(vector - want).max() < 1e-6, name
+    # Raw vectors under vLLM's either name of the flag.
+    [raw] = vectors(
+        client.embeddings.create(
+            model=MODEL_NAME, input=TEXTS[0], encoding_format="float", extra_body={"normalize": False}
+        )
+    )
+    assert np.linalg.norm(raw) > 1.5  # far from unit length: the test could tell them apart
+    for flag in ("normalize", "use_activation"):
+        [vector] = pooled(pooling(client, frontend_server, input=TEXTS[0], **{flag: False}))
+        assert np.abs(vector - raw).max() < 1e-4 * max(1.0, float(np.abs(raw).max())), flag
+    [chat] = vectors(chat_embedding(client, messages=MESSAGES))
+    [by_messages] = pooled(pooling(client, frontend_server, messages=MESSAGES))
+    assert np.abs(by_messages - chat).max() < 1e-6
+
+
+def test_chat_form_and_pooling_refusals_are_openai_errors(
+    client: openai.OpenAI, frontend_server: FrontendServer
+) -> None:
+    def post_embeddings(**body: Any) -> Any:
+        return chat_embedding(client, **body)
+
+    def post_pooling(**body: Any) -> Any:
+        return pooling(client, frontend_server, **body)
+
+    for post in (post_embeddings, post_pooling):
+        with pytest.raises(openai.BadRequestError) as both:
+            post(input="hi", messages=MESSAGES)
+        assert "exactly one of 'input' and 'messages'" in both.value.message
+        assert isinstance(both.value.body, dict) and set(both.value.body) == {"message", "type", "param", "code"}
+        with pytest.raises(openai.BadRequestError) as neither:
+            post()
+        assert neither.value.code == "invalid_value"
+        with pytest.raises(openai.NotFoundError) as unknown:
+            post(messages=MESSAGES, model="no-such-model")
+        assert unknown.value.code == "model_not_found" and unknown.value.param == "model"
+        with pytest.raises(openai.BadRequestError) as too_long:
+            post(messages=[{"role": "user", "content": "word " * (MAX_MODEL_LEN + 10)}])
+        assert too_long.value.code == "context_length_exceeded" and too_long.value.param == "messages"
+    with pytest.raises(openai.BadRequestError) as dimensions:
+        post_pooling(input="hi", dimensions=8)
+    assert dimensions.value.param == "dimensions"
+    with pytest.raises(openai.BadRequestError) as task:
+        post_pooling(input="hi", task="token_embed")
+    assert task.value.param == "task"
+    # Still serving.
+    assert len(pooled(post_pooling(input="still serving"))[0]) == HIDDEN_SIZE
 
 
 def test_the_llm_models_pooling_parameters_give_the_same_vector(
