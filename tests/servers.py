@@ -11,7 +11,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,24 @@ def start_frontend(
         process.stop()
         raise
     return FrontendServer(process, port, api_key)
+
+
+@contextmanager
+def profile_stack(
+    model_path: Path, overrides: Mapping[str, object], folder: Path, name: str
+) -> Iterator[tuple[TritonServer, FrontendServer]]:
+    """tritonserver on the cpu-default profile with `overrides` (rendered into `folder` as `name`) and a
+    frontend without an API key in front of it; both stopped on leaving."""
+    # Imported here: the project's render module is no dependency of the servers' other users.
+    from ensemble_configs.render import render_variant
+
+    repository = render_variant(ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml", overrides, folder, name)
+    triton = start_triton(repository, folder)
+    try:
+        frontend = start_frontend(model_path, triton, folder, api_key=None)
+        try:
+            yield triton, frontend
+        finally:
+            frontend.process.stop()
+    finally:
+        triton.process.stop()

@@ -5,7 +5,6 @@ completions renders it."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from frontend.protocol.embeddings import (
 from frontend.protocol.pooling import PoolingData, PoolingRequest, PoolingResponse
 from frontend.serving.context import ServedModel, ServingContext, unix_now
 from frontend.serving.pooling import EmbeddingBatch, check_length, embed_batch, encode_texts
-from frontend.templating import TemplateError
+from frontend.serving.tokenize import chat_token_ids
 from frontend.triton_client import Embedding
 
 ENDPOINT = "/v1/embeddings"
@@ -103,7 +102,7 @@ class EmbeddingHandler:
         """Each input's token ids: texts tokenized here, token ids as sent, messages templated into one."""
         value = request.input
         if value is None:  # the chat form: the request model holds exactly one of `input` and `messages`
-            return [await self._rendered(request)]
+            return [await chat_token_ids(self.ctx.templater, request, None)]
         if isinstance(value, str) or isinstance(value[0], str):
             texts = [value] if isinstance(value, str) else [str(text) for text in value]
             return await encode_texts(self.ctx, texts, request.add_special_tokens is not False)
@@ -113,23 +112,6 @@ class EmbeddingHandler:
             if any(token < 0 or token >= vocab for token in token_ids):
                 raise bad_request(f"input token ids must be in [0, {vocab})", param="input")
         return batch
-
-    async def _rendered(self, request: EmbeddingInputRequest) -> list[int]:
-        """The conversation's token ids, templated as chat completions templates messages (without tools)."""
-        templater = self.ctx.templater
-        try:
-            prompt = await asyncio.to_thread(
-                templater.render,
-                request.messages or [],
-                None,
-                request.add_generation_prompt,
-                request.continue_final_message,
-                request.chat_template,
-                request.chat_template_kwargs,
-            )
-        except TemplateError as error:
-            raise bad_request(str(error), param="messages") from None
-        return templater.with_special_tokens(prompt.token_ids) if request.add_special_tokens else prompt.token_ids
 
 
 def encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Protocol
 
 from frontend.errors import bad_request
+from frontend.protocol.chat import ChatMessage
 from frontend.protocol.tokenize import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -12,7 +14,36 @@ from frontend.protocol.tokenize import (
     TokenizeResponse,
 )
 from frontend.serving.context import ServingContext
-from frontend.templating import TemplateError
+from frontend.templating import ChatTemplater, TemplateError
+
+
+class ChatPrompt(Protocol):
+    """A request's fields that say how its messages become a prompt (tokenize's, embeddings')."""
+
+    messages: list[ChatMessage] | None
+    add_generation_prompt: bool
+    continue_final_message: bool
+    chat_template: str | None
+    chat_template_kwargs: dict[str, Any] | None
+    add_special_tokens: bool | None
+
+
+async def chat_token_ids(templater: ChatTemplater, request: ChatPrompt, tools: list[Any] | None) -> list[int]:
+    """The token ids of the request's messages rendered with the chat template, as chat generation sends
+    them with the same add_special_tokens; a template failure is a 400 naming `messages`."""
+    try:
+        prompt = await asyncio.to_thread(
+            templater.render,
+            request.messages or [],
+            tools,
+            request.add_generation_prompt,
+            request.continue_final_message,
+            request.chat_template,
+            request.chat_template_kwargs,
+        )
+    except TemplateError as error:
+        raise bad_request(str(error), param="messages") from None
+    return templater.with_special_tokens(prompt.token_ids) if request.add_special_tokens else prompt.token_ids
 
 
 class TokenizeHandler:
@@ -29,20 +60,7 @@ class TokenizeHandler:
                     "continue_final_message and add_generation_prompt cannot both be true",
                     "add_generation_prompt",
                 )
-            try:
-                prompt = await asyncio.to_thread(
-                    templater.render,
-                    request.messages,
-                    request.tools,
-                    request.add_generation_prompt,
-                    request.continue_final_message,
-                    request.chat_template,
-                    request.chat_template_kwargs,
-                )
-            except TemplateError as error:
-                raise bad_request(str(error), param="messages") from None
-            # What chat generation sends with the same add_special_tokens.
-            tokens = templater.with_special_tokens(prompt.token_ids) if request.add_special_tokens else prompt.token_ids
+            tokens = await chat_token_ids(templater, request, request.tools)
         else:
             tokens = await asyncio.to_thread(
                 templater.encode, request.prompt or "", request.add_special_tokens is not False

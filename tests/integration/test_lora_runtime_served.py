@@ -17,10 +17,9 @@ import openai
 import pytest
 
 from engine import EngineConfig, LLMEngine, SamplingParams
-from ensemble_configs.render import render_variant
 from tests.frontend.conftest import MODEL_NAME
 from tests.lora_adapter import write_random_adapter
-from tests.servers import ROOT, FrontendServer, TritonServer, start_frontend, start_triton
+from tests.servers import FrontendServer, TritonServer, profile_stack
 
 pytestmark = pytest.mark.slow
 
@@ -48,18 +47,8 @@ def stack(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "max_loras": 2,
         "llm_instances": 2,
     }
-    repository = render_variant(
-        ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml", overrides, folder, "lora-runtime"
-    )
-    triton = start_triton(repository, folder)
-    try:
-        frontend = start_frontend(model_path, triton, folder, api_key=None)
-    except Exception:
-        triton.process.stop()
-        raise
-    yield RuntimeStack(triton, frontend, adapters)
-    frontend.process.stop()
-    triton.process.stop()
+    with profile_stack(model_path, overrides, folder, "lora-runtime") as (triton, frontend):
+        yield RuntimeStack(triton, frontend, adapters)
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,10 @@ import openai
 import pytest
 from openai.types import Completion
 
-from ensemble_configs.render import render_variant
 from tests.frontend.conftest import MODEL_NAME
 from tests.integration.triton_requests import generate, stream_outputs
 from tests.lora_adapter import write_random_adapter
-from tests.servers import ROOT, FrontendServer, TritonServer, start_frontend, start_triton
+from tests.servers import FrontendServer, TritonServer, profile_stack
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +53,8 @@ def stack(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "kv_cache_memory": 64 << 20,
         "lora_modules": json.dumps({name: str(path) for name, path in adapters.items()}),
     }
-    repository = render_variant(ROOT / "ensemble_configs" / "profiles" / "cpu-default.yaml", overrides, folder, "lora")
-    triton = start_triton(repository, folder)
-    try:
-        frontend = start_frontend(model_path, triton, folder, api_key=None)
-    except Exception:
-        triton.process.stop()
-        raise
-    yield LoraStack(triton, frontend, adapters)
-    frontend.process.stop()
-    triton.process.stop()
+    with profile_stack(model_path, overrides, folder, "lora") as (triton, frontend):
+        yield LoraStack(triton, frontend, adapters)
 
 
 @pytest.fixture(scope="module")
