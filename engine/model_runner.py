@@ -119,7 +119,8 @@ class ModelRunner:
         # Decode steps replay CUDA graphs (one rank only: the tensor-parallel workers run eagerly).
         self.decode_graphs: DecodeCudaGraphs | None = None
         self._measuring_kv_scales = config.calculate_kv_scales
-        if self.device.type == "cuda" and self.workers is None and not config.enforce_eager:
+        # A mixture of experts reads its per-expert row counts on the host: no graph can replay that.
+        if self.device.type == "cuda" and self.workers is None and not config.enforce_eager and self.spec.moe is None:
             self.decode_graphs = DecodeCudaGraphs(
                 shard.model, self.kv_cache, config.max_num_seqs, self.max_model_len, self.block_size
             )

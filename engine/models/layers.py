@@ -14,6 +14,7 @@ from torch import nn
 from engine.attention_metadata import AttentionMetadata
 from engine.distributed import TensorParallelGroup
 from engine.models.linear import ColumnParallelLinear, RowParallelLinear
+from engine.models.moe import SparseMoE
 from engine.models.rope import build_cos_sin_cache
 from engine.models.sharding import RowSlice, head_shard
 from engine.models.spec import ModelSpec
@@ -211,7 +212,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(spec.hidden_size, eps, dtype, device)
         self.self_attn = Attention(spec, layer_idx, rotary, device, group)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps, dtype, device)
-        self.mlp = MLP(spec, device, group)
+        sparse = spec.moe is not None and spec.moe.sparse_layers[layer_idx]
+        self.mlp: MLP | SparseMoE = SparseMoE(spec, device, group) if sparse else MLP(spec, device, group)
 
     def forward(
         self,

@@ -37,6 +37,7 @@ def read_spec(model_path: str | Path, dtype: torch.dtype) -> ModelSpec:
         dtype,
         architecture.default_head_dim,
         architecture.always_sliding,
+        architecture.mixture_of_experts,
     )
 
 

@@ -19,6 +19,8 @@ class Architecture:
     default_head_dim: int | None
     # Every layer uses `sliding_window` when set (Mistral), instead of Qwen's use_sliding_window + layer_types.
     always_sliding: bool
+    # Sparse mixture-of-experts MLPs (engine.models.moe) where config says.
+    mixture_of_experts: bool = False
 
 
 def _tied(config: dict[str, Any]) -> bool:
@@ -64,6 +66,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "MistralForCausalLM": Architecture(_mistral_flags, default_head_dim=None, always_sliding=True),
     "Qwen2ForCausalLM": Architecture(_qwen2_flags, default_head_dim=None, always_sliding=False),
     "Qwen3ForCausalLM": Architecture(_qwen3_flags, default_head_dim=128, always_sliding=False),
+    # Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder-30B-A3B / 480B-A35B: Qwen3's attention, experts' MLPs.
+    "Qwen3MoeForCausalLM": Architecture(
+        _qwen3_flags, default_head_dim=128, always_sliding=False, mixture_of_experts=True
+    ),
 }
 
 

@@ -67,6 +67,11 @@ def check_tensor_parallel(spec: ModelSpec, size: int) -> None:
         raise ValueError(
             f"tensor_parallel_size {size} must divide the MLP intermediate size ({spec.intermediate_size})"
         )
+    if spec.moe is not None and spec.moe.intermediate_size % size:
+        raise ValueError(
+            f"tensor_parallel_size {size} must divide the experts' intermediate size "
+            f"({spec.moe.intermediate_size})"
+        )
 
 
 def head_shard(spec: ModelSpec, rank: int, size: int) -> HeadShard:

@@ -30,6 +30,22 @@ class ArchitectureFlags:
 
 
 @dataclass(frozen=True)
+class MoESpec:
+    """A sparse mixture-of-experts MLP (Qwen3-MoE): each token runs `top_k` of `num_experts` gated MLPs,
+    their outputs weighted by the router's softmax."""
+
+    num_experts: int
+    top_k: int
+    # Each expert's MLP width (config's moe_intermediate_size).
+    intermediate_size: int
+    # Renormalize the chosen experts' weights to sum to 1.
+    norm_topk_prob: bool
+    # Per layer: True where the MLP is the mixture, False where it is the dense MLP (mlp_only_layers,
+    # decoder_sparse_step).
+    sparse_layers: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Shapes and settings of a loaded model; the runner sizes the KV cache and batches from it."""
 
@@ -54,6 +70,8 @@ class ModelSpec:
     rope: RopeConfig
     # Per layer: attention window in tokens (the query and the window - 1 tokens before it), or None for full.
     sliding_windows: tuple[int | None, ...]
+    # The mixture of experts of an MoE family; None for dense ones.
+    moe: MoESpec | None = None
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -103,6 +121,25 @@ def sliding_windows(config: dict[str, Any], num_layers: int, always_sliding: boo
     return tuple(int(window) if kind == "sliding_attention" else None for kind in layer_types)
 
 
+def moe_spec(config: dict[str, Any], num_layers: int) -> MoESpec:
+    """The experts of a Qwen3-MoE config (checkpoints name their count num_experts; transformers 5 writes
+    num_local_experts). Layer i is sparse unless mlp_only_layers lists it, and when i + 1 is a multiple of
+    decoder_sparse_step, as transformers reads them."""
+    num_experts = int(config.get("num_experts") or _required(config, "num_local_experts"))
+    top_k = int(_required(config, "num_experts_per_tok"))
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"num_experts_per_tok {top_k} must be in [1, {num_experts}] (the number of experts)")
+    dense = set(config.get("mlp_only_layers") or [])
+    step = int(config.get("decoder_sparse_step") or 1)
+    return MoESpec(
+        num_experts=num_experts,
+        top_k=top_k,
+        intermediate_size=int(_required(config, "moe_intermediate_size")),
+        norm_topk_prob=bool(config.get("norm_topk_prob", False)),
+        sparse_layers=tuple(i not in dense and (i + 1) % step == 0 for i in range(num_layers)),
+    )
+
+
 def build_spec(
     model_dir: Path,
     config: dict[str, Any],
@@ -110,9 +147,10 @@ def build_spec(
     dtype: torch.dtype,
     default_head_dim: int | None,
     always_sliding: bool,
+    mixture_of_experts: bool = False,
 ) -> ModelSpec:
     """ModelSpec from a raw config dict; `default_head_dim` is the family's value when config omits it
-    (None: hidden_size // num_attention_heads)."""
+    (None: hidden_size // num_attention_heads); `mixture_of_experts` reads the family's experts."""
     hidden_act = config.get("hidden_act", "silu")
     if hidden_act != "silu":
         raise ValueError(f"hidden_act {hidden_act!r} is not supported; only 'silu' is")
@@ -142,4 +180,5 @@ def build_spec(
         flags=flags,
         rope=parse_rope_config(config, head_dim, max_positions),
         sliding_windows=sliding_windows(config, num_layers, always_sliding),
+        moe=moe_spec(config, num_layers) if mixture_of_experts else None,
     )

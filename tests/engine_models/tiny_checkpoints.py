@@ -14,6 +14,7 @@ from transformers import (
     PreTrainedModel,
     Qwen2Config,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 SMALL = dict(
@@ -26,6 +27,10 @@ SMALL = dict(
     max_position_embeddings=128,
     eos_token_id=2,
 )
+
+
+# A Qwen3-MoE on SMALL's dimensions: 8 experts of 32 features, 2 chosen per token.
+MOE = dict(SMALL, head_dim=16, moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ TINY_CASES = [
         lambda: Qwen3Config(**SMALL, head_dim=16, attention_bias=True, tie_word_embeddings=True),
     ),
     TinyCase("mistral-sliding", lambda: MistralConfig(**SMALL, sliding_window=5)),
+    # Layer 0 a mixture of 8 experts (2 per token, renormalized), layer 1 the dense MLP.
+    TinyCase("qwen3-moe", lambda: Qwen3MoeConfig(**MOE, norm_topk_prob=True, mlp_only_layers=[1])),
 ]
 
 

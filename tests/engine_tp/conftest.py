@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen3Config
+from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen3Config, Qwen3MoeConfig
 
 from engine import EngineConfig, LLMEngine
 from tests.engine.conftest import torch_threads
-from tests.engine_models.tiny_checkpoints import SMALL, randomize
+from tests.engine_models.tiny_checkpoints import MOE, SMALL, randomize
 
 EngineFactory = Callable[..., LLMEngine]
 
@@ -38,6 +38,12 @@ def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 query heads, 2 KV heads (split at tp=2), q/k norm, attention biases, tied embeddings."""
     config = Qwen3Config(**SMALL, head_dim=16, attention_bias=True, tie_word_embeddings=True)
     return save_tiny(config, tmp_path_factory.mktemp("tp-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both layers mixtures of 8 experts, 2 per token (each rank holds half of every expert)."""
+    return save_tiny(Qwen3MoeConfig(**MOE), tmp_path_factory.mktemp("tp-qwen3-moe"))
 
 
 @pytest.fixture(scope="session")

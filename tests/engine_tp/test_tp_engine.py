@@ -101,6 +101,18 @@ def test_tiny_qwen3_tp2_matches_tp1(make_engine: EngineFactory, tiny_qwen3: Path
     assert_workers_gone(parallel, 1)
 
 
+def test_tiny_qwen3_moe_tp2_matches_tp1(make_engine: EngineFactory, tiny_qwen3_moe: Path) -> None:
+    # Every rank routes each token alike and sums its half of the chosen experts' features into one
+    # all-reduce per layer.
+    prompts, params = TINY_PROMPTS * 2, [GREEDY, GREEDY, SEEDED, SEEDED]
+    expected = generate(make_engine(tiny_qwen3_moe, 1, max_num_batched_tokens=16), prompts, params)
+    parallel = make_engine(tiny_qwen3_moe, 2, max_num_batched_tokens=16)
+    try:
+        assert generate(parallel, prompts, params) == expected
+    finally:
+        parallel.shutdown()
+
+
 def test_kv_heads_replicated_when_tp_exceeds_them(
     make_engine: EngineFactory, tiny_llama_one_kv_head: Path
 ) -> None:
