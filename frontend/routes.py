@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from frontend.errors import bad_request
 from frontend.protocol.chat import ChatCompletionRequest
 from frontend.protocol.completions import CompletionRequest
 from frontend.protocol.embeddings import EmbeddingRequest
@@ -139,6 +141,33 @@ def build_router(ctx: ServingContext) -> APIRouter:
     router.add_api_route("/score", create_score, methods=["POST"])
     router.add_api_route("/rerank", rerank, methods=["POST"])
     router.add_api_route("/v2/rerank", rerank, methods=["POST"])
+
+    # SageMaker's (and vLLM's) one door: the body's shape says which endpoint it is, tried in this order
+    # (every request model refuses fields it does not know, so at most one fits a well-formed body).
+    invocation_types: list[tuple[type[BaseModel], Callable[[Any, Request], Awaitable[Response]]]] = [
+        (ChatCompletionRequest, create_chat_completion),
+        (CompletionRequest, create_completion),
+        (EmbeddingRequest, create_embedding),
+        (ScoreRequest, create_score),
+        (RerankRequest, rerank),
+    ]
+
+    @router.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "invalid JSON"}]) from None
+        for request_type, endpoint in invocation_types:
+            try:
+                parsed = request_type.model_validate(body)
+            except ValidationError:
+                continue
+            return await endpoint(parsed, request)
+        raise bad_request(
+            "the body fits none of the request types /invocations serves: a chat completion (messages), a "
+            "completion (prompt), embeddings (input), score (text_1, text_2) or rerank (query, documents)"
+        )
 
     @router.get("/v1/models")
     async def list_models() -> Response:
