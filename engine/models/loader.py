@@ -20,7 +20,7 @@ from engine.models.linear import (
     ColumnParallelLinear,
     load_slice,
 )
-from engine.models.registry import resolve_architecture
+from engine.models.registry import ARCHITECTURES, resolve_architecture
 from engine.models.sharding import check_tensor_parallel
 from engine.models.spec import ModelSpec, build_spec, read_json
 
@@ -37,7 +37,7 @@ def read_spec(model_path: str | Path, dtype: torch.dtype) -> ModelSpec:
         dtype,
         architecture.default_head_dim,
         architecture.always_sliding,
-        architecture.mixture_of_experts,
+        architecture.read_experts,
     )
 
 
@@ -135,7 +135,10 @@ def load_checkpoint(model: CausalLM, model_dir: Path) -> None:
     modules = dict(model.named_modules())
     loaded: set[tuple[str, int]] = set()
     unexpected: list[str] = []
-    for name, source in checkpoint_tensors(model_dir):
+    renamed = ARCHITECTURES[model.spec.architecture].renamed
+    for checkpoint_name, source in checkpoint_tensors(model_dir):
+        # Our module path of the tensor; messages name it as the checkpoint does.
+        name = ".".join(renamed.get(part, part) for part in checkpoint_name.split("."))
         if _ignored(name, model) or _load_kv_scale(name, source, modules):
             continue
         module_name, _, param_name = name.rpartition(".")
@@ -147,12 +150,12 @@ def load_checkpoint(model: CausalLM, model_dir: Path) -> None:
         module = modules.get(module_name)
         param = getattr(module, param_name, None)
         if not isinstance(param, torch.nn.Parameter):
-            unexpected.append(name)
+            unexpected.append(checkpoint_name)
             continue
         if isinstance(module, SHARDED_LAYERS):
-            module.load(param_name, shard, source, name)
+            module.load(param_name, shard, source, checkpoint_name)
         else:
-            load_slice(param.data, source, name)
+            load_slice(param.data, source, checkpoint_name)
         loaded.add((f"{module_name}.{param_name}", shard))
     if unexpected:
         raise ValueError(

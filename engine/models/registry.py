@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from engine.models.spec import ArchitectureFlags
+from engine.models.spec import ArchitectureFlags, MoEReader, mixtral_moe_spec, qwen3_moe_spec
 
 
 @dataclass(frozen=True)
@@ -19,8 +19,10 @@ class Architecture:
     default_head_dim: int | None
     # Every layer uses `sliding_window` when set (Mistral), instead of Qwen's use_sliding_window + layer_types.
     always_sliding: bool
-    # Sparse mixture-of-experts MLPs (engine.models.moe) where config says.
-    mixture_of_experts: bool = False
+    # An MoE family's experts from config.json (engine.models.moe); None: dense MLPs.
+    read_experts: MoEReader | None = None
+    # Checkpoint name parts this family spells its own way -> ours (Mixtral's block_sparse_moe, w1, w2, w3).
+    renamed: dict[str, str] = field(default_factory=dict)
 
 
 def _tied(config: dict[str, Any]) -> bool:
@@ -68,7 +70,15 @@ ARCHITECTURES: dict[str, Architecture] = {
     "Qwen3ForCausalLM": Architecture(_qwen3_flags, default_head_dim=128, always_sliding=False),
     # Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder-30B-A3B / 480B-A35B: Qwen3's attention, experts' MLPs.
     "Qwen3MoeForCausalLM": Architecture(
-        _qwen3_flags, default_head_dim=128, always_sliding=False, mixture_of_experts=True
+        _qwen3_flags, default_head_dim=128, always_sliding=False, read_experts=qwen3_moe_spec
+    ),
+    # Mixtral-8x7B / 8x22B: Mistral's attention, experts of w1 (gate), w3 (up) and w2 (down).
+    "MixtralForCausalLM": Architecture(
+        _mistral_flags,
+        default_head_dim=None,
+        always_sliding=True,
+        read_experts=mixtral_moe_spec,
+        renamed={"block_sparse_moe": "mlp", "w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"},
     ),
 }
 

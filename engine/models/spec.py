@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,20 @@ def sliding_windows(config: dict[str, Any], num_layers: int, always_sliding: boo
     return tuple(int(window) if kind == "sliding_attention" else None for kind in layer_types)
 
 
-def moe_spec(config: dict[str, Any], num_layers: int) -> MoESpec:
-    """The experts of a Qwen3-MoE config (checkpoints name their count num_experts; transformers 5 writes
-    num_local_experts). Layer i is sparse unless mlp_only_layers lists it, and when i + 1 is a multiple of
-    decoder_sparse_step, as transformers reads them."""
+def _experts(config: dict[str, Any]) -> tuple[int, int]:
+    """(number of experts, experts per token); checkpoints name the first num_experts (Qwen) or
+    num_local_experts (Mixtral, and transformers 5 for both)."""
     num_experts = int(config.get("num_experts") or _required(config, "num_local_experts"))
     top_k = int(_required(config, "num_experts_per_tok"))
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"num_experts_per_tok {top_k} must be in [1, {num_experts}] (the number of experts)")
+    return num_experts, top_k
+
+
+def qwen3_moe_spec(config: dict[str, Any], num_layers: int) -> MoESpec:
+    """Qwen3-MoE's experts: layer i is sparse unless mlp_only_layers lists it, and when i + 1 is a multiple
+    of decoder_sparse_step, as transformers reads them."""
+    num_experts, top_k = _experts(config)
     dense = set(config.get("mlp_only_layers") or [])
     step = int(config.get("decoder_sparse_step") or 1)
     return MoESpec(
@@ -140,6 +147,23 @@ def moe_spec(config: dict[str, Any], num_layers: int) -> MoESpec:
     )
 
 
+def mixtral_moe_spec(config: dict[str, Any], num_layers: int) -> MoESpec:
+    """Mixtral's experts: every layer sparse, each expert intermediate_size wide, the chosen experts'
+    weights always renormalized."""
+    num_experts, top_k = _experts(config)
+    return MoESpec(
+        num_experts=num_experts,
+        top_k=top_k,
+        intermediate_size=int(_required(config, "intermediate_size")),
+        norm_topk_prob=True,
+        sparse_layers=(True,) * num_layers,
+    )
+
+
+# How a family's config.json says what its experts are (None: a dense family).
+MoEReader = Callable[[dict[str, Any], int], MoESpec]
+
+
 def build_spec(
     model_dir: Path,
     config: dict[str, Any],
@@ -147,10 +171,10 @@ def build_spec(
     dtype: torch.dtype,
     default_head_dim: int | None,
     always_sliding: bool,
-    mixture_of_experts: bool = False,
+    read_experts: MoEReader | None = None,
 ) -> ModelSpec:
     """ModelSpec from a raw config dict; `default_head_dim` is the family's value when config omits it
-    (None: hidden_size // num_attention_heads); `mixture_of_experts` reads the family's experts."""
+    (None: hidden_size // num_attention_heads); `read_experts` reads an MoE family's experts."""
     hidden_act = config.get("hidden_act", "silu")
     if hidden_act != "silu":
         raise ValueError(f"hidden_act {hidden_act!r} is not supported; only 'silu' is")
@@ -180,5 +204,5 @@ def build_spec(
         flags=flags,
         rope=parse_rope_config(config, head_dim, max_positions),
         sliding_windows=sliding_windows(config, num_layers, always_sliding),
-        moe=moe_spec(config, num_layers) if mixture_of_experts else None,
+        moe=read_experts(config, num_layers) if read_experts is not None else None,
     )

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qw
 
 from engine.models import ARCHITECTURES, load_model
 from engine.models.loader import checkpoint_files
-from engine.models.spec import MoESpec, moe_spec, sliding_windows
+from engine.models.spec import MoESpec, mixtral_moe_spec, qwen3_moe_spec, sliding_windows
 from tests.engine_models.tiny_checkpoints import SMALL, TinyCheckpoint, randomize
 
 
@@ -146,14 +146,17 @@ def test_sliding_windows_per_layer(config: dict, always_sliding: bool, expected:
     assert sliding_windows(config, 3, always_sliding) == expected
 
 
-def test_moe_spec_reads_qwen3_moe_configs() -> None:
+def test_moe_specs_read_qwen3_moe_and_mixtral_configs() -> None:
     # Checkpoints say num_experts; transformers 5 writes num_local_experts.
     base = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
-    every_other = moe_spec({**base, "num_experts": 8, "decoder_sparse_step": 2, "norm_topk_prob": True}, 4)
+    every_other = qwen3_moe_spec({**base, "num_experts": 8, "decoder_sparse_step": 2, "norm_topk_prob": True}, 4)
     assert every_other == MoESpec(8, 2, 32, True, (False, True, False, True))
-    listed_dense = moe_spec({**base, "num_local_experts": 4, "mlp_only_layers": [0, 2]}, 3)
+    listed_dense = qwen3_moe_spec({**base, "num_local_experts": 4, "mlp_only_layers": [0, 2]}, 3)
     assert listed_dense == MoESpec(4, 2, 32, False, (False, True, False))
     with pytest.raises(ValueError, match=r"num_experts_per_tok 9 must be in \[1, 8\]"):
-        moe_spec({**base, "num_experts": 8, "num_experts_per_tok": 9}, 2)
+        qwen3_moe_spec({**base, "num_experts": 8, "num_experts_per_tok": 9}, 2)
     with pytest.raises(ValueError, match="lacks 'moe_intermediate_size'"):
-        moe_spec({"num_experts": 8, "num_experts_per_tok": 2}, 2)
+        qwen3_moe_spec({"num_experts": 8, "num_experts_per_tok": 2}, 2)
+    # Mixtral: every layer sparse, intermediate_size per expert, weights always renormalized.
+    mixtral = {"num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 64}
+    assert mixtral_moe_spec(mixtral, 2) == MoESpec(8, 2, 64, True, (True, True))

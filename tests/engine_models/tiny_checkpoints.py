@@ -10,6 +10,7 @@ import torch
 from transformers import (
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     PretrainedConfig,
     PreTrainedModel,
     Qwen2Config,
@@ -89,6 +90,11 @@ TINY_CASES = [
     TinyCase("mistral-sliding", lambda: MistralConfig(**SMALL, sliding_window=5)),
     # Layer 0 a mixture of 8 experts (2 per token, renormalized), layer 1 the dense MLP.
     TinyCase("qwen3-moe", lambda: Qwen3MoeConfig(**MOE, norm_topk_prob=True, mlp_only_layers=[1])),
+    # 4 experts of SMALL's intermediate size, 2 per token, a 5-token window on every layer.
+    TinyCase(
+        "mixtral-sliding",
+        lambda: MixtralConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2, sliding_window=5),
+    ),
 ]
 
 
