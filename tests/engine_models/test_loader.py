@@ -36,8 +36,10 @@ def test_registry_lists_the_supported_families() -> None:
     assert set(ARCHITECTURES) == {
         "LlamaForCausalLM",
         "MistralForCausalLM",
+        "MixtralForCausalLM",
         "Qwen2ForCausalLM",
         "Qwen3ForCausalLM",
+        "Qwen3MoeForCausalLM",
     }
 
 
