@@ -214,10 +214,12 @@ class AsyncEngine:
                         lora_path=submission.lora_path,
                     )
                 except InvalidRequestError as error:  # e.g. an id reused after its abort was queued
-                    self._deliver([self._rejected(submission, str(error), by_request=True)])
+                    self._deliver([self._rejected(submission, str(error), "invalid")])
+                except EngineOverloadedError as error:  # e.g. every LoRA adapter slot in use
+                    self._deliver([self._rejected(submission, str(error), "busy")])
                 except Exception as error:  # a bug admitting this one request: it fails, the loop goes on
                     logger.exception("adding request %s raised", submission.request_id)
-                    self._deliver([self._rejected(submission, f"{type(error).__name__}: {error}", by_request=False)])
+                    self._deliver([self._rejected(submission, f"{type(error).__name__}: {error}", None)])
                 else:
                     # An embedding request has one output: nothing to coalesce.
                     interval = submission.params.stream_interval if isinstance(submission.params, SamplingParams) else 1
@@ -255,10 +257,10 @@ class AsyncEngine:
                 logger.exception("output callback of %s raised", output.request_id)
 
     @staticmethod
-    def _rejected(submission: _Submission, error: str, by_request: bool) -> RequestOutput:
-        """The one output of a submission add_request refused: `by_request` when the request is at fault."""
+    def _rejected(submission: _Submission, error: str, rejected: str | None) -> RequestOutput:
+        """The one output of a submission add_request refused (RequestOutput.rejected says why)."""
         failed = AsyncEngine._failed(submission.request_id, error, len(submission.prompt_token_ids))
-        failed.rejected = by_request
+        failed.rejected = rejected
         return failed
 
     @staticmethod

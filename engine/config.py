@@ -161,6 +161,11 @@ class EngineConfig:
             raise ValueError(f"max_waiting_requests must be >= 0, got {self.max_waiting_requests}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.allow_runtime_lora_updating and self.max_loras <= len(self.lora_modules):
+            raise ValueError(
+                f"max_loras {self.max_loras} leaves no slot for adapters loaded at run time beside the "
+                f"{len(self.lora_modules)} of lora_modules"
+            )
         for name, path in self.lora_modules.items():
             if not (isinstance(name, str) and name and isinstance(path, str) and path):
                 raise ValueError(f"lora_modules maps adapter names to directories, got {name!r}: {path!r}")

@@ -161,6 +161,10 @@ class LLMEngine:
         loaded now if it is not yet (engine.lora_slots)."""
         if request_id in self._requests or request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        if cache_salt is not None and "\x00" in cache_salt:
+            # NUL separates the salts the engine adds itself (adapter, prompt logprobs, pooling) from the
+            # request's: one holding it could pass for another adapter's and read its blocks.
+            raise InvalidRequestError("cache_salt must not contain NUL characters")
         self.validate_request(prompt_token_ids, params, lora_name, lora_path)
         prompt = self._truncated(prompt_token_ids, params)
         if lora_name is not None:

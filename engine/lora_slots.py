@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.outputs import InvalidRequestError
+from engine.outputs import EngineOverloadedError, InvalidRequestError
 
 
 @dataclass
@@ -37,6 +37,7 @@ class AdapterSlots:
         self.runtime_loading = runtime_loading
         self._loads = itertools.count(1)
         self._uses = itertools.count(1)
+        # Replaced whole on every change, never changed in place: check() reads it from other threads.
         self.adapters: dict[str, LoadedAdapter] = {
             name: LoadedAdapter(name, path, slot, next(self._loads), static=True)
             for slot, (name, path) in enumerate(static.items(), start=1)
@@ -92,7 +93,7 @@ class AdapterSlots:
         slot = self._free_slot(busy, unload)
         load(name, path, slot)
         adapter = LoadedAdapter(name, path, slot, next(self._loads), static=False, last_used=next(self._uses))
-        self.adapters[name] = adapter
+        self.adapters = {**self.adapters, name: adapter}
         return adapter
 
     def slot_of(self, name: str) -> int:
@@ -106,9 +107,10 @@ class AdapterSlots:
             adapter for adapter in self.adapters.values() if not adapter.static and adapter.name not in busy
         ]
         if not idle:
-            raise InvalidRequestError(
-                f"all {self.max_loras} LoRA adapter slots (max_loras) hold adapters in use; retry when "
-                "their requests end"
+            # Not the request's fault: it may be served once one of those adapters' requests end.
+            raise EngineOverloadedError(
+                f"all {self.max_loras} LoRA adapter slots (max_loras) hold adapters in use, so the queue is "
+                "full for another adapter; retry later"
             )
         oldest = min(idle, key=lambda adapter: adapter.last_used)
         self._evict(oldest, unload)
@@ -116,4 +118,4 @@ class AdapterSlots:
 
     def _evict(self, adapter: LoadedAdapter, unload: Callable[[int], None]) -> None:
         unload(adapter.slot)
-        del self.adapters[adapter.name]
+        self.adapters = {name: kept for name, kept in self.adapters.items() if name != adapter.name}

@@ -65,9 +65,10 @@ class RequestOutput:
     stop_reason: int | str | None
     # Set when the request was failed by an engine error (finish_reason is then "abort").
     error: str | None = None
-    # With `error`: the engine refused the request as it took it up (InvalidRequestError, e.g. an adapter
-    # directory that holds no adapter): the client's fault, not the engine's.
-    rejected: bool = False
+    # With `error`, when the engine refused the request as it took it up: "invalid" (InvalidRequestError,
+    # e.g. an adapter directory that holds no adapter: the client's fault) or "busy" (EngineOverloadedError,
+    # e.g. every LoRA adapter slot in use: retry later); None for an engine failure.
+    rejected: str | None = None
     # time.monotonic() when the request was added.
     arrival_time: float = 0.0
     # time.monotonic() when its first token was sampled (None before): TTFT = first - arrival.

@@ -4,6 +4,7 @@ each batch's record.
     DIR/files/<file id>          the bytes as uploaded (or as a batch wrote them)
     DIR/files/<file id>.json     {"object": <FileObject>, "owner": <tenant or null>}
     DIR/batches/<batch id>.json  {"object": <Batch>, "owner": <tenant or null>, "output_expiry_s": <int or null>}
+    DIR/batches/<batch id>.<output|error>.partial   a running batch's answers so far (spill_path)
 
 Every write goes to a temporary name and is renamed into place, so a reader (or a restart) sees the old
 record or the new one, never half of one. One frontend owns a directory: its batches run in that process
@@ -75,19 +76,36 @@ class FileStore:
     def create_file(
         self, filename: str, purpose: str, data: bytes, owner: str | None, expires_after_s: int | None
     ) -> FileObject:
+        file = self._file_object(filename, purpose, len(data), expires_after_s)
+        _write_atomically(self.files / file.id, data)
+        # The record last: a file is listed only once its bytes are all there.
+        _write_atomically(self.files / f"{file.id}.json", _record(file, owner))
+        return file
+
+    def adopt_file(
+        self, path: Path, filename: str, purpose: str, owner: str | None, expires_after_s: int | None
+    ) -> FileObject:
+        """Make the complete file at `path` (on this store's disk: a batch's spill_path) a stored file."""
+        file = self._file_object(filename, purpose, path.stat().st_size, expires_after_s)
+        os.replace(path, self.files / file.id)
+        _write_atomically(self.files / f"{file.id}.json", _record(file, owner))
+        return file
+
+    def spill_path(self, batch_id: str, kind: str) -> Path:
+        """Where a running batch appends its `kind` ("output" or "error") answers until it ends."""
+        return self.batches / f"{batch_id}.{kind}.partial"
+
+    @staticmethod
+    def _file_object(filename: str, purpose: str, size: int, expires_after_s: int | None) -> FileObject:
         created_at = int(time.time())
-        file = FileObject(
+        return FileObject(
             id=new_id("file-"),
-            bytes=len(data),
+            bytes=size,
             created_at=created_at,
             expires_at=created_at + expires_after_s if expires_after_s is not None else None,
             filename=filename,
             purpose=purpose,  # type: ignore[arg-type]  # a FilePurpose, checked by the caller
         )
-        _write_atomically(self.files / file.id, data)
-        # The record last: a file is listed only once its bytes are all there.
-        _write_atomically(self.files / f"{file.id}.json", _record(file, owner))
-        return file
 
     def get_file(self, file_id: str) -> StoredFile | None:
         """The file's record; None when there is none or it expired (an expired file is deleted here)."""

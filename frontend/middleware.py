@@ -146,7 +146,8 @@ class RequestGuard:
                     ),
                 )
                 return
-            if _has_lone_surrogate(body):
+            # A file upload is no JSON: its bytes are the file's own.
+            if scope["path"] != UPLOAD_PATH and _has_lone_surrogate(body):
                 await self._error(
                     send_with_id,
                     APIError(

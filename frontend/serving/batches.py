@@ -4,7 +4,8 @@ A batch moves validating -> in_progress -> finalizing -> completed, or to failed
 batch input), expired (24 hours passed first) or cancelling -> cancelled. Each line calls the same handler
 its endpoint's route calls, so a line answers exactly what a direct request would have; 200 answers go to
 the output file, every other status to the error file, with the lines a cancel or the expiry left
-unanswered. The answers are kept in memory until the batch ends, then written in input order.
+unanswered. Answers are appended to the files as they come (in the order they finish, as OpenAI's may be:
+`custom_id` names each), so a batch holds none of them in memory.
 
 Batches run in this process. One stopped with the server (its record still says validating, in_progress
 or finalizing) starts over when the server starts again; one that was cancelling ends cancelled.
@@ -21,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -76,7 +78,7 @@ class Endpoint:
 
     request: type[BaseModel]
     answer: Callable[[Any, str], Awaitable[Any]]
-    # Prefix of the answer's id, as the route names it.
+    # What the answer's id starts with, as the route names it ("chatcmpl-", "resp_", ...).
     id_prefix: str
 
 
@@ -85,21 +87,28 @@ class Run:
     """A batch running in this process: its record as it goes (what retrieve shows) and its answers."""
 
     stored: StoredBatch
+    # Where its 200 answers ("output") and the others ("error") are appended (FileStore.spill_path).
+    spills: dict[str, Path]
     lines: list[BatchInputLine] = field(default_factory=list)
-    # Answers by input line.
-    outputs: dict[int, BatchOutputLine] = field(default_factory=dict)
+    # The input lines answered so far.
+    answered: set[int] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
     # Held while its record is written, so that the last write made is the last to land.
     saving: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def add(self, index: int, output: BatchOutputLine) -> None:
-        self.outputs[index] = output
+        self.answered.add(index)
         batch = self.stored.batch
-        if output.response is not None and output.response.status_code == 200:
+        succeeded = output.response is not None and output.response.status_code == 200
+        if succeeded:
+            assert output.response is not None
             batch.request_counts.completed += 1
             _add_usage(batch.usage, output.response.body.get("usage") or {})
         else:
             batch.request_counts.failed += 1
+        # One line of a few KB: the write lands in the file's buffer, no thread needed.
+        with self.spills["output" if succeeded else "error"].open("a", encoding="utf-8") as spill:
+            spill.write(output.model_dump_json() + "\n")
 
 
 def _add_usage(total: BatchUsage, usage: dict[str, Any]) -> None:
@@ -136,13 +145,13 @@ class BatchHandler:
         chat, completions = ChatHandler(ctx), CompletionHandler(ctx)
         embeddings, scores = EmbeddingHandler(ctx), ScoreHandler(ctx)
         self.endpoints = {
-            "/v1/chat/completions": Endpoint(ChatCompletionRequest, chat.create, "chatcmpl"),
-            "/v1/completions": Endpoint(CompletionRequest, completions.create, "cmpl"),
-            "/v1/embeddings": Endpoint(EmbeddingRequest, embeddings.create, "embd"),
-            "/v1/responses": Endpoint(ResponsesRequest, responses.create, "resp"),
+            "/v1/chat/completions": Endpoint(ChatCompletionRequest, chat.create, "chatcmpl-"),
+            "/v1/completions": Endpoint(CompletionRequest, completions.create, "cmpl-"),
+            "/v1/embeddings": Endpoint(EmbeddingRequest, embeddings.create, "embd-"),
+            "/v1/responses": Endpoint(ResponsesRequest, responses.create, "resp_"),
             # vLLM's run-batch also takes these two.
-            "/v1/score": Endpoint(ScoreRequest, scores.score, "score"),
-            "/v1/rerank": Endpoint(RerankRequest, scores.rerank, "rerank"),
+            "/v1/score": Endpoint(ScoreRequest, scores.score, "score-"),
+            "/v1/rerank": Endpoint(RerankRequest, scores.rerank, "rerank-"),
         }
         self.runs: dict[str, Run] = {}
         # Batches a client asked to cancel (a run cancelled otherwise is the server stopping).
@@ -196,6 +205,7 @@ class BatchHandler:
     async def cancel(self, batch_id: str) -> Batch:
         stored = await self._visible(batch_id)
         batch = stored.batch
+        run = self.runs.get(batch_id)
         if batch.status in ("cancelling", "cancelled"):
             return batch
         if batch.status not in ("validating", "in_progress"):
@@ -204,11 +214,11 @@ class BatchHandler:
                 f"batch {batch_id} is {batch.status}: it can no longer be cancelled",
                 code="batch_not_cancellable",
             )
+        # Unfinished and visible through its run (_visible looks there first): the run is in self.runs.
+        assert run is not None and run.task is not None, "an unfinished batch has a run"
         batch.status, batch.cancelling_at = "cancelling", int(time.time())
         self.cancel_requested.add(batch_id)
-        task = self.runs[batch_id].task
-        assert task is not None, "a run is started as it is made"
-        task.cancel()
+        run.task.cancel()
         # As it is now: the run goes on to cancelled while the record is written.
         answer = batch.model_copy(deep=True)
         await self._save(stored)
@@ -235,15 +245,26 @@ class BatchHandler:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _visible(self, batch_id: str) -> StoredBatch:
-        stored = await asyncio.to_thread(self.store.get_batch, batch_id)
+        """The batch as its run has it, else as stored (a run leaves only after its last save, so a record
+        read once the run is gone is final)."""
+        run = self.runs.get(batch_id)
+        stored = run.stored if run is not None else await asyncio.to_thread(self.store.get_batch, batch_id)
         if stored is None or not visible_to_current_tenant(stored.owner):
             raise batch_not_found(batch_id)
-        return self._live(stored)
+        return stored
 
     async def _save(self, stored: StoredBatch) -> None:
+        """Write the record as it is now. Saves of one batch land in the order they are made: each holds
+        the run's lock until its write is done, even when the run is cancelled meanwhile."""
+        snapshot = StoredBatch(stored.batch.model_copy(deep=True), stored.owner, stored.output_expiry_s)
         run = self.runs.get(stored.batch.id)
         async with run.saving if run is not None else contextlib.nullcontext():
-            await asyncio.to_thread(self.store.save_batch, stored)
+            write = asyncio.ensure_future(asyncio.to_thread(self.store.save_batch, snapshot))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await write
+                raise
 
     def _live(self, stored: StoredBatch) -> StoredBatch:
         """A running batch's record as its run has it now (the stored one lags by up to PROGRESS_SAVE_S)."""
@@ -251,7 +272,8 @@ class BatchHandler:
         return run.stored if run is not None else stored
 
     def _start(self, stored: StoredBatch) -> None:
-        run = Run(stored)
+        spills = {kind: self.store.spill_path(stored.batch.id, kind) for kind in ("output", "error")}
+        run = Run(stored, spills)
         # The run's requests are the batch owner's (prefix-cache salt, stored responses), whoever starts it.
         context = contextvars.copy_context()
         context.run(current_tenant.set, stored.owner)
@@ -266,6 +288,8 @@ class BatchHandler:
             if batch.id in self.cancel_requested:
                 raise asyncio.CancelledError
             async with asyncio.timeout(max(batch.expires_at or 0, 0) - time.time()):
+                for spill in run.spills.values():  # what an earlier run of this batch left
+                    spill.unlink(missing_ok=True)
                 run.lines = await self._validate(batch)
                 batch.status, batch.in_progress_at = "in_progress", int(time.time())
                 # A batch started over counts from nothing.
@@ -278,11 +302,17 @@ class BatchHandler:
             batch.errors = BatchErrors(data=invalid.errors)
             await self._save(stored)
         except TimeoutError:
-            await self._finish(run, "expired", "batch_expired")
+            await self._finish(
+                run, "expired", BatchLineError(code="batch_expired", message="the batch expired first")
+            )
         except asyncio.CancelledError:
             if batch.id not in self.cancel_requested:
                 raise
-            await self._finish(run, "cancelled", "batch_cancelled")
+            await self._finish(
+                run,
+                "cancelled",
+                BatchLineError(code="batch_cancelled", message="the batch was cancelled first"),
+            )
         except Exception:
             logger.exception("batch %s failed", batch.id)
             batch.status, batch.failed_at = "failed", int(time.time())
@@ -299,8 +329,13 @@ class BatchHandler:
             raise InvalidBatch(
                 [BatchError(code="file_not_found", message=f"input file {batch.input_file_id} is gone")]
             )
-        data = await asyncio.to_thread(self.store.read_file, batch.input_file_id)
-        lines = parse_input(data, batch.endpoint)
+        try:
+            data = await asyncio.to_thread(self.store.read_file, batch.input_file_id)
+        except FileNotFoundError:  # deleted since the record was read
+            raise InvalidBatch(
+                [BatchError(code="file_not_found", message=f"input file {batch.input_file_id} is gone")]
+            ) from None
+        lines = await asyncio.to_thread(parse_input, data, batch.endpoint)
         batch.model = lines[0].body.get("model") if isinstance(lines[0].body.get("model"), str) else None
         return lines
 
@@ -329,7 +364,7 @@ class BatchHandler:
         request_id = uuid.uuid4().hex
         while True:
             try:
-                body = await self._call(endpoint, line, f"{endpoint.id_prefix}-{request_id}")
+                body = await self._call(endpoint, line, f"{endpoint.id_prefix}{request_id}")
                 response = BatchResponse(status_code=200, request_id=request_id, body=body)
             except APIError as error:
                 if error.status == 429:
@@ -368,44 +403,41 @@ class BatchHandler:
         body: dict[str, Any] = answer.model_dump(mode="json")
         return body
 
-    async def _finish(self, run: Run, status: str, unanswered_code: str | None) -> None:
-        """Write the output and error files (unanswered lines, when the batch stopped early, into the
-        error file with `unanswered_code`) and end the batch with `status`."""
+    async def _finish(self, run: Run, status: str, unanswered: BatchLineError | None) -> None:
+        """Turn the spilled answers into the output and error files (the lines left unanswered, when the
+        batch stopped early, joining the error file as `unanswered`) and end the batch with `status`. A
+        cancelled batch stays cancelling until then; a completed one is finalizing."""
         stored = run.stored
         batch = stored.batch
-        batch.status, batch.finalizing_at = "finalizing", batch.finalizing_at or int(time.time())
-        await self._save(stored)
-        outputs: list[str] = []
-        errors: list[str] = []
-        for index, line in enumerate(run.lines):
-            output = run.outputs.get(index)
-            if output is None:
-                message = (
-                    "the batch was cancelled first" if status == "cancelled" else "the batch expired first"
-                )
-                output = BatchOutputLine(
-                    id=f"batch_req_{uuid.uuid4().hex}",
-                    custom_id=line.custom_id,
-                    response=None,
-                    error=BatchLineError(code=unanswered_code or "batch_stopped", message=message),
-                )
-            answered = output.response is not None and output.response.status_code == 200
-            (outputs if answered else errors).append(output.model_dump_json())
-        for lines, kind in ((outputs, "output"), (errors, "error")):
-            if lines:
+        if status == "completed":
+            batch.status, batch.finalizing_at = "finalizing", int(time.time())
+            await self._save(stored)
+        if unanswered is not None:
+            left = [line for index, line in enumerate(run.lines) if index not in run.answered]
+            await asyncio.to_thread(_write_unanswered, run.spills["error"], left, unanswered)
+        for kind, spill in run.spills.items():
+            if spill.exists():
                 file = await asyncio.to_thread(
-                    self.store.create_file,
+                    self.store.adopt_file,
+                    spill,
                     f"{batch.id}_{kind}.jsonl",
                     "batch_output",
-                    ("\n".join(lines) + "\n").encode(),
                     stored.owner,
                     stored.output_expiry_s,
                 )
                 setattr(batch, f"{kind}_file_id", file.id)
-        now = int(time.time())
         batch.status = status  # type: ignore[assignment]  # one of the end states, named by the caller
-        setattr(batch, f"{status}_at", now)
+        setattr(batch, f"{status}_at", int(time.time()))
         await self._save(stored)
+
+
+def _write_unanswered(spill: Path, lines: list[BatchInputLine], error: BatchLineError) -> None:
+    with spill.open("a", encoding="utf-8") as out:
+        for line in lines:
+            output = BatchOutputLine(
+                id=f"batch_req_{uuid.uuid4().hex}", custom_id=line.custom_id, response=None, error=error
+            )
+            out.write(output.model_dump_json() + "\n")
 
 
 def parse_input(data: bytes, endpoint: str) -> list[BatchInputLine]:
@@ -419,7 +451,8 @@ def parse_input(data: bytes, endpoint: str) -> list[BatchInputLine]:
     lines: list[BatchInputLine] = []
     errors: list[BatchError] = []
     seen: set[str] = set()
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: JSON strings may hold U+2028 and other breaks str.splitlines() would cut at.
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:

@@ -32,6 +32,19 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
+class RuntimeAdapter:
+    """An adapter loaded through /v1/load_lora_adapter."""
+
+    # Its PEFT directory, as the engine's host sees it.
+    path: str
+    # The name the engine knows this load by: the client's name and a tag of its own, so that a load of
+    # the same name again (load_inplace, or unload then load, even of the same directory: a retrained
+    # adapter written in place) reads the files afresh beside the old load, which serves the requests
+    # already sent with it until they end.
+    engine_name: str
+
+
+@dataclass(frozen=True)
 class EngineModel:
     """What the frontend reads from the llm model's `parameters` (Triton's get_model_config)."""
 
@@ -57,9 +70,9 @@ class ServingContext:
     metrics: FrontendMetrics
     # Unix time the server started: `created` of the model cards.
     started: int
-    # Adapters loaded through /v1/load_lora_adapter, name -> directory (this frontend's, as in vLLM's
+    # Adapters loaded through /v1/load_lora_adapter, by the name clients use (this frontend's, as in vLLM's
     # server: lost when it stops).
-    runtime_adapters: dict[str, str] = field(default_factory=dict)
+    runtime_adapters: dict[str, RuntimeAdapter] = field(default_factory=dict)
     # What the llm model's parameters say, once Triton has told them (_engine_model).
     _engine: EngineModel | None = field(default=None, init=False, repr=False)
 
@@ -88,7 +101,8 @@ class ServingContext:
         """The LoRA adapters the engine serves, name -> directory: those its llm model configures (none while
         Triton cannot say), then those loaded at run time."""
         engine = await self._engine_model()
-        return {**({} if engine is None else engine.lora_modules), **self.runtime_adapters}
+        runtime = {name: adapter.path for name, adapter in self.runtime_adapters.items()}
+        return {**({} if engine is None else engine.lora_modules), **runtime}
 
     async def runtime_lora(self) -> bool:
         """Whether the engine loads adapters requests bring (False while Triton cannot say)."""
@@ -104,7 +118,8 @@ class ServingContext:
         if model in self.config.served_model_names:
             return ServedModel(model)
         if model in self.runtime_adapters:
-            return ServedModel(model, lora_name=model, lora_path=self.runtime_adapters[model])
+            adapter = self.runtime_adapters[model]
+            return ServedModel(model, lora_name=adapter.engine_name, lora_path=adapter.path)
         if model in await self.lora_modules():
             return ServedModel(model, lora_name=model)
         raise model_not_found(model)

@@ -9,9 +9,12 @@ adapter for this model.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 from frontend.errors import APIError, bad_request
 from frontend.protocol.models import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
-from frontend.serving.context import ServingContext
+from frontend.serving.context import RuntimeAdapter, ServingContext
 from frontend.serving.engine_params import EngineParameters, api_error
 from frontend.triton_client import EmbeddingInput, TritonError
 
@@ -19,24 +22,31 @@ from frontend.triton_client import EmbeddingInput, TritonError
 class LoRAAdapterHandler:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
+        # Loads in progress, by name: a second load of a name waits for the first to decide.
+        self._loading: dict[str, asyncio.Lock] = {}
 
     async def load(self, request: LoadLoRAAdapterRequest, request_id: str) -> str:
         await self._check_enabled()
         name, config = request.lora_name, self.ctx.config
         if name in config.served_model_names or name in config.speech_model_names:
             raise bad_request(f"'{name}' is the name of a served model, not free for an adapter", "lora_name")
-        if name in await self.ctx.lora_modules() and not (
-            request.load_inplace and name in self.ctx.runtime_adapters
-        ):
-            raise bad_request(f"The lora adapter '{name}' has already been loaded.", "lora_name")
-        probe = EmbeddingInput(
-            prompt_token_ids=[0], lora_name=name, lora_path=request.lora_path, request_id=f"{request_id}-load"
-        )
-        try:
-            await self.ctx.triton.embed(probe)
-        except TritonError as error:
-            raise api_error(error, EngineParameters(), None) from None
-        self.ctx.runtime_adapters[name] = request.lora_path
+        async with self._loading.setdefault(name, asyncio.Lock()):
+            if name in await self.ctx.lora_modules() and not (
+                request.load_inplace and name in self.ctx.runtime_adapters
+            ):
+                raise bad_request(f"The lora adapter '{name}' has already been loaded.", "lora_name")
+            adapter = RuntimeAdapter(request.lora_path, f"{name}@{uuid.uuid4().hex[:12]}")
+            probe = EmbeddingInput(
+                prompt_token_ids=[0],
+                lora_name=adapter.engine_name,
+                lora_path=adapter.path,
+                request_id=f"{request_id}-load",
+            )
+            try:
+                await self.ctx.triton.embed(probe)
+            except TritonError as error:
+                raise api_error(error, EngineParameters(), None) from None
+            self.ctx.runtime_adapters[name] = adapter
         return f"Success: LoRA adapter '{name}' added successfully."
 
     async def unload(self, request: UnloadLoRAAdapterRequest) -> str:

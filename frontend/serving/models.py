@@ -47,5 +47,5 @@ class ModelsHandler:
             return self._speech_card(model)
         served = await self.ctx.resolve_model(model)
         if served.lora_name is not None:
-            return await self._adapter_card(served.name, (await self.ctx.lora_modules())[served.lora_name])
+            return await self._adapter_card(served.name, (await self.ctx.lora_modules())[served.name])
         return await self._card(served.name)

@@ -196,7 +196,7 @@ def test_a_request_refused_on_the_loop_thread_is_the_requests_fault(model_dir: P
             "lora", [1, 2, 3], SamplingParams(max_tokens=2), lora_name="x", lora_path=str(tmp_path)
         )
         [output] = list(stream)
-        assert output.finished and output.rejected and "adapter_config.json" in (output.error or "")
+        assert output.finished and output.rejected == "invalid" and "adapter_config.json" in (output.error or "")
     finally:
         engine.shutdown()
 

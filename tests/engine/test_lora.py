@@ -13,7 +13,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from engine import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams, SpeculativeConfig
+from engine import (
+    EngineConfig,
+    EngineOverloadedError,
+    InvalidRequestError,
+    LLMEngine,
+    SamplingParams,
+    SpeculativeConfig,
+)
 from engine.lora import load_adapter
 from engine.models.lora import FLOAT32_MAX_ROWS, LoRABatch, ProjectionLoRA, _OutputPart
 from tests.engine.conftest import PROMPT_TEXTS, EngineFactory, torch_threads
@@ -196,7 +203,7 @@ def test_runtime_adapters_take_turns_in_max_loras_slots(
 
     # An adapter in use keeps its slot: a request for another one is refused until it ends.
     engine.add_request("busy", prompts[0], GREEDY, lora_name="b")
-    with pytest.raises(InvalidRequestError, match="all 1 LoRA adapter slots"):
+    with pytest.raises(EngineOverloadedError, match="all 1 LoRA adapter slots .* queue is full"):
         engine.add_request("waits", prompts[1], GREEDY, lora_name="c", lora_path=adapters["qv"])
     with pytest.raises(InvalidRequestError, match="serving requests with"):
         engine.add_request("other-dir", prompts[1], GREEDY, lora_name="b", lora_path=adapters["qv"])
@@ -204,6 +211,12 @@ def test_runtime_adapters_take_turns_in_max_loras_slots(
         engine.step()
     [result] = engine.generate(prompts[:1], GREEDY, lora_name="c", lora_paths={"c": adapters["qv"]})
     assert result.token_ids == peft_outputs["qv"][0]
+
+
+def test_a_salt_cannot_pass_for_an_adapters(lora_engine: LLMEngine, prompts: list[list[int]]) -> None:
+    with pytest.raises(InvalidRequestError, match="NUL"):
+        lora_engine.add_request("nul", prompts[0], GREEDY, cache_salt="\x00lora:every:1")
+    assert not lora_engine.has_unfinished_requests()
 
 
 def test_runtime_loading_refusals(
@@ -216,6 +229,8 @@ def test_runtime_loading_refusals(
         static.add_request("r2", prompts[0], GREEDY, lora_name="every", lora_path=adapters["qv"])
     with pytest.raises(InvalidRequestError, match="lora_path needs the lora_name"):
         static.add_request("r3", prompts[0], GREEDY, lora_path=adapters["qv"])
+    with pytest.raises(ValueError, match="max_loras 1 leaves no slot"):
+        make_engine(lora_modules={"every": adapters["every"]}, allow_runtime_lora_updating=True, max_loras=1)
     dynamic = make_engine(allow_runtime_lora_updating=True, kv_cache_memory=16 << 20)
     with pytest.raises(InvalidRequestError, match="adapter_config.json"):
         dynamic.add_request("r4", prompts[0], GREEDY, lora_name="missing", lora_path=str(tmp_path))

@@ -220,7 +220,8 @@ def test_each_line_gets_what_a_direct_request_gets(client: openai.OpenAI, offlin
     )
     assert batch.output_file_id is None and batch.model == MODEL_NAME
     answers = {line["custom_id"]: line for line in read_lines(client, batch.error_file_id)}
-    assert list(answers) == ["ok", "no-messages", "streamed", "other"]  # input order
+    # In the order they were answered (as OpenAI's): custom_id names each.
+    assert sorted(answers) == sorted(["ok", "no-messages", "streamed", "other"])
     direct = offline_client.post(CHAT, json=lines[0]["body"])
     assert answers["ok"]["response"]["status_code"] == direct.status_code == 503
     assert answers["ok"]["response"]["body"]["error"]["type"] == direct.json()["error"]["type"]
@@ -236,6 +237,17 @@ def test_each_line_gets_what_a_direct_request_gets(client: openai.OpenAI, offlin
     with pytest.raises(openai.APIStatusError) as ended:
         client.batches.cancel(batch.id)
     assert ended.value.status_code == 409
+
+
+def test_lines_end_at_newlines_only(client: openai.OpenAI) -> None:
+    # json.dumps(ensure_ascii=False) leaves U+2028 and U+0085 raw inside strings; they end no line.
+    line = json.dumps(
+        chat_line("separators", messages=[{"role": "user", "content": "a\u2028b\u0085c"}]), ensure_ascii=False
+    )
+    batch = run_batch(client, [line, chat_line("plain")])
+    assert (
+        batch.status == "completed" and batch.request_counts is not None and batch.request_counts.total == 2
+    )
 
 
 def test_tenants_see_only_their_files_and_batches(model_path: Path, templater: ChatTemplater) -> None:

@@ -8,6 +8,7 @@ routes (404)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,22 @@ def test_load_serve_swap_and_unload(stack: RuntimeStack, expected: dict[int | No
         client.completions.create(model="sql", prompt=PROMPT, max_tokens=2)
     assert "sql" not in [model.id for model in client.models.list()]
     assert post(frontend, "/unload_lora_adapter", {"lora_name": "sql"}).status_code == 404
+
+
+def test_an_adapter_rewritten_in_place_is_read_afresh(
+    stack: RuntimeStack, expected: dict[int | None, list[int]], tmp_path: Path
+) -> None:
+    # A training loop writes each new adapter over the last and loads it again in place (vLLM re-reads it).
+    directory = tmp_path / "trained"
+    shutil.copytree(stack.adapters[1], directory)
+    body = {"lora_name": "trained", "lora_path": str(directory)}
+    assert post(stack.frontend, "/load_lora_adapter", body).status_code == 200
+    assert served_tokens(stack.frontend, "trained", 2) == [expected[1]] * 2
+    shutil.rmtree(directory)
+    shutil.copytree(stack.adapters[2], directory)
+    assert post(stack.frontend, "/load_lora_adapter", {**body, "load_inplace": True}).status_code == 200
+    assert served_tokens(stack.frontend, "trained", 4) == [expected[2]] * 4
+    assert post(stack.frontend, "/unload_lora_adapter", {"lora_name": "trained"}).status_code == 200
 
 
 def test_refusals(stack: RuntimeStack, tmp_path: Path) -> None:

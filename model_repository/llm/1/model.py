@@ -249,8 +249,14 @@ class TritonPythonModel:
         if error_message:
             # Every sequence of an n > 1 request fails at once; the last one's output ends the request.
             if output.finished:
-                # A refusal is the request's fault (INVALID_ARG, a 400 at the frontend); others the engine's.
-                _send_error(state.sender, error_message if output.rejected else f"engine error: {error_message}")
+                # A refusal is the request's fault (INVALID_ARG, a 400 at the frontend) or a moment's (UNAVAILABLE,
+                # a 429 there: its message says the queue is full); anything else the engine's.
+                if output.rejected == "busy":
+                    _send_unavailable(state.sender, error_message)
+                elif output.rejected == "invalid":
+                    _send_error(state.sender, error_message)
+                else:
+                    _send_error(state.sender, f"engine error: {error_message}")
             return
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
         if state.stream:
