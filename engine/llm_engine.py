@@ -55,8 +55,11 @@ class LLMEngine:
         )
         speculative = config.speculative_config
         self.proposer = NgramProposer(speculative) if speculative is not None else None
-        # Embedding requests that name no pooling type get the checkpoint's own.
-        self.default_pooling_type = default_pooling_type(config.model)
+        # A sequence classifier's head (pooled [hidden] -> float32 logits); None for a causal LM.
+        self.classifier_head = self.runner.classify if spec.num_labels is not None else None
+        # Embedding requests that name no pooling type get the checkpoint's own; a classifier pools its last
+        # token, as Hugging Face's *ForSequenceClassification does.
+        self.default_pooling_type = "LAST" if self.classifier_head is not None else default_pooling_type(config.model)
         # Running and waiting sequences by their own id (a client's id unless it asked for n > 1).
         self._requests: dict[str, Request] = {}
         # Requests with several sequences (n > 1 or best_of), by the client's id.
@@ -94,6 +97,11 @@ class LLMEngine:
         if isinstance(params, PoolingParams):
             self._validate_pooling(num_prompt, params)
             return
+        if self.classifier_head is not None:
+            raise InvalidRequestError(
+                f"this model is a sequence classifier ({self.runner.spec.architecture}): it has no LM head to "
+                "generate with; send its inputs as pooling requests, which answer with the classifier's logits"
+            )
         if num_prompt >= self.max_model_len:
             raise InvalidRequestError(
                 f"the prompt has {num_prompt} tokens; max_model_len is {self.max_model_len}, so at most "
@@ -130,12 +138,28 @@ class LLMEngine:
             raise InvalidRequestError(
                 f"the input has {num_prompt} tokens; max_model_len is {self.max_model_len}"
             )
+        if self.classifier_head is not None:
+            self._validate_classification(params)
         hidden_size = self.runner.spec.hidden_size
         if params.dimensions is not None and params.dimensions > hidden_size:
             raise InvalidRequestError(
                 f"parameter 'dimensions' is {params.dimensions}, more than the model's embedding size {hidden_size}"
             )
         self._check_pool_holds(num_prompt)
+
+    def _validate_classification(self, params: PoolingParams) -> None:
+        """A classifier answers with its head's logits of the last token's state: no other pooling, and nothing
+        of an embedding's to cut or normalize."""
+        if params.pooling_type not in (None, "LAST"):
+            raise InvalidRequestError(
+                f"parameter 'pooling_type' is {params.pooling_type}: a sequence classifier pools its last token "
+                "(LAST), as it was trained to"
+            )
+        for name in ("dimensions", "normalize"):
+            if getattr(params, name) is not None:
+                raise InvalidRequestError(
+                    f"parameter '{name}' applies to embeddings; a sequence classifier answers with its logits"
+                )
 
     def _check_pool_holds(self, num_tokens: int) -> None:
         if self.block_manager.blocks_needed(num_tokens) > self.block_manager.num_blocks:
@@ -156,9 +180,9 @@ class LLMEngine:
         lora_path: str | None = None,
     ) -> None:
         """Generate with SamplingParams, or embed the prompt with PoolingParams (one output, its
-        `embedding`). `lora_name` names the LoRA adapter to serve the request with (None: the base model):
-        one of config.lora_modules, or, with runtime loading allowed, the adapter in directory `lora_path`,
-        loaded now if it is not yet (engine.lora_slots)."""
+        `embedding`: on a sequence classifier, its logits). `lora_name` names the LoRA adapter to serve the
+        request with (None: the base model): one of config.lora_modules, or, with runtime loading allowed,
+        the adapter in directory `lora_path`, loaded now if it is not yet (engine.lora_slots)."""
         if request_id in self._requests or request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         if cache_salt is not None and "\x00" in cache_salt:
@@ -354,7 +378,7 @@ class LLMEngine:
         if chunk.num_computed_before + chunk.num_tokens < request.num_tokens:
             return None
         request.first_token_time = now
-        embedding = request.pooled.finish(rows[-1], request.num_prompt_tokens, request.pooling)
+        embedding = request.pooled.finish(rows[-1], request.num_prompt_tokens, request.pooling, self.classifier_head)
         self._unschedule(request)
         del self._requests[request.request_id]
         return self.outputs.finish_pooled(request, embedding)
@@ -531,7 +555,8 @@ class LLMEngine:
     def embed(
         self, prompts: list[list[int]], params: PoolingParams | None = None, lora_name: str | None = None
     ) -> list[list[float]]:
-        """Each prompt's embedding (vLLM's LLM.embed), in input order; for offline use, as generate()."""
+        """Each prompt's embedding (vLLM's LLM.embed; a sequence classifier's logits, as its LLM.classify
+        before the activation), in input order; for offline use, as generate()."""
         batch = next(self._arrivals)
         ids = [f"embed-{batch}-{index}" for index in range(len(prompts))]
         for request_id, prompt in zip(ids, prompts, strict=True):

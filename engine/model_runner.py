@@ -120,7 +120,14 @@ class ModelRunner:
         self.decode_graphs: DecodeCudaGraphs | None = None
         self._measuring_kv_scales = config.calculate_kv_scales
         # A mixture of experts reads its per-expert row counts on the host: no graph can replay that.
-        if self.device.type == "cuda" and self.workers is None and not config.enforce_eager and self.spec.moe is None:
+        # A classifier never decodes: no graph would ever replay.
+        if (
+            self.device.type == "cuda"
+            and self.workers is None
+            and not config.enforce_eager
+            and self.spec.moe is None
+            and self.spec.num_labels is None
+        ):
             self.decode_graphs = DecodeCudaGraphs(
                 shard.model, self.kv_cache, config.max_num_seqs, self.max_model_len, self.block_size
             )
@@ -182,6 +189,12 @@ class ModelRunner:
             prompt_logprobs=prompt_logprobs,
             pooling_rows=pooling_rows,
         )
+
+    @torch.inference_mode()
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """A sequence classifier's float32 logits of a pooled final hidden state [hidden_size]: rank 0's own
+        head (every rank holds it whole)."""
+        return self._local_model.classify(pooled)
 
     def _prepare_inputs(
         self, chunks: list[ScheduledChunk]

@@ -135,7 +135,8 @@ class ModelShard:
         ids = torch.zeros(num_tokens, dtype=torch.int64, device=self.device)
         hidden = self.model.forward(ids, torch.arange(num_tokens, device=self.device), scratch, attn)
         rows = min(config.max_num_seqs, num_tokens)
-        logits = self.model.gather_logits(hidden[:rows])
+        # A classifier never samples: its head's few logits are nothing to budget for.
+        logits = self.model.gather_logits(hidden[:rows]) if self.model.score is None else None
         if logits is not None:
             logits.sort(dim=-1)
         torch.cuda.synchronize(self.device)

@@ -1,5 +1,7 @@
 """Embeddings from a decoder-only model (vLLM's pooling runner): a request that only prefills its prompt and
-answers with one vector pooled from the final hidden states (after the last norm), instead of tokens.
+answers with one vector pooled from the final hidden states (after the last norm), instead of tokens. On a
+sequence classifier (*ForSequenceClassification) the same request answers with the classification head's
+logits of the pooled vector: the last token's, as Hugging Face's classifiers pool a sequence.
 
 Pooling types, as vLLM names them: LAST (the last prompt token's state: what causal embedding models such as
 Qwen3-Embedding are trained for), MEAN (the average over the prompt), CLS (the first token's). A
@@ -10,6 +12,7 @@ vector is cut to `dimensions` (Matryoshka embeddings) and then L2-normalized unl
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +34,9 @@ class PoolingParams:
 
     # LAST | MEAN | CLS; None: the checkpoint's own (default_pooling_type).
     pooling_type: str | None = None
-    # L2-normalize the vector (after cutting it to `dimensions`).
-    normalize: bool = True
+    # L2-normalize the vector (after cutting it to `dimensions`); None: true. A classifier's logits are
+    # never normalized (nor cut): it refuses both.
+    normalize: bool | None = None
     # Keep the first this many values (Matryoshka); None: all of the hidden size.
     dimensions: int | None = None
     # Keep only the last k prompt tokens (-1: as many as max_model_len allows); None: all.
@@ -78,15 +82,24 @@ class PooledState:
         elif self.pooling_type == "CLS" and first_position == 0:
             self._kept = rows[0].float()
 
-    def finish(self, last_row: torch.Tensor, num_prompt_tokens: int, params: PoolingParams) -> list[float]:
-        """The embedding once the last chunk was added; last_row [hidden] is the last token's state."""
+    def finish(
+        self,
+        last_row: torch.Tensor,
+        num_prompt_tokens: int,
+        params: PoolingParams,
+        head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> list[float]:
+        """The embedding once the last chunk was added; last_row [hidden] is the last token's state. With a
+        classifier's `head` (pooled [hidden] -> float32 logits), the head's logits of the pooled vector."""
         if self.pooling_type == "LAST":
             vector = last_row.float()
         else:
             assert self._kept is not None, "a prompt's first chunk always comes before its last"
             vector = self._kept / num_prompt_tokens if self.pooling_type == "MEAN" else self._kept
+        if head is not None:
+            return head(vector).tolist()
         if params.dimensions is not None:
             vector = vector[: params.dimensions]
-        if params.normalize:
+        if params.normalize is not False:
             vector = F.normalize(vector, dim=-1)
         return vector.tolist()

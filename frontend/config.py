@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frontend.classifier import Classifier, read_classifier
 from frontend.file_store import default_files_dir
 from frontend.generation_defaults import GenerationConfigError, generation_defaults, max_tokens_cap
 from frontend.response_store import check_store_url, default_store_url
@@ -76,6 +77,9 @@ class FrontendConfig:
     # The most tokens any request may generate, whatever its max_tokens says (vLLM's bound from a generation
     # config directory or --override-generation-config's max_new_tokens); None: only the context bounds them.
     max_tokens_cap: int | None = None
+    # The model's classes when --model is a sequence classifier (its config.json says so): it answers
+    # /classify, and with one label /score and /rerank as a cross-encoder. None: a generative model.
+    classifier: Classifier | None = None
 
     @property
     def model_name(self) -> str:
@@ -208,4 +212,5 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
         speech_model_names=() if args.no_speech_model else tuple(args.speech_model_name),
         sampling_defaults=sampling_defaults,
         max_tokens_cap=max_tokens_cap(args.generation_config, sampling_defaults, args.override_generation_config),
+        classifier=read_classifier(model),
     )

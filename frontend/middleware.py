@@ -40,6 +40,7 @@ KNOWN_PATHS = frozenset(
         "/v1/load_lora_adapter",
         "/v1/unload_lora_adapter",
         "/pooling",
+        "/classify",
         "/invocations",
         "/score",
         "/rerank",

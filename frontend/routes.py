@@ -14,12 +14,14 @@ from pydantic import BaseModel, ValidationError
 
 from frontend.errors import bad_request
 from frontend.protocol.chat import ChatCompletionRequest
+from frontend.protocol.classify import ClassificationRequest
 from frontend.protocol.completions import CompletionRequest
 from frontend.protocol.embeddings import EmbeddingRequest
 from frontend.protocol.pooling import PoolingRequest
 from frontend.protocol.scores import RerankRequest, ScoreRequest
 from frontend.protocol.tokenize import DetokenizeRequest, TokenizeRequest
 from frontend.serving.chat import ChatHandler
+from frontend.serving.classify import ClassifyHandler
 from frontend.serving.completions import CompletionHandler
 from frontend.serving.context import ServingContext
 from frontend.serving.embeddings import EmbeddingHandler
@@ -96,6 +98,7 @@ def respond(result: BaseModel | AsyncIterator[str]) -> Response:
 def build_router(ctx: ServingContext) -> APIRouter:
     router = APIRouter()
     chat = ChatHandler(ctx)
+    classify = ClassifyHandler(ctx)
     completions = CompletionHandler(ctx)
     embeddings = EmbeddingHandler(ctx)
     models = ModelsHandler(ctx)
@@ -123,6 +126,13 @@ def build_router(ctx: ServingContext) -> APIRouter:
     async def create_pooling(body: PoolingRequest, request: Request) -> Response:
         return respond(
             await until_disconnect(request, embeddings.pool(body, _response_id("pool", request, body.request_id)))
+        )
+
+    # vLLM's Classification API, at the path vLLM serves it (no /v1 prefix).
+    @router.post("/classify")
+    async def create_classify(body: ClassificationRequest, request: Request) -> Response:
+        return respond(
+            await until_disconnect(request, classify.create(body, _response_id("classify", request, body.request_id)))
         )
 
     @router.post("/v1/score")

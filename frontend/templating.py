@@ -157,6 +157,11 @@ class ChatTemplater:
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
 
+    def encode_pair(self, text: str, text_pair: str) -> list[int]:
+        """Two texts as one input, as the tokenizer joins a pair (a BERT-style [SEP] between them, or none),
+        special tokens included: a cross-encoder's input, as vLLM tokenizes it."""
+        return list(self.tokenizer(text, text_pair, add_special_tokens=True).input_ids)
+
     def decode(self, token_ids: list[int]) -> str:
         return str(self.tokenizer.decode(token_ids))
 

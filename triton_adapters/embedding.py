@@ -6,6 +6,11 @@ defaults). Its presence makes the request an embedding request: the engine prefi
 with one response, FINAL, carrying the `embedding` output (FP32 [-1]) beside the request's token counts.
 Such a request takes only the inputs that mean something to it; a sampling tensor or `sampling_parameters`
 with it is refused by name, never ignored.
+
+On a sequence classifier (a *ForSequenceClassification checkpoint) the same request is a classification: the
+`embedding` output carries the classification head's logits of the last token (FP32 [num_labels], before any
+softmax or sigmoid); `dimensions`, `normalize` and any pooling type but LAST are refused there, and so is
+every generation request.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ def read_spec(model_path: str | Path, dtype: torch.dtype) -> ModelSpec:
         architecture.default_head_dim,
         architecture.always_sliding,
         architecture.read_experts,
+        architecture.classifier,
     )
 
 
@@ -82,10 +83,10 @@ def checkpoint_tensors(model_dir: Path) -> Iterator[tuple[str, CheckpointTensor]
 
 def _ignored(name: str, model: CausalLM) -> bool:
     # Old exports carry rotary buffers (we build our own table), and some tied checkpoints also store
-    # the LM head copy of the embedding.
+    # the LM head copy of the embedding (a classifier's lm_head.weight is no such copy: it is refused).
     return (
         name.endswith("rotary_emb.inv_freq")
-        or (name == "lm_head.weight" and model.lm_head is None)
+        or (name == "lm_head.weight" and model.lm_head is None and model.score is None)
         or name.endswith(_UNUSED_SCALES)
     )
 

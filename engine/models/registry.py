@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.models.spec import ArchitectureFlags, MoEReader, mixtral_moe_spec, qwen3_moe_spec
@@ -23,6 +23,9 @@ class Architecture:
     read_experts: MoEReader | None = None
     # Checkpoint name parts this family spells its own way -> ours (Mixtral's block_sparse_moe, w1, w2, w3).
     renamed: dict[str, str] = field(default_factory=dict)
+    # A *ForSequenceClassification checkpoint: the family's decoder under a classification head `score`
+    # [num_labels, hidden] instead of an LM head (reward models, classifiers, cross-encoder rerankers).
+    classifier: bool = False
 
 
 def _tied(config: dict[str, Any]) -> bool:
@@ -81,6 +84,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         renamed={"block_sparse_moe": "mlp", "w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"},
     ),
 }
+# The same decoders as sequence classifiers, as transformers (and vLLM) name them.
+ARCHITECTURES.update(
+    {
+        f"{family}ForSequenceClassification": replace(ARCHITECTURES[f"{family}ForCausalLM"], classifier=True)
+        for family in ("Llama", "Mistral", "Qwen2", "Qwen3")
+    }
+)
 
 
 def resolve_architecture(config: dict[str, Any]) -> Architecture:

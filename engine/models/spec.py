@@ -73,6 +73,9 @@ class ModelSpec:
     sliding_windows: tuple[int | None, ...]
     # The mixture of experts of an MoE family; None for dense ones.
     moe: MoESpec | None = None
+    # A sequence classifier's (*ForSequenceClassification) classes: its head `score` is [num_labels,
+    # hidden_size] and it has no LM head. None: a causal LM.
+    num_labels: int | None = None
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -164,6 +167,16 @@ def mixtral_moe_spec(config: dict[str, Any], num_layers: int) -> MoESpec:
 MoEReader = Callable[[dict[str, Any], int], MoESpec]
 
 
+def num_labels(config: dict[str, Any]) -> int:
+    """A sequence classifier's classes, as transformers counts them: the entries of id2label, which it saves
+    unless they are its default two, else num_labels, else those two."""
+    id2label = config.get("id2label")
+    count = len(id2label) if id2label else int(config.get("num_labels") or 2)
+    if count < 1:
+        raise ValueError(f"a sequence classifier needs at least one label; config.json says {count}")
+    return count
+
+
 def build_spec(
     model_dir: Path,
     config: dict[str, Any],
@@ -172,9 +185,11 @@ def build_spec(
     default_head_dim: int | None,
     always_sliding: bool,
     read_experts: MoEReader | None = None,
+    classifier: bool = False,
 ) -> ModelSpec:
     """ModelSpec from a raw config dict; `default_head_dim` is the family's value when config omits it
-    (None: hidden_size // num_attention_heads); `read_experts` reads an MoE family's experts."""
+    (None: hidden_size // num_attention_heads); `read_experts` reads an MoE family's experts; `classifier`:
+    the checkpoint's head is a sequence classifier's, not an LM head."""
     hidden_act = config.get("hidden_act", "silu")
     if hidden_act != "silu":
         raise ValueError(f"hidden_act {hidden_act!r} is not supported; only 'silu' is")
@@ -205,4 +220,5 @@ def build_spec(
         rope=parse_rope_config(config, head_dim, max_positions),
         sliding_windows=sliding_windows(config, num_layers, always_sliding),
         moe=read_experts(config, num_layers) if read_experts is not None else None,
+        num_labels=num_labels(config) if classifier else None,
     )

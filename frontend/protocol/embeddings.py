@@ -1,6 +1,6 @@
 """/v1/embeddings: OpenAI's request and response, with vLLM's extensions: its EmbeddingCompletionRequest
-(`input`) and EmbeddingChatRequest (`messages`, rendered with the chat template) in one model. Its shared base
-is /pooling's too (frontend/protocol/pooling.py)."""
+(`input`) and EmbeddingChatRequest (`messages`, rendered with the chat template) in one model. Its shared bases
+are /pooling's (frontend/protocol/pooling.py) and /classify's (frontend/protocol/classify.py) too."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ MAX_INPUTS = 2048
 CHAT_FIELDS = ("add_generation_prompt", "continue_final_message", "chat_template", "chat_template_kwargs")
 
 
-class EmbeddingInputRequest(BaseModel):
-    """What /v1/embeddings and /pooling share: the inputs, in one of two forms, and how they are embedded.
-    Unknown fields (vLLM's `embed_dtype`, `mm_processor_kwargs`, ...) are refused naming them."""
+class InputsRequest(BaseModel):
+    """What every endpoint that pools its inputs shares (/v1/embeddings, /pooling, /classify): the inputs, in
+    one of two forms, and how they are scheduled. Unknown fields (vLLM's `embed_dtype`,
+    `mm_processor_kwargs`, ...) are refused naming them."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,16 +30,11 @@ class EmbeddingInputRequest(BaseModel):
     input: str | list[str] | list[int] | list[list[int]] | None = None
     # vLLM's chat form: one conversation, rendered with the chat template into one input.
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
-    # "base64": each vector's little-endian float32 bytes, base64-encoded (what the OpenAI SDK asks for
-    # unless told otherwise, and decodes itself).
-    encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
     # vLLM's request id in the body (as chat's: the X-Request-Id header when none was sent).
     request_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")
     # vLLM: keep only the last k tokens of each input (-1: as many as the context holds).
     truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
-    # vLLM: L2-normalize the vectors; None: the engine's default (true).
-    normalize: bool | None = None
     # vLLM: the tokenizer's special tokens (a BOS) around the input. None: true for texts, false for
     # messages (their template writes its own, as vLLM's chat form assumes); token-id inputs go as sent.
     add_special_tokens: bool | None = None
@@ -75,7 +71,7 @@ class EmbeddingInputRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_form(self) -> EmbeddingInputRequest:
+    def _one_form(self) -> InputsRequest:
         if (self.input is None) == (self.messages is None):
             raise ValueError("send exactly one of 'input' and 'messages'")
         if self.input is not None:
@@ -89,8 +85,24 @@ class EmbeddingInputRequest(BaseModel):
     def pooling_parameters(self) -> dict[str, Any]:
         """The llm model's `pooling_parameters` (vLLM's PoolingParams names): what the request set, the
         engine's defaults for the rest."""
-        fields = {"normalize": self.normalize, "truncate_prompt_tokens": self.truncate_prompt_tokens}
-        return {name: value for name, value in fields.items() if value is not None}
+        truncate = self.truncate_prompt_tokens
+        return {} if truncate is None else {"truncate_prompt_tokens": truncate}
+
+
+class EmbeddingInputRequest(InputsRequest):
+    """What /v1/embeddings and /pooling share: the inputs, and how their vectors are made and sent."""
+
+    # "base64": each vector's little-endian float32 bytes, base64-encoded (what the OpenAI SDK asks for
+    # unless told otherwise, and decodes itself).
+    encoding_format: Literal["float", "base64"] = "float"
+    # vLLM: L2-normalize the vectors; None: the engine's default (true).
+    normalize: bool | None = None
+
+    def pooling_parameters(self) -> dict[str, Any]:
+        parameters = super().pooling_parameters()
+        if self.normalize is not None:
+            parameters["normalize"] = self.normalize
+        return parameters
 
 
 class EmbeddingRequest(EmbeddingInputRequest):

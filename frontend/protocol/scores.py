@@ -64,7 +64,8 @@ class ScoreResponseData(BaseModel):
     # The pair's position: its text_2's.
     index: int
     object: Literal["score"] = "score"
-    # Cosine similarity of the pair's embeddings, in [-1, 1].
+    # Cosine similarity of the pair's embeddings, in [-1, 1]; a cross-encoder's: the sigmoid of its logit, in
+    # (0, 1).
     score: float
 
 
@@ -77,7 +78,7 @@ class ScoreResponse(BaseModel):
     model: str
     # One per pair, in pair order.
     data: list[ScoreResponseData]
-    # Tokens embedded: each distinct text once, however many pairs it is in.
+    # Tokens embedded: each distinct text once, however many pairs it is in (a cross-encoder: each pair's).
     usage: EmbeddingUsage
 
 
@@ -108,12 +109,13 @@ class RerankResult(BaseModel):
     # The document's position in the request.
     index: int
     document: RerankDocument
-    # Cosine similarity of the query's and the document's embeddings, in [-1, 1].
+    # Cosine similarity of the query's and the document's embeddings, in [-1, 1]; a cross-encoder's: the
+    # sigmoid of the pair's logit, in (0, 1).
     relevance_score: float
 
 
 class RerankUsage(BaseModel):
-    # Tokens embedded: each distinct text (the query, the documents) once.
+    # Tokens embedded: each distinct text (the query, the documents) once (a cross-encoder: each pair's).
     total_tokens: int
 
 

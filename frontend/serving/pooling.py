@@ -1,16 +1,18 @@
-"""The step every pooling endpoint (embeddings, score, rerank) shares: texts tokenized, inputs checked against
-the context, then embedded by the llm model (its `pooling_parameters`), one Triton request per input, up to
-MAX_INPUTS_IN_FLIGHT of them in flight together, answered in input order."""
+"""The step every pooling endpoint (embeddings, classify, score, rerank) shares: texts tokenized, inputs checked
+against the context, then pooled by the llm model (its `pooling_parameters`), one Triton request per input, up
+to MAX_INPUTS_IN_FLIGHT of them in flight together, answered in input order."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from frontend.errors import bad_request
+from frontend.protocol.embeddings import InputsRequest
 from frontend.serving.context import ServedModel, ServingContext
 from frontend.serving.engine_params import EngineParameters, api_error
+from frontend.serving.tokenize import chat_token_ids
 from frontend.triton_client import Embedding, EmbeddingInput, TritonError
 
 # Inputs of one request in flight at once: enough to fill the engine's batch (max_num_seqs, 256 by default),
@@ -36,6 +38,60 @@ class EmbeddingBatch:
     priority: int = 0
     # The client's prefix-cache isolation key, or None.
     cache_salt: str | None = None
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """A request's inputs, pooled."""
+
+    # The model, or LoRA adapter, that pooled them.
+    served: ServedModel
+    # One per input, in input order: its vector (a sequence classifier's: its logits).
+    embeddings: list[Embedding]
+    # Tokens of every input, as the engine pooled them.
+    prompt_tokens: int
+
+
+async def pool_inputs(
+    ctx: ServingContext, request: InputsRequest, served: ServedModel, pooling: dict[str, Any], request_id: str
+) -> Pooled:
+    """Every input of a /v1/embeddings, /pooling or /classify request pooled with the llm model's
+    `pooling_parameters` `pooling`, in input order."""
+    inputs = await input_token_ids(ctx, request)
+    chat = request.messages is not None
+    param = "messages" if chat else "input"
+    limit = await ctx.max_model_len()
+    for index, token_ids in enumerate(inputs):
+        check_length(token_ids, request.truncate_prompt_tokens, limit, param, param if chat else f"input {index}")
+    embeddings = await embed_batch(
+        ctx,
+        EmbeddingBatch(
+            token_ids=inputs,
+            served=served,
+            pooling=pooling,
+            request_id=request_id,
+            prompt_field=param,
+            priority=request.priority,
+            cache_salt=request.cache_salt,
+        ),
+    )
+    return Pooled(served, embeddings, sum(embedding.num_input_tokens for embedding in embeddings))
+
+
+async def input_token_ids(ctx: ServingContext, request: InputsRequest) -> list[list[int]]:
+    """Each input's token ids: texts tokenized here, token ids as sent, messages templated into one."""
+    value = request.input
+    if value is None:  # the chat form: the request model holds exactly one of `input` and `messages`
+        return [await chat_token_ids(ctx.templater, request, None)]
+    if isinstance(value, str) or isinstance(value[0], str):
+        texts = [value] if isinstance(value, str) else [str(text) for text in value]
+        return await encode_texts(ctx, texts, request.add_special_tokens is not False)
+    batch = [cast(list[int], value)] if isinstance(value[0], int) else cast(list[list[int]], value)
+    vocab = ctx.templater.vocab_size
+    for token_ids in batch:
+        if any(token < 0 or token >= vocab for token in token_ids):
+            raise bad_request(f"input token ids must be in [0, {vocab})", param="input")
+    return batch
 
 
 async def encode_texts(ctx: ServingContext, texts: list[str], add_special_tokens: bool) -> list[list[int]]:

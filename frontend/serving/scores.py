@@ -1,15 +1,19 @@
-"""/score and /rerank for an embedding model, as vLLM serves them for one (ServingScores._embedding_score):
-a pair's score is the cosine similarity of its two texts' embeddings. Each distinct text is embedded once,
-however many pairs it is in, through the pooling step /v1/embeddings uses (pooling.embed_batch). There is no
-cross-encoder path: no model here has a classification head to score a pair in one forward."""
+"""/score and /rerank, as vLLM serves them. For an embedding model (ServingScores._embedding_score) a pair's score
+is the cosine similarity of its two texts' embeddings: each distinct text is embedded once, however many pairs
+it is in, through the pooling step /v1/embeddings uses (pooling.embed_batch). For a sequence classifier of
+one label, a cross-encoder (ServingScores._cross_encoding_score), each pair is one input, its two texts joined
+as the tokenizer joins a pair, and its score the sigmoid of the classifier's logit."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from frontend.classifier import activation
+from frontend.errors import bad_request
 from frontend.protocol.embeddings import EmbeddingUsage
 from frontend.protocol.scores import (
     RerankDocument,
@@ -54,11 +58,11 @@ class Texts:
 class Scored:
     """A request's pairs, scored."""
 
-    # The model, or LoRA adapter, that embedded them.
+    # The model, or LoRA adapter, that scored them.
     served: ServedModel
     # One per pair, in pair order.
     scores: list[float]
-    # Tokens embedded: each distinct text once.
+    # Tokens the engine pooled: each distinct text once (embeddings), or each pair (a cross-encoder).
     prompt_tokens: int
 
 
@@ -102,9 +106,61 @@ class ScoreHandler:
     async def _score(
         self, first: Texts, second: Texts, request: ScoreRequest | RerankRequest, request_id: str
     ) -> Scored:
-        """Each pair's cosine similarity: `first`'s one text against each of `second`'s, or the two paired
-        element-wise (the protocol models have refused any other pairing)."""
+        """Each pair's score (`pairs`)."""
         served = await self.ctx.resolve_model(request.model)
+        classifier = self.ctx.config.classifier
+        if classifier is None:
+            return await self._embedding_score(first, second, request, request_id, served)
+        if classifier.num_labels != 1:
+            raise bad_request(
+                f"score and rerank need an embedding model or a cross-encoder (a classifier of one label); this "
+                f"model is a classifier of {classifier.num_labels} labels ({classifier.architecture}): use /classify"
+            )
+        return await self._cross_encoding_score(first, second, request, request_id, served)
+
+    async def _cross_encoding_score(
+        self,
+        first: Texts,
+        second: Texts,
+        request: ScoreRequest | RerankRequest,
+        request_id: str,
+        served: ServedModel,
+    ) -> Scored:
+        """Each pair through the cross-encoder: one input of both texts, scored by its logit's sigmoid."""
+        templater = self.ctx.templater
+        token_ids = await asyncio.to_thread(lambda: [templater.encode_pair(a, b) for a, b in pairs(first, second)])
+        truncate = request.truncate_prompt_tokens
+        limit = await self.ctx.max_model_len()
+        for index, pair in enumerate(token_ids):
+            label = f"the pair of {first.label(min(index, len(first.texts) - 1))} and {second.label(index)}"
+            check_length(pair, truncate, limit, second.param, label)
+        logits = await embed_batch(
+            self.ctx,
+            EmbeddingBatch(
+                token_ids=token_ids,
+                served=served,
+                pooling={} if truncate is None else {"truncate_prompt_tokens": truncate},
+                request_id=request_id,
+                # A pair's tokens come from two fields.
+                prompt_field=None,
+                priority=request.priority,
+            ),
+        )
+        return Scored(
+            served=served,
+            scores=[float(activation(pair.vector)[0]) for pair in logits],
+            prompt_tokens=sum(pair.num_input_tokens for pair in logits),
+        )
+
+    async def _embedding_score(
+        self,
+        first: Texts,
+        second: Texts,
+        request: ScoreRequest | RerankRequest,
+        request_id: str,
+        served: ServedModel,
+    ) -> Scored:
+        """Each pair's cosine similarity of its two texts' embeddings."""
         # Each distinct text once, in order of first appearance (a 1:N query, a text on both sides).
         distinct = list(dict.fromkeys([*first.texts, *second.texts]))
         # With the tokenizer's special tokens, as vLLM's scoring tokenizes.
@@ -127,16 +183,22 @@ class ScoreHandler:
             ),
         )
         vectors = {text: embedding.vector for text, embedding in zip(distinct, embeddings, strict=True)}
-        firsts = first.texts * len(second.texts) if len(first.texts) == 1 else first.texts
         return Scored(
             served=served,
-            scores=[cosine(vectors[a], vectors[b]) for a, b in zip(firsts, second.texts, strict=True)],
+            scores=[cosine(vectors[a], vectors[b]) for a, b in pairs(first, second)],
             prompt_tokens=sum(embedding.num_input_tokens for embedding in embeddings),
         )
 
     def _record(self, endpoint: str, arrival: float, prompt_tokens: int) -> None:
         self.ctx.metrics.e2e_latency.labels(endpoint).observe(time.monotonic() - arrival)
         self.ctx.metrics.prompt_tokens.inc(prompt_tokens)
+
+
+def pairs(first: Texts, second: Texts) -> list[tuple[str, str]]:
+    """The pairs to score: `first`'s one text against each of `second`'s, or the two paired element-wise (the
+    protocol models have refused any other pairing)."""
+    firsts = first.texts * len(second.texts) if len(first.texts) == 1 else first.texts
+    return list(zip(firsts, second.texts, strict=True))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

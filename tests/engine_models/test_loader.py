@@ -40,6 +40,10 @@ def test_registry_lists_the_supported_families() -> None:
         "Qwen2ForCausalLM",
         "Qwen3ForCausalLM",
         "Qwen3MoeForCausalLM",
+        "LlamaForSequenceClassification",
+        "MistralForSequenceClassification",
+        "Qwen2ForSequenceClassification",
+        "Qwen3ForSequenceClassification",
     }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoModelForSequenceClassification,
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
@@ -123,3 +124,13 @@ def hf_logits(checkpoint: TinyCheckpoint, tokens: list[int]) -> torch.Tensor:
 def random_sequences(lengths: list[int], vocab_size: int, seed: int) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab_size, (n,), generator=generator).tolist() for n in lengths]
+
+
+def save_classifier(config: PretrainedConfig, path: Path) -> PreTrainedModel:
+    """A random *ForSequenceClassification model of `config` (its `architectures` and labels set by
+    transformers) saved to `path`; returned in eval mode as the reference."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    randomize(model, seed=1)
+    model.save_pretrained(path)
+    return model.eval()

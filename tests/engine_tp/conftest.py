@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qw
 
 from engine import EngineConfig, LLMEngine
 from tests.engine.conftest import torch_threads
-from tests.engine_models.tiny_checkpoints import MOE, SMALL, randomize
+from tests.engine_models.tiny_checkpoints import MOE, SMALL, randomize, save_classifier
 
 EngineFactory = Callable[..., LLMEngine]
 
@@ -44,6 +44,15 @@ def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_qwen3_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both layers mixtures of 8 experts, 2 per token (each rank holds half of every expert)."""
     return save_tiny(Qwen3MoeConfig(**MOE), tmp_path_factory.mktemp("tp-qwen3-moe"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Qwen3ForSequenceClassification of 3 labels: the decoder split as tiny_qwen3's, the head whole on
+    every rank."""
+    path = tmp_path_factory.mktemp("tp-qwen3-classifier")
+    save_classifier(Qwen3Config(**SMALL, head_dim=16, attention_bias=True, num_labels=3, pad_token_id=None), path)
+    return path
 
 
 @pytest.fixture(scope="session")

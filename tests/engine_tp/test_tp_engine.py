@@ -113,6 +113,20 @@ def test_tiny_qwen3_moe_tp2_matches_tp1(make_engine: EngineFactory, tiny_qwen3_m
         parallel.shutdown()
 
 
+def test_tiny_classifier_tp2_matches_tp1(make_engine: EngineFactory, tiny_qwen3_classifier: Path) -> None:
+    # Every rank loads the head (the checkpoint's `score`); rank 0 applies it to the pooled last token.
+    expected = make_engine(tiny_qwen3_classifier, 1, max_num_batched_tokens=16).embed(TINY_PROMPTS)
+    parallel = make_engine(tiny_qwen3_classifier, 2, max_num_batched_tokens=16)
+    try:
+        got = parallel.embed(TINY_PROMPTS)
+    finally:
+        parallel.shutdown()
+    assert [len(logits) for logits in got] == [3, 3]
+    for row, expected_row in zip(got, expected, strict=True):
+        assert row == pytest.approx(expected_row, abs=1e-5)
+    assert_workers_gone(parallel, 1)
+
+
 def test_kv_heads_replicated_when_tp_exceeds_them(
     make_engine: EngineFactory, tiny_llama_one_kv_head: Path
 ) -> None:
