@@ -4,11 +4,12 @@ model's pooling requests with its head's raw logits; the activation vLLM applies
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from frontend.checkpoint import read_checkpoint_config
 
 ARCHITECTURE_SUFFIX = "ForSequenceClassification"
 
@@ -31,11 +32,8 @@ class Classifier:
 def read_classifier(model_dir: Path) -> Classifier | None:
     """The checkpoint's classifier; None for a generative model, or where config.json cannot be read (the
     engine, which reads the same file, is then the one to say what the model is)."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
+    config = read_checkpoint_config(model_dir)
+    if config is None:
         return None
     architectures = config.get("architectures") or [""]
     if not str(architectures[0]).endswith(ARCHITECTURE_SUFFIX):

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from frontend.checkpoint import read_checkpoint_config
 from frontend.config import FrontendConfig
 from frontend.errors import model_not_found
 from frontend.metrics import FrontendMetrics
@@ -169,11 +170,8 @@ def engine_lora_modules(parameters: dict[str, str]) -> dict[str, str]:
 def checkpoint_context_length(model_dir: Path) -> int | None:
     """A Hugging Face checkpoint's max_position_embeddings (its text model's, for one with a text_config),
     None where its config.json does not say."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
+    config = read_checkpoint_config(model_dir)
+    if config is None:
         return None
     length = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
     return int(length) if isinstance(length, int) and length > 0 else None
