@@ -153,11 +153,15 @@ def build_router(ctx: ServingContext) -> APIRouter:
     router.add_api_route("/v2/rerank", rerank, methods=["POST"])
 
     # SageMaker's (and vLLM's) one door: the body's shape says which endpoint it is, tried in this order
-    # (every request model refuses fields it does not know, so at most one fits a well-formed body).
+    # (every request model refuses fields it does not know, so at most one fits a well-formed body). An
+    # `input` body is an embedding, or a classification where the model is a classifier.
+    pooled: tuple[type[BaseModel], Callable[[Any, Request], Awaitable[Response]]] = (
+        (ClassificationRequest, create_classify) if ctx.config.classifier is not None else (EmbeddingRequest, create_embedding)
+    )
     invocation_types: list[tuple[type[BaseModel], Callable[[Any, Request], Awaitable[Response]]]] = [
         (ChatCompletionRequest, create_chat_completion),
         (CompletionRequest, create_completion),
-        (EmbeddingRequest, create_embedding),
+        pooled,
         (ScoreRequest, create_score),
         (RerankRequest, rerank),
     ]
@@ -176,7 +180,8 @@ def build_router(ctx: ServingContext) -> APIRouter:
             return await endpoint(parsed, request)
         raise bad_request(
             "the body fits none of the request types /invocations serves: a chat completion (messages), a "
-            "completion (prompt), embeddings (input), score (text_1, text_2) or rerank (query, documents)"
+            "completion (prompt), embeddings or, on a classifier, a classification (input), score (text_1, "
+            "text_2) or rerank (query, documents)"
         )
 
     @router.get("/v1/models")

@@ -155,6 +155,9 @@ def test_classify_answers_hugging_faces_probabilities_and_labels(stack: Classifi
     np.testing.assert_allclose(raw["probs"], classifier.logits(token_ids[0]), atol=TOLERANCE, rtol=0)
     # vLLM serves it at the root only.
     assert classifier.post("/v1/classify", input=TEXTS[2]).status_code == 404
+    # SageMaker's door takes an `input` body as a classification on a classifier.
+    [invoked] = classifier.answer("/invocations", input=TEXTS[2])["data"]
+    assert invoked["probs"] == pytest.approx(one["probs"]) and invoked["label"] == one["label"]
 
 
 @CLASSIFIER
