@@ -75,13 +75,13 @@ class AdapterSlots:
     ) -> LoadedAdapter:
         """The adapter a new request runs with, loaded now (`load(name, path, slot)`) if it is not, into
         a free slot or the slot of the least recently used adapter outside `in_use()` (`unload(slot)`
-        first). A directory other than the loaded one's replaces it once no request uses it."""
-        self.check(name, path)
+        first). A directory other than the loaded one's replaces it once no request uses it. The request
+        has passed check() (LLMEngine.validate_request)."""
         loaded = self.adapters.get(name)
         if loaded is not None and (path is None or path == loaded.path):
             loaded.last_used = next(self._uses)
             return loaded
-        assert path is not None  # check() refused the rest
+        assert path is not None, "check() refuses an adapter that is neither loaded nor brought"
         busy = in_use()
         if loaded is not None:
             if name in busy:

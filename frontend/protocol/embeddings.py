@@ -129,6 +129,11 @@ class EmbeddingUsage(BaseModel):
     prompt_tokens: int
     total_tokens: int
 
+    @classmethod
+    def of(cls, prompt_tokens: int) -> EmbeddingUsage:
+        """A pooling request's usage: its inputs are all it spends."""
+        return cls(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)
+
 
 class EmbeddingResponse(BaseModel):
     # vLLM's extension, as its: "embd-<request id>".

@@ -14,7 +14,7 @@ from frontend.errors import bad_request
 from frontend.protocol.classify import ClassificationData, ClassificationRequest, ClassificationResponse
 from frontend.protocol.embeddings import EmbeddingUsage
 from frontend.serving.context import ServingContext, unix_now
-from frontend.serving.pooling import pool_inputs
+from frontend.serving.pooling import pool_inputs, record_pooling
 
 ENDPOINT = "/classify"
 
@@ -45,12 +45,11 @@ class ClassifyHandler:
                     num_classes=probs.size,
                 )
             )
-        self.ctx.metrics.e2e_latency.labels(ENDPOINT).observe(time.monotonic() - arrival)
-        self.ctx.metrics.prompt_tokens.inc(pooled.prompt_tokens)
+        record_pooling(self.ctx, ENDPOINT, arrival, pooled.prompt_tokens)
         return ClassificationResponse(
             id=request_id,
             created=unix_now(),
             model=served.name,
             data=data,
-            usage=EmbeddingUsage(prompt_tokens=pooled.prompt_tokens, total_tokens=pooled.prompt_tokens),
+            usage=EmbeddingUsage.of(pooled.prompt_tokens),
         )

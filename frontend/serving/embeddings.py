@@ -20,7 +20,7 @@ from frontend.protocol.embeddings import (
 )
 from frontend.protocol.pooling import PoolingData, PoolingRequest, PoolingResponse
 from frontend.serving.context import ServingContext, unix_now
-from frontend.serving.pooling import Pooled, pool_inputs
+from frontend.serving.pooling import Pooled, pool_inputs, record_pooling
 
 ENDPOINT = "/v1/embeddings"
 POOLING_ENDPOINT = "/pooling"
@@ -40,7 +40,7 @@ class EmbeddingHandler:
                 EmbeddingData(embedding=encoded(embedding.vector, request.encoding_format), index=index)
                 for index, embedding in enumerate(embedded.embeddings)
             ],
-            usage=EmbeddingUsage(prompt_tokens=embedded.prompt_tokens, total_tokens=embedded.prompt_tokens),
+            usage=EmbeddingUsage.of(embedded.prompt_tokens),
         )
 
     async def pool(self, request: PoolingRequest, request_id: str) -> PoolingResponse:
@@ -53,7 +53,7 @@ class EmbeddingHandler:
                 PoolingData(index=index, data=encoded(embedding.vector, request.encoding_format))
                 for index, embedding in enumerate(embedded.embeddings)
             ],
-            usage=EmbeddingUsage(prompt_tokens=embedded.prompt_tokens, total_tokens=embedded.prompt_tokens),
+            usage=EmbeddingUsage.of(embedded.prompt_tokens),
         )
 
     async def _embed(self, request: EmbeddingInputRequest, request_id: str, endpoint: str) -> Pooled:
@@ -67,8 +67,7 @@ class EmbeddingHandler:
                 f"({classifier.architecture}); use /classify"
             )
         pooled = await pool_inputs(self.ctx, request, served, request.pooling_parameters(), request_id)
-        self.ctx.metrics.e2e_latency.labels(endpoint).observe(time.monotonic() - arrival)
-        self.ctx.metrics.prompt_tokens.inc(pooled.prompt_tokens)
+        record_pooling(self.ctx, endpoint, arrival, pooled.prompt_tokens)
         return pooled
 
 

@@ -5,6 +5,7 @@ to MAX_INPUTS_IN_FLIGHT of them in flight together, answered in input order."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -50,6 +51,13 @@ class Pooled:
     embeddings: list[Embedding]
     # Tokens of every input, as the engine pooled them.
     prompt_tokens: int
+
+
+def record_pooling(ctx: ServingContext, endpoint: str, arrival: float, prompt_tokens: int) -> None:
+    """The metrics of a pooling request (embeddings, pooling, classify, score, rerank) that arrived at
+    `arrival` (time.monotonic()) and has its answer."""
+    ctx.metrics.e2e_latency.labels(endpoint).observe(time.monotonic() - arrival)
+    ctx.metrics.prompt_tokens.inc(prompt_tokens)
 
 
 async def pool_inputs(

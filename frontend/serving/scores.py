@@ -27,7 +27,7 @@ from frontend.protocol.scores import (
     as_list,
 )
 from frontend.serving.context import ServedModel, ServingContext, unix_now
-from frontend.serving.pooling import EmbeddingBatch, check_length, embed_batch, encode_texts
+from frontend.serving.pooling import EmbeddingBatch, check_length, embed_batch, encode_texts, record_pooling
 
 SCORE_ENDPOINT = "/v1/score"
 RERANK_ENDPOINT = "/v1/rerank"
@@ -75,13 +75,13 @@ class ScoreHandler:
         scored = await self._score(
             Texts.of("text_1", request.text_1), Texts.of("text_2", request.text_2), request, request_id
         )
-        self._record(SCORE_ENDPOINT, arrival, scored.prompt_tokens)
+        record_pooling(self.ctx, SCORE_ENDPOINT, arrival, scored.prompt_tokens)
         return ScoreResponse(
             id=request_id,
             created=unix_now(),
             model=scored.served.name,
             data=[ScoreResponseData(index=index, score=score) for index, score in enumerate(scored.scores)],
-            usage=EmbeddingUsage(prompt_tokens=scored.prompt_tokens, total_tokens=scored.prompt_tokens),
+            usage=EmbeddingUsage.of(scored.prompt_tokens),
         )
 
     async def rerank(self, request: RerankRequest, request_id: str) -> RerankResponse:
@@ -89,7 +89,7 @@ class ScoreHandler:
         scored = await self._score(
             Texts.of("query", request.query), Texts.of("documents", request.documents), request, request_id
         )
-        self._record(RERANK_ENDPOINT, arrival, scored.prompt_tokens)
+        record_pooling(self.ctx, RERANK_ENDPOINT, arrival, scored.prompt_tokens)
         results = [
             RerankResult(index=index, document=RerankDocument(text=text), relevance_score=score)
             for index, (text, score) in enumerate(zip(request.documents, scored.scores, strict=True))
@@ -188,10 +188,6 @@ class ScoreHandler:
             scores=[cosine(vectors[a], vectors[b]) for a, b in pairs(first, second)],
             prompt_tokens=sum(embedding.num_input_tokens for embedding in embeddings),
         )
-
-    def _record(self, endpoint: str, arrival: float, prompt_tokens: int) -> None:
-        self.ctx.metrics.e2e_latency.labels(endpoint).observe(time.monotonic() - arrival)
-        self.ctx.metrics.prompt_tokens.inc(prompt_tokens)
 
 
 def pairs(first: Texts, second: Texts) -> list[tuple[str, str]]:

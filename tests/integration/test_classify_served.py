@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from tests.engine.conftest import torch_threads
-from tests.engine_models.tiny_checkpoints import save_classifier
+from tests.engine_models.tiny_checkpoints import SMALL, save_classifier
 from tests.frontend.conftest import MODEL_NAME
 from tests.servers import profile_stack
 
@@ -33,14 +33,9 @@ pytestmark = pytest.mark.slow
 
 # SmolLM2's vocabulary, so that its tokenizer (copied beside the weights) serves the tiny checkpoints.
 TINY = dict(
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
+    SMALL,
     vocab_size=49152,
     max_position_embeddings=512,
-    eos_token_id=2,
     # No pad token: Hugging Face pools a single sequence's last token whatever it is, as the engine does.
     pad_token_id=None,
 )
