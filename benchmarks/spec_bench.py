@@ -1,4 +1,5 @@
-"""N-gram speculative decoding against plain decoding: the same engine, built twice, one after the other.
+"""Speculative decoding (n-gram by default; a draft model with --speculative-config '{"model": DIR, ...}')
+against plain decoding: the same engine, built twice, one after the other.
 
     python -m benchmarks.spec_bench [--dtype float32] [--concurrency 1 8] [--speculative-config JSON] [--served]
 
@@ -93,7 +94,7 @@ async def stream_chat(base_url: str, text: str, temperature: float) -> list[floa
 
 def served_rows(speculative_config: str, dtype: str) -> list[dict[str, object]]:
     rows = []
-    for system, value in (("plain", ""), ("ngram", speculative_config)):
+    for system, value in (("plain", ""), ("spec", speculative_config)):
         with tempfile.TemporaryDirectory(prefix="spec-bench-") as name:
             folder = Path(name)
             overrides = {"dtype": dtype, "speculative_config": value}
@@ -151,7 +152,7 @@ def main() -> None:
     for name in ("copy", "random"):
         for concurrency in args.concurrency:
             results = {}
-            for system, config in (("plain", None), ("ngram", speculative)):
+            for system, config in (("plain", None), ("spec", speculative)):
                 engine = LLMEngine(EngineConfig(**settings, speculative_config=config))  # type: ignore[arg-type]
                 if name == "copy":
                     workload = copy_workload(engine, max(4, 2 * concurrency))
@@ -165,26 +166,26 @@ def main() -> None:
                 accepted = after.spec_accepted_tokens_total - before.spec_accepted_tokens_total
                 results[system] = (result, drafts, accepted)
                 engine.shutdown()
-            plain, ngram = results["plain"][0], results["ngram"][0]
-            assert plain.output_tokens == ngram.output_tokens, "speculation must not change greedy outputs"
-            _, drafts, accepted = results["ngram"]
+            plain, spec = results["plain"][0], results["spec"][0]
+            assert plain.output_tokens == spec.output_tokens, "speculation must not change greedy outputs"
+            _, drafts, accepted = results["spec"]
             row = {
                 "workload": name,
                 "concurrency": concurrency,
                 "output_tokens": plain.output_tokens,
                 "plain_tok_s": round(plain.output_tokens / plain.seconds, 1),
-                "ngram_tok_s": round(ngram.output_tokens / ngram.seconds, 1),
-                "speedup": round(plain.seconds / ngram.seconds, 3),
+                "spec_tok_s": round(spec.output_tokens / spec.seconds, 1),
+                "speedup": round(plain.seconds / spec.seconds, 3),
                 "plain_tpot_p50_ms": round(time_per_output_token_p50_ms(plain), 1),
-                "ngram_tpot_p50_ms": round(time_per_output_token_p50_ms(ngram), 1),
+                "spec_tpot_p50_ms": round(time_per_output_token_p50_ms(spec), 1),
                 "draft_tokens": drafts,
                 "acceptance": round(accepted / drafts, 3) if drafts else 0.0,
             }
             rows.append(row)
             print(
                 f"{name:>6} x{concurrency:<3} {row['output_tokens']:5d} tokens  plain {row['plain_tok_s']:7.1f} tok/s"
-                f"  ngram {row['ngram_tok_s']:7.1f} tok/s  speedup {row['speedup']:.3f}  TPOT p50"
-                f" {row['plain_tpot_p50_ms']} -> {row['ngram_tpot_p50_ms']} ms  drafts {drafts}, accepted"
+                f"  {speculative.method} {row['spec_tok_s']:7.1f} tok/s  speedup {row['speedup']:.3f}  TPOT p50"
+                f" {row['plain_tpot_p50_ms']} -> {row['spec_tpot_p50_ms']} ms  drafts {drafts}, accepted"
                 f" {row['acceptance']:.0%}",
                 flush=True,
             )

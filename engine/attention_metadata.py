@@ -1,4 +1,5 @@
-"""The varlen batch description the model runner hands to every attention layer for one step."""
+"""The varlen batch description the model runner (and a draft model, engine.draft_model) hands to every
+attention layer for one step, and how one is built from per-sequence starts, lengths and block tables."""
 
 from __future__ import annotations
 
@@ -29,3 +30,41 @@ class AttentionMetadata:
     max_query_len: int
     # Largest seq_lens entry in the batch (host int).
     max_seq_len: int
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to CUDA through pinned memory, so that the copy does not block the host."""
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def varlen_batch(
+    starts: list[int], lengths: list[int], block_tables: list[list[int]], block_size: int, device: torch.device
+) -> tuple[torch.Tensor, AttentionMetadata]:
+    """The positions [T] and metadata, on `device`, of one varlen step in which sequence i computes
+    `lengths[i]` tokens from position `starts[i]` on, its K/V going to the blocks `block_tables[i]` (which
+    must cover them)."""
+    start = torch.tensor(starts, dtype=torch.int64)
+    q_lens = torch.tensor(lengths, dtype=torch.int64)
+    seq_lens = start + q_lens
+    query_start_loc = torch.zeros(len(starts) + 1, dtype=torch.int64)
+    torch.cumsum(q_lens, 0, out=query_start_loc[1:])
+    # Position of token t of sequence s: start_s + (t - query_start_s), without a per-token loop.
+    seq_index = torch.repeat_interleave(torch.arange(len(starts)), q_lens)
+    positions = torch.arange(int(query_start_loc[-1])) + (start - query_start_loc[:-1])[seq_index]
+    width = max(-(-int(length) // block_size) for length in seq_lens.tolist())
+    tables = torch.zeros((len(starts), width), dtype=torch.int64)
+    for row, table in enumerate(block_tables):
+        used = min(len(table), width)
+        tables[row, :used] = torch.tensor(table[:used], dtype=torch.int64)
+    slot_mapping = tables[seq_index, positions // block_size] * block_size + positions % block_size
+    attn = AttentionMetadata(
+        query_start_loc=to_device(query_start_loc.to(torch.int32), device),
+        seq_lens=to_device(seq_lens.to(torch.int32), device),
+        block_tables=to_device(tables.to(torch.int32), device),
+        slot_mapping=to_device(slot_mapping, device),
+        max_query_len=int(q_lens.max()),
+        max_seq_len=int(seq_lens.max()),
+    )
+    return to_device(positions, device), attn

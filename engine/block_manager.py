@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from engine.request import Request
 
@@ -25,6 +26,18 @@ BlockHashFn = Callable[[int | None, tuple[int, ...], str | None], int]
 def hash_block(parent_hash: int | None, token_ids: tuple[int, ...], cache_salt: str | None) -> int:
     """The chained hash of one full block (process-local: the cache never leaves the process)."""
     return hash((parent_hash, token_ids, cache_salt))
+
+
+class BlockTable(Protocol):
+    """What allocating and freeing blocks read and write: a Request, or a draft model's view of one
+    (engine.draft_proposer), which the prefix cache never sees."""
+
+    # Physical blocks in order; append-only until freed.
+    block_ids: list[int]
+    # Leading tokens whose K/V are written.
+    num_computed_tokens: int
+    # Leading blocks of block_ids offered to the prefix cache.
+    num_published_blocks: int
 
 
 @dataclass(slots=True)
@@ -100,7 +113,7 @@ class BlockManager:
     # -- mutations ----------------------------------------------------------------------------------
 
     def allocate_slots(
-        self, request: Request, num_new_tokens: int, computed_blocks: Sequence[int] = ()
+        self, request: BlockTable, num_new_tokens: int, computed_blocks: Sequence[int] = ()
     ) -> bool:
         """Grow the request's block table to hold its computed tokens, `computed_blocks` (prefix hits
         not yet in its table) and `num_new_tokens` more. All or nothing: False changes nothing."""
@@ -155,7 +168,7 @@ class BlockManager:
                     self._cached.setdefault(block_hash, []).append(block.block_id)
         request.num_published_blocks = max(request.num_published_blocks, num_full)
 
-    def free(self, request: Request) -> None:
+    def free(self, request: BlockTable) -> None:
         """Release the request's blocks, last block first so that a prompt's tail is evicted before
         its head (heads are the most shared). Uncached blocks go to the front: they hold nothing
         worth keeping."""

@@ -12,21 +12,32 @@ KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 @dataclass
 class SpeculativeConfig:
-    """vLLM's --speculative-config, n-gram method (prompt lookup): the tokens that followed the latest
-    earlier occurrence of a sequence's last n tokens are proposed as its next ones, and one forward
-    verifies them all. Draft models, EAGLE and MTP are not supported."""
+    """vLLM's --speculative-config. method "ngram" (prompt lookup): the tokens that followed the latest
+    earlier occurrence of a sequence's last n tokens are proposed as its next ones. method "draft_model":
+    a smaller checkpoint of the same vocabulary (`model`) proposes them, greedily, one token after another
+    (engine.draft_proposer). Either way one forward of the target verifies them all. EAGLE and MTP are not
+    supported."""
 
     # Tokens proposed at most per sequence and step.
     num_speculative_tokens: int
-    # The n-gram lengths tried, longest first; vLLM's defaults: both 5, or one given sets the other.
+    # ngram: the n-gram lengths tried, longest first; vLLM's defaults: both 5, or one given sets the other.
     prompt_lookup_min: int = 5
     prompt_lookup_max: int = 5
+    # "ngram" or "draft_model".
     method: str = "ngram"
+    # draft_model: the draft's Hugging Face checkpoint directory; it runs whole on tensor-parallel rank 0.
+    model: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method != "ngram":
+        if self.method not in ("ngram", "draft_model"):
             raise ValueError(
-                f"speculative method {self.method!r} is not supported: only 'ngram' (draft models, EAGLE, MTP are not)"
+                f"speculative method {self.method!r} is not supported: only 'ngram' and 'draft_model' (EAGLE, "
+                "EAGLE-3 and MTP are not)"
+            )
+        if (self.method == "draft_model") != (self.model is not None):
+            raise ValueError(
+                f"speculative method {self.method!r} "
+                + ("needs the draft's checkpoint as 'model'" if self.model is None else "takes no 'model'")
             )
         if self.num_speculative_tokens < 1:
             raise ValueError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
@@ -38,22 +49,37 @@ class SpeculativeConfig:
 
     @classmethod
     def from_json(cls, text: str) -> SpeculativeConfig:
-        """vLLM's JSON form: {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, ...}."""
+        """vLLM's JSON form: {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, ...}, or
+        {"model": "/path/to/draft", "num_speculative_tokens": 4} (method "draft_model", implied by `model`)."""
         try:
             fields: Any = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"speculative_config is not valid JSON: {error}") from None
         if not isinstance(fields, dict):
             raise ValueError(f"speculative_config must be a JSON object, got {text!r}")
-        known = {"method", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max"}
+        lookup = {"prompt_lookup_min", "prompt_lookup_max"}
+        integers = {"num_speculative_tokens", "draft_tensor_parallel_size", *lookup}
+        known = {"method", "model", *integers}
         unknown = sorted(set(fields) - known)
         if unknown:
             raise ValueError(f"speculative_config keys not supported: {unknown} (known: {sorted(known)})")
         if "num_speculative_tokens" not in fields:
             raise ValueError("speculative_config needs num_speculative_tokens")
-        for name in known - {"method"}:
+        for name in integers:
             if name in fields and (not isinstance(fields[name], int) or isinstance(fields[name], bool)):
                 raise ValueError(f"speculative_config {name} must be an integer, got {fields[name]!r}")
+        model = fields.get("model")
+        if model is not None and not (isinstance(model, str) and model):
+            raise ValueError(f"speculative_config model must be a checkpoint directory, got {model!r}")
+        method = str(fields.get("method", "draft_model" if model is not None else "ngram"))
+        if method == "draft_model" and lookup & set(fields):
+            raise ValueError("speculative_config prompt_lookup_min / prompt_lookup_max apply to method 'ngram' only")
+        draft_tp = fields.get("draft_tensor_parallel_size")
+        if draft_tp is not None and (draft_tp != 1 or method != "draft_model"):
+            raise ValueError(
+                f"speculative_config draft_tensor_parallel_size {draft_tp} is not supported: a draft model runs "
+                "whole on tensor-parallel rank 0 (1), and only method 'draft_model' has one"
+            )
         given_min, given_max = fields.get("prompt_lookup_min"), fields.get("prompt_lookup_max")
         low: int = given_min if given_min is not None else (given_max if given_max is not None else 5)
         high: int = given_max if given_max is not None else low
@@ -61,7 +87,8 @@ class SpeculativeConfig:
             num_speculative_tokens=fields["num_speculative_tokens"],
             prompt_lookup_min=low,
             prompt_lookup_max=high,
-            method=str(fields.get("method", "ngram")),
+            method=method,
+            model=model,
         )
 
 

@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
+from engine.draft_proposer import DraftModelProposer
 from engine.model_runner import ModelRunner, RunnerOutput
 from engine.output_processor import OutputProcessor
 from engine.outputs import CompletedRequest, EngineStats, InvalidRequestError, RequestOutput
@@ -19,7 +20,7 @@ from engine.pooling import PooledState, PoolingParams, default_pooling_type
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
-from engine.speculative import NgramProposer, accepted_tokens, can_speculate
+from engine.speculative import NgramProposer, Proposer, accepted_tokens, can_speculate
 from engine.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,7 @@ class LLMEngine:
         self.structured = StructuredOutputManager(
             self.tokenizer, spec.vocab_size, sorted(eos), config.max_num_seqs, self.runner.device
         )
-        speculative = config.speculative_config
-        self.proposer = NgramProposer(speculative) if speculative is not None else None
+        self.proposer = self._proposer()
         # A sequence classifier's head (pooled [hidden] -> float32 logits); None for a causal LM.
         self.classifier_head = self.runner.classify if spec.num_labels is not None else None
         # Embedding requests that name no pooling type get the checkpoint's own; a classifier pools its last
@@ -71,6 +71,16 @@ class LLMEngine:
         self._generation_tokens_total = 0
         self._spec_draft_tokens_total = 0
         self._spec_accepted_tokens_total = 0
+
+    def _proposer(self) -> Proposer | None:
+        """What speculative_config asks for: a draft model (the runner loaded it), n-gram lookup, or none."""
+        speculative = self.config.speculative_config
+        if speculative is None:
+            return None
+        if speculative.method == "ngram":
+            return NgramProposer(speculative)
+        assert self.runner.draft is not None, "method draft_model, but the runner loaded no draft"
+        return DraftModelProposer(self.runner.draft, speculative, self.config.max_num_batched_tokens)
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -354,6 +364,9 @@ class LLMEngine:
         self._admit_compiled()
         self._propose_drafts()
         scheduled = self.scheduler.schedule()
+        if self.proposer is not None:
+            for request in scheduled.preempted:
+                self.proposer.release(request)
         if not scheduled.chunks:
             self.structured.wait_for_compile(COMPILE_WAIT_SECONDS)
             return self._take_pending()
@@ -388,6 +401,7 @@ class LLMEngine:
         its max_tokens and max_model_len leave room for after the token the step is sure to yield."""
         if self.proposer is None:
             return
+        speculating, rooms = [], []
         for request in self.scheduler.running:
             request.draft_token_ids = []
             if request.num_computed_tokens + 1 != request.num_tokens or not can_speculate(request):
@@ -395,7 +409,10 @@ class LLMEngine:
             room = self.max_model_len - request.num_tokens - 1
             if request.params.max_tokens is not None:
                 room = min(room, request.params.max_tokens - request.num_output_tokens - 1)
-            request.draft_token_ids = self.proposer.propose(request.all_token_ids, room)
+            speculating.append(request)
+            rooms.append(room)
+        for request, drafts in zip(speculating, self.proposer.propose_batch(speculating, rooms), strict=True):
+            request.draft_token_ids = drafts
 
     def _verify_drafts(self, scheduled: SchedulerOutput, result: RunnerOutput) -> tuple[list[list[int]], dict[str, int]]:
         """Per sampled chunk, the tokens the step yields (its sampled token, or its accepted drafts and the
@@ -465,6 +482,8 @@ class LLMEngine:
         if not self.structured.is_parked(request.request_id):
             self.scheduler.remove(request)
         self.structured.remove(request.request_id)
+        if self.proposer is not None:
+            self.proposer.release(request)
 
     def _admit_compiled(self) -> None:
         """Schedule parked sequences whose grammar compiled; abort those whose compile failed."""

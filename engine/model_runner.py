@@ -15,10 +15,17 @@ from pathlib import Path
 
 import torch
 
-from engine.attention_metadata import AttentionMetadata
+from engine.attention_metadata import AttentionMetadata, to_device, varlen_batch
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeCudaGraphs
 from engine.distributed import TensorParallelGroup
+from engine.draft_model import (
+    DraftModel,
+    check_draft_model,
+    draft_cache_bytes_per_block,
+    draft_dir,
+    load_draft_weights,
+)
 from engine.lora import load_adapter
 from engine.lora_slots import AdapterSlots
 from engine.model_shard import ModelShard
@@ -80,7 +87,8 @@ def resolve_dtype(name: str, device: torch.device, model_dir: Path) -> torch.dty
 
 
 class ModelRunner:
-    """Owns the model, the KV cache and the sampler; stateless between steps apart from the cache."""
+    """Owns the model, the KV cache and the sampler (and a draft model's, which engine.draft_proposer runs);
+    stateless between steps apart from the cache."""
 
     def __init__(self, config: EngineConfig) -> None:
         self.device = resolve_device(config.device)
@@ -88,13 +96,23 @@ class ModelRunner:
         self.block_size = config.block_size
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
+        drafting = draft_dir(config) is not None
+        if drafting:
+            check_draft_model(config, self.dtype)  # before any process starts or any weight loads
         # Tensor parallel: the workers start first so that all ranks load their shards at once.
         self.workers: TensorParallelWorkers | None = None
         if config.tensor_parallel_size > 1:
             self.workers = TensorParallelWorkers(config, self.device, self.dtype)
         group = self.workers.group if self.workers else TensorParallelGroup.single()
         try:
-            shard = ModelShard(config, self.device, self.dtype, group)
+            # The draft's weights load first: on CUDA the target's KV pool is measured around them.
+            draft = load_draft_weights(config, self.device, self.dtype) if drafting else None
+            draft_bytes = draft_cache_bytes_per_block(draft, config, self.device) if draft is not None else 0
+            shard = ModelShard(config, self.device, self.dtype, group, draft_bytes)
+            # Draft-model speculation's draft, on this rank alone, with as many KV blocks (engine.draft_model).
+            self.draft: DraftModel | None = None
+            if draft is not None:
+                self.draft = DraftModel(draft, shard.num_blocks, config, self.device, shard.spec.vocab_size)
         except BaseException:
             self.shutdown()
             raise
@@ -215,34 +233,10 @@ class ModelRunner:
             starts.append(begin)
             lengths.append(chunk.num_tokens)
             tables.append(chunk.request.block_ids)
-        start = torch.tensor(starts, dtype=torch.int64)
-        q_lens = torch.tensor(lengths, dtype=torch.int64)
-        seq_lens = start + q_lens
-        query_start_loc = torch.zeros(len(chunks) + 1, dtype=torch.int64)
-        torch.cumsum(q_lens, 0, out=query_start_loc[1:])
-        # Position of token t of sequence s: start_s + (t - query_start_s), without a per-token loop.
-        seq_index = torch.repeat_interleave(torch.arange(len(chunks)), q_lens)
-        positions = torch.arange(int(query_start_loc[-1])) + (start - query_start_loc[:-1])[seq_index]
-        width = max(-(-int(length) // self.block_size) for length in seq_lens.tolist())
-        block_tables = torch.zeros((len(chunks), width), dtype=torch.int64)
-        for row, table in enumerate(tables):
-            used = min(len(table), width)
-            block_tables[row, :used] = torch.tensor(table[:used], dtype=torch.int64)
-        slot_mapping = (
-            block_tables[seq_index, positions // self.block_size] * self.block_size
-            + positions % self.block_size
-        )
-        sample_rows = torch.tensor(sample_row_ids, dtype=torch.int64)
-        attn = AttentionMetadata(
-            query_start_loc=self._to_device(query_start_loc.to(torch.int32)),
-            seq_lens=self._to_device(seq_lens.to(torch.int32)),
-            block_tables=self._to_device(block_tables.to(torch.int32)),
-            slot_mapping=self._to_device(slot_mapping),
-            max_query_len=int(q_lens.max()),
-            max_seq_len=int(seq_lens.max()),
-        )
+        positions, attn = varlen_batch(starts, lengths, tables, self.block_size, self.device)
         input_tensor = self._to_device(torch.tensor(token_ids, dtype=torch.int64))
-        return input_tensor, self._to_device(positions), attn, self._to_device(sample_rows)
+        sample_rows = self._to_device(torch.tensor(sample_row_ids, dtype=torch.int64))
+        return input_tensor, positions, attn, sample_rows
 
     def load_lora(self, name: str, path: str, slot: int) -> None:
         """Read the adapter at `path` and put it in `slot` on every rank (ValueError: it does not fit)."""
@@ -271,6 +265,4 @@ class ModelRunner:
         return build_sampling_batch(requests, self.spec.vocab_size, self._to_device)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cpu":
-            return tensor
-        return tensor.pin_memory().to(self.device, non_blocking=True)
+        return to_device(tensor, self.device)

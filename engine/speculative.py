@@ -1,30 +1,48 @@
-"""N-gram speculative decoding: propose a sequence's next tokens from its own history, verify them in one
-forward, keep the longest prefix the model agrees with.
+"""Speculative decoding: propose a sequence's next tokens cheaply (n-gram lookup in its own history here, or
+a draft model: engine.draft_proposer), verify them in one forward, keep the longest prefix the model agrees
+with.
 
 Verification samples a token at every draft position, exactly as a step without drafts would there (the
 sequence's own temperature, top-k, top-p, min-p, logit_bias, allowed tokens; the argmax when greedy), and
 keeps the drafts up to the first the sample differs from, then that sample. For a draft that is one
-certain token (n-gram drafts are), this is rejection sampling: a draft d is kept with probability p(d),
-and a differing sample is distributed as p without d, renormalised; so the tokens are distributed as
-without drafts, and greedy ones are the same tokens.
+certain token (n-gram drafts are, and so are a draft model's greedy ones), this is rejection sampling: a
+draft d is kept with probability p(d), and a differing sample is distributed as p without d, renormalised;
+so the tokens are distributed as without drafts, and greedy ones are the same tokens.
 
 Which sequences speculate: those whose distribution at a position does not depend on the tokens the same
 step adds before it (no penalties, bad words or pending min_tokens), with no grammar, own seed (a seeded
 request's tokens would then depend on its drafts, which depend on the batch's free blocks and budget) or
-n > 1. The others run one token a step beside them. Logprobs come from each position's own row.
+n > 1; never an embedding request (it samples nothing: drafts would be pooled with its prompt). The others
+run one token a step beside them. Logprobs come from each position's own row.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from engine.config import SpeculativeConfig
 from engine.request import Request
+
+
+class Proposer(Protocol):
+    """What the engine asks of a proposer before each step."""
+
+    def propose_batch(self, requests: list[Request], limits: list[int]) -> list[list[int]]:
+        """For each request (at its last token, able to speculate) up to min(num_speculative_tokens,
+        limits[i]) draft tokens to follow it; [] for none."""
+        ...
+
+    def release(self, request: Request) -> None:
+        """Forget the request (finished, aborted or preempted) and free what the proposer holds for it."""
+        ...
 
 
 def can_speculate(request: Request) -> bool:
     """Its next tokens may be verified together (see the module docstring)."""
     params = request.params
     return (
-        request.generator is None
+        request.pooling is None
+        and request.generator is None
         and request.parent_id is None
         and params.structured_outputs is None
         and not params.has_penalties
@@ -41,6 +59,12 @@ class NgramProposer:
 
     def __init__(self, config: SpeculativeConfig) -> None:
         self.config = config
+
+    def propose_batch(self, requests: list[Request], limits: list[int]) -> list[list[int]]:
+        return [self.propose(request.all_token_ids, limit) for request, limit in zip(requests, limits, strict=True)]
+
+    def release(self, request: Request) -> None:
+        """Nothing to free: the proposer reads each request's tokens afresh every step."""
 
     def propose(self, token_ids: list[int], max_drafts: int) -> list[int]:
         """Up to min(num_speculative_tokens, max_drafts) tokens; [] when no n-gram recurs."""

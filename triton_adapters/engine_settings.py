@@ -50,10 +50,13 @@ def engine_config(
         config.kv_cache_memory = kv_cache_memory
     config.max_waiting_requests = optional_int(parameters, "max_waiting_requests")
     # vLLM's --speculative-config JSON, e.g. {"method": "ngram", "num_speculative_tokens": 4,
-    # "prompt_lookup_max": 4}; empty (every shipped profile) or absent: off.
+    # "prompt_lookup_max": 4} or {"model": "/models/Qwen3-0.6B", "num_speculative_tokens": 4} (a draft
+    # model, its relative path resolved as the checkpoint's); empty (every shipped profile) or absent: off.
     speculative = parameters.get("speculative_config", "").strip()
     if speculative:
         config.speculative_config = SpeculativeConfig.from_json(speculative)
+        if config.speculative_config.model is not None:
+            config.speculative_config.model = resolve_model_path(config.speculative_config.model, model_repository)
     return config
 
 

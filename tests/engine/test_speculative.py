@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from engine import LLMEngine, SamplingParams, SpeculativeConfig, TokenLogprobs
+from engine.pooling import PoolingParams
 from engine.request import Request
 from engine.speculative import NgramProposer, accepted_tokens, can_speculate
 from engine.structured_output.params import StructuredOutputsParams
@@ -58,7 +59,7 @@ def test_the_json_form_follows_vllms_defaults() -> None:
         ('{"num_speculative_tokens": "4"}', "must be an integer"),
         ('{"num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2}', "prompt_lookup_min <="),
         ('{"num_speculative_tokens": 2, "prompt_lookup_min": 0, "prompt_lookup_max": 2}', "1 <= prompt_lookup_min"),
-        ('{"num_speculative_tokens": 2, "model": "draft"}', "keys not supported: ['model']"),
+        ('{"num_speculative_tokens": 2, "quantization": "fp8"}', "keys not supported: ['quantization']"),
     ],
 )
 def test_bad_configurations_say_what_is_wrong(text: str, message: str) -> None:
@@ -145,6 +146,7 @@ def test_requests_whose_positions_sample_alike_speculate(settings: dict) -> None
         ({"bad_words": ["x"]}, {"bad_words_token_ids": ((5,),)}),
         ({"structured_outputs": StructuredOutputsParams(choice=["a", "b"])}, {}),
         ({"n": 2}, {"parent_id": "parent"}),
+        ({}, {"pooling": PoolingParams()}),
     ],
 )
 def test_requests_whose_positions_depend_on_each_other_do_not(settings: dict, fields: dict) -> None:
@@ -219,6 +221,16 @@ def test_preempted_speculating_requests_keep_their_outputs(make_engine: EngineFa
     assert token_ids(small, prompts, GREEDY) == token_ids(engine, prompts, GREEDY)
     assert small.stats().num_preemptions > 0
     assert small.stats().kv_blocks_free == small.stats().kv_blocks_total
+
+
+def test_embedding_requests_pool_their_prompt_alone(make_engine: EngineFactory, engine: LLMEngine) -> None:
+    """A 17-token prompt under a 16-token budget: its last chunk is its last token, where a generation would
+    take drafts; pooled with it, they would change the embedding."""
+    chunked = make_engine(kv_cache_memory=16 << 20, max_num_batched_tokens=16, speculative_config=SPECULATIVE)
+    prompt = ([1, 2, 3, 4, 5, 6] * 3)[:17]
+    embedding = torch.tensor(chunked.embed([prompt])[0])
+    assert torch.allclose(embedding, torch.tensor(engine.embed([prompt])[0]), atol=1e-4)
+    assert chunked.stats().spec_draft_tokens_total == 0
 
 
 def test_blocks_filled_by_accepted_drafts_serve_prefix_hits(engine: LLMEngine, make_engine: EngineFactory) -> None:

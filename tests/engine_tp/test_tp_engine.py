@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from engine import EngineConfig, LLMEngine, SamplingParams
+from engine import EngineConfig, LLMEngine, SamplingParams, SpeculativeConfig
 from tests.engine_tp.conftest import EngineFactory
 from tests.lora_adapter import write_random_adapter
 
@@ -98,6 +98,24 @@ def test_tiny_qwen3_tp2_matches_tp1(make_engine: EngineFactory, tiny_qwen3: Path
     )
     assert parallel.runner.kv_cache.shape[-3] == 1  # 2 KV heads split over 2 ranks
     assert parallel.runner.num_blocks == single.runner.num_blocks
+    assert_workers_gone(parallel, 1)
+
+
+def test_a_draft_model_runs_whole_on_rank_zero(make_engine: EngineFactory, tiny_qwen3: Path) -> None:
+    """The target split over two ranks drafting for itself: the draft, whole on rank 0 with all its KV heads,
+    runs forwards the workers never see, and the outputs are tp=1's without drafts."""
+    prompts, params = TINY_PROMPTS, [GREEDY, GREEDY]
+    expected = generate(make_engine(tiny_qwen3, 1, max_num_batched_tokens=16), prompts, params)
+    drafting = SpeculativeConfig(num_speculative_tokens=3, method="draft_model", model=str(tiny_qwen3))
+    parallel = make_engine(tiny_qwen3, 2, max_num_batched_tokens=16, speculative_config=drafting)
+    try:
+        assert generate(parallel, prompts, params) == expected
+        stats = parallel.stats()
+    finally:
+        parallel.shutdown()
+    assert stats.spec_accepted_tokens_total >= 0.9 * stats.spec_draft_tokens_total > 0
+    assert parallel.runner.draft is not None
+    assert (parallel.runner.kv_cache.shape[-3], parallel.runner.draft.kv_cache.shape[-3]) == (1, 2)
     assert_workers_gone(parallel, 1)
 
 

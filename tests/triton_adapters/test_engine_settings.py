@@ -53,6 +53,12 @@ def test_speculative_decoding_takes_vllms_json() -> None:
     speculative = engine_config({**parameters, "speculative_config": text}, "/repo/llm").speculative_config
     assert speculative is not None
     assert (speculative.num_speculative_tokens, speculative.prompt_lookup_min, speculative.prompt_lookup_max) == (4, 3, 3)
+    # A draft model's directory resolves as the checkpoint's.
+    text = '{"model": "models/draft", "num_speculative_tokens": 4}'
+    repository = str(ROOT / "model_repository" / "llm")
+    speculative = engine_config({**parameters, "speculative_config": text}, repository).speculative_config
+    assert speculative is not None
+    assert (speculative.method, speculative.model) == ("draft_model", str(ROOT / "models" / "draft"))
 
 
 def test_lora_modules_take_vllm_backends_multi_lora_json() -> None:
