@@ -1,13 +1,24 @@
-"""Session fixtures shared by every test package: the default model and real servers."""
+"""Session fixtures shared by every test package: the default model and real servers.
+
+Without CUDA the Triton kernels run under TRITON_INTERPRET, which Triton reads when `triton.language` is
+first imported (its own jit functions, tl.sum among them, are built then) and when each kernel module is.
+Anything may import triton at collection (transformers' MoE models, PEFT), so it is set here, before any
+test module loads; on the CPU nothing else reads it (the engine's auto backend never touches Triton there).
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tests.servers import ROOT, FrontendServer, ServerProcess, TritonServer, start_frontend, start_triton
 

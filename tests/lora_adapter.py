@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -27,11 +29,6 @@ def write_random_adapter(
 ) -> Path:
     """A LoRA adapter of `checkpoint` saved by PEFT's save_pretrained into `output` (adapter_config.json +
     adapter_model.safetensors), its A and B matrices drawn from N(0, weight_std) with `seed`."""
-    # Imported on use: PEFT imports triton, which must not happen before the kernel tests' collection sets
-    # TRITON_INTERPRET (tests/engine/test_lora.py).
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     base = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     config = LoraConfig(
         r=rank,

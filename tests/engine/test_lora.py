@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
@@ -52,10 +53,6 @@ def peft_outputs(
     model_dir: Path, adapters: dict[str, str], prompts: list[list[int]]
 ) -> dict[str | None, list[list[int]]]:
     """Greedy tokens of Hugging Face transformers with PEFT's own LoRA layers (float32), by adapter."""
-    # Imported here, not at collection: PEFT imports triton, and triton.language's own jit functions must be
-    # built after tests/kernels/conftest.py sets TRITON_INTERPRET (else the interpreted kernels cannot call them).
-    from peft import PeftModel
-
     def greedy(model: torch.nn.Module) -> list[list[int]]:
         outputs = []
         for prompt in prompts:

@@ -1,25 +1,18 @@
 """Session fixtures: tiny random-weight HF checkpoints saved once, with their HF reference models.
 
-Without CUDA the Triton-backend tests run the kernels under TRITON_INTERPRET. Triton reads the variable
-when `kernels.ops` first imports a kernel module, which happens only once a test routes ops to Triton, so
-setting it at collection is early enough; the auto backend never touches Triton on the CPU.
+Without CUDA the Triton-backend tests run the kernels under TRITON_INTERPRET (set by tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from transformers import AutoModelForCausalLM  # noqa: E402
-
-from kernels import ops  # noqa: E402
-from tests.engine_models.tiny_checkpoints import TINY_CASES, TinyCase, TinyCheckpoint, randomize  # noqa: E402
+from kernels import ops
+from tests.engine_models.tiny_checkpoints import TINY_CASES, TinyCase, TinyCheckpoint, randomize
 
 
 @pytest.fixture(scope="session", params=TINY_CASES, ids=lambda case: case.name)

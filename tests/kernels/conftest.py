@@ -1,24 +1,16 @@
-"""Kernel tests run the Triton kernels on CUDA when present, otherwise under TRITON_INTERPRET on the CPU.
-
-`@triton.jit` reads TRITON_INTERPRET when a kernel module is imported, and `kernels.ops` imports those
-modules only on first use, so setting the variable here (at collection, before any kernel test runs) is
-early enough even when other test packages imported `kernels.ops` first. On the CPU nothing else reads it:
-the engine's auto backend never touches Triton there.
+"""Kernel tests run the Triton kernels on CUDA when present, otherwise under TRITON_INTERPRET on the CPU
+(set by tests/conftest.py before any test module loads).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from kernels import ops  # noqa: E402
+from kernels import ops
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
