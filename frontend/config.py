@@ -17,6 +17,8 @@ from frontend.response_store import check_store_url, default_store_url
 
 TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral", "pythonic", "qwen3_coder")
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
+# tritonserver's default --metrics-port.
+TRITON_METRICS_PORT = 8002
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class FrontendConfig:
     served_model_names: tuple[str, ...]
     # Triton gRPC endpoint, host:port.
     triton_url: str = "127.0.0.1:8001"
+    # Triton's Prometheus endpoint, where the llm model's metrics are read for vLLM's engine metrics on /metrics.
+    triton_metrics_url: str = "http://127.0.0.1:8002/metrics"
     # The decoupled engine model every generation (and abort) goes to; see triton_client for why not the
     # ensemble.
     triton_model: str = "llm"
@@ -86,6 +90,13 @@ class FrontendConfig:
         return self.served_model_names[0]
 
 
+def default_metrics_url(triton_url: str) -> str:
+    """Triton's metrics endpoint on the host of its gRPC endpoint `triton_url` (host:port, an IPv6 host in
+    brackets), at Triton's default metrics port."""
+    host = triton_url.rpartition(":")[0] or triton_url
+    return f"http://{host}:{TRITON_METRICS_PORT}/metrics"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m frontend", description="OpenAI-compatible API over Triton"
@@ -95,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--served-model-name", nargs="+", default=None, help="model ids clients use")
     parser.add_argument("--triton-url", default=os.environ.get("TRITON_GRPC_URL", "127.0.0.1:8001"))
+    parser.add_argument(
+        "--triton-metrics-url",
+        default=os.environ.get("TRITON_METRICS_URL"),
+        help="Triton's metrics endpoint, read for vLLM's engine metrics on /metrics (default: "
+        "$TRITON_METRICS_URL, else http://HOST:8002/metrics on the host of --triton-url)",
+    )
     parser.add_argument(
         "--triton-model", default="llm", help="decoupled engine model (input_ids in, text_delta out)"
     )
@@ -189,6 +206,7 @@ def config_from_args(argv: list[str] | None = None) -> FrontendConfig:
         model=model,
         served_model_names=tuple(args.served_model_name or [str(args.model)]),
         triton_url=args.triton_url,
+        triton_metrics_url=args.triton_metrics_url or default_metrics_url(args.triton_url),
         triton_model=args.triton_model,
         host=args.host,
         port=args.port,

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from frontend.engine_metrics import EngineMetricsReader
 from frontend.errors import bad_request
 from frontend.protocol.chat import ChatCompletionRequest
 from frontend.protocol.classify import ClassificationRequest
@@ -104,6 +105,7 @@ def build_router(ctx: ServingContext) -> APIRouter:
     models = ModelsHandler(ctx)
     scores = ScoreHandler(ctx)
     tokenizer = TokenizeHandler(ctx)
+    engine_metrics = EngineMetricsReader(ctx.config.triton_metrics_url, ctx.config.triton_model, ctx.config.model_name)
 
     @router.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
@@ -218,6 +220,7 @@ def build_router(ctx: ServingContext) -> APIRouter:
 
     @router.get("/metrics")
     async def metrics() -> Response:
-        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        rendered = ctx.metrics.render(await engine_metrics.families())
+        return Response(rendered, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return router

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,12 +105,17 @@ class ServerProcess:
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        # SIGTERM to the server alone, as docker stop and Kubernetes send it: it takes down its own children.
+        # Sent to the whole group (tritonserver's stubs too), Triton 2.51 now and then never unloads `llm`
+        # and waits out its 30 s exit timeout.
+        self.process.terminate()
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            pass
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever it left behind, or itself past the timeout
+        self.process.wait()
 
     def log_tail(self, lines: int = 80) -> str:
         try:
@@ -239,6 +244,8 @@ def start_frontend(
         "SmolLM2-135M-Instruct",
         "--triton-url",
         triton.grpc_url,
+        "--triton-metrics-url",
+        triton.metrics_url,
         "--host",
         "127.0.0.1",
         "--port",

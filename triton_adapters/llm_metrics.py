@@ -22,10 +22,18 @@ FINISH_REASONS = ("stop", "length", "abort")
 
 
 class LLMMetrics:
-    """Counters, gauges and histograms labelled with the model name and version."""
+    """Counters, gauges and histograms labelled with the model name, version and instance.
 
-    def __init__(self, pb_utils: Any, model_name: str, version: str) -> None:
-        self._labels = {"model": model_name, "version": version}
+    The `model_instance` label keeps each instance's series its own: tritonserver hands every instance that
+    asks for a metric of the same name and labels one shared series (seen with two instances of a Python
+    model on Triton 2.51: one series, the value of whichever set it last), so the gauges of two engines (data
+    parallel) would overwrite each other. It names an instance as tritonserver's log does ("llm_0_0 (CPU
+    device 0)"): an instance group's name alone is the same on each of its GPUs. Not `instance`: Prometheus
+    gives that label to every scraped target.
+    """
+
+    def __init__(self, pb_utils: Any, model_name: str, version: str, instance: str) -> None:
+        self._labels = {"model": model_name, "version": version, "model_instance": instance}
         family = pb_utils.MetricFamily
         self._families: list[Any] = []
 
@@ -59,10 +67,12 @@ class LLMMetrics:
         self.running = metric("llm_num_requests_running", "Requests in the running batch", family.GAUGE)
         self.waiting = metric("llm_num_requests_waiting", "Requests waiting to be scheduled", family.GAUGE)
         self.kv_usage = metric("llm_kv_cache_usage_ratio", "Fraction of KV cache blocks in use", family.GAUGE)
-        self.prefix_hit_rate = metric(
-            "llm_prefix_cache_hit_ratio",
-            "Prompt tokens served from the prefix cache / tokens queried",
-            family.GAUGE,
+        # vLLM's prefix_cache_queries / prefix_cache_hits: their rates' ratio is the hit rate over any window.
+        self.prefix_cache_queries = metric(
+            "llm_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache", family.COUNTER
+        )
+        self.prefix_cache_hits = metric(
+            "llm_prefix_cache_hits_total", "Prompt tokens found in the prefix cache", family.COUNTER
         )
         self.preemptions = metric(
             "llm_num_preemptions_total", "Requests preempted for KV space", family.COUNTER
@@ -85,8 +95,8 @@ class LLMMetrics:
         self.waiting.set(stats.num_waiting)
         used = stats.kv_blocks_total - stats.kv_blocks_free
         self.kv_usage.set(used / stats.kv_blocks_total if stats.kv_blocks_total else 0.0)
-        queried = stats.prefix_cache_queried_tokens
-        self.prefix_hit_rate.set(stats.prefix_cache_hit_tokens / queried if queried else 0.0)
+        self._follow("prefix_cache_queries", self.prefix_cache_queries, stats.prefix_cache_queried_tokens)
+        self._follow("prefix_cache_hits", self.prefix_cache_hits, stats.prefix_cache_hit_tokens)
         self._follow("preemptions", self.preemptions, stats.num_preemptions)
         self._follow("prompt_tokens", self.prompt_tokens, stats.prompt_tokens_total)
         self._follow("generation_tokens", self.generation_tokens, stats.generation_tokens_total)

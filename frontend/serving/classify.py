@@ -45,7 +45,7 @@ class ClassifyHandler:
                     num_classes=probs.size,
                 )
             )
-        record_pooling(self.ctx, ENDPOINT, arrival, pooled.prompt_tokens)
+        record_pooling(self.ctx, ENDPOINT, arrival, pooled.input_tokens)
         return ClassificationResponse(
             id=request_id,
             created=unix_now(),

@@ -67,7 +67,7 @@ class EmbeddingHandler:
                 f"({classifier.architecture}); use /classify"
             )
         pooled = await pool_inputs(self.ctx, request, served, request.pooling_parameters(), request_id)
-        record_pooling(self.ctx, endpoint, arrival, pooled.prompt_tokens)
+        record_pooling(self.ctx, endpoint, arrival, pooled.input_tokens)
         return pooled
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from frontend.metrics import FrontendMetrics
 from frontend.serving.beam_search import beam_search_answer
 from frontend.serving.context import ServingContext
 from frontend.serving.engine_params import EngineParameters, api_error
@@ -65,27 +66,64 @@ async def _beam_search(
 
 async def chunks(ctx: ServingContext, generation: Generation) -> AsyncGenerator[GenerationChunk, None]:
     """Every response of a started generation, the first included; the Triton stream is closed at the end."""
-    inter_token_latency = ctx.metrics.inter_token_latency.labels(generation.endpoint)
-    # By sequence index: arrival time of its latest response carrying tokens, and its output tokens so far.
-    latest_tokens = {generation.first.index: generation.first_arrival} if generation.first.token_ids else {}
-    output_tokens = {generation.first.index: generation.first.num_output_tokens}
+    recorder = SequenceRecorder(ctx.metrics, generation, ctx.config.model_name)
+    recorder.response(generation.first, generation.first_arrival)
     async with aclosing(generation.rest) as rest:
         yield generation.first
         if not generation.first.final:
             async for chunk in rest:
                 generation.last = chunk
-                output_tokens[chunk.index] = chunk.num_output_tokens
-                if chunk.token_ids:
-                    now = time.monotonic()
-                    previous = latest_tokens.get(chunk.index)
-                    if previous is not None:
-                        inter_token_latency.observe(now - previous)
-                    latest_tokens[chunk.index] = now
+                recorder.response(chunk, time.monotonic())
                 yield chunk
-    last = generation.last
-    ctx.metrics.e2e_latency.labels(generation.endpoint).observe(time.monotonic() - generation.arrival)
-    ctx.metrics.prompt_tokens.inc(last.num_input_tokens)
-    ctx.metrics.generation_tokens.inc(sum(output_tokens.values()))
+    ctx.metrics.request_finished(
+        generation.endpoint,
+        generation.last.num_input_tokens,
+        sum(recorder.output_tokens.values()),
+        time.monotonic() - generation.arrival,
+    )
+
+
+class SequenceRecorder:
+    """The metrics of a generation's sequences as their responses arrive: the latency between tokens of
+    each, and vLLM's per-request metrics of each (a sequence is a vLLM request): its prompt at its first
+    response, its tokens as they come, its first token's latency, and its end."""
+
+    def __init__(self, metrics: FrontendMetrics, generation: Generation, model_name: str) -> None:
+        self._metrics = metrics
+        self._arrival = generation.arrival
+        # vLLM's label of every metric: the first served name, whichever name or adapter a request used.
+        self._model_name = model_name
+        self._sequences = metrics.sequences(generation.endpoint, model_name)
+        # By sequence index: arrival time of its latest response carrying tokens.
+        self._latest_tokens: dict[int, float] = {}
+        # By sequence index: its output tokens so far.
+        self.output_tokens: dict[int, int] = {}
+
+    def response(self, chunk: GenerationChunk, now: float) -> None:
+        """`chunk` arrived at `now` (time.monotonic())."""
+        sequences = self._sequences
+        counted = self.output_tokens.get(chunk.index)
+        if counted is None:
+            sequences.started(chunk.num_input_tokens)
+            counted = 0
+        if chunk.num_output_tokens > counted:
+            sequences.generated(chunk.num_output_tokens - counted)
+        self.output_tokens[chunk.index] = chunk.num_output_tokens
+        if chunk.token_ids:
+            previous = self._latest_tokens.get(chunk.index)
+            if previous is None:
+                sequences.first_token(now - self._arrival)
+            else:
+                sequences.next_token(now - previous)
+            self._latest_tokens[chunk.index] = now
+        if chunk.finish_reason is not None:
+            self._metrics.sequence_finished(
+                self._model_name,
+                chunk.finish_reason,
+                chunk.num_input_tokens,
+                chunk.num_output_tokens,
+                now - self._arrival,
+            )
 
 
 @dataclass

@@ -49,15 +49,22 @@ class Pooled:
     served: ServedModel
     # One per input, in input order: its vector (a sequence classifier's: its logits).
     embeddings: list[Embedding]
-    # Tokens of every input, as the engine pooled them.
-    prompt_tokens: int
+
+    @property
+    def input_tokens(self) -> list[int]:
+        """Each input's tokens, as the engine pooled them."""
+        return [embedding.num_input_tokens for embedding in self.embeddings]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(self.input_tokens)
 
 
-def record_pooling(ctx: ServingContext, endpoint: str, arrival: float, prompt_tokens: int) -> None:
+def record_pooling(ctx: ServingContext, endpoint: str, arrival: float, input_tokens: list[int]) -> None:
     """The metrics of a pooling request (embeddings, pooling, classify, score, rerank) that arrived at
-    `arrival` (time.monotonic()) and has its answer."""
-    ctx.metrics.e2e_latency.labels(endpoint).observe(time.monotonic() - arrival)
-    ctx.metrics.prompt_tokens.inc(prompt_tokens)
+    `arrival` (time.monotonic()) and has its answer, its inputs of `input_tokens` tokens each as the engine
+    pooled them."""
+    ctx.metrics.pooling_finished(endpoint, ctx.config.model_name, input_tokens, time.monotonic() - arrival)
 
 
 async def pool_inputs(
@@ -83,7 +90,7 @@ async def pool_inputs(
             cache_salt=request.cache_salt,
         ),
     )
-    return Pooled(served, embeddings, sum(embedding.num_input_tokens for embedding in embeddings))
+    return Pooled(served, embeddings)
 
 
 async def input_token_ids(ctx: ServingContext, request: InputsRequest) -> list[list[int]]:

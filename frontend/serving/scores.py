@@ -62,8 +62,13 @@ class Scored:
     served: ServedModel
     # One per pair, in pair order.
     scores: list[float]
-    # Tokens the engine pooled: each distinct text once (embeddings), or each pair (a cross-encoder).
-    prompt_tokens: int
+    # Tokens of each input the engine pooled: each distinct text once (embeddings), or each pair (a
+    # cross-encoder).
+    input_tokens: list[int]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(self.input_tokens)
 
 
 class ScoreHandler:
@@ -75,7 +80,7 @@ class ScoreHandler:
         scored = await self._score(
             Texts.of("text_1", request.text_1), Texts.of("text_2", request.text_2), request, request_id
         )
-        record_pooling(self.ctx, SCORE_ENDPOINT, arrival, scored.prompt_tokens)
+        record_pooling(self.ctx, SCORE_ENDPOINT, arrival, scored.input_tokens)
         return ScoreResponse(
             id=request_id,
             created=unix_now(),
@@ -89,7 +94,7 @@ class ScoreHandler:
         scored = await self._score(
             Texts.of("query", request.query), Texts.of("documents", request.documents), request, request_id
         )
-        record_pooling(self.ctx, RERANK_ENDPOINT, arrival, scored.prompt_tokens)
+        record_pooling(self.ctx, RERANK_ENDPOINT, arrival, scored.input_tokens)
         results = [
             RerankResult(index=index, document=RerankDocument(text=text), relevance_score=score)
             for index, (text, score) in enumerate(zip(request.documents, scored.scores, strict=True))
@@ -149,7 +154,7 @@ class ScoreHandler:
         return Scored(
             served=served,
             scores=[float(activation(pair.vector)[0]) for pair in logits],
-            prompt_tokens=sum(pair.num_input_tokens for pair in logits),
+            input_tokens=[pair.num_input_tokens for pair in logits],
         )
 
     async def _embedding_score(
@@ -186,7 +191,7 @@ class ScoreHandler:
         return Scored(
             served=served,
             scores=[cosine(vectors[a], vectors[b]) for a, b in pairs(first, second)],
-            prompt_tokens=sum(embedding.num_input_tokens for embedding in embeddings),
+            input_tokens=[embedding.num_input_tokens for embedding in embeddings],
         )
 
 

@@ -57,8 +57,9 @@ def offline_config(model_path: Path, **overrides: object) -> FrontendConfig:
     settings: dict = {
         "model": model_path,
         "served_model_names": (MODEL_NAME,),
-        # A port nobody listens on: Triton is unreachable.
+        # Ports nobody listens on: Triton is unreachable.
         "triton_url": f"127.0.0.1:{free_port()}",
+        "triton_metrics_url": f"http://127.0.0.1:{free_port()}/metrics",
         "api_keys": (API_KEY,),
         "max_request_body_bytes": 4096,
         "triton_timeout_s": 1.0,

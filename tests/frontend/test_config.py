@@ -29,6 +29,19 @@ def test_vllm_style_flags_build_one_config() -> None:
     assert config.tool_call_parser == "hermes" and config.reasoning_parser == "qwen3"
 
 
+def test_triton_metrics_url_defaults_to_the_grpc_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_METRICS_URL", raising=False)
+    assert config_from_args(["--model", "m"]).triton_metrics_url == "http://127.0.0.1:8002/metrics"
+    remote = config_from_args(["--model", "m", "--triton-url", "triton:9001"])
+    assert remote.triton_metrics_url == "http://triton:8002/metrics"
+    ipv6 = config_from_args(["--model", "m", "--triton-url", "[fd00::1]:8001"])
+    assert ipv6.triton_metrics_url == "http://[fd00::1]:8002/metrics"
+    flagged = config_from_args(["--model", "m", "--triton-metrics-url", "http://metrics.example:9102/metrics"])
+    assert flagged.triton_metrics_url == "http://metrics.example:9102/metrics"
+    monkeypatch.setenv("TRITON_METRICS_URL", "http://10.0.0.2:18002/metrics")
+    assert config_from_args(["--model", "m"]).triton_metrics_url == "http://10.0.0.2:18002/metrics"
+
+
 def test_served_name_defaults_to_the_model_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
     config = config_from_args(["--model", "/models/x"])

@@ -89,7 +89,8 @@ class TritonPythonModel:
         parameters = parse_model_parameters(args["model_config"])
         gpu_device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
         self.engine = AsyncEngine(engine_config(parameters, args["model_repository"], gpu_device_id))
-        self.metrics = LLMMetrics(pb_utils, model_name=args["model_name"], version=args["model_version"])
+        instance = f"{args['model_instance_name']} ({args['model_instance_kind']} device {args['model_instance_device_id']})"
+        self.metrics = LLMMetrics(pb_utils, args["model_name"], args["model_version"], instance)
         self.outputs: queue.Queue[RequestOutput | None] = queue.Queue()
         self.active: dict[str, ActiveRequest] = {}
         self.active_lock = threading.Lock()
@@ -115,6 +116,11 @@ class TritonPythonModel:
         self.outputs.put(None)
         self.sender_thread.join(timeout=5.0)
         self.engine.shutdown()
+        # The stub of Triton 2.51 destroys this model after its own state, and a metric family destroyed
+        # then writes to freed shared memory: a segfault at every shutdown that could leave tritonserver
+        # waiting out its 30 s exit timeout (python_backend#429, fixed upstream). Destroyed here, they clear
+        # while the stub is whole.
+        del self.metrics
 
     # -- execute() side ---------------------------------------------------------------------------
 
