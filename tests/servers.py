@@ -106,8 +106,8 @@ class ServerProcess:
         if self.process is None or self.process.poll() is not None:
             return
         # SIGTERM to the server alone, as docker stop and Kubernetes send it: it takes down its own children.
-        # Sent to the whole group (tritonserver's stubs too), Triton 2.51 now and then never unloads `llm`
-        # and waits out its 30 s exit timeout.
+        # Triton 2.51 now and then never unloads `llm` and would wait out its 30 s exit timeout (seen more
+        # often with the signal sent to its whole group): past `timeout` the group is killed.
         self.process.terminate()
         try:
             self.process.wait(timeout=timeout)

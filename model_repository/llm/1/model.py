@@ -117,9 +117,8 @@ class TritonPythonModel:
         self.sender_thread.join(timeout=5.0)
         self.engine.shutdown()
         # The stub of Triton 2.51 destroys this model after its own state, and a metric family destroyed
-        # then writes to freed shared memory: a segfault at every shutdown that could leave tritonserver
-        # waiting out its 30 s exit timeout (python_backend#429, fixed upstream). Destroyed here, they clear
-        # while the stub is whole.
+        # then writes to freed shared memory: a segfault in the log at every shutdown (python_backend#429,
+        # fixed upstream). Destroyed here, they clear while the stub is whole.
         del self.metrics
 
     # -- execute() side ---------------------------------------------------------------------------
